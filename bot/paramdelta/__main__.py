@@ -1,0 +1,3 @@
+from paramdelta.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""The `paramdelta` command: parse arguments, run one command, turn errors into exit codes.
+
+Commands live in `paramdelta.commands.<name>`; this module only wires them up
+and is the one place that prints an error. A `ParamDeltaError` becomes one line
+on stderr and its class's exit code; anything else is a bug: exit 1, with the
+traceback only when PARAMDELTA_DEBUG is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from paramdelta import __version__
+from paramdelta.errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, ParamDeltaError
+from paramdelta.secrets import redact
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "merge": ("paramdelta.commands.merge", "merge three checkpoints: new_base + (post - base)"),
+    "publish": ("paramdelta.commands.publish", "publish a merged directory to the Hub"),
+    "watchlist": ("paramdelta.commands.watchlist", "check a watchlist file"),
+    "plan": ("paramdelta.commands.plan", "list the watchlist targets that need a new merge"),
+    "run": ("paramdelta.commands.run", "plan, then merge and publish every pending target"),
+    "report": ("paramdelta.commands.report", "summarise run results; open or close issues"),
+    "demo": ("paramdelta.commands.demo", "the whole cycle offline, on a loopback fake Hub"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="paramdelta",
+        description="Transfer post-training onto a new base model (ParamΔ) and publish it.",
+    )
+    parser.add_argument("--version", action="version", version=f"paramdelta {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue  # a command not built yet
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ParamDeltaError as e:
+        _print_error(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        _print_error("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if os.environ.get("PARAMDELTA_DEBUG"):
+            raise
+        _print_error(
+            f"unexpected {type(e).__name__}: {e} (a bug; set PARAMDELTA_DEBUG=1 for a traceback)"
+        )
+        return EXIT_UNEXPECTED
+
+
+def _print_error(message: str) -> None:
+    one_line = " ".join(redact(message).split())
+    print(f"paramdelta: error: {one_line}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

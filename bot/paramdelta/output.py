@@ -1,0 +1,36 @@
+"""How commands print results: `--format human` (text for people) or `--format json` (one object)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from paramdelta.secrets import redact
+
+FORMATS = ("human", "json")
+
+
+def add_format_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="human",
+        help="human-readable text (default) or one JSON object on stdout",
+    )
+
+
+def emit(fmt: str, data: Any, human: str) -> None:
+    """Print ``data`` as JSON or ``human`` as text; either way with tokens scrubbed."""
+    text = json.dumps(data, indent=2, sort_keys=False) if fmt == "json" else human
+    sys.stdout.write(redact(text).rstrip("\n") + "\n")
+    sys.stdout.flush()
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

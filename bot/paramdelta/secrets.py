@@ -1,0 +1,51 @@
+"""Tokens: where they come from, and keeping them out of everything we print or publish.
+
+Tokens come only from the environment, a token file, or huggingface_hub's
+saved login; never from a command-line value (that would land in shell
+history and process lists). Every token we load is registered so `redact`
+can scrub it from error messages and JSON output as a last line of defence.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from paramdelta.errors import UsageError
+
+TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GITHUB_TOKEN", "GH_TOKEN")
+_MIN_SECRET = 6  # shorter values would redact ordinary words
+_registered: set[str] = set()
+
+
+def register(secret: str | None) -> str | None:
+    if secret and len(secret) >= _MIN_SECRET:
+        _registered.add(secret)
+    return secret
+
+
+def redact(text: str) -> str:
+    secrets = set(_registered)
+    secrets.update(v for name in TOKEN_ENV_VARS if len(v := os.environ.get(name, "")) >= _MIN_SECRET)
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def read_token_file(path: str | os.PathLike[str]) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as e:
+        raise UsageError(f"--token-file {path}: {e.strerror}") from None
+    if not token:
+        raise UsageError(f"--token-file {path}: file is empty")
+    return register(token) or token
+
+
+def hub_token(token_file: str | None = None) -> str | None:
+    """The Hub token: --token-file, else HF_TOKEN, else the saved `hf auth login` token."""
+    if token_file:
+        return read_token_file(token_file)
+    from huggingface_hub import get_token  # reads HF_TOKEN, then the token file
+
+    return register(get_token())

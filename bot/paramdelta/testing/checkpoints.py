@@ -1,0 +1,186 @@
+"""Deterministic tiny Llama-shaped checkpoints, written with the reference safetensors writer.
+
+Used by the tests, the benchmarks and `paramdelta demo`. A "trio" is three
+related checkpoints like the real use case: a base, a post-trained model
+(base + a delta) and a newer base (base + a different change).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors.torch import save_file
+
+TORCH_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+
+
+def llama_config(
+    *,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    vocab_size: int = 256,
+    tie_word_embeddings: bool = False,
+    dtype: torch.dtype = torch.bfloat16,
+) -> dict[str, Any]:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": num_hidden_layers,
+        "num_attention_heads": num_attention_heads,
+        "num_key_value_heads": num_key_value_heads,
+        "head_dim": hidden_size // num_attention_heads,
+        "vocab_size": vocab_size,
+        "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "tie_word_embeddings": tie_word_embeddings,
+        "torch_dtype": TORCH_DTYPE_NAMES[dtype],
+    }
+
+
+def config_for_size(target_bytes: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
+    """A Llama config whose weights take about ``target_bytes`` (benchmarks)."""
+    hidden, intermediate, vocab = 2048, 5632, 32000
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    per_layer = (4 * hidden * hidden + 3 * hidden * intermediate + 2 * hidden) * itemsize
+    fixed = (2 * vocab * hidden + hidden) * itemsize
+    layers = max(1, round((target_bytes - fixed) / per_layer))
+    return llama_config(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        vocab_size=vocab,
+        dtype=dtype,
+    )
+
+
+def tensor_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Llama parameter names and shapes, in the order transformers saves them."""
+    h, i, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    kv = config["num_key_value_heads"] * (h // config["num_attention_heads"])
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
+    for layer in range(config["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+        shapes[p + "self_attn.q_proj.weight"] = (h, h)
+        shapes[p + "self_attn.k_proj.weight"] = (kv, h)
+        shapes[p + "self_attn.v_proj.weight"] = (kv, h)
+        shapes[p + "self_attn.o_proj.weight"] = (h, h)
+        shapes[p + "mlp.gate_proj.weight"] = (i, h)
+        shapes[p + "mlp.up_proj.weight"] = (i, h)
+        shapes[p + "mlp.down_proj.weight"] = (h, i)
+        shapes[p + "input_layernorm.weight"] = (h,)
+        shapes[p + "post_attention_layernorm.weight"] = (h,)
+    shapes["model.norm.weight"] = (h,)
+    if not config.get("tie_word_embeddings"):
+        shapes["lm_head.weight"] = (v, h)
+    return shapes
+
+
+def random_state_dict(
+    config: Mapping[str, Any], *, seed: int, dtype: torch.dtype = torch.bfloat16, scale: float = 0.02
+) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape in tensor_shapes(config).items():
+        if len(shape) == 1:  # norms sit around 1.0, like real ones
+            t = 1.0 + scale * torch.randn(shape, generator=generator)
+        else:
+            t = scale * torch.randn(shape, generator=generator)
+        state[name] = t.to(dtype)
+    return state
+
+
+def perturbed(
+    state: Mapping[str, torch.Tensor], *, seed: int, scale: float = 0.002
+) -> dict[str, torch.Tensor]:
+    """``state`` plus small noise: a fine-tune or a new release of the same base."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        name: (t.float() + scale * torch.randn(t.shape, generator=generator)).to(t.dtype)
+        for name, t in state.items()
+    }
+
+
+def save_checkpoint(
+    directory: str | Path,
+    state: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    *,
+    max_shard_size: int | str | None = None,
+    extra_files: Mapping[str, str | bytes] | None = None,
+) -> Path:
+    """Write a Hugging Face checkpoint dir: config.json, weights (sharded if asked), extras."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    split = split_torch_state_dict_into_shards(
+        dict(state), max_shard_size=max_shard_size or 10**15
+    )
+    for filename, names in split.filename_to_tensors.items():
+        save_file({n: state[n].contiguous() for n in names}, directory / filename, {"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    for name, content in (extra_files or {}).items():
+        path = directory / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    return directory
+
+
+def donor_files(role: str) -> dict[str, str]:
+    """Small non-weight files that say which checkpoint they came from."""
+    chat = "{% for m in messages %}<|" + role + "|>{{ m['content'] }}{% endfor %}"
+    return {
+        "tokenizer_config.json": json.dumps({"model_max_length": 256, "origin": role}) + "\n",
+        "generation_config.json": json.dumps({"do_sample": role == "post", "origin": role}) + "\n",
+        "chat_template.jinja": chat,
+        "LICENSE": f"licence of the {role} model\n",
+    }
+
+
+def make_trio(
+    root: str | Path,
+    *,
+    config: Mapping[str, Any] | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    max_shard_size: int | str | None = None,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write base, post and new_base checkpoints under ``root``; returns role -> directory."""
+    root = Path(root)
+    config = dict(config or llama_config(dtype=dtype))
+    config["torch_dtype"] = TORCH_DTYPE_NAMES[dtype]
+    base = random_state_dict(config, seed=seed, dtype=dtype)
+    states = {
+        "base": base,
+        "post": perturbed(base, seed=seed + 1),
+        "new_base": perturbed(base, seed=seed + 2),
+    }
+    return {
+        role: save_checkpoint(
+            root / role,
+            state,
+            config,
+            max_shard_size=max_shard_size,
+            extra_files=donor_files(role),
+        )
+        for role, state in states.items()
+    }
