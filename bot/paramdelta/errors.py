@@ -38,6 +38,12 @@ class PublishConflictError(ParamDeltaError):
     exit_code = 5
 
 
+class GitHubError(ParamDeltaError):
+    """The GitHub API refused or failed a request while reporting."""
+
+    exit_code = 6
+
+
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_INTERRUPTED = 130
