@@ -200,9 +200,7 @@ def _read_index(source: Source, top_level: set[str], where: str) -> dict[str, st
     index_where = f"{where}/{INDEX}"
     doc = load_json(source.read(INDEX, 0, source.size(INDEX)), index_where)
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
-    if not isinstance(weight_map, dict) or not all(
-        isinstance(v, str) for v in weight_map.values()
-    ):
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{index_where}: 'weight_map' must map tensor names to shard files")
     for name, shard in weight_map.items():
         if "/" in shard or "\\" in shard or not shard.endswith(".safetensors"):

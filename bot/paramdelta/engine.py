@@ -32,7 +32,7 @@ from paramdelta.writer import OutputWriter, ShardPlan
 
 DEFAULT_MAX_MEMORY = 256 * 2**20
 SLOTS = 3  # one chunk being read, one computed, one written
-MIN_CHUNK_ELEMENTS = 1 << 16
+MIN_CHUNK_ELEMENTS = 4096  # also the alignment of bigger chunks
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def chunk_elements(plan: MergePlan, max_memory: int) -> int:
     """Elements per chunk so that all slots and the scratch buffer fit in ``max_memory``."""
     per_element = SLOTS * (3 * _max_in_itemsize(plan) + _out_itemsize(plan)) + 4
     elements = max(MIN_CHUNK_ELEMENTS, max_memory // per_element)
-    return elements - elements % 4096 if elements > 4096 else elements
+    return elements - elements % MIN_CHUNK_ELEMENTS
 
 
 def _max_in_itemsize(plan: MergePlan) -> int:
@@ -177,7 +177,9 @@ class _Compute:
         self.on_cuda = device.type == "cuda"
         self.work = torch.empty(elements, dtype=torch.float32, device=device)
         if self.on_cuda:
-            self.dev_in = [torch.empty(in_bytes, dtype=torch.uint8, device=device) for _ in range(3)]
+            self.dev_in = [
+                torch.empty(in_bytes, dtype=torch.uint8, device=device) for _ in range(3)
+            ]
             self.dev_out = torch.empty(out_bytes, dtype=torch.uint8, device=device)
 
     def run(self, unit: Unit, slot: _Slot, alpha: float) -> None:
@@ -241,10 +243,8 @@ def execute(
                 if stop.is_set():
                     return
                 slot = slots[index]
-                if unit.op == "raw":
-                    targets = [slot.out[1]]
-                else:
-                    targets = [buf[1] for buf in slot.inputs]
+                raw = unit.op == "raw"  # no conversion: straight into the output buffer
+                targets = [slot.out[1]] if raw else [buf[1] for buf in slot.inputs]
                 for read, view in zip(unit.reads, targets, strict=False):
                     read.source.read_into(read.file, read.offset, view[: read.nbytes])
                 computed.put((unit, index))
@@ -255,7 +255,11 @@ def execute(
             computed.put(_DONE)
 
     bar = tqdm(
-        total=plan.nbytes, unit="B", unit_scale=True, unit_divisor=1024, desc="merge",
+        total=plan.nbytes,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="merge",
         disable=not progress,
     )
 
@@ -264,7 +268,9 @@ def execute(
             unit, index = job  # type: ignore[misc]
             try:
                 if not stop.is_set():
-                    writer.write(unit.shard, unit.out_offset, slots[index].out[1][: unit.out_nbytes])
+                    writer.write(
+                        unit.shard, unit.out_offset, slots[index].out[1][: unit.out_nbytes]
+                    )
                     if unit.last_in_shard:
                         writer.shard_done(unit.shard)
                     bar.update(unit.out_nbytes)

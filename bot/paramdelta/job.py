@@ -35,6 +35,9 @@ class MergeOptions(NamedTuple):
     progress: bool = True
 
 
+DEFAULT_OPTIONS = MergeOptions()
+
+
 @dataclass
 class MergeResult:
     out_dir: Path
@@ -65,7 +68,7 @@ def preflight(sources: dict[str, Source], options: MergeOptions) -> MergePlan:
 def merge_to_dir(
     sources: dict[str, Source],
     out_dir: str | Path,
-    options: MergeOptions = MergeOptions(),
+    options: MergeOptions = DEFAULT_OPTIONS,
     *,
     overwrite: bool = False,
     on_shard_written: ShardHook | None = None,

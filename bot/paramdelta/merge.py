@@ -312,7 +312,5 @@ def _vocab_rows(
 def _shape_mismatch(
     name: str, refs: tuple[TensorRef, ...], trio: tuple[Checkpoint, ...]
 ) -> NoReturn:
-    shown = ", ".join(
-        f"{_title(c.role)} {list(r.shape)}" for c, r in zip(trio, refs, strict=True)
-    )
+    shown = ", ".join(f"{_title(c.role)} {list(r.shape)}" for c, r in zip(trio, refs, strict=True))
     raise CheckpointError(f"shape mismatch for tensor {name!r}: {shown}")

@@ -1,4 +1,4 @@
-"""How commands print results: `--format human` (text for people) or `--format json` (one object)."""
+"""How commands print results: `--format human` (text) or `--format json` (one object)."""
 
 from __future__ import annotations
 

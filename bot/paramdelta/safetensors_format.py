@@ -173,9 +173,7 @@ def _entry(name: str, info: object, where: str, data_start: int) -> TensorEntry:
     return entry
 
 
-def _check_tiling(
-    entries: list[TensorEntry], data_start: int, data_size: int, where: str
-) -> None:
+def _check_tiling(entries: list[TensorEntry], data_start: int, data_size: int, where: str) -> None:
     """The tensors must tile the data section exactly: no gap, no overlap, no tail."""
     cursor = 0
     previous = None

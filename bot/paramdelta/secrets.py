@@ -26,7 +26,9 @@ def register(secret: str | None) -> str | None:
 
 def redact(text: str) -> str:
     secrets = set(_registered)
-    secrets.update(v for name in TOKEN_ENV_VARS if len(v := os.environ.get(name, "")) >= _MIN_SECRET)
+    secrets.update(
+        v for name in TOKEN_ENV_VARS if len(v := os.environ.get(name, "")) >= _MIN_SECRET
+    )
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text

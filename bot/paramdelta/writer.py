@@ -74,10 +74,10 @@ def plan_shards(items: Sequence[MergeItem], max_shard_bytes: int) -> list[ShardP
         size += item.nbytes
     shards = []
     for number, group in enumerate(groups, start=1):
-        name = SINGLE if len(groups) == 1 else f"model-{number:05d}-of-{len(groups):05d}.safetensors"
-        prefix, spans = encode_header(
-            ((i.name, i.dtype, i.shape) for i in group), {"format": "pt"}
+        name = (
+            SINGLE if len(groups) == 1 else f"model-{number:05d}-of-{len(groups):05d}.safetensors"
         )
+        prefix, spans = encode_header(((i.name, i.dtype, i.shape) for i in group), {"format": "pt"})
         offsets = {key: len(prefix) + begin for key, (begin, _) in spans.items()}
         end = max((len(prefix) + e for _, e in spans.values()), default=len(prefix))
         shards.append(ShardPlan(name, prefix, offsets, end))
@@ -98,7 +98,9 @@ def check_output_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--output {out_dir}: exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise UsageError(f"--output {out_dir}: directory is not empty (pass --overwrite to replace it)")
+        raise UsageError(
+            f"--output {out_dir}: directory is not empty (pass --overwrite to replace it)"
+        )
 
 
 ShardHook = Callable[[Path, ShardPlan], None]

@@ -15,10 +15,18 @@ from paramdelta.writer import DEFAULT_SHARD_SIZE, parse_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", required=True, metavar="SRC", help="the model post was trained from")
-    parser.add_argument("--post", required=True, metavar="SRC", help="the post-trained (instruct) model")
-    parser.add_argument("--new-base", required=True, metavar="SRC", help="the newer base to transfer onto")
-    parser.add_argument("--output", required=True, metavar="DIR", help="directory to write (created atomically)")
+    parser.add_argument(
+        "--base", required=True, metavar="SRC", help="the model post was trained from"
+    )
+    parser.add_argument(
+        "--post", required=True, metavar="SRC", help="the post-trained (instruct) model"
+    )
+    parser.add_argument(
+        "--new-base", required=True, metavar="SRC", help="the newer base to transfer onto"
+    )
+    parser.add_argument(
+        "--output", required=True, metavar="DIR", help="directory to write (created atomically)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     add_merge_options(parser)
     add_format_argument(parser)
@@ -46,7 +54,9 @@ def add_merge_options(parser: argparse.ArgumentParser) -> None:
         default="5GB",
         help=f"largest output shard (default 5GB = {DEFAULT_SHARD_SIZE} bytes)",
     )
-    group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="compute device")
+    group.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="compute device"
+    )
     group.add_argument(
         "--max-memory",
         default=f"{DEFAULT_MAX_MEMORY // 2**20}MiB",

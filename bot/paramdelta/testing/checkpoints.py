@@ -92,7 +92,11 @@ def tensor_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 
 
 def random_state_dict(
-    config: Mapping[str, Any], *, seed: int, dtype: torch.dtype = torch.bfloat16, scale: float = 0.02
+    config: Mapping[str, Any],
+    *,
+    seed: int,
+    dtype: torch.dtype = torch.bfloat16,
+    scale: float = 0.02,
 ) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     state = {}
@@ -128,9 +132,7 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    split = split_torch_state_dict_into_shards(
-        dict(state), max_shard_size=max_shard_size or 10**15
-    )
+    split = split_torch_state_dict_into_shards(dict(state), max_shard_size=max_shard_size or 10**15)
     for filename, names in split.filename_to_tensors.items():
         save_file({n: state[n].contiguous() for n in names}, directory / filename, {"format": "pt"})
     if split.is_sharded:
@@ -184,3 +186,68 @@ def make_trio(
         )
         for role, state in states.items()
     }
+
+
+def write_raw_safetensors(
+    path: str | Path,
+    header: Mapping[str, Any] | bytes,
+    data: bytes = b"",
+    *,
+    declared_length: int | None = None,
+) -> Path:
+    """Write a safetensors file byte by byte, malformed on purpose if asked (tests)."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    length = len(raw) if declared_length is None else declared_length
+    path = Path(path)
+    path.write_bytes(length.to_bytes(8, "little") + raw + data)
+    return path
+
+
+def load_tensors(directory: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint dir, loaded whole with the reference reader (tests only)."""
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        tensors.update(load_file(path))
+    return tensors
+
+
+def reference_merge(
+    base: Mapping[str, torch.Tensor],
+    post: Mapping[str, torch.Tensor],
+    new_base: Mapping[str, torch.Tensor],
+    *,
+    alpha: float = 1.0,
+    dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
+    """The formula, written the obvious way: what every merged tensor must equal bit for bit."""
+    out = {}
+    for name, n in new_base.items():
+        if not n.is_floating_point():
+            out[name] = n
+            continue
+        delta = post[name].float() - base[name].float()
+        merged = delta + n.float() if alpha == 1.0 else n.float() + alpha * delta
+        out[name] = merged.to(dtype or n.dtype)
+    return out
+
+
+def mismatched_tensors(
+    actual: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> list[str]:
+    """Names whose dtype, shape or bits differ (NaN-safe: compares the raw bytes)."""
+    names = set(actual) | set(expected)
+    return sorted(
+        name
+        for name in names
+        if name not in actual
+        or name not in expected
+        or actual[name].dtype != expected[name].dtype
+        or actual[name].shape != expected[name].shape
+        or not torch.equal(_bytes(actual[name]), _bytes(expected[name]))
+    )
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().reshape(-1).view(torch.uint8)
