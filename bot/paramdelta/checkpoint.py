@@ -29,6 +29,9 @@ class Source(Protocol):
     """Read access to the files of one checkpoint, at one fixed revision."""
 
     label: str
+    # How the engine should read from it: bytes per range read, ranges in flight.
+    read_size: int
+    parallel_reads: int
 
     def list_files(self) -> list[str]:
         """Every file, as a repo-relative POSIX path."""
@@ -46,6 +49,10 @@ class Source(Protocol):
 
 class LocalSource:
     """A checkpoint directory on disk, read with positional reads (no mmap)."""
+
+    # ~1 MiB per input keeps a worker's whole chunk in cache (see engine).
+    read_size = 1 << 20
+    parallel_reads = 1
 
     def __init__(self, root: str | os.PathLike[str], label: str | None = None) -> None:
         self.root = Path(root)

@@ -1,23 +1,32 @@
-"""Run a `MergePlan`: stream chunks through reusable buffers, overlap read, compute, write.
+"""Run a `MergePlan`: every chunk is read, merged and written by one worker, workers in parallel.
 
-Three stages, each on its own thread, connected by queues and a fixed set of
-buffer slots: the reader fills a slot with the input byte ranges of one chunk
-(positional reads, no mmap: touched mapped pages would count as resident
-memory and grow with the model), the compute stage (the calling thread) runs
-the kernel, the writer `pwrite`s the result at its planned offset. Memory is
-the slots plus one float32 scratch buffer, sized from ``max_memory`` and
-independent of the model's size. File I/O and torch kernels release the GIL,
-so the stages really run at the same time.
+A unit of work is one chunk of one tensor: read its input byte ranges into the
+worker's own buffers (positional reads, no mmap: touched mapped pages count as
+resident memory and would grow with the model), run the kernel, `pwrite` the
+result at its planned offset. One worker per core; file I/O and torch kernels
+release the GIL, so while one worker reads another computes or writes.
+
+Why not a read -> compute -> write pipeline of threads? On a CPU the merge is
+memory-bound. Chunks handed between threads leave the cache, so every byte
+crosses DRAM several times; a worker that keeps its chunk (about 1 MiB per
+input locally) in cache from read to write moves little more than ``cat`` of
+the inputs plus a write of the output (see benchmarks/merge_bench.py). Remote
+sources want large ranges and many requests in flight, so they ask for bigger
+chunks and more workers through `Source.read_size` / `Source.parallel_reads`.
+
+Memory is the workers' buffers, bounded by ``max_memory``, whatever the
+model's size.
 """
 
 from __future__ import annotations
 
 import ctypes
-import queue
+import os
 import resource
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -25,14 +34,15 @@ from huggingface_hub.utils import tqdm
 
 from paramdelta.checkpoint import Source
 from paramdelta.errors import UsageError
-from paramdelta.kernel import TORCH_DTYPES, merge_into
+from paramdelta.kernel import CPU_BLOCK, TORCH_DTYPES, merge_into, scratch_buffers
 from paramdelta.merge import MergePlan
 from paramdelta.safetensors_format import ITEMSIZE
 from paramdelta.writer import OutputWriter, ShardPlan
 
 DEFAULT_MAX_MEMORY = 256 * 2**20
-SLOTS = 3  # one chunk being read, one computed, one written
 MIN_CHUNK_ELEMENTS = 4096  # also the alignment of bigger chunks
+# On a GPU, bigger transfers amortise the copies: 8 Mi elements per chunk.
+CUDA_CHUNK_ELEMENTS = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,6 @@ class Unit:
     out_dtype: str
     op: str
     reads: tuple[Read, ...]
-    last_in_shard: bool = False
 
     @property
     def out_nbytes(self) -> int:
@@ -71,6 +80,7 @@ class MergeStats:
     bytes: int
     seconds: float
     device: str
+    workers: int
     chunk_elements: int
     peak_rss_bytes: int
 
@@ -85,10 +95,18 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def chunk_elements(plan: MergePlan, max_memory: int) -> int:
-    """Elements per chunk so that all slots and the scratch buffer fit in ``max_memory``."""
-    per_element = SLOTS * (3 * _max_in_itemsize(plan) + _out_itemsize(plan)) + 4
-    elements = max(MIN_CHUNK_ELEMENTS, max_memory // per_element)
+def worker_count(sources: Sequence[Source]) -> int:
+    return max(os.cpu_count() or 1, *(s.parallel_reads for s in sources))
+
+
+def chunk_elements(
+    plan: MergePlan, sources: Sequence[Source], workers: int, max_memory: int, on_cuda: bool
+) -> int:
+    """Elements per chunk: what the sources read best, within ``max_memory`` for all workers."""
+    in_size = _max_in_itemsize(plan)
+    wanted = CUDA_CHUNK_ELEMENTS if on_cuda else max(s.read_size for s in sources) // in_size
+    per_element = workers * (3 * in_size + _out_itemsize(plan))
+    elements = max(MIN_CHUNK_ELEMENTS, min(wanted, max_memory // per_element))
     return elements - elements % MIN_CHUNK_ELEMENTS
 
 
@@ -110,7 +128,7 @@ def plan_units(
     sources: dict[str, Source],
     elements: int,
 ) -> list[Unit]:
-    """Cut every segment of every tensor into chunks of at most ``elements``, in shard order."""
+    """Cut every segment of every tensor into chunks of at most ``elements``, in file order."""
     shard_of = {name: i for i, shard in enumerate(shards) for name in shard.offsets}
     units: list[Unit] = []
     for item in plan.items:
@@ -138,21 +156,7 @@ def plan_units(
                 )
                 out_offset = tensor_offset + (segment.out_start + start) * out_size
                 units.append(Unit(shard, out_offset, count, item.dtype, op, reads))
-    return _mark_shard_ends(units, len(shards))
-
-
-def _mark_shard_ends(units: list[Unit], n_shards: int) -> list[Unit]:
-    last: dict[int, int] = {}
-    for i, unit in enumerate(units):
-        last[unit.shard] = i
-    for shard in range(n_shards):
-        if shard not in last:  # only empty tensors: the shard still needs closing
-            units.append(Unit(shard, 0, 0, "U8", "raw", ()))
-            last[shard] = len(units) - 1
-    for i in last.values():
-        u = units[i]
-        units[i] = Unit(u.shard, u.out_offset, u.count, u.out_dtype, u.op, u.reads, True)
-    units.sort(key=lambda u: u.shard)  # stable: chunk order within a shard is kept
+    units.sort(key=lambda u: u.shard)  # stable: file order within a shard is kept
     return units
 
 
@@ -163,49 +167,68 @@ def _host_buffer(nbytes: int, pinned: bool) -> tuple[torch.Tensor, memoryview]:
     return tensor, memoryview(raw).cast("B")
 
 
-class _Slot:
-    def __init__(self, in_bytes: int, out_bytes: int, pinned: bool) -> None:
-        self.inputs = [_host_buffer(in_bytes, pinned) for _ in range(3)]
-        self.out = _host_buffer(out_bytes, pinned)
-
-
-class _Compute:
-    """The compute stage: runs the kernel on one slot, on the CPU or a CUDA device."""
+class _Worker:
+    """One worker's buffers and the read -> compute -> write of a unit."""
 
     def __init__(self, device: torch.device, elements: int, in_bytes: int, out_bytes: int):
-        self.device = device
         self.on_cuda = device.type == "cuda"
-        self.work = torch.empty(elements, dtype=torch.float32, device=device)
+        self.inputs = [_host_buffer(in_bytes, self.on_cuda) for _ in range(3)]
+        self.out = _host_buffer(out_bytes, self.on_cuda)
+        # A GPU has bandwidth to spare: one block per chunk, no Python loop.
+        self.scratch = scratch_buffers(elements if self.on_cuda else CPU_BLOCK, device)
         if self.on_cuda:
+            self.stream = torch.cuda.Stream(device)
             self.dev_in = [
                 torch.empty(in_bytes, dtype=torch.uint8, device=device) for _ in range(3)
             ]
             self.dev_out = torch.empty(out_bytes, dtype=torch.uint8, device=device)
 
-    def run(self, unit: Unit, slot: _Slot, alpha: float) -> None:
-        if unit.op == "raw" or unit.count == 0:
-            return  # the reader put the bytes straight into the output buffer
+    def read(self, unit: Unit) -> None:
+        # A raw copy needs no conversion: straight into the output buffer.
+        targets = [self.out] if unit.op == "raw" else self.inputs
+        for read, (_, view) in zip(unit.reads, targets, strict=False):
+            read.source.read_into(read.file, read.offset, view[: read.nbytes])
+
+    def compute(self, unit: Unit, alpha: float) -> None:
+        if unit.op == "raw":
+            return
+        if self.on_cuda:
+            with torch.cuda.stream(self.stream):
+                self._compute(unit, alpha)
+            self.stream.synchronize()
+        else:
+            self._compute(unit, alpha)
+
+    def _compute(self, unit: Unit, alpha: float) -> None:
         ins = []
         for i, read in enumerate(unit.reads):
-            host = slot.inputs[i][0][: read.nbytes]
+            data = self.inputs[i][0][: read.nbytes]
             if self.on_cuda:
-                host = self.dev_in[i][: read.nbytes].copy_(host, non_blocking=True)
-            ins.append(host.view(TORCH_DTYPES[read.dtype]))
-        out_host = slot.out[0][: unit.out_nbytes]
-        out = (self.dev_out[: unit.out_nbytes] if self.on_cuda else out_host).view(
-            TORCH_DTYPES[unit.out_dtype]
-        )
+                data = self.dev_in[i][: read.nbytes].copy_(data, non_blocking=True)
+            ins.append(data.view(TORCH_DTYPES[read.dtype]))
+        host_out = self.out[0][: unit.out_nbytes]
+        out = self.dev_out[: unit.out_nbytes] if self.on_cuda else host_out
+        typed = out.view(TORCH_DTYPES[unit.out_dtype])
         if unit.op == "merge":
-            work = out if out.dtype == torch.float32 else self.work[: unit.count]
-            merge_into(out, work, ins[0], ins[1], ins[2], alpha)
+            merge_into(typed, ins[0], ins[1], ins[2], alpha, self.scratch)
         else:
-            out.copy_(ins[0])
+            typed.copy_(ins[0])
         if self.on_cuda:
-            out_host.copy_(self.dev_out[: unit.out_nbytes], non_blocking=True)
-            torch.cuda.current_stream(self.device).synchronize()
+            host_out.copy_(out, non_blocking=True)
+
+    def output(self, unit: Unit) -> memoryview:
+        return self.out[1][: unit.out_nbytes]
 
 
-_DONE = object()
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Our workers are the parallelism; torch's own intra-op threads would oversubscribe."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def execute(
@@ -220,40 +243,22 @@ def execute(
     """Compute every output tensor of ``plan`` into ``writer``'s shards."""
     started = time.perf_counter()
     dev = resolve_device(device)
-    elements = chunk_elements(plan, max_memory)
-    in_bytes = elements * _max_in_itemsize(plan)
-    out_bytes = elements * _out_itemsize(plan)
+    used = list(sources.values())
+    workers = worker_count(used)
+    elements = chunk_elements(plan, used, workers, max_memory, dev.type == "cuda")
     units = plan_units(plan, writer.shards, sources, elements)
-    pinned = dev.type == "cuda"
-    slots = [_Slot(in_bytes, out_bytes, pinned) for _ in range(SLOTS)]
-    compute = _Compute(dev, elements, in_bytes, out_bytes)
 
-    free: queue.Queue[int] = queue.Queue()
-    for i in range(SLOTS):
-        free.put(i)
-    computed: queue.Queue[object] = queue.Queue()
-    to_write: queue.Queue[object] = queue.Queue()
+    remaining = [0] * len(writer.shards)
+    for unit in units:
+        remaining[unit.shard] += 1
+    for shard, count in enumerate(remaining):
+        if count == 0:  # only empty tensors: nothing to compute, but it is a file
+            writer.shard_done(shard)
+
+    pending = iter(units)
+    lock = threading.Lock()
     stop = threading.Event()
     failures: list[BaseException] = []
-
-    def read_stage() -> None:
-        try:
-            for unit in units:
-                index = free.get()
-                if stop.is_set():
-                    return
-                slot = slots[index]
-                raw = unit.op == "raw"  # no conversion: straight into the output buffer
-                targets = [slot.out[1]] if raw else [buf[1] for buf in slot.inputs]
-                for read, view in zip(unit.reads, targets, strict=False):
-                    read.source.read_into(read.file, read.offset, view[: read.nbytes])
-                computed.put((unit, index))
-        except BaseException as e:  # handed to the main thread, which re-raises it
-            failures.append(e)
-            stop.set()
-        finally:
-            computed.put(_DONE)
-
     bar = tqdm(
         total=plan.nbytes,
         unit="B",
@@ -262,48 +267,47 @@ def execute(
         desc="merge",
         disable=not progress,
     )
+    in_bytes = elements * _max_in_itemsize(plan)
+    out_bytes = elements * _out_itemsize(plan)
 
-    def write_stage() -> None:
-        while (job := to_write.get()) is not _DONE:
-            unit, index = job  # type: ignore[misc]
-            try:
-                if not stop.is_set():
-                    writer.write(
-                        unit.shard, unit.out_offset, slots[index].out[1][: unit.out_nbytes]
-                    )
-                    if unit.last_in_shard:
-                        writer.shard_done(unit.shard)
+    def work() -> None:
+        try:
+            worker = _Worker(dev, elements, in_bytes, out_bytes)
+            while not stop.is_set():
+                with lock:
+                    unit = next(pending, None)
+                if unit is None:
+                    return
+                worker.read(unit)
+                worker.compute(unit, plan.alpha)
+                writer.write(unit.shard, unit.out_offset, worker.output(unit))
+                with lock:
+                    remaining[unit.shard] -= 1
+                    finished = remaining[unit.shard] == 0
                     bar.update(unit.out_nbytes)
-            except BaseException as e:
-                failures.append(e)
-                stop.set()
-            finally:
-                free.put(index)
+                if finished:
+                    writer.shard_done(unit.shard)
+        except BaseException as e:  # re-raised by the calling thread
+            failures.append(e)
+            stop.set()
 
-    reader = threading.Thread(target=read_stage, name="paramdelta-read", daemon=True)
-    writer_thread = threading.Thread(target=write_stage, name="paramdelta-write", daemon=True)
-    reader.start()
-    writer_thread.start()
-    try:
-        while (job := computed.get()) is not _DONE:
-            if stop.is_set():
-                free.put(job[1])  # type: ignore[index]
-                continue
-            unit, index = job  # type: ignore[misc]
-            compute.run(unit, slots[index], plan.alpha)
-            to_write.put(job)
-    except BaseException as e:
-        failures.append(e)
-        stop.set()
-    finally:
-        stop_reader = stop.is_set()
-        if stop_reader:
-            for i in range(SLOTS):
-                free.put(i)  # wake a reader blocked on a slot so it can see `stop`
-        to_write.put(_DONE)
-        reader.join()
-        writer_thread.join()
-        bar.close()
+    threads = [
+        threading.Thread(target=work, name=f"paramdelta-merge-{i}", daemon=True)
+        for i in range(workers)
+    ]
+    with _torch_threads(1):
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        except BaseException:  # Ctrl-C lands here: let the workers stop at a unit boundary
+            stop.set()
+            for thread in threads:
+                thread.join()
+            raise
+        finally:
+            bar.close()
     if failures:
         raise failures[0]
     return MergeStats(
@@ -311,6 +315,7 @@ def execute(
         bytes=plan.nbytes,
         seconds=time.perf_counter() - started,
         device=str(dev),
+        workers=workers,
         chunk_elements=elements,
         peak_rss_bytes=peak_rss_bytes(),
     )

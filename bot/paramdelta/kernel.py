@@ -1,9 +1,13 @@
 """The arithmetic of one chunk, exactly as the formula states it.
 
-``out = (new_base + alpha * (post - base))`` computed in float32 and rounded
-once to the output dtype. Mixed-dtype in-place ops (a float32 tensor minus a
-bfloat16 one) widen the narrow operand exactly, so the result is bit-for-bit
+``out = new_base + alpha * (post - base)``, computed in float32 and rounded
+once to the output dtype: bit for bit
 ``(post.float() - base.float() + new_base.float()).to(dtype)``.
+
+Each operand is first widened into a float32 scratch buffer and the chunk is
+processed in cache-sized blocks: on a CPU this is memory-bound, and mixed-dtype
+ops (float32 minus bfloat16) or full-chunk float32 temporaries each cost
+several times more memory traffic than a block that stays in cache.
 """
 
 from __future__ import annotations
@@ -26,29 +30,40 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     "U64": torch.uint64,
 }
 
+# Elements per block on the CPU: two float32 scratch blocks of 4 MiB each.
+CPU_BLOCK = 1 << 20
+
+
+def scratch_buffers(block: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        torch.empty(block, dtype=torch.float32, device=device),
+        torch.empty(block, dtype=torch.float32, device=device),
+    )
+
 
 def merge_into(
     out: torch.Tensor,
-    work: torch.Tensor,
     post: torch.Tensor,
     base: torch.Tensor,
     new_base: torch.Tensor,
     alpha: float,
+    scratch: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
-    """``out = new_base + alpha * (post - base)``; ``work`` is float32 scratch of the same size.
-
-    When ``out`` is float32 it may be ``work`` itself.
-    """
-    work.copy_(post)
-    work.sub_(_as_operand(base))
-    if alpha != 1.0:
-        work.mul_(alpha)
-    work.add_(_as_operand(new_base))
-    if out.data_ptr() != work.data_ptr():
-        out.copy_(work)
-
-
-def _as_operand(t: torch.Tensor) -> torch.Tensor:
-    # A float64 operand would widen the op to float64 and round differently
-    # from the formula's ``.float()``; narrow it first (rare, so the copy is fine).
-    return t.float() if t.dtype == torch.float64 else t
+    """``out = new_base + alpha * (post - base)`` over 1-D tensors of equal length."""
+    acc_buf, operand_buf = scratch
+    block = acc_buf.numel()
+    for start in range(0, out.numel(), block):
+        end = min(start + block, out.numel())
+        out_block = out[start:end]
+        # A float32 output is its own accumulator: one pass less.
+        acc = out_block if out.dtype == torch.float32 else acc_buf[: end - start]
+        operand = operand_buf[: end - start]
+        acc.copy_(post[start:end])
+        operand.copy_(base[start:end])  # widening (or float64 narrowing) is exact like .float()
+        acc.sub_(operand)
+        if alpha != 1.0:
+            acc.mul_(alpha)
+        operand.copy_(new_base[start:end])
+        acc.add_(operand)
+        if acc is not out_block:
+            out_block.copy_(acc)

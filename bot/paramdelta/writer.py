@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -126,6 +127,7 @@ class OutputWriter:
         self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.partial-{tag}"
         self._fds: dict[int, int] = {}
         self._written = [0] * len(self.shards)
+        self._lock = threading.Lock()  # workers write concurrently
 
     def __enter__(self) -> OutputWriter:
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -137,22 +139,25 @@ class OutputWriter:
             self.abort()
 
     def _fd(self, shard: int) -> int:
-        fd = self._fds.get(shard)
-        if fd is None:
-            plan = self.shards[shard]
-            path = self.tmp_dir / (plan.filename + ".incomplete")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            os.ftruncate(fd, plan.size)
-            os.pwrite(fd, plan.prefix, 0)
-            self._fds[shard] = fd
-        return fd
+        with self._lock:
+            fd = self._fds.get(shard)
+            if fd is None:
+                plan = self.shards[shard]
+                path = self.tmp_dir / (plan.filename + ".incomplete")
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.ftruncate(fd, plan.size)
+                os.pwrite(fd, plan.prefix, 0)
+                self._fds[shard] = fd
+            return fd
 
     def write(self, shard: int, offset: int, data: memoryview) -> None:
+        """Write ``data`` at ``offset`` of a shard (thread-safe: positional writes)."""
         fd = self._fd(shard)
         done = 0
         while done < len(data):
             done += os.pwrite(fd, data[done:], offset + done)
-        self._written[shard] += len(data)
+        with self._lock:
+            self._written[shard] += len(data)
 
     def shard_done(self, shard: int) -> Path:
         """Close a fully written shard, give it its real name, and run the hook."""
@@ -162,7 +167,8 @@ class OutputWriter:
             raise AssertionError(
                 f"{plan.filename}: wrote {self._written[shard]} of {plan.data_bytes} data bytes"
             )
-        os.close(self._fds.pop(shard))
+        with self._lock:
+            os.close(self._fds.pop(shard))
         path = self.tmp_dir / plan.filename
         (self.tmp_dir / (plan.filename + ".incomplete")).rename(path)
         if self.on_shard_written is not None:

@@ -1,0 +1,187 @@
+"""Benchmark `paramdelta merge` against the I/O floor and the usual alternatives.
+
+Generates three Llama-shaped bf16 checkpoints of about ``--size`` each (several
+shards), warms the page cache, then measures side by side, each in its own
+process under ``/usr/bin/time -v``:
+
+- floor:      ``cat`` of the three inputs + ``dd`` of one output-sized file
+- naive:      safetensors ``load_file`` of all three, the formula, ``save_file``
+- mergekit:   ``mergekit-yaml`` task_arithmetic in fp32 with bf16 output (only
+              with ``--mergekit-bin``, from a separate venv: it pins its own deps)
+- paramdelta: ``paramdelta merge``
+
+    python benchmarks/merge_bench.py --size 1GB [--mergekit-bin /venv/bin/mergekit-yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import NamedTuple
+
+from paramdelta.testing.checkpoints import config_for_size, make_trio
+from paramdelta.writer import parse_size
+
+ROLES = ("base", "post", "new_base")
+
+NAIVE = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from safetensors.torch import load_file, save_file
+
+    def load(d):
+        out = {}
+        for f in sorted(Path(d).glob("*.safetensors")):
+            out.update(load_file(f))
+        return out
+
+    base, post, new, out = sys.argv[1:]
+    b, p, n = load(base), load(post), load(new)
+    merged = {k: (p[k].float() - b[k].float() + n[k].float()).to(n[k].dtype) for k in n}
+    Path(out).mkdir()
+    save_file(merged, Path(out) / "model.safetensors", {"format": "pt"})
+    """
+)
+
+MERGEKIT_CONFIG = """\
+merge_method: task_arithmetic
+base_model: {base}
+models:
+  - model: {post}
+    parameters: {{weight: 1.0}}
+  - model: {new_base}
+    parameters: {{weight: 1.0}}
+dtype: float32
+out_dtype: bfloat16
+"""
+
+
+class Measurement(NamedTuple):
+    name: str
+    seconds: float
+    peak_rss_bytes: int
+    stdout: str
+
+
+def timed(name: str, script: str) -> Measurement:
+    """Run a bash script under /usr/bin/time -v: wall clock, peak RSS and stdout."""
+    proc = subprocess.run(
+        ["/usr/bin/time", "-v", "bash", "-c", script], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        sys.exit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    wall = re.search(
+        r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", proc.stderr
+    )
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    assert wall and rss, proc.stderr
+    seconds = int(wall[1] or 0) * 3600 + int(wall[2]) * 60 + float(wall[3])
+    return Measurement(name, seconds, int(rss[1]) * 1024, proc.stdout)
+
+
+def generate(workdir: Path, size: int) -> dict[str, Path]:
+    marker = workdir / "inputs.json"
+    if marker.exists() and json.loads(marker.read_text()) == {"size": size}:
+        return {role: workdir / "in" / role for role in ROLES}
+    shutil.rmtree(workdir / "in", ignore_errors=True)
+    print(f"generating three checkpoints of ~{size / 1e9:.1f} GB in {workdir / 'in'} ...")
+    trio = make_trio(workdir / "in", config=config_for_size(size), max_shard_size=size // 4 + 1)
+    marker.write_text(json.dumps({"size": size}))
+    return trio
+
+
+def _role_args(dirs: list[str]) -> list[str]:
+    return ["--base", dirs[0], "--post", dirs[1], "--new-base", dirs[2]]
+
+
+def weight_files(trio: dict[str, Path]) -> list[Path]:
+    return sorted(p for role in ROLES for p in trio[role].glob("*.safetensors"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", default="1GB", help="size of each checkpoint (default 1GB)")
+    parser.add_argument("--workdir", type=Path, default=Path("bench-out"))
+    parser.add_argument("--methods", default="startup,floor,naive,mergekit,paramdelta")
+    parser.add_argument("--mergekit-bin", help="mergekit-yaml from a separate venv")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per method; the best counts")
+    parser.add_argument(
+        "paramdelta_args", nargs="*", help="extra args for paramdelta merge (after --)"
+    )
+    args = parser.parse_args(argv)
+
+    size = parse_size(args.size, "--size")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    trio = generate(args.workdir, size)
+    inputs = weight_files(trio)
+    in_bytes = sum(p.stat().st_size for p in inputs)
+    out_bytes = sum(p.stat().st_size for p in trio["new_base"].glob("*.safetensors"))
+    files = shlex.join(map(str, inputs))
+    subprocess.run(["bash", "-c", f"cat {files} > /dev/null"], check=True)  # warm the page cache
+
+    scratch = Path(tempfile.mkdtemp(prefix="out-", dir=args.workdir))
+    out = scratch / "merged"
+    dirs = [str(trio[r]) for r in ROLES]
+    blocks = -(-out_bytes // 2**20)
+    paramdelta = [sys.executable, "-m", "paramdelta", "merge", "--format", "json", "--output"]
+    commands = {
+        "startup (python+torch)": shlex.join([sys.executable, "-c", "import paramdelta.engine"]),
+        "floor (cat + dd)": f"cat {files} > /dev/null"
+        f" && dd if=/dev/zero of={shlex.quote(str(out))} bs=1M count={blocks} status=none",
+        "naive load_file": shlex.join([sys.executable, "-c", NAIVE, *dirs, str(out)]),
+        "paramdelta merge": shlex.join(
+            [*paramdelta, str(out), *_role_args(dirs), *args.paramdelta_args]
+        ),
+    }
+    if args.mergekit_bin:
+        config = scratch / "mergekit.yml"
+        config.write_text(MERGEKIT_CONFIG.format(**{r: trio[r] for r in ROLES}))
+        commands["mergekit task_arithmetic"] = shlex.join(
+            [args.mergekit_bin, str(config), str(out)]
+        )
+    wanted = set(args.methods.split(","))
+    selected = {name: cmd for name, cmd in commands.items() if name.split()[0] in wanted}
+
+    results = []
+    for name, script in selected.items():
+        best = None
+        for _ in range(args.repeat):
+            shutil.rmtree(out, ignore_errors=True)
+            out.unlink(missing_ok=True)
+            m = timed(name, script)
+            best = m if best is None or m.seconds < best.seconds else best
+        results.append(best)
+        if name.startswith("paramdelta"):
+            # The merge phase alone, without interpreter start and `import torch`.
+            phase = json.loads(best.stdout)["seconds"]
+            results.append(Measurement("  merge phase only", phase, best.peak_rss_bytes, ""))
+    shutil.rmtree(scratch)
+
+    floor = next((m.seconds for m in results if m.name.startswith("floor")), None)
+    print(
+        f"\ninputs: 3 x {in_bytes / 3 / 1e9:.2f} GB ({len(inputs)} files),"
+        f" output {out_bytes / 1e9:.2f} GB, warm page cache, best of {args.repeat}"
+    )
+    print(f"{'method':<26} {'wall s':>8} {'in GB/s':>8} {'peak RSS':>10} {'x floor':>8}")
+    for m in results:
+        ratio = f"{m.seconds / floor:.2f}" if floor else "-"
+        print(
+            f"{m.name:<26} {m.seconds:>8.2f} {in_bytes / m.seconds / 1e9:>8.2f}"
+            f" {m.peak_rss_bytes / 2**30:>8.2f} GiB {ratio:>8}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
