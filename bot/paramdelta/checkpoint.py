@@ -29,6 +29,7 @@ class Source(Protocol):
     """Read access to the files of one checkpoint, at one fixed revision."""
 
     label: str
+    origin: dict[str, str]  # where it came from, for the lineage record
     # How the engine should read from it: bytes per range read, ranges in flight.
     read_size: int
     parallel_reads: int
@@ -57,6 +58,7 @@ class LocalSource:
     def __init__(self, root: str | os.PathLike[str], label: str | None = None) -> None:
         self.root = Path(root)
         self.label = label or str(self.root)
+        self.origin = {"path": str(self.root.resolve())}
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
         if not self.root.is_dir():

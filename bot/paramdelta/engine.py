@@ -15,7 +15,10 @@ sources want large ranges and many requests in flight, so they ask for bigger
 chunks and more workers through `Source.read_size` / `Source.parallel_reads`.
 
 Memory is the workers' buffers, bounded by ``max_memory``, whatever the
-model's size.
+model's size. When finished shards go to a hook (an upload that then deletes
+them), shards are written one at a time: a unit of shard s starts only once
+every earlier shard has been handed over, so disk holds about one shard being
+uploaded plus the one being written.
 """
 
 from __future__ import annotations
@@ -251,12 +254,15 @@ def execute(
     remaining = [0] * len(writer.shards)
     for unit in units:
         remaining[unit.shard] += 1
+    handed_over = [False] * len(writer.shards)
     for shard, count in enumerate(remaining):
         if count == 0:  # only empty tensors: nothing to compute, but it is a file
             writer.shard_done(shard)
+            handed_over[shard] = True
 
     pending = iter(units)
-    lock = threading.Lock()
+    one_shard_at_a_time = writer.on_shard_written is not None
+    lock = threading.Condition()
     stop = threading.Event()
     failures: list[BaseException] = []
     bar = tqdm(
@@ -276,7 +282,10 @@ def execute(
             while not stop.is_set():
                 with lock:
                     unit = next(pending, None)
-                if unit is None:
+                    if unit is not None and one_shard_at_a_time:
+                        shard = unit.shard
+                        lock.wait_for(lambda: stop.is_set() or all(handed_over[:shard]))
+                if unit is None or stop.is_set():
                     return
                 worker.read(unit)
                 worker.compute(unit, plan.alpha)
@@ -287,9 +296,14 @@ def execute(
                     bar.update(unit.out_nbytes)
                 if finished:
                     writer.shard_done(unit.shard)
+                    with lock:
+                        handed_over[unit.shard] = True
+                        lock.notify_all()
         except BaseException as e:  # re-raised by the calling thread
             failures.append(e)
             stop.set()
+            with lock:
+                lock.notify_all()
 
     threads = [
         threading.Thread(target=work, name=f"paramdelta-merge-{i}", daemon=True)
@@ -303,6 +317,8 @@ def execute(
                 thread.join()
         except BaseException:  # Ctrl-C lands here: let the workers stop at a unit boundary
             stop.set()
+            with lock:
+                lock.notify_all()
             for thread in threads:
                 thread.join()
             raise

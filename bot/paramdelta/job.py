@@ -6,6 +6,7 @@ the Hub beyond the `Source` objects it is given and the optional shard hook.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -23,6 +24,8 @@ from paramdelta.writer import (
 )
 
 ROLES = ("base", "post", "new_base")
+
+Prepare = Callable[[MergePlan, dict[str, Source]], dict[str, Source]]
 
 
 class MergeOptions(NamedTuple):
@@ -73,12 +76,19 @@ def merge_to_dir(
     overwrite: bool = False,
     on_shard_written: ShardHook | None = None,
     plan: MergePlan | None = None,
+    prepare: Prepare | None = None,
 ) -> MergeResult:
-    """Merge the checkpoints behind ``sources`` into ``out_dir`` (created atomically)."""
+    """Merge the checkpoints behind ``sources`` into ``out_dir`` (created atomically).
+
+    ``prepare`` may swap sources once the plan is known (e.g. download Hub files);
+    ``on_shard_written`` receives each finished shard (e.g. to upload it).
+    """
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)
     if plan is None:
         plan = preflight(sources, options)
+    if prepare is not None:
+        sources = prepare(plan, sources)
     shards = plan_shards(plan.items, options.shard_size)
     with OutputWriter(
         out_dir, shards, overwrite=overwrite, on_shard_written=on_shard_written

@@ -224,9 +224,9 @@ def test_usage_errors_exit_2(trio, tmp_path, capsys, extra, message):
 def test_missing_input_directory_exit_2(trio, tmp_path, capsys):
     trio["post"] = tmp_path / "nope"
     assert main(_argv(trio, tmp_path / "out")) == 2
-    assert (
-        capsys.readouterr().err
-        == f"paramdelta: error: --post {tmp_path / 'nope'}: not a directory\n"
+    assert capsys.readouterr().err == (
+        f"paramdelta: error: --post '{tmp_path / 'nope'}' is neither a directory"
+        " nor a Hub repo id like org/name[@revision]\n"
     )
 
 

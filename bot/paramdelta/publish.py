@@ -1,0 +1,136 @@
+"""Publish a merged checkpoint to the Hub as ONE commit, never half of one.
+
+Shards are pre-uploaded (LFS) as soon as they are written, one at a time,
+and deleted locally if asked (so disk holds about one shard); nothing is
+visible in the repo until the single `create_commit` at the end, which names
+the branch head read at the start as its parent. If anyone moved the branch
+meanwhile the Hub refuses the commit and nothing changes (exit 5). A crash
+before that commit leaves the repo exactly as it was; a re-run recomputes the
+same bytes, and the Hub already holds their LFS objects, so they are not
+uploaded again.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd
+
+from paramdelta.hub import Hub
+from paramdelta.writer import ShardPlan
+
+
+@dataclass
+class PublishResult:
+    repo_id: str
+    revision: str
+    files: list[str]
+    commit_url: str | None = None
+    commit_sha: str | None = None
+    pr_url: str | None = None
+    dry_run: bool = False
+
+    @property
+    def url(self) -> str | None:
+        return self.pr_url or self.commit_url
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "repo": self.repo_id,
+            "revision": self.revision,
+            "commit_sha": self.commit_sha,
+            "commit_url": self.commit_url,
+            "pr_url": self.pr_url,
+            "files": self.files,
+            "dry_run": self.dry_run,
+        }
+
+
+@dataclass
+class Publisher:
+    hub: Hub
+    repo_id: str
+    message: str
+    description: str = ""
+    private: bool = False
+    create_pr: bool = False
+    revision: str = "main"
+    delete_uploaded: bool = False
+    parent: str | None = None
+    _uploaded: dict[str, CommitOperationAdd] = field(default_factory=dict)
+    _pending: Future[None] | None = None
+    _executor: ThreadPoolExecutor | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> None:
+        """Create the repo if needed and remember the head every later commit builds on."""
+        self.hub.create_repo(self.repo_id, private=self.private)
+        self.parent = self.hub.head(self.repo_id, self.revision)
+
+    def shard_written(self, path: Path, shard: ShardPlan) -> None:
+        """Writer hook: upload this shard in the background once the previous one is done."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="paramdelta-upload")
+            previous, self._pending = self._pending, None
+        if previous is not None:
+            previous.result()  # bounds disk to ~one shard uploading + one being written
+        self._pending = self._executor.submit(self._upload, path, shard.filename)
+
+    def _upload(self, path: Path, path_in_repo: str) -> None:
+        operation = CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=str(path))
+        self.hub.preupload(
+            self.repo_id, [operation], revision=self.revision, create_pr=self.create_pr
+        )
+        # preupload empties path_or_fileobj once the content is stored as LFS: only then
+        # can the commit go ahead without the file.
+        if self.delete_uploaded and operation.path_or_fileobj == b"":
+            path.unlink()
+        self._uploaded[path_in_repo] = operation
+
+    def finish(self, directory: Path, extra_files: dict[str, bytes] | None = None) -> PublishResult:
+        """Commit every file in ``directory`` (plus ``extra_files``) in one commit."""
+        self.wait()
+        operations: dict[str, CommitOperationAdd] = dict(self._uploaded)
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            relpath = path.relative_to(directory).as_posix()
+            operations.setdefault(relpath, CommitOperationAdd(relpath, str(path)))
+        for relpath, data in (extra_files or {}).items():
+            operations[relpath] = CommitOperationAdd(relpath, data)
+        info = self.hub.commit(
+            self.repo_id,
+            list(operations.values()),
+            message=self.message,
+            description=self.description,
+            parent=self.parent,
+            revision=self.revision,
+            create_pr=self.create_pr,
+        )
+        return PublishResult(
+            self.repo_id,
+            self.revision,
+            sorted(operations),
+            commit_url=info.commit_url,
+            commit_sha=info.oid,
+            pr_url=info.pr_url,
+        )
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def dry_run(
+    repo_id: str, revision: str, directory: Path, extra: dict[str, bytes] | None = None
+) -> PublishResult:
+    """What `finish` would commit, without a single request."""
+    files = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
+    return PublishResult(repo_id, revision, sorted(files | set(extra or {})), dry_run=True)
