@@ -1,0 +1,103 @@
+"""`paramdelta report`: summarise result files; in Actions, the job summary and issues.
+
+Failing targets are reported, not failed again: the exit code says whether
+reporting worked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from typing import Any
+
+from paramdelta import github_actions
+from paramdelta.errors import UsageError
+from paramdelta.output import add_format_argument, emit
+from paramdelta.report import load_results, summary_markdown, sync_issues
+from paramdelta.secrets import register
+
+DEFAULT_API_URL = "https://api.github.com"
+_REPO_RE = re.compile(r"[\w.-]+/[\w.-]+")
+_ACTION_WORDS = {
+    "opened": "opened",
+    "commented": "commented on",
+    "closed": "closed",
+    "announced": "announced in",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "results",
+        nargs="+",
+        metavar="RESULTS",
+        help="result files from `paramdelta run --result-file`, or directories of them",
+    )
+    parser.add_argument(
+        "--github",
+        action="store_true",
+        help="also add the table to the job summary and set the step output `summary`",
+    )
+    parser.add_argument(
+        "--issues",
+        action="store_true",
+        help="open or comment on one issue per failing target, close it once fixed"
+        " (token from GITHUB_TOKEN or GH_TOKEN)",
+    )
+    parser.add_argument(
+        "--notify-success",
+        action="store_true",
+        help="with --issues: open one issue announcing each new publish",
+    )
+    parser.add_argument(
+        "--repo", metavar="OWNER/NAME", help="repository for issues (default: $GITHUB_REPOSITORY)"
+    )
+    parser.add_argument(
+        "--label", default="paramdelta", help="label of the bot's issues (default: paramdelta)"
+    )
+    add_format_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Check every setting before the first side effect.
+    if args.notify_success and not args.issues:
+        raise UsageError("--notify-success needs --issues")
+    if args.github:
+        github_actions.require_runner_files()
+    issue_settings = _issue_settings(args) if args.issues else None
+    results = load_results(args.results)
+    run_url = github_actions.run_url()
+    summary = summary_markdown(results, run_url=run_url)
+    if args.github:
+        github_actions.append_summary(summary)
+        github_actions.set_output("summary", summary)
+    actions = sync_issues(results, run_url=run_url, **issue_settings) if issue_settings else []
+    human = summary + "".join(
+        f"\n{_ACTION_WORDS[a.action]} issue #{a.number} for {a.target}: {a.url}" for a in actions
+    )
+    emit(
+        args.format,
+        {"results": [r.to_dict() for r in results], "issues": [a.to_dict() for a in actions]},
+        human,
+    )
+    return 0
+
+
+def _issue_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """`sync_issues` settings; the token only ever from the environment, never an argument."""
+    repo = args.repo or os.environ.get("GITHUB_REPOSITORY")
+    if not repo:
+        raise UsageError("--issues: pass --repo OWNER/NAME or set GITHUB_REPOSITORY")
+    if not _REPO_RE.fullmatch(repo):
+        raise UsageError(f"--repo: expected OWNER/NAME, not {repo!r}")
+    token = os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN")
+    if not token:
+        raise UsageError("--issues: set GITHUB_TOKEN or GH_TOKEN to a token that may write issues")
+    return {
+        "repo": repo,
+        "token": register(token),
+        "base_url": os.environ.get("GITHUB_API_URL") or DEFAULT_API_URL,
+        "label": args.label,
+        "notify_success": args.notify_success,
+    }

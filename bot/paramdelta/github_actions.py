@@ -1,0 +1,84 @@
+"""The GitHub Actions runner protocol: step outputs, the job summary, the run link, masking.
+
+The only module that knows the runner's environment variables and file
+formats; everything else asks it. Outputs always use the heredoc form, so a
+value may hold newlines (JSON, Markdown) without breaking the file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from uuid import uuid4
+
+from paramdelta.errors import UsageError
+
+OUTPUT_FILE = "GITHUB_OUTPUT"
+SUMMARY_FILE = "GITHUB_STEP_SUMMARY"
+
+
+def in_actions() -> bool:
+    return os.environ.get("GITHUB_ACTIONS") == "true"
+
+
+def require_runner_files() -> None:
+    """Fail before doing any work when `--github` is given outside a runner."""
+    for name in (OUTPUT_FILE, SUMMARY_FILE):
+        _runner_file(name)
+
+
+def set_output(name: str, value: str) -> None:
+    """Set the step output ``name``; read it as ``steps.<id>.outputs.<name>``."""
+    # The runner's own delimiter form (as in @actions/core); a fresh random delimiter
+    # cannot be forged by a value, but check anyway, as the toolkit does.
+    delimiter = f"ghadelimiter_{uuid4()}"
+    if delimiter in name or delimiter in value:
+        raise ValueError(f"output {name!r}: value contains the delimiter {delimiter}")
+    _append(OUTPUT_FILE, f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
+
+
+def append_summary(markdown: str) -> None:
+    """Add Markdown to the job summary page."""
+    _append(SUMMARY_FILE, markdown if markdown.endswith("\n") else markdown + "\n")
+
+
+def run_url() -> str | None:
+    """Link to this workflow run (this attempt, when it is a rerun), or None outside Actions."""
+    server = os.environ.get("GITHUB_SERVER_URL")
+    repo = os.environ.get("GITHUB_REPOSITORY")
+    run_id = os.environ.get("GITHUB_RUN_ID")
+    if not (server and repo and run_id):
+        return None
+    url = f"{server.rstrip('/')}/{repo}/actions/runs/{run_id}"
+    attempt = os.environ.get("GITHUB_RUN_ATTEMPT", "")
+    if attempt.isdigit() and int(attempt) > 1:
+        url += f"/attempts/{attempt}"
+    return url
+
+
+def mask(value: str) -> None:
+    """Ask the runner to hide ``value`` in the logs from now on.
+
+    Outside Actions nothing would consume the command and it would print the
+    secret itself, so this does nothing there.
+    """
+    if not in_actions():
+        return
+    # The runner masks line by line, and unescapes %25 in command data (%0A would be a newline).
+    for line in value.splitlines():
+        if line:
+            sys.stdout.write(f"::add-mask::{line.replace('%', '%25')}\n")
+    sys.stdout.flush()
+
+
+def _runner_file(name: str) -> Path:
+    path = os.environ.get(name)
+    if not path:
+        raise UsageError(f"--github: {name} is not set (not running in GitHub Actions?)")
+    return Path(path)
+
+
+def _append(name: str, text: str) -> None:
+    with _runner_file(name).open("a", encoding="utf-8", newline="\n") as f:
+        f.write(text)
