@@ -1,4 +1,4 @@
-"""The model card (README.md): huggingface_hub's ModelCardData front matter + a sandboxed Jinja body.
+"""The model card (README.md): ModelCardData front matter plus a sandboxed Jinja body.
 
 The body template is user-editable, so it is rendered in Jinja's
 SandboxedEnvironment: a template cannot reach Python internals, and every

@@ -283,8 +283,9 @@ def execute(
                 with lock:
                     unit = next(pending, None)
                     if unit is not None and one_shard_at_a_time:
-                        shard = unit.shard
-                        lock.wait_for(lambda: stop.is_set() or all(handed_over[:shard]))
+                        lock.wait_for(
+                            lambda shard=unit.shard: stop.is_set() or all(handed_over[:shard])
+                        )
                 if unit is None or stop.is_set():
                     return
                 worker.read(unit)

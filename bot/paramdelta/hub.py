@@ -89,13 +89,16 @@ class Hub:
 
     # -- reads -------------------------------------------------------------------------
 
-    def repo_files(self, repo_id: str, revision: str = "main") -> RepoFiles:
-        """Resolve ``revision`` to a commit sha and list the files there, in one request."""
+    def repo_files(self, repo_id: str, revision: str = "main", *, files: bool = True) -> RepoFiles:
+        """Resolve ``revision`` to a commit sha and list the files there, in one request.
+
+        ``files=False`` skips file sizes (cheaper for the Hub: what `plan` needs).
+        """
         what = f"{repo_id}@{revision}"
         info = self._retry(
             what,
             lambda: self.api.model_info(
-                repo_id, revision=revision, files_metadata=True, timeout=self.timeout
+                repo_id, revision=revision, files_metadata=files, timeout=self.timeout
             ),
         )
         sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
@@ -109,9 +112,7 @@ class Hub:
                 lambda: self.api.model_info(repo_id, revision=revision, timeout=self.timeout),
             )
         except HubError as e:
-            if isinstance(e.__cause__, RepositoryNotFoundError) and not isinstance(
-                e.__cause__, GatedRepoError
-            ):
+            if _is_missing(e):
                 return None
             raise
         return info.sha
@@ -152,7 +153,7 @@ class Hub:
         self._retry(what, attempt)
 
     def download(self, repo_id: str, sha: str, paths: Sequence[str]) -> Path:
-        """Fetch files into the Hugging Face cache (HF_HOME), pinned to ``sha``; the snapshot dir."""
+        """Fetch files into the HF cache (HF_HOME), pinned to ``sha``; returns the snapshot dir."""
         return Path(
             self._retry(
                 f"{repo_id}@{sha[:7]}",
@@ -168,11 +169,16 @@ class Hub:
         try:
             response = self._retry(f"{repo_id}@{revision}/{path}", lambda: self._get(url))
         except HubError as e:
-            if isinstance(e.__cause__, (RemoteEntryNotFoundError, RepositoryNotFoundError)):
-                if not isinstance(e.__cause__, GatedRepoError):
-                    return None
+            if _is_missing(e):
+                return None
             raise
         return response.content
+
+    def open_pr_refs(self, repo_id: str) -> list[str]:
+        """The repo's pull request refs, newest first (``refs/pr/N``)."""
+        refs = self._retry(repo_id, lambda: self.api.list_repo_refs(repo_id, include_prs=True))
+        prs = sorted(refs.pull_requests or [], key=lambda r: int(r.ref.rsplit("/", 1)[-1]))
+        return [r.ref for r in reversed(prs)]
 
     def newest_repo(self, author: str, pattern: str) -> tuple[str, datetime] | None:
         """The most recently created repo of ``author`` whose name matches the glob ``pattern``."""
@@ -276,6 +282,13 @@ class Hub:
 
     def _error(self, what: str, e: Exception) -> ParamDeltaError:
         return HubError(redact(f"{what}: {_describe(e)}"))
+
+
+def _is_missing(e: HubError) -> bool:
+    """The repo or file does not exist (as opposed to: exists, but we may not see it)."""
+    cause = e.__cause__
+    missing = isinstance(cause, (RepositoryNotFoundError, RemoteEntryNotFoundError))
+    return missing and not isinstance(cause, GatedRepoError)
 
 
 def _retry_after(e: Exception, delay: float) -> float | None:

@@ -235,6 +235,6 @@ def test_argparse_errors_exit_2(capsys):
         main(["merge", "--base", "x"])
     assert e.value.code == 2
     assert (
-        "the following arguments are required: --post, --new-base, --output"
+        "the following arguments are required: --post, --new-base"
         in capsys.readouterr().err
     )

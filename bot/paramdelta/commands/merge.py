@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
+from pathlib import Path
 
+from paramdelta.checkpoint import Source
+from paramdelta.commands.publish import (
+    add_publish_options,
+    check_repo_id,
+    human_result,
+    publisher_from_args,
+)
 from paramdelta.engine import DEFAULT_MAX_MEMORY, resolve_device
 from paramdelta.errors import UsageError
-from paramdelta.job import MergeOptions, MergeResult, merge_to_dir
-from paramdelta.merge import DTYPE_CHOICES, FORMULA, VOCAB_POLICIES
+from paramdelta.job import MergeOptions, MergeResult, Prepare, merge_to_dir, preflight
+from paramdelta.merge import DTYPE_CHOICES, FORMULA, VOCAB_POLICIES, MergePlan
 from paramdelta.output import add_format_argument, emit, human_bytes
-from paramdelta.sources import open_sources
-from paramdelta.writer import DEFAULT_SHARD_SIZE, parse_size
+from paramdelta.publish import PublishResult
+from paramdelta.sources import HubFactory, download_inputs, open_sources
+from paramdelta.writer import DEFAULT_SHARD_SIZE, check_output_dir, parse_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,10 +35,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--new-base", required=True, metavar="SRC", help="the newer base to transfer onto"
     )
     parser.add_argument(
-        "--output", required=True, metavar="DIR", help="directory to write (created atomically)"
+        "--output",
+        metavar="DIR",
+        help="directory to write (created atomically); optional with --push-to",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="read Hub inputs by byte ranges instead of downloading them to the HF cache",
+    )
+    parser.add_argument(
+        "--push-to",
+        metavar="REPO",
+        help="publish the result to this Hub repo in one commit (shards upload as written)",
+    )
     add_merge_options(parser)
+    add_publish_options(parser)
     add_format_argument(parser)
 
 
@@ -110,7 +133,52 @@ def human_summary(result: MergeResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args, progress=args.format == "human")
-    with open_sources(base=args.base, post=args.post, new_base=args.new_base) as sources:
-        result = merge_to_dir(sources, args.output, options, overwrite=args.overwrite)
-    emit(args.format, result_summary(result), human_summary(result))
+    if args.output is None and args.push_to is None:
+        raise UsageError("--output is required (unless --push-to is given)")
+    if args.push_to is not None:
+        check_repo_id(args.push_to, "--push-to")
+    if args.output is not None:
+        check_output_dir(Path(args.output), args.overwrite)
+    hubs = HubFactory(args.token_file)
+    prepare = None if args.stream else download_inputs
+    with open_sources(hubs, base=args.base, post=args.post, new_base=args.new_base) as sources:
+        plan = preflight(sources, options)  # fails here, before a weight byte moves
+        if args.push_to is None:
+            result = merge_to_dir(
+                sources, args.output, options, overwrite=args.overwrite, plan=plan, prepare=prepare
+            )
+            emit(args.format, result_summary(result), human_summary(result))
+            return 0
+        result, published = merge_and_publish(args, sources, plan, options, prepare)
+    summary = result_summary(result) | {"published": published.to_dict()}
+    emit(args.format, summary, f"{human_summary(result)}\n{human_result(published)}")
     return 0
+
+
+def merge_and_publish(
+    args: argparse.Namespace,
+    sources: dict[str, Source],
+    plan: MergePlan,
+    options: MergeOptions,
+    prepare: Prepare | None,
+) -> tuple[MergeResult, PublishResult]:
+    """Merge while uploading each finished shard; then one commit with everything."""
+    keep = args.output is not None  # without --output, shards are deleted once uploaded
+    publisher = publisher_from_args(args, args.push_to, delete_uploaded=not keep)
+    with tempfile.TemporaryDirectory(prefix="paramdelta-") as scratch:
+        out_dir = Path(args.output) if keep else Path(scratch) / "merged"
+        try:
+            publisher.start()
+            result = merge_to_dir(
+                sources,
+                out_dir,
+                options,
+                overwrite=args.overwrite,
+                plan=plan,
+                prepare=prepare,
+                on_shard_written=publisher.shard_written,
+            )
+            published = publisher.finish(result.out_dir)
+        finally:
+            publisher.close()
+    return result, published

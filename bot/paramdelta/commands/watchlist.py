@@ -1,4 +1,4 @@
-"""`paramdelta watchlist validate [FILE]`: every problem, each on its own line with file and line."""
+"""`paramdelta watchlist validate [FILE]`: every problem on its own line, with file and line."""
 
 from __future__ import annotations
 

@@ -1,0 +1,81 @@
+"""`paramdelta plan`: which targets need a new merge (cheap: no weight bytes).
+
+`--format json` prints the list of pending targets, the shape a GitHub Actions
+matrix takes as `include`. Targets that could not be resolved (a missing or
+gated repo) are listed too, with status "error": their matrix leg then fails
+with the real error and the report job files an issue for that target alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from paramdelta import github_actions
+from paramdelta.commands.watchlist import DEFAULT_WATCHLIST
+from paramdelta.output import add_format_argument, emit
+from paramdelta.plan import TargetPlan, plan_watchlist
+from paramdelta.sources import HubFactory
+from paramdelta.watchlist import load
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_watchlist_arguments(parser)
+    parser.add_argument(
+        "--github", action="store_true", help="write step outputs and the job summary"
+    )
+    add_format_argument(parser)
+
+
+def add_watchlist_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--watchlist", default=DEFAULT_WATCHLIST, help="default: watchlist.yaml")
+    parser.add_argument("--target", metavar="NAME", help="only this target")
+    parser.add_argument(
+        "--token-file", help="read the Hub token from this file (default: HF_TOKEN or login)"
+    )
+
+
+def matrix(plans: list[TargetPlan]) -> list[dict[str, object]]:
+    return [p.to_dict() for p in plans if p.pending or p.status == "error"]
+
+
+def human_plan(plans: list[TargetPlan]) -> str:
+    lines = []
+    for p in plans:
+        new = p.checkpoints.get("new_base")
+        base = f"{new.repo_id}@{new.sha[:7]}" if new else "-"
+        why = "; ".join(p.reasons)
+        lines.append(f"{p.target.name}: {p.status} (new base {base}){': ' + why if why else ''}")
+    pending = sum(p.pending for p in plans)
+    lines.append(f"{pending} of {len(plans)} targets pending")
+    return "\n".join(lines)
+
+
+def summary_table(plans: list[TargetPlan]) -> str:
+    rows = [
+        "### ParamΔ plan",
+        "",
+        "| target | status | new base | output | why |",
+        "|---|---|---|---|---|",
+    ]
+    for p in plans:
+        new = p.checkpoints.get("new_base")
+        base = f"`{new.repo_id}@{new.sha[:7]}`" if new else "-"
+        why = "; ".join(p.reasons).replace("|", "\\|")
+        rows.append(f"| {p.target.name} | {p.status} | {base} | {p.output_repo or '-'} | {why} |")
+    return "\n".join(rows) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.github:
+        github_actions.require_runner_files()
+    watchlist = load(args.watchlist)
+    hub = HubFactory(args.token_file)()
+    plans = plan_watchlist(hub, watchlist, args.target)
+    pending = matrix(plans)
+    if args.github:
+        github_actions.set_output("pending", json.dumps(pending))
+        github_actions.set_output("pending-count", str(len(pending)))
+        github_actions.append_summary(summary_table(plans))
+    emit(args.format, pending, human_plan(plans))
+    return 0

@@ -1,0 +1,82 @@
+"""`paramdelta run`: plan, then merge and publish every pending target.
+
+Each target is merged and published on its own: a failing target is
+reported and the next one runs. The exit code is 0 when every target
+succeeded (or had nothing to do), else the first failure's exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from paramdelta import github_actions
+from paramdelta.commands.plan import add_watchlist_arguments
+from paramdelta.engine import DEFAULT_MAX_MEMORY
+from paramdelta.output import add_format_argument, emit
+from paramdelta.plan import plan_watchlist
+from paramdelta.report import SUCCEEDED, TargetResult, summary_markdown, write_results
+from paramdelta.run import RunOptions, run_target
+from paramdelta.sources import HubFactory
+from paramdelta.watchlist import load
+from paramdelta.writer import parse_size
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_watchlist_arguments(parser)
+    parser.add_argument(
+        "--dry-run", action="store_true", help="plan and render the cards; merge nothing"
+    )
+    parser.add_argument(
+        "--stream", action="store_true", help="read inputs by byte ranges, do not download them"
+    )
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--max-memory",
+        default=f"{DEFAULT_MAX_MEMORY // 2**20}MiB",
+        help="budget for I/O and compute buffers (default 256MiB)",
+    )
+    parser.add_argument("--workdir", type=Path, help="where --dry-run writes the cards")
+    parser.add_argument("--result-file", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--github", action="store_true", help="write step outputs and the job summary"
+    )
+    add_format_argument(parser)
+
+
+def human_results(results: list[TargetResult]) -> str:
+    if results and all(r.status == "up-to-date" for r in results):
+        return f"nothing to do: {len(results)} target(s) up to date"
+    lines = []
+    for r in results:
+        detail = r.error if r.status == "failed" else r.url
+        lines.append(f"{r.target}: {r.status}{f' ({detail})' if detail else ''}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.github:
+        github_actions.require_runner_files()
+    watchlist = load(args.watchlist)
+    options = RunOptions(
+        device=args.device,
+        max_memory=parse_size(args.max_memory, "--max-memory"),
+        stream=args.stream,
+        dry_run=args.dry_run,
+        progress=args.format == "human",
+        workdir=args.workdir,
+    )
+    hub = HubFactory(args.token_file)()
+    plans = plan_watchlist(hub, watchlist, args.target, files=True)
+    results = [run_target(hub, plan, options) for plan in plans]
+    if args.result_file:
+        write_results(args.result_file, results)
+    if args.github:
+        published = [r.to_dict() for r in results if r.status in SUCCEEDED]
+        github_actions.set_output("published", json.dumps(published))
+        github_actions.set_output("summary", human_results(results))
+        github_actions.append_summary(summary_markdown(results, github_actions.run_url()))
+    emit(args.format, {"results": [r.to_dict() for r in results]}, human_results(results))
+    failed = [r for r in results if r.status == "failed"]
+    return failed[0].exit_code if failed else 0
