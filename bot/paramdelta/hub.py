@@ -102,7 +102,8 @@ class Hub:
             ),
         )
         sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
-        return RepoFiles(repo_id, revision, info.sha or "", sizes, dict(info.card_data or {}))
+        card = info.card_data.to_dict() if info.card_data else {}
+        return RepoFiles(repo_id, revision, info.sha or "", sizes, card)
 
     def head(self, repo_id: str, revision: str = "main") -> str | None:
         """The commit sha ``revision`` points at, or None when the repo does not exist."""

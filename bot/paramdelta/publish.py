@@ -16,6 +16,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from huggingface_hub import CommitOperationAdd
 
@@ -63,6 +64,7 @@ class Publisher:
     _uploaded: dict[str, CommitOperationAdd] = field(default_factory=dict)
     _pending: Future[None] | None = None
     _executor: ThreadPoolExecutor | None = None
+    _handles: list[BinaryIO] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> None:
@@ -71,24 +73,33 @@ class Publisher:
         self.parent = self.hub.head(self.repo_id, self.revision)
 
     def shard_written(self, path: Path, shard: ShardPlan) -> None:
-        """Writer hook: upload this shard in the background once the previous one is done."""
+        """Writer hook: upload this shard in the background once the previous one is done.
+
+        The upload reads from an open handle, so the writer may move its directory
+        meanwhile; with ``delete_uploaded`` the name goes at once and the disk space
+        when the upload is done and the handle closed.
+        """
+        handle = path.open("rb")
+        if self.delete_uploaded:
+            path.unlink()
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="paramdelta-upload")
+            self._handles.append(handle)
             previous, self._pending = self._pending, None
         if previous is not None:
             previous.result()  # bounds disk to ~one shard uploading + one being written
-        self._pending = self._executor.submit(self._upload, path, shard.filename)
+        self._pending = self._executor.submit(self._upload, handle, shard.filename)
 
-    def _upload(self, path: Path, path_in_repo: str) -> None:
-        operation = CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=str(path))
+    def _upload(self, handle: BinaryIO, path_in_repo: str) -> None:
+        operation = CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=handle)
         self.hub.preupload(
             self.repo_id, [operation], revision=self.revision, create_pr=self.create_pr
         )
-        # preupload empties path_or_fileobj once the content is stored as LFS: only then
-        # can the commit go ahead without the file.
-        if self.delete_uploaded and operation.path_or_fileobj == b"":
-            path.unlink()
+        # preupload drops the content once it is stored as LFS; the commit then needs
+        # only its hash. A regular (non-LFS) file keeps its handle for the commit.
+        if operation.path_or_fileobj == b"":
+            handle.close()
         self._uploaded[path_in_repo] = operation
 
     def finish(self, directory: Path, extra_files: dict[str, bytes] | None = None) -> PublishResult:
@@ -126,6 +137,8 @@ class Publisher:
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
+        for handle in self._handles:
+            handle.close()
 
 
 def dry_run(

@@ -96,8 +96,7 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
             new_base_repo=new_base.repo_id if new_base else None,
             new_base_sha=new_base.sha if new_base else None,
             duration_s=round(time.perf_counter() - started + plan.seconds, 3),
-            exit_code=0,
-            **fields,  # type: ignore[arg-type]
+            **({"exit_code": 0} | fields),  # type: ignore[arg-type]
         )
 
     if plan.error is not None:
