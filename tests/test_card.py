@@ -70,7 +70,7 @@ def test_custom_licence_keeps_its_name_and_link():
 def test_values_are_text_not_template_or_html():
     name = "org/{{ 7*7 }}<script>x</script>"
     card = ModelCard(render_card(_record(post=name)))
-    assert "{{ 7*7 }}" in card.text and "49" not in card.text
+    assert "org/{{ 7*7 }}" in card.text and "org/49" not in card.text
     assert "<script>" not in card.text and "&lt;script&gt;" in card.text
     assert card.data.base_model[1] == name  # front matter is data, kept exactly
 

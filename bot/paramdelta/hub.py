@@ -326,7 +326,8 @@ def _describe(e: Exception) -> str:
         status = e.response.status_code
         if status in (401, 403):
             return f"HTTP {status}: not authorised (check HF_TOKEN or --token-file)"
-        return f"HTTP {status}: {str(e).splitlines()[0]}"
+        detail = " ".join((e.server_message or "").split())[:300] or str(e).splitlines()[0]
+        return f"HTTP {status}: {detail}"
     if isinstance(e, RETRY_EXCEPTIONS):
         return f"network error: {type(e).__name__}: {e}"
     return f"{type(e).__name__}: {e}"

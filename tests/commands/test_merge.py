@@ -234,7 +234,241 @@ def test_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["merge", "--base", "x"])
     assert e.value.code == 2
+    assert "the following arguments are required: --post, --new-base" in capsys.readouterr().err
+
+
+# -- from and to the Hub (the session's loopback fake Hub) -----------------------------
+
+
+def _hub_argv(repos, *extra):
+    return [
+        "merge",
+        "--base",
+        repos["base"],
+        "--post",
+        repos["post"],
+        "--new-base",
+        repos["new_base"],
+        *extra,
+    ]
+
+
+def _header_end(path):
+    return 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]
+
+
+@pytest.mark.parametrize("mode", [[], ["--stream"]], ids=["download", "stream"])
+def test_merge_from_hub_is_bit_exact_with_the_local_merge(hub_trio, tmp_path, capsys, mode):
+    assert main(_argv(hub_trio.local, tmp_path / "local")) == 0
+    assert main(_hub_argv(hub_trio.repos, "--output", str(tmp_path / "remote"), *mode)) == 0
     assert (
-        "the following arguments are required: --post, --new-base"
-        in capsys.readouterr().err
+        mismatched_tensors(load_tensors(tmp_path / "remote"), load_tensors(tmp_path / "local"))
+        == []
     )
+    for name in ("config.json", "tokenizer_config.json", "model.safetensors"):
+        assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+
+
+def test_stream_mode_stores_no_inputs(hub_trio, tmp_path, monkeypatch):
+    hf_home = tmp_path / "hf-home"
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    assert main(_hub_argv(hub_trio.repos, "--output", str(tmp_path / "out"), "--stream")) == 0
+    assert not list(hf_home.rglob("*.safetensors"))
+
+
+def test_download_mode_fills_the_hf_cache_once(hub_trio, fake_hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert main(_hub_argv(hub_trio.repos, "--output", str(tmp_path / "a"))) == 0
+    cached = {p.name for p in (tmp_path / "cache").rglob("*.safetensors")}
+    assert len(cached) == len(
+        {p.name for d in hub_trio.local.values() for p in d.glob("*.safetensors")}
+    )
+    fake_hub.clear_requests()
+    assert main(_hub_argv(hub_trio.repos, "--output", str(tmp_path / "b"))) == 0
+    assert fake_hub.weight_bytes_served() <= sum(
+        _header_end(p) for d in hub_trio.local.values() for p in d.glob("*.safetensors")
+    )
+
+
+def test_revisions_are_pinned_before_reading(hub_trio, fake_hub, tmp_path, monkeypatch):
+    """A push to a source repo mid-merge does not leak into the result."""
+    from paramdelta.hub import Hub
+
+    real = Hub.read_into
+    pushed = []
+    shard = next(hub_trio.local["new_base"].glob("*.safetensors"))
+
+    def push_then_read(self, repo_id, sha, path, offset, view):
+        if not pushed:
+            pushed.append(
+                fake_hub.commit(
+                    hub_trio.repos["new_base"],
+                    {shard.name: (hub_trio.local["post"] / shard.name).read_bytes()},
+                )
+            )
+        real(self, repo_id, sha, path, offset, view)
+
+    monkeypatch.setattr(Hub, "read_into", push_then_read)
+    assert main(_hub_argv(hub_trio.repos, "--output", str(tmp_path / "out"), "--stream")) == 0
+    assert pushed and fake_hub.head(hub_trio.repos["new_base"]) == pushed[0]
+    expected = reference_merge(
+        *(load_tensors(hub_trio.local[r]) for r in ("base", "post", "new_base"))
+    )
+    assert mismatched_tensors(load_tensors(tmp_path / "out"), expected) == []
+
+
+def test_preflight_fails_before_any_weight_bytes(fake_hub, tmp_path, capsys):
+    from paramdelta.testing.seed import publish_folder
+
+    config = llama_config()
+    for seed, role in enumerate(("base", "post", "new_base")):
+        state = random_state_dict(config, seed=seed)
+        if role == "new_base":
+            state["model.norm.weight"] = torch.ones(32, dtype=torch.bfloat16)
+        publish_folder(fake_hub, f"org/{role}", save_checkpoint(tmp_path / role, state, config))
+    fake_hub.clear_requests()
+    repos = {r: f"org/{r}" for r in ("base", "post", "new_base")}
+    assert main(_hub_argv(repos, "--output", str(tmp_path / "out"))) == 3
+    assert capsys.readouterr().err == (
+        "paramdelta: error: shape mismatch for tensor 'model.norm.weight':"
+        " base [64], post [64], new base [32]\n"
+    )
+    header_ends = {role: _header_end(tmp_path / role / "model.safetensors") for role in repos}
+    asked = [
+        r
+        for r in fake_hub.requests
+        if r.server == "hub" and r.method == "GET" and r.path.endswith(".safetensors")
+    ]
+    assert {r.path.split("/")[2] for r in asked} == set(repos), "each header was read remotely"
+    for r in asked:
+        last = int(r.range.removeprefix("bytes=").split("-")[1])
+        assert last < header_ends[r.path.split("/")[2]], r
+    assert fake_hub.weight_bytes_served() <= sum(header_ends.values())
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_and_push_makes_one_commit(hub_trio, fake_hub, tmp_path, capsys):
+    before = len(fake_hub.commits(hub_trio.repos["base"]))
+    argv = _hub_argv(
+        hub_trio.repos, "--push-to", "me/merged", "--shard-size", "60KB", "--format", "json"
+    )
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    commits = fake_hub.commits("me/merged")
+    assert len(commits) == 2  # the repo's initial .gitattributes commit, then ours
+    assert summary["published"]["commit_sha"] == commits[0].oid == fake_hub.head("me/merged")
+    files = set(fake_hub.list_files("me/merged")) - {".gitattributes"}
+    assert files == set(summary["files"])
+    assert "model.safetensors.index.json" in files and len(summary["shards"]) > 1
+    with_index = {}
+    for shard in summary["shards"]:
+        (tmp_path / "dl").mkdir(exist_ok=True)
+        (tmp_path / "dl" / shard).write_bytes(fake_hub.read_file("me/merged", shard))
+        with_index.update(load_tensors(tmp_path / "dl"))
+    expected = reference_merge(
+        *(load_tensors(hub_trio.local[r]) for r in ("base", "post", "new_base"))
+    )
+    assert mismatched_tensors(with_index, expected) == []
+    assert len(fake_hub.commits(hub_trio.repos["base"])) == before
+
+
+def test_push_as_pull_request_leaves_main_alone(hub_trio, fake_hub, capsys):
+    fake_hub.create_repo("me/merged")
+    main_before = fake_hub.head("me/merged")
+    assert main(_hub_argv(hub_trio.repos, "--push-to", "me/merged", "--pr")) == 0
+    out = capsys.readouterr().out
+    (pr,) = fake_hub.pull_requests("me/merged")
+    assert f"opened pull request {fake_hub.url}/me/merged/discussions/{pr.num}" in out
+    assert fake_hub.head("me/merged") == main_before
+    assert "config.json" in fake_hub.list_files("me/merged", pr.ref)
+
+
+def test_a_concurrent_change_to_the_output_is_exit_5(hub_trio, fake_hub, capsys, monkeypatch):
+    from paramdelta.publish import Publisher
+
+    fake_hub.create_repo("me/merged")
+    real_finish = Publisher.finish
+
+    def someone_pushes_first(self, directory, extra_files=None):
+        fake_hub.commit("me/merged", {"NOTES.md": b"mine"})
+        return real_finish(self, directory, extra_files)
+
+    monkeypatch.setattr(Publisher, "finish", someone_pushes_first)
+    head_files = None
+    assert main(_hub_argv(hub_trio.repos, "--push-to", "me/merged")) == 5
+    head_files = fake_hub.list_files("me/merged")
+    assert head_files == [".gitattributes", "NOTES.md"]
+    assert capsys.readouterr().err.startswith(
+        "paramdelta: error: output repo me/merged changed during publish (main is no longer at "
+    )
+
+
+def test_a_failure_before_the_commit_changes_nothing_and_a_rerun_completes(
+    hub_trio, fake_hub, capsys
+):
+    argv = _hub_argv(hub_trio.repos, "--push-to", "me/merged", "--shard-size", "60KB")
+    fake_hub.faults.add(method="POST", path="/api/models/me/merged/commit/", status=500, times=1)
+    assert main(argv) == 4
+    assert "me/merged: HTTP 500" in capsys.readouterr().err
+    assert fake_hub.list_files("me/merged") == [".gitattributes"]
+    uploads = fake_hub.lfs_uploads
+    assert uploads >= 4
+    assert main(argv) == 0
+    assert fake_hub.lfs_uploads == uploads  # every shard was already stored: nothing re-sent
+    assert "model-00001-of-00004.safetensors" in fake_hub.list_files("me/merged")
+
+
+def test_transient_hub_errors_on_reads_are_retried(hub_trio, fake_hub, tmp_path, monkeypatch):
+    monkeypatch.setattr("paramdelta.hub.Hub.sleep", lambda self, s: None, raising=False)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    fake_hub.faults.add(method="GET", path="/api/models/org/post", status=503, times=2)
+    fake_hub.faults.add(
+        method="GET",
+        path=".safetensors",
+        server="blobs",
+        status=429,
+        headers={"Retry-After": "0"},
+        times=3,
+    )
+    assert main(_hub_argv(hub_trio.repos, "--output", str(tmp_path / "out"), "--stream")) == 0
+    statuses = [r.status for r in fake_hub.requests]
+    assert statuses.count(503) == 2 and statuses.count(429) == 3
+
+
+def test_the_token_never_appears_in_any_output(
+    hub_trio, fake_hub, hub_token, tmp_path, capfd, monkeypatch
+):
+    token_file = tmp_path / "token"
+    token_file.write_text(hub_token + "\n")
+    runs = [
+        _hub_argv(
+            hub_trio.repos,
+            "--output",
+            str(tmp_path / "a"),
+            "--token-file",
+            str(token_file),
+            "--format",
+            "json",
+        ),
+        _hub_argv(hub_trio.repos, "--push-to", "me/x", "--token-file", str(token_file)),
+        _hub_argv(
+            {**hub_trio.repos, "post": "org/missing"},
+            "--output",
+            str(tmp_path / "b"),
+            "--token-file",
+            str(token_file),
+        ),
+    ]
+    codes = [main(argv) for argv in runs]
+    assert codes == [0, 0, 4]
+    monkeypatch.setenv("HF_TOKEN", hub_token)
+    monkeypatch.setenv("PARAMDELTA_HUB_RETRIES", "0")
+    fake_hub.faults.add(
+        method="POST", path="/api/repos/create", status=500, body=f"echo {hub_token}"
+    )
+    assert main(_hub_argv(hub_trio.repos, "--push-to", "me/y")) == 4
+    captured = capfd.readouterr()
+    assert hub_token not in captured.out + captured.err
+    assert "***" in captured.err
