@@ -41,6 +41,9 @@ from paramdelta.secrets import redact
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 RETRY_EXCEPTIONS = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
+# What a request to the Hub may raise: HTTP and network errors (HfHubHTTPError is both),
+# file errors of the cache, a failed trusted-publishing exchange.
+HUB_FAILURES = (httpx2.HTTPError, OSError, OIDCError)
 MAX_BACKOFF = 8.0
 
 T = TypeVar("T")
@@ -176,8 +179,15 @@ class Hub:
         return response.content
 
     def open_pr_refs(self, repo_id: str) -> list[str]:
-        """The repo's pull request refs, newest first (``refs/pr/N``)."""
-        refs = self._retry(repo_id, lambda: self.api.list_repo_refs(repo_id, include_prs=True))
+        """The repo's pull request refs, newest first (``refs/pr/N``); none if no such repo."""
+        try:
+            refs = self._retry(
+                repo_id, lambda: self.api.list_repo_refs(repo_id, include_pull_requests=True)
+            )
+        except HubError as e:
+            if _is_missing(e):
+                return []
+            raise
         prs = sorted(refs.pull_requests or [], key=lambda r: int(r.ref.rsplit("/", 1)[-1]))
         return [r.ref for r in reversed(prs)]
 
@@ -215,7 +225,7 @@ class Hub:
             self.api.preupload_lfs_files(
                 repo_id, additions=operations, revision=revision, create_pr=create_pr
             )
-        except Exception as e:
+        except (*HUB_FAILURES, ValueError) as e:  # LFS batch errors arrive as ValueError
             raise self._error(repo_id, e) from e
 
     def commit(
@@ -247,7 +257,7 @@ class Hub:
                     f" {(parent or 'its start')[:7]}); nothing was committed; re-run to re-plan"
                 ) from None
             raise self._error(repo_id, e) from e
-        except Exception as e:
+        except (*HUB_FAILURES, ValueError) as e:  # LFS batch errors arrive as ValueError
             raise self._error(repo_id, e) from e
 
     # -- plumbing ----------------------------------------------------------------------
@@ -273,7 +283,7 @@ class Hub:
                 return call()
             except ParamDeltaError:
                 raise
-            except Exception as e:
+            except HUB_FAILURES as e:  # anything else is a bug and propagates as one
                 wait = _retry_after(e, delay)
                 if wait is None or attempt == self.retries:
                     raise self._error(what, e) from e

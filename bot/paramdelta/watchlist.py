@@ -259,6 +259,10 @@ def _explain(
         hint = difflib.get_close_matches(str(unknown[0]), sorted(allowed), n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         return path, f"unknown key {unknown[0]!r}{suggestion}", str(unknown[0])
+    if kind == "type":
+        names = {"object": "a mapping", "array": "a list", "string": "a string"}
+        wanted = names.get(str(error.validator_value), f"a {error.validator_value}")
+        return path, f"must be {wanted}, not {type(error.instance).__name__}", None
     if "x-message" in error.schema:
         return path, f"{error.instance!r} {error.schema['x-message']}"[:200], None
     if kind == "enum":
@@ -266,10 +270,6 @@ def _explain(
         return path, f"must be one of {allowed_values}, not {error.instance!r}", None
     if kind == "const":
         return path, f"must be {error.validator_value!r}, not {error.instance!r}", None
-    if kind == "type":
-        names = {"object": "a mapping", "array": "a list", "string": "a string"}
-        wanted = names.get(str(error.validator_value), f"a {error.validator_value}")
-        return path, f"must be {wanted}, not {type(error.instance).__name__}", None
     if kind in ("minItems", "minLength"):
         return path, "must not be empty", None
     return path, error.message, None
@@ -364,7 +364,7 @@ def _targets(
     problems: list[Problem] = []
     targets: list[Target] = []
     names: dict[str, int] = {}
-    outputs: dict[str, int] = {}
+    outputs: dict[tuple[str, object], int] = {}
     checked_templates: dict[Path, str | None] = {}
 
     for index, raw in enumerate(doc["targets"]):
@@ -395,11 +395,18 @@ def _targets(
 
         output = raw["output"]
         template_error = _check_output_template(output)
+        # A template gives the same repo only for the same new base (base and post
+        # names are fixed per target, so they are part of the template's result too).
+        same_output = (
+            output,
+            (_ref(raw["base"]), _ref(raw["post"]), new_base) if "{" in output else None,
+        )
         if template_error:
             problem("output", template_error)
-        elif output in outputs:
-            problem("output", f"duplicate output {output!r} (first on line {outputs[output]})")
-        outputs.setdefault(output, _line(node, [*where, "output"]))
+        elif same_output in outputs:
+            first = outputs[same_output]
+            problem("output", f"duplicate output {output!r} (first on line {first})")
+        outputs.setdefault(same_output, _line(node, [*where, "output"]))
 
         alpha = float(options["alpha"])
         if not math.isfinite(alpha):

@@ -1,0 +1,95 @@
+import json
+
+import pytest
+
+from paramdelta.cli import main
+
+WATCHLIST = """\
+targets:
+  - name: good
+    base: org/base
+    post: org/post
+    new_base: org/new-base
+    output: me/good
+  - name: broken
+    base: nobody/missing
+    post: org/post
+    new_base: org/new-base
+    output: me/broken
+  - name: paused
+    base: org/base
+    post: org/post
+    new_base: org/new-base
+    output: me/off
+    enabled: false
+"""
+
+
+@pytest.fixture
+def watchlist(hub_trio, tmp_path):
+    path = tmp_path / "watchlist.yaml"
+    path.write_text(WATCHLIST)
+    return path
+
+
+def test_json_is_the_matrix_of_pending_targets(watchlist, hub_trio, capsys):
+    assert main(["plan", "--watchlist", str(watchlist), "--format", "json"]) == 0
+    matrix = json.loads(capsys.readouterr().out)
+    assert [(m["target"], m["status"]) for m in matrix] == [
+        ("good", "pending"),
+        ("broken", "error"),
+    ]
+    good = matrix[0]
+    assert good["output_repo"] == "me/good"
+    assert good["new_base"] == f"org/new-base@{hub_trio.shas['new_base']}"
+    assert good["reasons"] == ["no lineage record in the output repo"]
+    assert (
+        matrix[1]["error"]
+        == "nobody/missing@main: repository not found (or private, and the token cannot see it)"
+    )
+
+
+def test_human_output(watchlist, hub_trio, capsys):
+    assert main(["plan", "--watchlist", str(watchlist), "--target", "good"]) == 0
+    assert capsys.readouterr().out == (
+        f"good: pending (new base org/new-base@{hub_trio.shas['new_base'][:7]}):"
+        " no lineage record in the output repo\n1 of 1 targets pending\n"
+    )
+
+
+def test_github_outputs_and_summary(watchlist, hub_trio, tmp_path, monkeypatch, capsys):
+    output, summary = tmp_path / "out", tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(output))
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    assert main(["plan", "--watchlist", str(watchlist), "--github", "--format", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    lines = output.read_text().splitlines()
+    # name<<delimiter / value / delimiter, twice
+    assert lines[0].startswith("pending<<ghadelimiter_") and lines[2] == lines[0].split("<<")[1]
+    assert json.loads(lines[1]) == printed
+    assert lines[3].startswith("pending-count<<") and lines[4] == "2"
+    table = summary.read_text()
+    assert table.startswith("### ParamΔ plan\n")
+    assert (
+        f"| good | pending | `org/new-base@{hub_trio.shas['new_base'][:7]}` | me/good | no lineage record in the output repo |"
+        in table
+    )
+    assert "| paused | disabled | - | - | enabled: false |" in table
+
+
+def test_github_outside_actions_is_a_usage_error(watchlist, capsys):
+    assert main(["plan", "--watchlist", str(watchlist), "--github"]) == 2
+    assert capsys.readouterr().err == (
+        "paramdelta: error: --github: GITHUB_OUTPUT is not set (not running in GitHub Actions?)\n"
+    )
+
+
+def test_unknown_target_and_bad_watchlist(watchlist, tmp_path, capsys):
+    assert main(["plan", "--watchlist", str(watchlist), "--target", "nope"]) == 2
+    assert capsys.readouterr().err == (
+        f"paramdelta: error: {watchlist}: no target named 'nope' (targets: good, broken, paused)\n"
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("targets: []\n")
+    assert main(["plan", "--watchlist", str(bad)]) == 2
+    assert capsys.readouterr().err == f"paramdelta: error: {bad}:1: targets: must not be empty\n"

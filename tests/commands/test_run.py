@@ -1,0 +1,138 @@
+import json
+
+import pytest
+from huggingface_hub import ModelCard
+
+from paramdelta.cli import main
+from paramdelta.report import load_results
+from paramdelta.testing.checkpoints import load_tensors, mismatched_tensors, reference_merge
+
+WATCHLIST = """\
+targets:
+  - name: good
+    base: org/base
+    post: org/post
+    new_base: org/new-base
+    output: me/good
+    tags: [chat]
+  - name: broken
+    base: nobody/missing
+    post: org/post
+    new_base: org/new-base
+    output: me/broken
+"""
+
+
+@pytest.fixture
+def watchlist(hub_trio, tmp_path):
+    path = tmp_path / "watchlist.yaml"
+    path.write_text(WATCHLIST)
+    return path
+
+
+def _download(fake_hub, repo, directory):
+    directory.mkdir()
+    for name in fake_hub.list_files(repo):
+        (directory / name).write_bytes(fake_hub.read_file(repo, name))
+    return directory
+
+
+def test_run_publishes_one_commit_and_isolates_failures(
+    watchlist, hub_trio, fake_hub, tmp_path, capsys
+):
+    results = tmp_path / "results.json"
+    assert main(["run", "--watchlist", str(watchlist), "--result-file", str(results)]) == 4
+    out = capsys.readouterr().out.splitlines()
+    commits = fake_hub.commits("me/good")
+    assert out == [
+        f"good: published ({fake_hub.url}/me/good/commit/{commits[0].oid})",
+        "broken: failed (nobody/missing@main: repository not found (or private, and the token cannot see it))",
+    ]
+    assert len(commits) == 2  # the repo's initial commit, then ours with everything
+    files = set(fake_hub.list_files("me/good"))
+    assert {
+        "README.md",
+        "paramdelta.json",
+        "config.json",
+        "model.safetensors",
+        "tokenizer_config.json",
+    } <= files
+
+    record = json.loads(fake_hub.read_file("me/good", "paramdelta.json"))
+    assert {c["role"]: c["sha"] for c in record["checkpoints"]} == hub_trio.shas
+    assert record["output"]["repo"] == "me/good" and record["target"] == "good"
+
+    card = ModelCard(fake_hub.read_file("me/good", "README.md").decode())
+    assert card.data.base_model == ["org/new-base", "org/post", "org/base"]
+    assert card.data.base_model_relation == "merge"
+    assert card.data.tags == ["merge", "paramdelta", "chat"]
+
+    merged = load_tensors(_download(fake_hub, "me/good", tmp_path / "good"))
+    expected = reference_merge(
+        *(load_tensors(hub_trio.local[r]) for r in ("base", "post", "new_base"))
+    )
+    assert mismatched_tensors(merged, expected) == []
+
+    good, broken = load_results([results])
+    assert (good.status, good.exit_code, good.new_base_sha) == (
+        "published",
+        0,
+        hub_trio.shas["new_base"],
+    )
+    assert (broken.status, broken.exit_code) == ("failed", 4)
+    assert not fake_hub.repo_exists("me/broken")
+
+
+def test_a_second_run_with_nothing_changed_does_nothing(watchlist, fake_hub, capsys):
+    assert main(["run", "--watchlist", str(watchlist), "--target", "good"]) == 0
+    capsys.readouterr()
+    commits = len(fake_hub.commits("me/good"))
+    fake_hub.clear_requests()
+    assert main(["run", "--watchlist", str(watchlist), "--target", "good"]) == 0
+    assert capsys.readouterr().out == "nothing to do: 1 target(s) up to date\n"
+    assert len(fake_hub.commits("me/good")) == commits
+    assert fake_hub.weight_bytes_served() == 0
+
+
+def test_dry_run_renders_the_card_and_publishes_nothing(watchlist, fake_hub, tmp_path, capsys):
+    workdir = tmp_path / "dry"
+    assert (
+        main(
+            [
+                "run",
+                "--watchlist",
+                str(watchlist),
+                "--target",
+                "good",
+                "--dry-run",
+                "--workdir",
+                str(workdir),
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert result["status"] == "dry-run"
+    card = workdir / "good" / "README.md"
+    assert result["url"] == card.as_uri()
+    assert ModelCard(card.read_text()).data.base_model_relation == "merge"
+    assert not fake_hub.repo_exists("me/good")
+    assert fake_hub.weight_bytes_served() < 10_000  # headers only
+
+
+def test_github_outputs(watchlist, hub_trio, fake_hub, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GITHUB_OUTPUT", str(tmp_path / "out"))
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "summary.md"))
+    monkeypatch.setenv("GITHUB_SERVER_URL", "https://github.test")
+    monkeypatch.setenv("GITHUB_REPOSITORY", "o/r")
+    monkeypatch.setenv("GITHUB_RUN_ID", "42")
+    assert main(["run", "--watchlist", str(watchlist), "--target", "good", "--github"]) == 0
+    lines = (tmp_path / "out").read_text().splitlines()
+    assert lines[0].startswith("published<<")
+    (published,) = json.loads(lines[1])
+    assert published["target"] == "good" and published["status"] == "published"
+    assert "| good |" in (tmp_path / "summary.md").read_text()
+    record = json.loads(fake_hub.read_file("me/good", "paramdelta.json"))
+    assert record["ci_run_url"] == "https://github.test/o/r/actions/runs/42"
