@@ -1,0 +1,101 @@
+import json
+
+import pytest
+
+from paramdelta.cli import main
+from paramdelta.testing.checkpoints import make_trio
+
+
+@pytest.fixture
+def merged(tmp_path):
+    """A directory to publish: any checkpoint will do."""
+    return make_trio(tmp_path / "trio", max_shard_size=60_000)["new_base"]
+
+
+@pytest.fixture
+def token(hub_token, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", hub_token)
+    return hub_token
+
+
+def test_publish_is_one_commit_of_every_file(merged, fake_hub, token, capsys):
+    assert (
+        main(["publish", str(merged), "--repo", "me/model", "--private", "--format", "json"]) == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    files = sorted(p.name for p in merged.iterdir())
+    assert result["files"] == files
+    (ours, initial) = fake_hub.commits("me/model")
+    assert result["commit_sha"] == ours.oid
+    assert ours.title == "Upload ParamΔ merge"
+    assert sorted(fake_hub.list_files("me/model")) == sorted([".gitattributes", *files])
+    for name in files:
+        assert fake_hub.read_file("me/model", name) == (merged / name).read_bytes()
+    assert fake_hub.store.get("me/model").private
+
+
+def test_publish_as_pull_request(merged, fake_hub, token, capsys):
+    fake_hub.create_repo("me/model")
+    head = fake_hub.head("me/model")
+    assert (
+        main(["publish", str(merged), "--repo", "me/model", "--pr", "--commit-message", "Try this"])
+        == 0
+    )
+    (pr,) = fake_hub.pull_requests("me/model")
+    assert capsys.readouterr().out == (
+        f"opened pull request {fake_hub.url}/me/model/discussions/1 ({len(list(merged.iterdir()))} files)\n"
+    )
+    assert (pr.ref, pr.title) == ("refs/pr/1", "Try this")
+    assert fake_hub.head("me/model") == head
+
+
+def test_dry_run_sends_nothing(merged, fake_hub, capsys):
+    fake_hub.clear_requests()
+    assert main(["publish", str(merged), "--repo", "me/model", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"would commit {len(out) - 1} files to me/model@main:"
+    assert "  config.json" in out
+    assert fake_hub.requests == []
+
+
+def test_usage_errors(merged, tmp_path, capsys):
+    assert main(["publish", str(merged), "--repo", "not-a-repo"]) == 2
+    assert (
+        capsys.readouterr().err
+        == "paramdelta: error: --repo 'not-a-repo': expected a Hub repo id like org/name\n"
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["publish", str(empty), "--repo", "me/x"]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"paramdelta: error: {empty}: not a directory with files to publish\n"
+    )
+
+
+def test_bad_token_is_exit_4_and_never_printed(merged, fake_hub, tmp_path, capfd):
+    token_file = tmp_path / "token"
+    token_file.write_text("hf_not_the_right_one_123\n")
+    assert (
+        main(["publish", str(merged), "--repo", "me/model", "--token-file", str(token_file)]) == 4
+    )
+    captured = capfd.readouterr()
+    assert (
+        captured.err
+        == "paramdelta: error: me/model: HTTP 401: not authorised (check HF_TOKEN or --token-file)\n"
+    )
+    assert "hf_not_the_right_one_123" not in captured.out + captured.err
+
+
+def test_trusted_publishing_needs_no_stored_token(
+    merged, fake_hub, oidc_id_token, monkeypatch, capfd
+):
+    """HF_OIDC_RESOURCE + the CI's OIDC id token: huggingface_hub exchanges it for a Hub token."""
+    fake_hub.create_repo("me/model")  # trusted publishers write to an existing repo
+    monkeypatch.setenv("HF_OIDC_RESOURCE", "me/model")
+    monkeypatch.setenv("HF_OIDC_ID_TOKEN", oidc_id_token)
+    assert main(["publish", str(merged), "--repo", "me/model"]) == 0
+    assert "config.json" in fake_hub.list_files("me/model")
+    assert any(r.path == "/oauth/token" for r in fake_hub.requests)
+    captured = capfd.readouterr()
+    assert oidc_id_token not in captured.out + captured.err

@@ -1,0 +1,53 @@
+import threading
+import time
+
+from paramdelta.checkpoint import LocalSource
+from paramdelta.hub import Hub
+from paramdelta.job import MergeOptions, merge_to_dir
+from paramdelta.publish import Publisher
+from paramdelta.testing.checkpoints import llama_config, make_trio
+
+
+def test_disk_holds_at_most_two_shards_while_pushing(fake_hub, hub_token, tmp_path, monkeypatch):
+    """One shard uploading plus the one being written: never the whole model."""
+    trio = make_trio(tmp_path / "in", config=llama_config(hidden_size=128, vocab_size=512))
+    hub = Hub(token=hub_token)
+    publisher = Publisher(hub, "me/out", message="m", delete_uploaded=True)
+    real = Hub.preupload
+
+    def slow_preupload(self, *args, **kwargs):
+        time.sleep(0.05)  # an upload slower than the merge: the worst case for disk
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Hub, "preupload", slow_preupload)
+    alive: list[int] = []
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            on_disk = [p for p in tmp_path.glob(".out.partial-*/*") if ".safetensors" in p.name]
+            held = sum(not h.closed for h in publisher._handles)
+            alive.append(len(on_disk) + held)
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        publisher.start()
+        sources = {role: LocalSource(path) for role, path in trio.items()}
+        result = merge_to_dir(
+            sources,
+            tmp_path / "out",
+            MergeOptions(shard_size=150_000, progress=False),
+            on_shard_written=publisher.shard_written,
+        )
+        published = publisher.finish(result.out_dir)
+    finally:
+        done.set()
+        sampler.join()
+        publisher.close()
+    assert len(result.shards) >= 4
+    assert max(alive) <= 2, max(alive)
+    assert not list((tmp_path / "out").glob("*.safetensors"))  # uploaded, then removed
+    assert {s.filename for s in result.shards} <= set(published.files)
+    assert set(fake_hub.list_files("me/out")) >= {s.filename for s in result.shards}
