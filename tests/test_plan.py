@@ -5,7 +5,6 @@ import pytest
 from paramdelta.hub import Hub
 from paramdelta.plan import plan_watchlist
 from paramdelta.run import RunOptions, run_target
-from paramdelta.testing.checkpoints import make_trio
 from paramdelta.testing.seed import publish_folder
 from paramdelta.watchlist import load
 

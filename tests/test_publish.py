@@ -51,3 +51,30 @@ def test_disk_holds_at_most_two_shards_while_pushing(fake_hub, hub_token, tmp_pa
     assert not list((tmp_path / "out").glob("*.safetensors"))  # uploaded, then removed
     assert {s.filename for s in result.shards} <= set(published.files)
     assert set(fake_hub.list_files("me/out")) >= {s.filename for s in result.shards}
+
+
+def test_a_new_layout_removes_the_old_shards_in_the_same_commit(fake_hub, hub_token, tmp_path):
+    trio = make_trio(tmp_path / "in", config=llama_config(hidden_size=128, vocab_size=512))
+    sources = {role: LocalSource(path) for role, path in trio.items()}
+    hub = Hub(token=hub_token)
+    fake_hub.create_repo("me/out")
+    fake_hub.commit("me/out", {"eval-results.md": b"kept: not weights"})
+
+    def publish(shard_size, out):
+        publisher = Publisher(hub, "me/out", message=f"shards of {shard_size}")
+        publisher.start()
+        merged = merge_to_dir(
+            sources, tmp_path / out, MergeOptions(shard_size=shard_size, progress=False)
+        )
+        publisher.finish(merged.out_dir)
+        return merged
+
+    sharded = publish(150_000, "a")
+    assert "model.safetensors.index.json" in fake_hub.list_files("me/out")
+    single = publish(10**9, "b")
+    files = set(fake_hub.list_files("me/out"))
+    assert [s.filename for s in single.shards] == ["model.safetensors"]
+    assert not files & {s.filename for s in sharded.shards}
+    assert "model.safetensors.index.json" not in files
+    assert {"model.safetensors", "eval-results.md", "config.json"} <= files
+    assert fake_hub.commits("me/out")[0].title == f"shards of {10**9}"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from huggingface_hub import CommitOperationAdd
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
 from paramdelta.hub import Hub
 from paramdelta.writer import ShardPlan
@@ -65,12 +65,15 @@ class Publisher:
     _pending: Future[None] | None = None
     _executor: ThreadPoolExecutor | None = None
     _handles: list[BinaryIO] = field(default_factory=list)
+    _remote_files: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> None:
-        """Create the repo if needed and remember the head every later commit builds on."""
+        """Create the repo if needed; remember the head the commit builds on, and its files."""
         self.hub.create_repo(self.repo_id, private=self.private)
-        self.parent = self.hub.head(self.repo_id, self.revision)
+        head = self.hub.repo_files(self.repo_id, self.revision, files=False)
+        self.parent = head.sha
+        self._remote_files = set(head.sizes)
 
     def shard_written(self, path: Path, shard: ShardPlan) -> None:
         """Writer hook: upload this shard in the background once the previous one is done.
@@ -111,9 +114,13 @@ class Publisher:
             operations.setdefault(relpath, CommitOperationAdd(relpath, str(path)))
         for relpath, data in (extra_files or {}).items():
             operations[relpath] = CommitOperationAdd(relpath, data)
+        # Weights of an earlier merge that this one does not overwrite (another shard
+        # layout) would linger beside the new index: remove them in the same commit.
+        stale = sorted(f for f in self._remote_files if _is_weights(f) and f not in operations)
+        deletions = [CommitOperationDelete(path_in_repo=f) for f in stale]
         info = self.hub.commit(
             self.repo_id,
-            list(operations.values()),
+            [*operations.values(), *deletions],
             message=self.message,
             description=self.description,
             parent=self.parent,
@@ -139,6 +146,11 @@ class Publisher:
             self._executor.shutdown(wait=True, cancel_futures=True)
         for handle in self._handles:
             handle.close()
+
+
+def _is_weights(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return name.endswith(".safetensors") or name == "model.safetensors.index.json"
 
 
 def dry_run(

@@ -25,7 +25,7 @@ def test_publish_is_one_commit_of_every_file(merged, fake_hub, token, capsys):
     result = json.loads(capsys.readouterr().out)
     files = sorted(p.name for p in merged.iterdir())
     assert result["files"] == files
-    (ours, initial) = fake_hub.commits("me/model")
+    (ours, _initial) = fake_hub.commits("me/model")
     assert result["commit_sha"] == ours.oid
     assert ours.title == "Upload ParamΔ merge"
     assert sorted(fake_hub.list_files("me/model")) == sorted([".gitattributes", *files])

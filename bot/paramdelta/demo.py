@@ -1,0 +1,224 @@
+"""`paramdelta demo`: the whole cycle on this machine, no network, no accounts.
+
+A loopback fake Hub (paramdelta.testing.hub) is seeded with three tiny
+Llama-shaped checkpoints under realistic repo ids; then the real CLI runs
+against it, each step in its own process exactly as a user or the GitHub
+Action would run it: plan (1 pending) -> run (merge + publish) -> plan
+(nothing pending) -> a new commit lands on the followed base -> plan (pending
+again) -> run. Finally the published weights are checked against the formula
+and the lineage record against the fake Hub's commits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from paramdelta.errors import ParamDeltaError
+from paramdelta.testing.checkpoints import (
+    load_tensors,
+    make_trio,
+    mismatched_tensors,
+    perturbed,
+    reference_merge,
+    save_checkpoint,
+)
+from paramdelta.testing.hub import FakeHub
+from paramdelta.testing.seed import publish_folder
+
+REPOS = {
+    "base": "meta-llama/Meta-Llama-3-8B",
+    "post": "meta-llama/Meta-Llama-3-8B-Instruct",
+    "new_base": "meta-llama/Llama-3.1-8B",
+}
+LICENSES = {"base": "llama3", "post": "llama3", "new_base": "llama3.1"}
+OUTPUT = "demo-user/Llama-3.1-8B-Instruct-ParamDelta"
+TOKEN = "hf_demo_write_token"  # noqa: S105 - the fake Hub's own; no real account is involved
+WATCHLIST = f"""\
+# The demo's watchlist: follow meta-llama/Llama-3.1-8B's main branch.
+targets:
+  - name: llama-3.1-8b-instruct
+    base: {REPOS["base"]}
+    post: {REPOS["post"]}
+    new_base:
+      repo: {REPOS["new_base"]}
+      revision: main
+    output: {OUTPUT}
+    tags: [demo]
+"""
+
+
+class DemoError(ParamDeltaError):
+    """A demo step did not do what it should have."""
+
+
+@dataclass
+class DemoReport:
+    """What the demo saw, for the person watching and for the tests."""
+
+    workdir: Path
+    hub_url: str = ""
+    seeded: dict[str, str] = field(default_factory=dict)  # role -> sha
+    new_base_v2: str = ""
+    output_commits: list[str] = field(default_factory=list)  # newest first
+    output_files: list[str] = field(default_factory=list)
+    lineage: dict[str, object] = field(default_factory=dict)
+    card_path: Path | None = None
+    mismatched: list[str] = field(default_factory=list)
+    tensors_checked: int = 0
+
+
+def run_demo(workdir: Path, say: Callable[[str], None] = print) -> DemoReport:
+    report = DemoReport(workdir)
+    with FakeHub(data_dir=workdir / "fake-hub", token=TOKEN) as hub:
+        report.hub_url = hub.url
+        say(f"A loopback fake Hub is serving at {hub.url} (nothing leaves this machine).\n")
+        local = make_trio(workdir / "checkpoints", max_shard_size=60_000)
+        for role, repo in REPOS.items():
+            report.seeded[role] = publish_folder(hub, repo, local[role], license_id=LICENSES[role])
+            say(f"  seeded {repo:<40} {report.seeded[role][:12]}  (tiny {role.replace('_', ' ')})")
+        watchlist = workdir / "watchlist.yaml"
+        watchlist.write_text(WATCHLIST)
+        env = _environment(hub.url, workdir)
+        step = _Stepper(say, env, workdir)
+
+        step(
+            "1. plan: the output does not exist yet, so the target is pending",
+            ["plan", "--watchlist", str(watchlist)],
+            expect="1 of 1 targets pending",
+        )
+        step(
+            "2. run: merge and publish weights, card and lineage in one commit",
+            ["run", "--watchlist", str(watchlist)],
+            expect="llama-3.1-8b-instruct: published",
+        )
+        step(
+            "3. plan again: nothing changed, nothing to do",
+            ["plan", "--watchlist", str(watchlist)],
+            expect="0 of 1 targets pending",
+        )
+
+        new_base_v2 = perturbed(load_tensors(local["new_base"]), seed=7)
+        v2_dir = save_checkpoint(
+            workdir / "checkpoints" / "new_base_v2",
+            new_base_v2,
+            json.loads((local["new_base"] / "config.json").read_text()),
+            max_shard_size=60_000,
+        )
+        report.new_base_v2 = publish_folder(
+            hub,
+            REPOS["new_base"],
+            v2_dir,
+            license_id=LICENSES["new_base"],
+            message="Update weights",
+        )
+        say(f"\n==> A new commit lands on {REPOS['new_base']}: {report.new_base_v2[:12]}")
+
+        step(
+            "4. plan: the followed branch moved, so the target is pending again",
+            ["plan", "--watchlist", str(watchlist)],
+            expect="1 of 1 targets pending",
+        )
+        step(
+            "5. run: merge onto the new base and publish",
+            ["run", "--watchlist", str(watchlist)],
+            expect="llama-3.1-8b-instruct: published",
+        )
+
+        _inspect(hub, report, {**local, "new_base": v2_dir}, say)
+    return report
+
+
+def _environment(hub_url: str, workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "GITHUB_"))}
+    env.update(
+        HF_ENDPOINT=hub_url,
+        HF_TOKEN=TOKEN,
+        HF_HOME=str(workdir / "hf-home"),  # the demo never touches your real cache
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        NO_PROXY="127.0.0.1,localhost",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+class _Stepper:
+    """Runs `paramdelta ...` as a user would, shows it, and checks the outcome."""
+
+    def __init__(self, say: Callable[[str], None], env: dict[str, str], cwd: Path) -> None:
+        self.say, self.env, self.cwd = say, env, cwd
+
+    def __call__(self, title: str, argv: list[str], *, expect: str) -> str:
+        self.say(f"\n==> {title}\n$ paramdelta {shlex.join(argv)}")
+        proc = subprocess.run(
+            [sys.executable, "-m", "paramdelta", *argv],
+            env=self.env,
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        output = (proc.stdout + proc.stderr).rstrip()
+        self.say("\n".join(f"  {line}" for line in output.splitlines()))
+        if proc.returncode != 0 or expect not in proc.stdout:
+            raise DemoError(
+                f"demo step failed: paramdelta {argv[0]} exited {proc.returncode},"
+                f" expected {expect!r} in its output"
+            )
+        return proc.stdout
+
+
+def _inspect(
+    hub: FakeHub, report: DemoReport, inputs: dict[str, Path], say: Callable[[str], None]
+) -> None:
+    """Show what was published, and check it against the fake Hub and the formula."""
+    report.output_commits = [c.oid for c in hub.commits(OUTPUT)]
+    report.output_files = hub.list_files(OUTPUT)
+    say(f"\n==> {OUTPUT} now has {len(report.output_commits)} commits; its files:")
+    say("\n".join(f"  {name}" for name in report.output_files))
+
+    record = json.loads(hub.read_file(OUTPUT, "paramdelta.json"))
+    report.lineage = record
+    say("\nLineage (paramdelta.json), checked against the fake Hub's commits:")
+    say(f"  {'role':<9} {'repo':<40} {'commit':<14} on the Hub")
+    for checkpoint in record["checkpoints"]:
+        head = hub.head(checkpoint["repo"])
+        mark = "yes" if checkpoint["sha"] == head else f"NO (Hub has {head[:12]})"
+        role, repo, sha = checkpoint["role"], checkpoint["repo"], checkpoint["sha"]
+        say(f"  {role:<9} {repo:<40} {sha[:12]:<14} {mark}")
+        if checkpoint["sha"] != head:
+            raise DemoError(
+                f"demo: lineage names {checkpoint['sha']} for {checkpoint['repo']}, the Hub {head}"
+            )
+
+    published = report.workdir / "published"
+    published.mkdir(exist_ok=True)
+    for name in report.output_files:
+        (published / name).write_bytes(hub.read_file(OUTPUT, name))
+    report.card_path = published / "README.md"
+    say(f"\nThe model card is in {report.card_path}")
+
+    expected = reference_merge(
+        *(load_tensors(inputs[role]) for role in ("base", "post", "new_base"))
+    )
+    report.mismatched = mismatched_tensors(load_tensors(published), expected)
+    report.tensors_checked = len(expected)
+    if report.mismatched:
+        raise DemoError(f"demo: {len(report.mismatched)} tensors differ from the formula")
+    say(
+        f"Weights: all {report.tensors_checked} tensors equal"
+        " (post - base + new_base) in float32, rounded once to bfloat16, bit for bit."
+    )
+
+
+def default_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="paramdelta-demo-"))
