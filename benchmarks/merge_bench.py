@@ -27,8 +27,8 @@ import textwrap
 from pathlib import Path
 from typing import NamedTuple
 
+from paramdelta.options import parse_size
 from paramdelta.testing.checkpoints import config_for_size, make_trio
-from paramdelta.writer import parse_size
 
 ROLES = ("base", "post", "new_base")
 

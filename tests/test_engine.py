@@ -5,7 +5,8 @@ import torch
 
 from paramdelta.checkpoint import LocalSource
 from paramdelta.engine import chunk_elements, plan_units
-from paramdelta.job import MergeOptions, merge_to_dir, preflight
+from paramdelta.job import merge_to_dir, preflight
+from paramdelta.options import MergeOptions
 from paramdelta.testing.checkpoints import (
     llama_config,
     load_tensors,

@@ -3,7 +3,8 @@ import json
 import torch
 
 from paramdelta.checkpoint import LocalSource
-from paramdelta.job import MergeOptions, merge_to_dir
+from paramdelta.job import merge_to_dir
+from paramdelta.options import MergeOptions
 from paramdelta.testing.checkpoints import llama_config, load_tensors, make_trio, reference_merge
 
 

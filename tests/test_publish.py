@@ -3,7 +3,8 @@ import time
 
 from paramdelta.checkpoint import LocalSource
 from paramdelta.hub import Hub
-from paramdelta.job import MergeOptions, merge_to_dir
+from paramdelta.job import merge_to_dir
+from paramdelta.options import MergeOptions
 from paramdelta.publish import Publisher
 from paramdelta.testing.checkpoints import llama_config, make_trio
 

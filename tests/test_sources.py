@@ -2,7 +2,8 @@ import pytest
 
 from paramdelta.checkpoint import LocalSource
 from paramdelta.errors import UsageError
-from paramdelta.job import MergeOptions, preflight
+from paramdelta.job import preflight
+from paramdelta.options import MergeOptions
 from paramdelta.sources import (
     HubFactory,
     HubSource,

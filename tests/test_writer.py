@@ -10,30 +10,10 @@ from safetensors import safe_open
 
 from paramdelta.checkpoint import LocalSource
 from paramdelta.errors import CheckpointError, UsageError
-from paramdelta.job import MergeOptions, merge_to_dir, preflight
+from paramdelta.job import merge_to_dir, preflight
+from paramdelta.options import MergeOptions
 from paramdelta.testing.checkpoints import llama_config, load_tensors, make_trio
-from paramdelta.writer import index_json, parse_size, plan_shards
-
-
-@pytest.mark.parametrize(
-    ("text", "size"),
-    [
-        ("5GB", 5 * 10**9),
-        ("512MiB", 512 * 2**20),
-        ("100kb", 100_000),
-        ("1.5GB", 1_500_000_000),
-        ("4096", 4096),
-    ],
-)
-def test_parse_size(text, size):
-    assert parse_size(text, "--shard-size") == size
-
-
-@pytest.mark.parametrize("text", ["", "5 parsecs", "-1GB", "0"])
-def test_parse_size_rejects(text):
-    with pytest.raises(UsageError) as e:
-        parse_size(text, "--shard-size")
-    assert str(e.value) == f"--shard-size: expected a size like 5GB or 512MiB, not {text!r}"
+from paramdelta.writer import index_json, plan_shards
 
 
 @pytest.fixture

@@ -39,10 +39,10 @@ from paramdelta.checkpoint import Source
 from paramdelta.errors import UsageError
 from paramdelta.kernel import CPU_BLOCK, TORCH_DTYPES, merge_into, scratch_buffers
 from paramdelta.merge import MergePlan
+from paramdelta.options import DEFAULT_MAX_MEMORY
 from paramdelta.safetensors_format import ITEMSIZE
 from paramdelta.writer import OutputWriter, ShardPlan
 
-DEFAULT_MAX_MEMORY = 256 * 2**20
 MIN_CHUNK_ELEMENTS = 4096  # also the alignment of bigger chunks
 # On a GPU, bigger transfers amortise the copies: 8 Mi elements per chunk.
 CUDA_CHUNK_ELEMENTS = 1 << 23

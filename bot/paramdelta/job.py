@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from paramdelta.checkpoint import Checkpoint, Source, open_checkpoint
-from paramdelta.engine import DEFAULT_MAX_MEMORY, MergeStats, execute
+from paramdelta.engine import MergeStats, execute
 from paramdelta.merge import CONFIG, MergePlan, plan_merge
+from paramdelta.options import MergeOptions
 from paramdelta.writer import (
-    DEFAULT_SHARD_SIZE,
     OutputWriter,
     ShardHook,
     ShardPlan,
@@ -26,16 +25,6 @@ from paramdelta.writer import (
 ROLES = ("base", "post", "new_base")
 
 Prepare = Callable[[MergePlan, dict[str, Source]], dict[str, Source]]
-
-
-class MergeOptions(NamedTuple):
-    alpha: float = 1.0
-    dtype: str = "auto"
-    vocab_policy: str = "error"
-    shard_size: int = DEFAULT_SHARD_SIZE
-    device: str = "auto"
-    max_memory: int = DEFAULT_MAX_MEMORY
-    progress: bool = True
 
 
 DEFAULT_OPTIONS = MergeOptions()

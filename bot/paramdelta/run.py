@@ -16,8 +16,9 @@ from paramdelta.card import render_card
 from paramdelta.checkpoint import Source
 from paramdelta.errors import ParamDeltaError
 from paramdelta.hub import Hub
-from paramdelta.job import MergeOptions, MergeResult, merge_to_dir, preflight
+from paramdelta.job import MergeResult, merge_to_dir, preflight
 from paramdelta.merge import MergePlan
+from paramdelta.options import MergeOptions
 from paramdelta.plan import TargetPlan
 from paramdelta.publish import Publisher, PublishResult
 from paramdelta.report import TargetResult

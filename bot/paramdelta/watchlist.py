@@ -23,7 +23,7 @@ import jsonschema
 import yaml
 
 from paramdelta.errors import UsageError
-from paramdelta.writer import DEFAULT_SHARD_SIZE, parse_size
+from paramdelta.options import DEFAULT_SHARD_SIZE, parse_size
 
 SCHEMA_RESOURCE = "schemas/watchlist.schema.json"
 OUTPUT_FIELDS = (

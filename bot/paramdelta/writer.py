@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import threading
 import uuid
@@ -26,28 +25,6 @@ from paramdelta.safetensors_format import encode_header
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-DEFAULT_SHARD_SIZE = 5_000_000_000
-
-_SIZE_UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-    "TIB": 2**40,
-}
-
-
-def parse_size(text: str, option: str) -> int:
-    """'5GB' -> 5_000_000_000, '512MiB' -> 536_870_912 (the Hub's and transformers' units)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)?\s*", text.upper())
-    if not match or float(match[1]) <= 0:
-        raise UsageError(f"{option}: expected a size like 5GB or 512MiB, not {text!r}")
-    return int(float(match[1]) * _SIZE_UNITS[match[2] or ""])
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ import shutil
 import time
 from pathlib import Path
 
-from paramdelta.demo import default_workdir, run_demo
 from paramdelta.errors import UsageError
 
 
@@ -19,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from paramdelta.demo import default_workdir, run_demo  # torch: only when running
+
     started = time.perf_counter()
     workdir: Path = args.workdir or default_workdir()
     if args.workdir and workdir.exists() and any(workdir.iterdir()):

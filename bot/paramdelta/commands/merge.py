@@ -1,4 +1,8 @@
-"""`paramdelta merge`: new_base + alpha * (post - base), from local dirs or Hub repos."""
+"""`paramdelta merge`: new_base + alpha * (post - base), from local dirs or Hub repos.
+
+The engine (and torch) is imported only when a merge runs, so `paramdelta
+--help` and the commands that never compute start fast.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import math
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from paramdelta.checkpoint import Source
 from paramdelta.commands.publish import (
@@ -14,14 +19,16 @@ from paramdelta.commands.publish import (
     human_result,
     publisher_from_args,
 )
-from paramdelta.engine import DEFAULT_MAX_MEMORY, resolve_device
 from paramdelta.errors import UsageError
-from paramdelta.job import MergeOptions, MergeResult, Prepare, merge_to_dir, preflight
 from paramdelta.merge import DTYPE_CHOICES, FORMULA, VOCAB_POLICIES, MergePlan
+from paramdelta.options import DEFAULT_MAX_MEMORY, DEFAULT_SHARD_SIZE, MergeOptions, parse_size
 from paramdelta.output import add_format_argument, emit, human_bytes
 from paramdelta.publish import PublishResult
 from paramdelta.sources import HubFactory, download_inputs, open_sources
-from paramdelta.writer import DEFAULT_SHARD_SIZE, check_output_dir, parse_size
+from paramdelta.writer import check_output_dir
+
+if TYPE_CHECKING:
+    from paramdelta.job import MergeResult, Prepare
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +95,8 @@ def add_merge_options(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace, *, progress: bool) -> MergeOptions:
+    from paramdelta.engine import resolve_device
+
     if not math.isfinite(args.alpha):
         raise UsageError(f"--alpha must be a finite number, not {args.alpha}")
     resolve_device(args.device)  # fail now, not after opening three checkpoints
@@ -132,6 +141,8 @@ def human_summary(result: MergeResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from paramdelta.job import merge_to_dir, preflight
+
     options = options_from_args(args, progress=args.format == "human")
     if args.output is None and args.push_to is None:
         raise UsageError("--output is required (unless --push-to is given)")
@@ -163,6 +174,8 @@ def merge_and_publish(
     prepare: Prepare | None,
 ) -> tuple[MergeResult, PublishResult]:
     """Merge while uploading each finished shard; then one commit with everything."""
+    from paramdelta.job import merge_to_dir
+
     keep = args.output is not None  # without --output, shards are deleted once uploaded
     publisher = publisher_from_args(args, args.push_to, delete_uploaded=not keep)
     with tempfile.TemporaryDirectory(prefix="paramdelta-") as scratch:

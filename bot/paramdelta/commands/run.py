@@ -13,14 +13,12 @@ from pathlib import Path
 
 from paramdelta import github_actions
 from paramdelta.commands.plan import add_watchlist_arguments
-from paramdelta.engine import DEFAULT_MAX_MEMORY
+from paramdelta.options import DEFAULT_MAX_MEMORY, parse_size
 from paramdelta.output import add_format_argument, emit
 from paramdelta.plan import plan_watchlist
 from paramdelta.report import SUCCEEDED, TargetResult, summary_markdown, write_results
-from paramdelta.run import RunOptions, run_target
 from paramdelta.sources import HubFactory
 from paramdelta.watchlist import load
-from paramdelta.writer import parse_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +54,8 @@ def human_results(results: list[TargetResult]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from paramdelta.run import RunOptions, run_target  # torch: only when running
+
     if args.github:
         github_actions.require_runner_files()
     watchlist = load(args.watchlist)
