@@ -18,6 +18,7 @@ import jinja2
 from huggingface_hub import ModelCard, ModelCardData
 from jinja2.sandbox import SandboxedEnvironment
 
+from paramdelta import PROJECT_URL
 from paramdelta.lineage import ROLES, build_record
 from paramdelta.merge import ROLE_TITLES
 
@@ -150,7 +151,12 @@ def render_card(
     body = (
         _environment()
         .from_string(load_template(template))
-        .render(lineage=record, card=card_context(record, card_data, hub_url), hub_url=hub_url)
+        .render(
+            lineage=record,
+            card=card_context(record, card_data, hub_url),
+            hub_url=hub_url,
+            project_url=PROJECT_URL,
+        )
     )
     meta = front_matter(record, card_data, tags)
     return str(ModelCard(f"---\n{meta.to_yaml()}\n---\n\n{body.lstrip()}"))
