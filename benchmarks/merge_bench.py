@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import shutil
 import subprocess
@@ -25,12 +24,9 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
-from typing import NamedTuple
 
+from common import ROLES, Measurement, generate, timed
 from paramdelta.options import parse_size
-from paramdelta.testing.checkpoints import config_for_size, make_trio
-
-ROLES = ("base", "post", "new_base")
 
 NAIVE = textwrap.dedent(
     """
@@ -63,40 +59,6 @@ models:
 dtype: float32
 out_dtype: bfloat16
 """
-
-
-class Measurement(NamedTuple):
-    name: str
-    seconds: float
-    peak_rss_bytes: int
-    stdout: str
-
-
-def timed(name: str, script: str) -> Measurement:
-    """Run a bash script under /usr/bin/time -v: wall clock, peak RSS and stdout."""
-    proc = subprocess.run(
-        ["/usr/bin/time", "-v", "bash", "-c", script], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        sys.exit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    wall = re.search(
-        r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", proc.stderr
-    )
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    assert wall and rss, proc.stderr
-    seconds = int(wall[1] or 0) * 3600 + int(wall[2]) * 60 + float(wall[3])
-    return Measurement(name, seconds, int(rss[1]) * 1024, proc.stdout)
-
-
-def generate(workdir: Path, size: int) -> dict[str, Path]:
-    marker = workdir / "inputs.json"
-    if marker.exists() and json.loads(marker.read_text()) == {"size": size}:
-        return {role: workdir / "in" / role for role in ROLES}
-    shutil.rmtree(workdir / "in", ignore_errors=True)
-    print(f"generating three checkpoints of ~{size / 1e9:.1f} GB in {workdir / 'in'} ...")
-    trio = make_trio(workdir / "in", config=config_for_size(size), max_shard_size=size // 4 + 1)
-    marker.write_text(json.dumps({"size": size}))
-    return trio
 
 
 def _role_args(dirs: list[str]) -> list[str]:

@@ -18,9 +18,11 @@ from typing import Any
 from paramdelta import lineage
 from paramdelta.errors import HubError, ParamDeltaError
 from paramdelta.hub import Hub, RepoFiles
+from paramdelta.report import Status, TargetResult
 from paramdelta.watchlist import Family, Target, Watchlist
 
 PENDING = "pending"
+CURRENT = ("up-to-date", "in-review")  # nothing to merge: the output is (being) published
 STATUSES = (PENDING, "up-to-date", "in-review", "skipped", "disabled", "error")
 MAX_REVIEWED_PRS = 3  # newest pull requests whose record is checked
 
@@ -46,6 +48,19 @@ class TargetPlan:
             for role, f in self.checkpoints.items()
         }
 
+    def result(self, status: Status, *, seconds: float = 0.0, **fields: Any) -> TargetResult:
+        """This target's outcome, as `report` reads it back from a result file."""
+        new_base = self.checkpoints.get("new_base")
+        return TargetResult(
+            target=self.target.name,
+            status=status,
+            output_repo=self.output_repo,
+            new_base_repo=new_base.repo_id if new_base else None,
+            new_base_sha=new_base.sha if new_base else None,
+            duration_s=round(self.seconds + seconds, 3),
+            **({"exit_code": 0} | fields),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """One matrix entry: everything a merge job needs to know about the target."""
         return {
@@ -59,8 +74,18 @@ class TargetPlan:
         }
 
 
-def resolve(hub: Hub, target: Target, *, files: bool) -> dict[str, RepoFiles]:
-    """The target's three checkpoints pinned to commit shas (``files``: with file sizes)."""
+Resolved = dict[tuple[str, str], RepoFiles]  # (repo, revision) -> its commit, once per plan
+
+
+def resolve(
+    hub: Hub, target: Target, *, files: bool, seen: Resolved | None = None
+) -> dict[str, RepoFiles]:
+    """The target's three checkpoints pinned to commit shas (``files``: with file sizes).
+
+    ``seen`` shares resolutions between the targets of one plan: a base used by
+    ten targets costs one request, and all ten see the same commit.
+    """
+    seen = {} if seen is None else seen
     new_base = target.new_base
     if isinstance(new_base, Family):
         newest = hub.newest_repo(new_base.author, new_base.pattern)
@@ -74,15 +99,20 @@ def resolve(hub: Hub, target: Target, *, files: bool) -> dict[str, RepoFiles]:
         "post": (target.post.repo, target.post.revision),
         "new_base": new_base_ref,
     }
-    return {role: hub.repo_files(repo, rev, files=files) for role, (repo, rev) in refs.items()}
+    for ref in refs.values():
+        if ref not in seen:
+            seen[ref] = hub.repo_files(*ref, files=files)
+    return {role: seen[ref] for role, ref in refs.items()}
 
 
-def plan_target(hub: Hub, target: Target, *, files: bool = False) -> TargetPlan:
+def plan_target(
+    hub: Hub, target: Target, *, files: bool = False, seen: Resolved | None = None
+) -> TargetPlan:
     started = time.perf_counter()
     if not target.enabled:
         return TargetPlan(target, "disabled", ["enabled: false"])
     try:
-        checkpoints = resolve(hub, target, files=files)
+        checkpoints = resolve(hub, target, files=files, seen=seen)
         plan = TargetPlan(target, PENDING, checkpoints=checkpoints)
         plan.output_repo = target.output_repo(checkpoints["new_base"].repo_id)
         if checkpoints["new_base"].repo_id == checkpoints["base"].repo_id and (
@@ -118,4 +148,5 @@ def plan_watchlist(
     hub: Hub, watchlist: Watchlist, only: str | None = None, *, files: bool = False
 ) -> list[TargetPlan]:
     targets = [watchlist.target(only)] if only else watchlist.targets
-    return [plan_target(hub, target, files=files) for target in targets]
+    seen: Resolved = {}
+    return [plan_target(hub, target, files=files, seen=seen) for target in targets]

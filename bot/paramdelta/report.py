@@ -257,10 +257,12 @@ def sync_issues(
     """Keep one open issue per failing target in ``repo``, and close it once the target succeeds.
 
     A failing target's issue is opened once and commented on by later failing
-    runs; a success comments and closes it. With ``notify_success`` each
-    publish also gets one announcement issue. Other statuses change nothing.
+    runs; a success comments and closes it, and so does "up-to-date" (the
+    output is current, e.g. a transient failure was followed by an unchanged
+    plan). With ``notify_success`` each publish also gets one announcement
+    issue. Dry runs change nothing.
     """
-    relevant = [r for r in results if r.status == "failed" or r.status in SUCCEEDED]
+    relevant = [r for r in results if r.status != "dry-run"]
     if not relevant:
         return []
     client = Github(
@@ -375,6 +377,11 @@ def _failure_body(r: TargetResult, run_url: str | None) -> str:
 
 
 def _fixed_text(r: TargetResult, run_url: str | None) -> str:
+    if r.status == "up-to-date":
+        return (
+            f"Resolved as of {_where(run_url)}: `{r.output_repo}` is up to date with"
+            f" `{_base_ref(r, short=False)}`.\n\nClosing.\n"
+        )
     done = "published to" if r.status == "published" else "opened a pull request on"
     return (
         f"Fixed by {_where(run_url)}: **{r.target}** merged onto `{_base_ref(r, short=False)}`"

@@ -21,7 +21,7 @@ from paramdelta.merge import MergePlan
 from paramdelta.options import MergeOptions
 from paramdelta.plan import TargetPlan
 from paramdelta.publish import Publisher, PublishResult
-from paramdelta.report import TargetResult
+from paramdelta.report import Status, TargetResult
 from paramdelta.sources import HubSource, download_inputs
 
 
@@ -87,18 +87,9 @@ def card_for(hub: Hub, plan: TargetPlan, record: dict[str, object]) -> str:
 def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
     """Merge and publish one planned target; never raises a ParamDeltaError."""
     started = time.perf_counter()
-    new_base = plan.checkpoints.get("new_base")
 
-    def result(status: str, **fields: object) -> TargetResult:
-        return TargetResult(
-            target=plan.target.name,
-            status=status,  # type: ignore[arg-type]
-            output_repo=plan.output_repo,
-            new_base_repo=new_base.repo_id if new_base else None,
-            new_base_sha=new_base.sha if new_base else None,
-            duration_s=round(time.perf_counter() - started + plan.seconds, 3),
-            **({"exit_code": 0} | fields),  # type: ignore[arg-type]
-        )
+    def result(status: Status, **fields: object) -> TargetResult:
+        return plan.result(status, seconds=time.perf_counter() - started, **fields)
 
     if plan.error is not None:
         return result("failed", error=str(plan.error), exit_code=plan.error.exit_code)

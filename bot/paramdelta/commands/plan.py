@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from paramdelta import github_actions
 from paramdelta.commands.watchlist import DEFAULT_WATCHLIST
 from paramdelta.output import add_format_argument, emit
-from paramdelta.plan import TargetPlan, plan_watchlist
+from paramdelta.plan import CURRENT, TargetPlan, plan_watchlist
+from paramdelta.report import write_results
 from paramdelta.sources import HubFactory
 from paramdelta.watchlist import load
 
@@ -23,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_watchlist_arguments(parser)
     parser.add_argument(
         "--github", action="store_true", help="write step outputs and the job summary"
+    )
+    parser.add_argument(
+        "--result-file",
+        type=Path,
+        help="write the up-to-date targets as results (so `report` can close their issues)",
     )
     add_format_argument(parser)
 
@@ -47,7 +54,9 @@ def human_plan(plans: list[TargetPlan]) -> str:
         why = "; ".join(p.reasons)
         lines.append(f"{p.target.name}: {p.status} (new base {base}){': ' + why if why else ''}")
     pending = sum(p.pending for p in plans)
-    lines.append(f"{pending} of {len(plans)} targets pending")
+    errors = sum(p.status == "error" for p in plans)
+    unresolved = f", {errors} could not be resolved" if errors else ""
+    lines.append(f"{pending} of {len(plans)} targets pending{unresolved}")
     return "\n".join(lines)
 
 
@@ -73,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
     hub = HubFactory(args.token_file)()
     plans = plan_watchlist(hub, watchlist, args.target)
     pending = matrix(plans)
+    if args.result_file:
+        write_results(
+            args.result_file, [p.result("up-to-date") for p in plans if p.status in CURRENT]
+        )
     if args.github:
         github_actions.set_output("pending", json.dumps(pending))
         github_actions.set_output("pending-count", str(len(pending)))

@@ -74,9 +74,10 @@ def run(args: argparse.Namespace) -> int:
         write_results(args.result_file, results)
     if args.github:
         published = [r.to_dict() for r in results if r.status in SUCCEEDED]
+        summary = summary_markdown(results, github_actions.run_url())
         github_actions.set_output("published", json.dumps(published))
-        github_actions.set_output("summary", human_results(results))
-        github_actions.append_summary(summary_markdown(results, github_actions.run_url()))
+        github_actions.set_output("summary", summary)
+        github_actions.append_summary(summary)
     emit(args.format, {"results": [r.to_dict() for r in results]}, human_results(results))
     failed = [r for r in results if r.status == "failed"]
     return failed[0].exit_code if failed else 0
