@@ -88,84 +88,6 @@ class RequestLog:
             self._records.clear()
 
 
-@dataclass
-class Fault:
-    server: str | None
-    method: str | None
-    path: re.Pattern[str] | None
-    status: int | None
-    times: int
-    headers: dict[str, str]
-    body: bytes | None
-    drop: bool
-    delay: float
-
-    def matches(self, server: str, method: str, path: str) -> bool:
-        return (
-            self.server in (None, server)
-            and self.method in (None, method)
-            and (self.path is None or self.path.search(path) is not None)
-        )
-
-
-class Faults:
-    """Scripted failures, applied before normal handling and used up by the requests they match."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._faults: list[Fault] = []
-
-    def add(
-        self,
-        *,
-        method: str | None = None,
-        path: str | None = None,
-        server: str | None = None,
-        status: int | None = 503,
-        times: int = 1,
-        headers: Mapping[str, str] | None = None,
-        body: bytes | str | None = None,
-        drop: bool = False,
-        delay: float = 0.0,
-    ) -> None:
-        """Fail the next `times` matching requests (`path`: regex searched in the decoded path).
-
-        `drop` closes the connection without an answer; `status=None` only adds the delay.
-        """
-        if server not in (None, "hub", "blobs"):
-            raise ValueError(f"server must be 'hub', 'blobs' or None, not {server!r}")
-        if times < 1:
-            raise ValueError("times must be at least 1")
-        fault = Fault(
-            server,
-            method.upper() if method else None,
-            re.compile(path) if path is not None else None,
-            status,
-            times,
-            dict(headers or {}),
-            body.encode() if isinstance(body, str) else body,
-            drop,
-            delay,
-        )
-        with self._lock:
-            self._faults.append(fault)
-
-    def clear(self) -> None:
-        """Forget every fault not used up yet."""
-        with self._lock:
-            self._faults.clear()
-
-    def take(self, server: str, method: str, path: str) -> Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.matches(server, method, path):
-                    fault.times -= 1
-                    if fault.times == 0:
-                        self._faults.remove(fault)
-                    return fault
-        return None
-
-
 class Credentials:
     """The write token, and tokens issued by the OIDC exchange (each scoped to one repo)."""
 
@@ -301,6 +223,7 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 if fault.status is not None:
                     body = fault.body if fault.body is not None else b'{"error": "injected fault"}'
+                    body = body.encode() if isinstance(body, str) else body
                     self._send(fault.status, body, fault.headers)
                     return
             self.route()

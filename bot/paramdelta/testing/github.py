@@ -30,6 +30,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
+from paramdelta.testing.faults import Faults
+
 DEFAULT_TOKEN = "fake-github-token"  # noqa: S105 (the fake's own, not a secret)
 SECONDARY_RATE_LIMIT = (
     "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
@@ -64,24 +66,11 @@ class Request:
     status: int
 
 
-@dataclass
-class Fault:
-    method: str | None
-    path: re.Pattern[str] | None
-    status: int
-    headers: dict[str, str]
-    body: Any
-    times: int
+class GitHubFaults(Faults):
+    """Faults whose defaults are GitHub's secondary rate limit: 403, ``Retry-After: 0``
+    and its message, the response PyGithub's GithubRetry retries at once."""
 
-
-class Faults:
-    """Responses served instead of the real ones, for requests that match."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._faults: list[Fault] = []
-
-    def add(
+    def add(  # type: ignore[override]
         self,
         method: str | None = None,
         path: str | None = None,
@@ -90,37 +79,16 @@ class Faults:
         body: Any = None,
         times: int = 1,
     ) -> None:
-        """Fail the next ``times`` requests whose method is ``method`` and path matches ``path``.
-
-        ``None`` matches anything; ``path`` is a regex searched in the URL path.
-        Headers default to ``Retry-After: 0`` and the body to GitHub's secondary
-        rate limit message: the response PyGithub's GithubRetry retries at once.
-        """
-        with self._lock:
-            self._faults.append(
-                Fault(
-                    method=method.upper() if method else None,
-                    path=re.compile(path) if path is not None else None,
-                    status=status,
-                    headers={"Retry-After": "0"} if headers is None else dict(headers),
-                    body={"message": SECONDARY_RATE_LIMIT, "documentation_url": _DOCS}
-                    if body is None
-                    else body,
-                    times=times,
-                )
-            )
-
-    def take(self, method: str, path: str) -> Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if (fault.method in (None, method)) and (
-                    fault.path is None or fault.path.search(path)
-                ):
-                    fault.times -= 1
-                    if fault.times <= 0:
-                        self._faults.remove(fault)
-                    return fault
-        return None
+        super().add(
+            method=method,
+            path=path,
+            status=status,
+            times=times,
+            headers={"Retry-After": "0"} if headers is None else headers,
+            body={"message": SECONDARY_RATE_LIMIT, "documentation_url": _DOCS}
+            if body is None
+            else body,
+        )
 
 
 @dataclass
@@ -152,7 +120,7 @@ class FakeGitHub:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.requests: list[Request] = []
-        self.faults = Faults()
+        self.faults = GitHubFaults()
         # (method, path below /repos/OWNER/NAME, handler)
         routes: list[tuple[str, str, Callable[..., _Response]]] = [
             ("GET", "", self._get_repo),
@@ -247,7 +215,7 @@ class FakeGitHub:
                 body = json.loads(raw_body) if raw_body else None
             except ValueError:
                 raise _ApiError(400, "Problems parsing JSON") from None
-            if fault := self.faults.take(method, path):
+            if fault := self.faults.take("github", method, path):
                 response: _Response = (fault.status, fault.body, fault.headers)
             else:
                 response = self._route(method, path, query, body)

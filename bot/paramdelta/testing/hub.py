@@ -30,7 +30,6 @@ from types import TracebackType
 from paramdelta.testing._hub_http import (
     BlobHandler,
     Credentials,
-    Faults,
     HubHandler,
     RequestLog,
     RequestRecord,
@@ -47,6 +46,7 @@ from paramdelta.testing._hub_store import (
     RepoStore,
     wants_lfs,
 )
+from paramdelta.testing.faults import Faults
 
 __all__ = ["Commit", "FakeHub", "HubError", "PullRequest", "RequestRecord", "main"]
 
@@ -86,7 +86,7 @@ class FakeHub:
         self.objects = ObjectStore(Path(data_dir) / "objects")
         self.store = RepoStore(self.objects)
         self.credentials = Credentials(token, oidc_subject_token)
-        self.faults = Faults()
+        self.faults = Faults(servers=("hub", "blobs"))
         self.log = RequestLog()
         self.page_size = page_size  # items per page of list endpoints (the Link header paginates)
         self._address = (host, port)
