@@ -234,6 +234,54 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+class _Schedule:
+    """Hands out units in file order and tells which unit completes its shard.
+
+    With ``one_shard_at_a_time`` a unit of shard s is handed out only once
+    every earlier shard has been handed over (to the writer's hook), so only
+    one shard is being written while the previous one uploads.
+    """
+
+    def __init__(self, units: list[Unit], shards: int, one_shard_at_a_time: bool) -> None:
+        self._pending = iter(units)
+        self._remaining = [0] * shards
+        for unit in units:
+            self._remaining[unit.shard] += 1
+        self._handed_over = [count == 0 for count in self._remaining]
+        self._gated = one_shard_at_a_time
+        self._cond = threading.Condition()
+        self.stop = threading.Event()
+
+    def empty_shards(self) -> list[int]:
+        """Shards of empty tensors only: nothing to compute, but each is still a file."""
+        return [shard for shard, count in enumerate(self._remaining) if count == 0]
+
+    def next(self) -> Unit | None:
+        with self._cond:
+            unit = next(self._pending, None)
+            if unit is not None and self._gated:
+                self._cond.wait_for(
+                    lambda: self.stop.is_set() or all(self._handed_over[: unit.shard])
+                )
+        return None if self.stop.is_set() else unit
+
+    def done(self, unit: Unit) -> bool:
+        """Count ``unit`` as written; True if it was the last of its shard."""
+        with self._cond:
+            self._remaining[unit.shard] -= 1
+            return self._remaining[unit.shard] == 0
+
+    def handed_over(self, shard: int) -> None:
+        with self._cond:
+            self._handed_over[shard] = True
+            self._cond.notify_all()
+
+    def abort(self) -> None:
+        self.stop.set()
+        with self._cond:
+            self._cond.notify_all()
+
+
 def execute(
     plan: MergePlan,
     sources: dict[str, Source],
@@ -250,20 +298,11 @@ def execute(
     workers = worker_count(used)
     elements = chunk_elements(plan, used, workers, max_memory, dev.type == "cuda")
     units = plan_units(plan, writer.shards, sources, elements)
-
-    remaining = [0] * len(writer.shards)
-    for unit in units:
-        remaining[unit.shard] += 1
-    handed_over = [False] * len(writer.shards)
-    for shard, count in enumerate(remaining):
-        if count == 0:  # only empty tensors: nothing to compute, but it is a file
-            writer.shard_done(shard)
-            handed_over[shard] = True
-
-    pending = iter(units)
-    one_shard_at_a_time = writer.on_shard_written is not None
-    lock = threading.Condition()
-    stop = threading.Event()
+    schedule = _Schedule(units, len(writer.shards), writer.on_shard_written is not None)
+    for shard in schedule.empty_shards():
+        writer.shard_done(shard)
+    in_bytes = elements * _max_in_itemsize(plan)
+    out_bytes = elements * _out_itemsize(plan)
     failures: list[BaseException] = []
     bar = tqdm(
         total=plan.nbytes,
@@ -273,38 +312,22 @@ def execute(
         desc="merge",
         disable=not progress,
     )
-    in_bytes = elements * _max_in_itemsize(plan)
-    out_bytes = elements * _out_itemsize(plan)
 
     def work() -> None:
         try:
             worker = _Worker(dev, elements, in_bytes, out_bytes)
-            while not stop.is_set():
-                with lock:
-                    unit = next(pending, None)
-                    if unit is not None and one_shard_at_a_time:
-                        lock.wait_for(
-                            lambda shard=unit.shard: stop.is_set() or all(handed_over[:shard])
-                        )
-                if unit is None or stop.is_set():
-                    return
+            while (unit := schedule.next()) is not None:
                 worker.read(unit)
                 worker.compute(unit, plan.alpha)
                 writer.write(unit.shard, unit.out_offset, worker.output(unit))
-                with lock:
-                    remaining[unit.shard] -= 1
-                    finished = remaining[unit.shard] == 0
+                with bar.get_lock():  # tqdm's counter is not atomic
                     bar.update(unit.out_nbytes)
-                if finished:
+                if schedule.done(unit):
                     writer.shard_done(unit.shard)
-                    with lock:
-                        handed_over[unit.shard] = True
-                        lock.notify_all()
+                    schedule.handed_over(unit.shard)
         except BaseException as e:  # re-raised by the calling thread
             failures.append(e)
-            stop.set()
-            with lock:
-                lock.notify_all()
+            schedule.abort()
 
     threads = [
         threading.Thread(target=work, name=f"paramdelta-merge-{i}", daemon=True)
@@ -317,9 +340,7 @@ def execute(
             for thread in threads:
                 thread.join()
         except BaseException:  # Ctrl-C lands here: let the workers stop at a unit boundary
-            stop.set()
-            with lock:
-                lock.notify_all()
+            schedule.abort()
             for thread in threads:
                 thread.join()
             raise
