@@ -55,7 +55,6 @@ def test_errors_are_typed_one_liners(hub, fake_hub, repo, setup, call, message):
 
 
 def test_missing_things_are_none_not_errors(hub, repo):
-    assert hub.head("org/none") is None
     assert hub.read_small_file("org/none", "x.json", "main") is None
     assert hub.read_small_file("org/model", "x.json", "main") is None
     assert hub.read_small_file("org/model", "config.json", "main") == b'{"a": 1}'

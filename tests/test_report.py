@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 
@@ -279,9 +280,22 @@ def test_success_without_an_open_issue_changes_nothing(fake_github):
     assert fake_github.issues(REPO) == []
 
 
-def test_up_to_date_and_dry_run_do_not_call_github(fake_github):
-    assert sync(fake_github, [quiet("up-to-date"), quiet("dry-run")]) == []
+def test_dry_run_does_not_call_github(fake_github):
+    assert sync(fake_github, [quiet("dry-run")]) == []
     assert fake_github.requests == []
+
+
+def test_up_to_date_closes_the_issue_of_a_transient_failure(fake_github):
+    [opened] = sync(fake_github, [failed()])
+    current = dataclasses.replace(published(), status="up-to-date", url=None, duration_s=0.2)
+    [closed] = sync(fake_github, [current])
+    assert (closed.action, closed.number) == ("closed", opened.number)
+    [issue] = fake_github.issues(REPO)
+    assert issue.state == "closed"
+    assert issue.comments[-1].startswith("Resolved as of ")
+    assert issue.comments[-1].endswith(
+        " is up to date with `meta-llama/Llama-3.1-8B@" + "b" * 40 + "`.\n\nClosing.\n"
+    )
 
 
 def test_notify_success_announces_a_publish_once(fake_github):

@@ -108,19 +108,6 @@ class Hub:
         card = info.card_data.to_dict() if info.card_data else {}
         return RepoFiles(repo_id, revision, info.sha or "", sizes, card)
 
-    def head(self, repo_id: str, revision: str = "main") -> str | None:
-        """The commit sha ``revision`` points at, or None when the repo does not exist."""
-        try:
-            info = self._retry(
-                f"{repo_id}@{revision}",
-                lambda: self.api.model_info(repo_id, revision=revision, timeout=self.timeout),
-            )
-        except HubError as e:
-            if _is_missing(e):
-                return None
-            raise
-        return info.sha
-
     def read(self, repo_id: str, sha: str, path: str, offset: int, length: int) -> bytes:
         buf = bytearray(length)
         self.read_into(repo_id, sha, path, offset, memoryview(buf))

@@ -93,3 +93,15 @@ def test_unknown_target_and_bad_watchlist(watchlist, tmp_path, capsys):
     bad.write_text("targets: []\n")
     assert main(["plan", "--watchlist", str(bad)]) == 2
     assert capsys.readouterr().err == f"paramdelta: error: {bad}:1: targets: must not be empty\n"
+
+
+def test_result_file_lists_the_up_to_date_targets(watchlist, hub_trio, tmp_path, capsys):
+    from paramdelta.report import load_results
+
+    assert main(["run", "--watchlist", str(watchlist), "--target", "good"]) == 0
+    results = tmp_path / "results" / "plan.json"
+    assert main(["plan", "--watchlist", str(watchlist), "--result-file", str(results)]) == 0
+    (good,) = load_results([results])
+    assert (good.target, good.status, good.output_repo) == ("good", "up-to-date", "me/good")
+    assert good.new_base_sha == hub_trio.shas["new_base"]
+    assert capsys.readouterr().out.endswith("0 of 3 targets pending, 1 could not be resolved\n")

@@ -414,10 +414,13 @@ def fakes(tmp_path: Path) -> Fakes:
 @pytest.mark.parametrize(
     ("inputs", "argv"),
     [
-        ({}, ["plan", "--watchlist", "watchlist.yaml", "--github"]),
+        ({}, ["plan", "--watchlist", "watchlist.yaml", "--github", "--result-file", "results/plan.json"]),
         (
             {"command": "plan", "target": "llama 3", "watchlist": "w.yaml"},
-            ["plan", "--watchlist", "w.yaml", "--github", "--target", "llama 3"],
+            [
+                "plan", "--watchlist", "w.yaml", "--github", "--result-file", "results/plan.json",
+                "--target", "llama 3",
+            ],
         ),
         (
             {
@@ -471,7 +474,7 @@ def test_action_outputs_come_from_the_paramdelta_step(fakes: Fakes) -> None:
         "pending-count": "1",
         "published": "",
         "summary": "",
-        "result-file": "",
+        "result-file": "results/plan.json",
     }
     assert fakes.run({"command": "run"}).outputs["result-file"] == "results/result.json"
 
