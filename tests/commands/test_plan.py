@@ -105,3 +105,16 @@ def test_result_file_lists_the_up_to_date_targets(watchlist, hub_trio, tmp_path,
     assert (good.target, good.status, good.output_repo) == ("good", "up-to-date", "me/good")
     assert good.new_base_sha == hub_trio.shas["new_base"]
     assert capsys.readouterr().out.endswith("0 of 3 targets pending, 1 could not be resolved\n")
+
+
+def test_licence_warnings_are_shown(hub_trio, tmp_path, capsys):
+    path = tmp_path / "llama.yaml"
+    path.write_text(
+        "targets:\n  - {name: l, base: org/base, post: org/post, new_base: meta-llama/Llama-3.1-8B,"
+        " output: me/Instruct}\n"
+    )
+    main(["plan", "--watchlist", str(path)])
+    assert capsys.readouterr().err.startswith(
+        f"{path}:2: warning: targets[0].output: Llama licence: the name of a model built with Llama"
+        " must begin with 'Llama'; 'Instruct' does not\n"
+    )

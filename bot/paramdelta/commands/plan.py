@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from paramdelta import github_actions
@@ -18,7 +19,7 @@ from paramdelta.output import add_format_argument, emit
 from paramdelta.plan import CURRENT, TargetPlan, plan_watchlist
 from paramdelta.report import write_results
 from paramdelta.sources import HubFactory
-from paramdelta.watchlist import load
+from paramdelta.watchlist import Watchlist, load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +41,14 @@ def add_watchlist_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token-file", help="read the Hub token from this file (default: HF_TOKEN or login)"
     )
+
+
+def load_watchlist(path: str) -> Watchlist:
+    """Load (and fully validate) the watchlist; its warnings go to stderr."""
+    watchlist = load(path)
+    for warning in watchlist.warnings:
+        print(warning, file=sys.stderr)
+    return watchlist
 
 
 def matrix(plans: list[TargetPlan]) -> list[dict[str, object]]:
@@ -78,7 +87,7 @@ def summary_table(plans: list[TargetPlan]) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.github:
         github_actions.require_runner_files()
-    watchlist = load(args.watchlist)
+    watchlist = load_watchlist(args.watchlist)
     hub = HubFactory(args.token_file)()
     plans = plan_watchlist(hub, watchlist, args.target)
     pending = matrix(plans)

@@ -12,13 +12,12 @@ import json
 from pathlib import Path
 
 from paramdelta import github_actions
-from paramdelta.commands.plan import add_watchlist_arguments
+from paramdelta.commands.plan import add_watchlist_arguments, load_watchlist
 from paramdelta.options import DEFAULT_MAX_MEMORY, parse_size
 from paramdelta.output import add_format_argument, emit
 from paramdelta.plan import plan_watchlist
 from paramdelta.report import SUCCEEDED, TargetResult, summary_markdown, write_results
 from paramdelta.sources import HubFactory
-from paramdelta.watchlist import load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.github:
         github_actions.require_runner_files()
-    watchlist = load(args.watchlist)
+    watchlist = load_watchlist(args.watchlist)
     options = RunOptions(
         device=args.device,
         max_memory=parse_size(args.max_memory, "--max-memory"),
