@@ -1,3 +1,5 @@
+import contextlib
+import os
 import threading
 import time
 
@@ -24,11 +26,21 @@ def test_disk_holds_at_most_two_shards_while_pushing(fake_hub, hub_token, tmp_pa
     alive: list[int] = []
     done = threading.Event()
 
+    def inode(stat):
+        return stat.st_dev, stat.st_ino
+
     def sample():
+        # Distinct inodes, so that a shard seen both in the directory and as an open handle
+        # (between the open and the unlink) counts once.
         while not done.is_set():
-            on_disk = [p for p in tmp_path.glob(".out.partial-*/*") if ".safetensors" in p.name]
-            held = sum(not h.closed for h in publisher._handles)
-            alive.append(len(on_disk) + held)
+            files = set()
+            for path in tmp_path.glob(".out.partial-*/*.safetensors*"):
+                with contextlib.suppress(FileNotFoundError):
+                    files.add(inode(path.stat()))
+            for handle in list(publisher._handles):
+                with contextlib.suppress(ValueError):  # closed meanwhile
+                    files.add(inode(os.fstat(handle.fileno())))
+            alive.append(len(files))
             time.sleep(0.001)
 
     sampler = threading.Thread(target=sample)
