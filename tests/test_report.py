@@ -14,8 +14,8 @@ from paramdelta.report import (
     sync_issues,
     write_results,
 )
-from paramdelta.secrets import register
 from paramdelta.testing.github import FakeGitHub
+from paramdelta.tokens import register
 
 TOKEN = "ghs_report-test-token"
 REPO = "acme/models"

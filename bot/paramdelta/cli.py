@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from paramdelta import __version__
 from paramdelta.errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, ParamDeltaError
-from paramdelta.secrets import redact
+from paramdelta.tokens import redact
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -37,7 +37,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from paramdelta.errors import HubError, ParamDeltaError, PublishConflictError, UsageError
-from paramdelta.secrets import redact
+from paramdelta.tokens import redact
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 RETRY_EXCEPTIONS = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)

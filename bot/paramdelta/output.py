@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from paramdelta.secrets import redact
+from paramdelta.tokens import redact
 
 FORMATS = ("human", "json")
 

@@ -24,7 +24,7 @@ from github.Issue import Issue
 from github.Repository import Repository
 
 from paramdelta.errors import GitHubError, UsageError
-from paramdelta.secrets import redact
+from paramdelta.tokens import redact
 
 Status = Literal["published", "pr-opened", "up-to-date", "dry-run", "failed"]
 STATUSES: tuple[Status, ...] = get_args(Status)

@@ -24,6 +24,7 @@ from paramdelta.checkpoint import LocalSource, Source
 from paramdelta.errors import CheckpointError, UsageError
 from paramdelta.hub import Hub, RepoFiles
 from paramdelta.merge import MergePlan
+from paramdelta.tokens import hub_token
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 HUB_READ_SIZE = 16 * 2**20  # bytes per range request: large enough to amortise a round trip
@@ -92,8 +93,6 @@ class HubFactory:
 
     def __call__(self) -> Hub:
         if self._hub is None:
-            from paramdelta.secrets import hub_token
-
             self._hub = Hub(token=hub_token(self.token_file))
         return self._hub
 

@@ -15,7 +15,7 @@ from paramdelta import github_actions
 from paramdelta.errors import UsageError
 from paramdelta.output import add_format_argument, emit
 from paramdelta.report import load_results, summary_markdown, sync_issues
-from paramdelta.secrets import register
+from paramdelta.tokens import register
 
 DEFAULT_API_URL = "https://api.github.com"
 _REPO_RE = re.compile(r"[\w.-]+/[\w.-]+")
