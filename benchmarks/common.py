@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,6 +37,12 @@ def timed(name: str, script: str, env: dict[str, str] | None = None) -> Measurem
     assert wall and rss, proc.stderr
     seconds = int(wall[1] or 0) * 3600 + int(wall[2]) * 60 + float(wall[3])
     return Measurement(name, seconds, int(rss[1]) * 1024, proc.stdout)
+
+
+def settle() -> None:
+    """Flush dirty pages (earlier outputs) so a run does not pay for its predecessor's writeback."""
+    subprocess.run(["sync"], check=True)
+    time.sleep(1)
 
 
 def generate(workdir: Path, size: int) -> dict[str, Path]:

@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROLES, Measurement, generate, gib, timed
+from common import ROLES, Measurement, generate, gib, settle, timed
 from paramdelta.options import parse_size
 from paramdelta.testing.hub import FakeHub
 from paramdelta.testing.seed import publish_folder
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 for path in (out, tmp, cache):
                     shutil.rmtree(path, ignore_errors=True)
                 tmp.mkdir()
+                settle()
                 with DiskSampler([tmp, cache]) as disk:
                     m = timed(name, shlex.join(argv_), env)
                 if best is None or m.seconds < best[0].seconds:

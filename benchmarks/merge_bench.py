@@ -25,7 +25,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from common import ROLES, Measurement, generate, timed
+from common import ROLES, Measurement, generate, settle, timed
 from paramdelta.options import parse_size
 
 NAIVE = textwrap.dedent(
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeat):
             shutil.rmtree(out, ignore_errors=True)
             out.unlink(missing_ok=True)
+            settle()
             m = timed(name, script)
             best = m if best is None or m.seconds < best.seconds else best
         results.append(best)
