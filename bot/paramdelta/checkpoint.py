@@ -8,6 +8,7 @@ headers, never tensor data, so every problem surfaces before the merge starts.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -177,11 +178,7 @@ def open_checkpoint(source: Source, role: str) -> Checkpoint:
     tensors: dict[str, TensorRef] = {}
     for shard in shards:
         shard_where = f"{where}/{shard}"
-        header = read_header(
-            lambda offset, length, shard=shard: source.read(shard, offset, length),
-            source.size(shard),
-            shard_where,
-        )
+        header = read_header(functools.partial(source.read, shard), source.size(shard), shard_where)
         for entry in header.tensors:
             if entry.name in tensors:
                 raise CheckpointError(

@@ -368,9 +368,11 @@ def _targets(
     checked_templates: dict[Path, str | None] = {}
 
     for index, raw in enumerate(doc["targets"]):
-        where = ["targets", index]
+        where: list[str | int] = ["targets", index]
 
-        def problem(key: str, message: str, *, warning: bool = False, at: list = where) -> None:
+        def problem(
+            key: str, message: str, *, warning: bool = False, at: list[str | int] = where
+        ) -> None:
             problems.append(
                 Problem(file, _line(node, [*at, key]), _field([*at, key]), message, warning)
             )
@@ -423,7 +425,7 @@ def _targets(
             if card_template not in checked_templates:
                 checked_templates[card_template] = check_template(card_template)
             if checked_templates[card_template]:
-                at = where if "card_template" in raw else ["defaults"]
+                at: list[str | int] = where if "card_template" in raw else ["defaults"]
                 problem("card_template", checked_templates[card_template] or "", at=at)
 
         target = Target(

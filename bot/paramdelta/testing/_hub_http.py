@@ -1,6 +1,6 @@
 """The fake Hub over HTTP: API server, blob ("CDN") server, auth, faults and the request log.
 
-Stdlib only. HTTP/1.1 keep-alive, so every response carries a Content-Length and
+Stdlib and PyYAML only. HTTP/1.1 keep-alive, so every response carries a Content-Length and
 every request body is read to its end before answering. File bodies go out with
 `socket.sendfile`, never through memory.
 """
@@ -23,6 +23,8 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+import yaml
 
 from paramdelta.testing._hub_store import (
     AUTHOR,
@@ -147,7 +149,7 @@ class Server(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"  # an IPv4 server: its address is a str
 
     def track(self, connection: socket.socket, open_: bool) -> None:
         with self._lock:
@@ -750,33 +752,17 @@ def _folder_oid(files: Mapping[str, FileEntry], folder: str) -> str:
 
 
 def front_matter(text: str) -> dict[str, Any] | None:
-    """The README's YAML metadata, for the flat subset model cards use.
-
-    `key: value`, `key: [a, b]` and `key:` followed by `- item` lines; nested maps are skipped.
-    """
+    """The README's YAML metadata block (the Hub's `cardData`), or None if it has none."""
     if not text.startswith("---\n"):
         return None
     block, found, _ = text[4:].partition("\n---")
     if not found:
         return None
-    data: dict[str, Any] = {}
-    key = None
-    for line in block.splitlines():
-        item = line.strip()
-        if item.startswith("- ") and isinstance(data.get(key), list):
-            data[key].append(_scalar(item[2:]))
-        elif not line.startswith((" ", "-", "#")) and ":" in line:
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if value.startswith("[") and value.endswith("]"):
-                data[key] = [_scalar(v) for v in value[1:-1].split(",") if v.strip()]
-            else:
-                data[key] = _scalar(value) if value else []
-    return data
-
-
-def _scalar(value: str) -> str:
-    value = value.strip()
-    return value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+    try:
+        data = yaml.safe_load(block)
+    except yaml.YAMLError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _sibling(path: str, entry: FileEntry, blobs: bool) -> dict[str, Any]:

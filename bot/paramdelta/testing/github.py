@@ -216,7 +216,7 @@ class FakeGitHub:
             except ValueError:
                 raise _ApiError(400, "Problems parsing JSON") from None
             if fault := self.faults.take("github", method, path):
-                response: _Response = (fault.status, fault.body, fault.headers)
+                response: _Response = (fault.status or 403, fault.body, fault.headers)
             else:
                 response = self._route(method, path, query, body)
         except _ApiError as e:

@@ -2,7 +2,7 @@
 
 Two servers: the Hub (API, resolve URLs, commits, LFS batch, OIDC token
 exchange) and a blob server standing in for the LFS CDN, which resolve URLs of
-LFS files redirect to. Stdlib only, and it never imports huggingface_hub: start
+LFS files redirect to. Stdlib (and PyYAML) only; it never imports huggingface_hub: start
 it first, point HF_ENDPOINT at `.url`, then import the client (which reads
 HF_ENDPOINT at import time). Uploads need HF_HUB_DISABLE_XET=1.
 
