@@ -90,7 +90,7 @@ def add_merge_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-memory",
         default=f"{DEFAULT_MAX_MEMORY // 2**20}MiB",
-        help="budget for I/O and compute buffers (default 256MiB; the process adds ~300 MB)",
+        help="upper bound for I/O and compute buffers (default 256MiB; torch adds ~250 MB)",
     )
 
 
