@@ -22,14 +22,6 @@ def runner(tmp_path, monkeypatch):
     return files
 
 
-def test_in_actions(monkeypatch):
-    assert not github_actions.in_actions()
-    monkeypatch.setenv("GITHUB_ACTIONS", "true")
-    assert github_actions.in_actions()
-    monkeypatch.setenv("GITHUB_ACTIONS", "false")
-    assert not github_actions.in_actions()
-
-
 def test_set_output_uses_the_heredoc_form_for_multi_line_json(runner):
     pending = json.dumps([{"target": "llama", "sha": "abc"}, {"target": "qwen"}], indent=1)
     github_actions.set_output("pending", pending)
@@ -87,14 +79,3 @@ def test_run_url(monkeypatch, server, attempt, expected):
     assert github_actions.run_url() == expected
     monkeypatch.delenv("GITHUB_RUN_ID")
     assert github_actions.run_url() is None
-
-
-def test_mask_writes_one_command_per_line_in_actions(monkeypatch, capsys):
-    monkeypatch.setenv("GITHUB_ACTIONS", "true")
-    github_actions.mask("s3cret%0Aline\nsecond")
-    assert capsys.readouterr().out == "::add-mask::s3cret%250Aline\n::add-mask::second\n"
-
-
-def test_mask_prints_nothing_outside_actions(capsys):
-    github_actions.mask("s3cret")
-    assert capsys.readouterr().out == ""

@@ -1,4 +1,4 @@
-"""The GitHub Actions runner protocol: step outputs, the job summary, the run link, masking.
+"""The GitHub Actions runner protocol: step outputs, the job summary and the run link.
 
 The only module that knows the runner's environment variables and file
 formats; everything else asks it. Outputs always use the heredoc form, so a
@@ -8,7 +8,6 @@ value may hold newlines (JSON, Markdown) without breaking the file.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from uuid import uuid4
 
@@ -16,10 +15,6 @@ from paramdelta.errors import UsageError
 
 OUTPUT_FILE = "GITHUB_OUTPUT"
 SUMMARY_FILE = "GITHUB_STEP_SUMMARY"
-
-
-def in_actions() -> bool:
-    return os.environ.get("GITHUB_ACTIONS") == "true"
 
 
 def require_runner_files() -> None:
@@ -55,21 +50,6 @@ def run_url() -> str | None:
     if attempt.isdigit() and int(attempt) > 1:
         url += f"/attempts/{attempt}"
     return url
-
-
-def mask(value: str) -> None:
-    """Ask the runner to hide ``value`` in the logs from now on.
-
-    Outside Actions nothing would consume the command and it would print the
-    secret itself, so this does nothing there.
-    """
-    if not in_actions():
-        return
-    # The runner masks line by line, and unescapes %25 in command data (%0A would be a newline).
-    for line in value.splitlines():
-        if line:
-            sys.stdout.write(f"::add-mask::{line.replace('%', '%25')}\n")
-    sys.stdout.flush()
 
 
 def _runner_file(name: str) -> Path:

@@ -112,7 +112,6 @@ class MergePlan:
     files: dict[str, str]  # path -> donor role
     config: dict[str, Any]
     config_changes: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -215,10 +214,6 @@ def plan_merge(
             if path in next(c for c in trio if c.role == role).files:
                 files[path] = role
                 break
-    if "tokenizer_config.json" not in files and "tokenizer.json" not in files:
-        notes = ["the post model has no tokenizer files; the output has none either"]
-    else:
-        notes = []
     return MergePlan(
         items=items,
         alpha=alpha,
@@ -227,7 +222,6 @@ def plan_merge(
         files=files,
         config=config,
         config_changes=changes,
-        notes=notes,
     )
 
 
