@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from paramdelta.errors import CheckpointError
-from paramdelta.safetensors_format import TensorEntry, read_header
+from paramdelta.safetensors_format import (
+    DuplicateKeyError,
+    TensorEntry,
+    read_header,
+    reject_duplicate_keys,
+)
 
 CONFIG = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -140,17 +145,10 @@ class Checkpoint:
 
 def load_json(data: bytes, where: str) -> Any:
     """Parse JSON strictly: a duplicated key is an error, not a silent overwrite."""
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise CheckpointError(f"{where}: key {key!r} appears twice")
-            out[key] = value
-        return out
-
     try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates)
+        return json.loads(data.decode("utf-8"), object_pairs_hook=reject_duplicate_keys)
+    except DuplicateKeyError as e:
+        raise CheckpointError(f"{where}: key {e.args[0]!r} appears twice") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{where}: not valid JSON ({e})") from None
 

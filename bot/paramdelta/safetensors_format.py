@@ -95,17 +95,18 @@ def read_header(read: Callable[[int, int], bytes], file_size: int, where: str) -
     return parse_header(read(PREFIX_BYTES, length), file_size=file_size, where=where)
 
 
-def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+class DuplicateKeyError(ValueError):
+    """A JSON object names the same key twice (args[0] is the key)."""
+
+
+def reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """``object_pairs_hook`` for json.loads: a repeated key is an error, not a silent overwrite."""
     seen: dict[str, object] = {}
     for key, value in pairs:
         if key in seen:
-            raise _DuplicateKey(key)
+            raise DuplicateKeyError(key)
         seen[key] = value
     return seen
-
-
-class _DuplicateKey(ValueError):
-    pass
 
 
 def _is_index(value: object) -> bool:
@@ -121,8 +122,8 @@ def parse_header(raw: bytes, *, file_size: int, where: str) -> Header:
     except UnicodeDecodeError as e:
         raise CheckpointError(f"{where}: header is not valid UTF-8 (byte {e.start})") from None
     try:
-        doc = json.loads(text, object_pairs_hook=_reject_duplicates)
-    except _DuplicateKey as e:
+        doc = json.loads(text, object_pairs_hook=reject_duplicate_keys)
+    except DuplicateKeyError as e:
         raise CheckpointError(f"{where}: key {e.args[0]!r} appears twice in the header") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{where}: header is not valid JSON ({e.msg} at {e.pos})") from None
