@@ -31,10 +31,14 @@ HUB_READ_SIZE = 16 * 2**20  # bytes per range request: large enough to amortise 
 HUB_PARALLEL_READS = 8
 
 
+def is_repo_id(text: str) -> bool:
+    return REPO_ID.fullmatch(text) is not None and ".." not in text
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
     """``org/name@rev`` -> (repo id, revision); UsageError if it is not one."""
     repo_id, _, revision = spec.partition("@")
-    if not REPO_ID.fullmatch(repo_id) or ".." in repo_id or (spec.endswith("@") and not revision):
+    if not is_repo_id(repo_id) or (spec.endswith("@") and not revision):
         raise UsageError(
             f"{spec!r} is neither a directory nor a Hub repo id like org/name[@revision]"
         )

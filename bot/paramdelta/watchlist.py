@@ -24,6 +24,7 @@ import yaml
 
 from paramdelta.errors import UsageError
 from paramdelta.options import DEFAULT_SHARD_SIZE, parse_size
+from paramdelta.sources import parse_spec
 
 SCHEMA_RESOURCE = "schemas/watchlist.schema.json"
 OUTPUT_FIELDS = (
@@ -349,8 +350,7 @@ def check(path: str | Path) -> tuple[Watchlist | None, list[Problem]]:
 
 def _ref(value: Any) -> RepoRef:
     if isinstance(value, str):
-        repo, _, revision = value.partition("@")
-        return RepoRef(repo, revision or "main")
+        return RepoRef(*parse_spec(value))  # the same `org/name[@rev]` as the command line
     return RepoRef(value["repo"], value.get("revision", "main"))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from paramdelta.errors import UsageError
 from paramdelta.output import add_format_argument, emit
 from paramdelta.publish import Publisher, PublishResult, dry_run
-from paramdelta.sources import REPO_ID, HubFactory
+from paramdelta.sources import HubFactory, is_repo_id
 
 DEFAULT_MESSAGE = "Upload ParamΔ merge"
 
@@ -37,7 +37,7 @@ def add_publish_options(parser: argparse.ArgumentParser) -> None:
 
 
 def check_repo_id(repo_id: str, option: str) -> str:
-    if not REPO_ID.fullmatch(repo_id) or ".." in repo_id:
+    if not is_repo_id(repo_id):
         raise UsageError(f"{option} {repo_id!r}: expected a Hub repo id like org/name")
     return repo_id
 
