@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from common import ROLES, Measurement, generate, gib, settle, timed
-from paramdelta.options import parse_size
+from paramdelta.engine.options import parse_size
 from paramdelta.testing.hub import FakeHub
 from paramdelta.testing.seed import publish_folder
 

@@ -26,7 +26,7 @@ import textwrap
 from pathlib import Path
 
 from common import ROLES, Measurement, generate, settle, timed
-from paramdelta.options import parse_size
+from paramdelta.engine.options import parse_size
 
 NAIVE = textwrap.dedent(
     """
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     blocks = -(-out_bytes // 2**20)
     paramdelta = [sys.executable, "-m", "paramdelta", "merge", "--format", "json", "--output"]
     commands = {
-        "startup (python+torch)": shlex.join([sys.executable, "-c", "import paramdelta.engine"]),
+        "startup (python+torch)": shlex.join([sys.executable, "-c", "import paramdelta.engine.workers"]),
         "floor (cat + dd)": f"cat {files} > /dev/null"
         f" && dd if=/dev/zero of={shlex.quote(str(out))} bs=1M count={blocks} status=none",
         "naive load_file": shlex.join([sys.executable, "-c", NAIVE, *dirs, str(out)]),

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 from safetensors.torch import load as load_safetensors
 
-from paramdelta.testing.actions import ActionRun, run_composite_action
+from doubles.actions import ActionRun, run_composite_action
 from paramdelta.testing.checkpoints import load_tensors, mismatched_tensors, reference_merge
-from paramdelta.testing.github import FakeGitHub
+from doubles.github import FakeGitHub
 from paramdelta.testing.hub import FakeHub
 from paramdelta.testing.seed import publish_folder
 

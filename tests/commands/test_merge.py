@@ -294,7 +294,7 @@ def test_download_mode_fills_the_hf_cache_once(hub_trio, fake_hub, tmp_path, mon
 
 def test_revisions_are_pinned_before_reading(hub_trio, fake_hub, tmp_path, monkeypatch):
     """A push to a source repo mid-merge does not leak into the result."""
-    from paramdelta.hub import Hub
+    from paramdelta.hub.client import Hub
 
     real = Hub.read_into
     pushed = []
@@ -386,7 +386,7 @@ def test_push_as_pull_request_leaves_main_alone(hub_trio, fake_hub, capsys):
 
 
 def test_a_concurrent_change_to_the_output_is_exit_5(hub_trio, fake_hub, capsys, monkeypatch):
-    from paramdelta.publish import Publisher
+    from paramdelta.hub.publisher import Publisher
 
     fake_hub.create_repo("me/merged")
     real_finish = Publisher.finish
@@ -421,7 +421,7 @@ def test_a_failure_before_the_commit_changes_nothing_and_a_rerun_completes(
 
 
 def test_transient_hub_errors_on_reads_are_retried(hub_trio, fake_hub, tmp_path, monkeypatch):
-    monkeypatch.setattr("paramdelta.hub.Hub.sleep", lambda self, s: None, raising=False)
+    monkeypatch.setattr("paramdelta.hub.client.Hub.sleep", lambda self, s: None, raising=False)
     monkeypatch.setattr("time.sleep", lambda s: None)
     fake_hub.faults.add(method="GET", path="/api/models/org/post", status=503, times=2)
     fake_hub.faults.add(

@@ -4,7 +4,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from paramdelta.cli import main
-from paramdelta.report import load_results
+from paramdelta.bot.report import load_results
 from paramdelta.testing.checkpoints import load_tensors, mismatched_tensors, reference_merge
 
 WATCHLIST = """\

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from paramdelta.checkpoint import Source
+from paramdelta.engine.checkpoint import Source
 from paramdelta.commands.publish import (
     add_publish_options,
     check_repo_id,
@@ -20,15 +20,15 @@ from paramdelta.commands.publish import (
     publisher_from_args,
 )
 from paramdelta.errors import UsageError
-from paramdelta.merge import DTYPE_CHOICES, FORMULA, VOCAB_POLICIES, MergePlan
-from paramdelta.options import DEFAULT_MAX_MEMORY, DEFAULT_SHARD_SIZE, MergeOptions, parse_size
-from paramdelta.output import add_format_argument, emit, human_bytes
-from paramdelta.publish import PublishResult
-from paramdelta.sources import HubFactory, download_inputs, open_sources
-from paramdelta.writer import check_output_dir
+from paramdelta.engine.layout import DTYPE_CHOICES, FORMULA, VOCAB_POLICIES, MergePlan
+from paramdelta.engine.options import DEFAULT_MAX_MEMORY, DEFAULT_SHARD_SIZE, MergeOptions, parse_size
+from paramdelta.commands.output import add_format_argument, emit, human_bytes
+from paramdelta.hub.publisher import PublishResult
+from paramdelta.hub.sources import HubFactory, download_inputs, open_sources
+from paramdelta.engine.writer import check_output_dir
 
 if TYPE_CHECKING:
-    from paramdelta.job import MergeResult, Prepare
+    from paramdelta.engine.merge import MergeResult, Prepare
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +95,7 @@ def add_merge_options(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace, *, progress: bool) -> MergeOptions:
-    from paramdelta.engine import resolve_device
+    from paramdelta.engine.workers import resolve_device
 
     if not math.isfinite(args.alpha):
         raise UsageError(f"--alpha must be a finite number, not {args.alpha}")
@@ -141,7 +141,7 @@ def human_summary(result: MergeResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paramdelta.job import merge_to_dir, preflight
+    from paramdelta.engine.merge import merge_to_dir, preflight
 
     options = options_from_args(args, progress=args.format == "human")
     if args.output is None and args.push_to is None:
@@ -174,7 +174,7 @@ def merge_and_publish(
     prepare: Prepare | None,
 ) -> tuple[MergeResult, PublishResult]:
     """Merge while uploading each finished shard; then one commit with everything."""
-    from paramdelta.job import merge_to_dir
+    from paramdelta.engine.merge import merge_to_dir
 
     keep = args.output is not None  # without --output, shards are deleted once uploaded
     publisher = publisher_from_args(args, args.push_to, delete_uploaded=not keep)

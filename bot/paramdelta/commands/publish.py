@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from paramdelta.errors import UsageError
-from paramdelta.output import add_format_argument, emit
-from paramdelta.publish import Publisher, PublishResult, dry_run
-from paramdelta.sources import HubFactory, is_repo_id
+from paramdelta.commands.output import add_format_argument, emit
+from paramdelta.hub.publisher import Publisher, PublishResult, dry_run
+from paramdelta.hub.sources import HubFactory, is_repo_id
 
 DEFAULT_MESSAGE = "Upload ParamΔ merge"
 

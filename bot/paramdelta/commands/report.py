@@ -11,10 +11,10 @@ import os
 import re
 from typing import Any
 
-from paramdelta import github_actions
+from paramdelta.bot import github_actions
 from paramdelta.errors import UsageError
-from paramdelta.output import add_format_argument, emit
-from paramdelta.report import load_results, summary_markdown, sync_issues
+from paramdelta.commands.output import add_format_argument, emit
+from paramdelta.bot.report import load_results, summary_markdown, sync_issues
 from paramdelta.tokens import register
 
 DEFAULT_API_URL = "https://api.github.com"

@@ -11,13 +11,13 @@ import argparse
 import json
 from pathlib import Path
 
-from paramdelta import github_actions
+from paramdelta.bot import github_actions
 from paramdelta.commands.plan import add_watchlist_arguments, load_watchlist
-from paramdelta.options import DEFAULT_MAX_MEMORY, parse_size
-from paramdelta.output import add_format_argument, emit
-from paramdelta.plan import plan_watchlist
-from paramdelta.report import SUCCEEDED, TargetResult, summary_markdown, write_results
-from paramdelta.sources import HubFactory
+from paramdelta.engine.options import DEFAULT_MAX_MEMORY, parse_size
+from paramdelta.commands.output import add_format_argument, emit
+from paramdelta.bot.plan import plan_watchlist
+from paramdelta.bot.report import SUCCEEDED, TargetResult, summary_markdown, write_results
+from paramdelta.hub.sources import HubFactory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +53,7 @@ def human_results(results: list[TargetResult]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paramdelta.run import RunOptions, run_target  # torch: only when running
+    from paramdelta.bot.run_target import RunOptions, run_target  # torch: only when running
 
     if args.github:
         github_actions.require_runner_files()

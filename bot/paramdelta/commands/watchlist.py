@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from paramdelta.errors import UsageError
-from paramdelta.output import add_format_argument, emit
-from paramdelta.watchlist import check
+from paramdelta.commands.output import add_format_argument, emit
+from paramdelta.bot.watchlist import check
 
 DEFAULT_WATCHLIST = "watchlist.yaml"
 

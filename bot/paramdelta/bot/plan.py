@@ -1,0 +1,152 @@
+"""Which watchlist targets need a new merge: a few API calls per target, no weight bytes.
+
+For each enabled target: resolve the base, post and new base to commit shas
+(for a family, find its newest member first), read the output repo's
+paramdelta.json, and compare. A target is pending when any sha or the recipe
+differs, or there is no record. With `publish: pr`, an open pull request that
+already carries the wanted record counts as done (in review), so a schedule
+does not open the same PR every few hours. A target that fails to resolve is
+reported as such and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from paramdelta.bot import lineage
+from paramdelta.errors import HubError, ParamDeltaError
+from paramdelta.hub.client import Hub, RepoFiles
+from paramdelta.bot.report import Status, TargetResult
+from paramdelta.bot.watchlist import Family, Target, Watchlist
+
+PENDING = "pending"
+CURRENT = ("up-to-date", "in-review")  # nothing to merge: the output is (being) published
+STATUSES = (PENDING, "up-to-date", "in-review", "skipped", "disabled", "error")
+MAX_REVIEWED_PRS = 3  # newest pull requests whose record is checked
+
+
+@dataclass
+class TargetPlan:
+    target: Target
+    status: str
+    reasons: list[str] = field(default_factory=list)
+    checkpoints: dict[str, RepoFiles] = field(default_factory=dict)
+    output_repo: str | None = None
+    error: ParamDeltaError | None = None
+    seconds: float = 0.0
+
+    @property
+    def pending(self) -> bool:
+        return self.status == PENDING
+
+    def pins(self) -> dict[str, dict[str, str]]:
+        """role -> {repo, revision, sha}, as the lineage record keeps them."""
+        return {
+            role: {"repo": f.repo_id, "revision": f.revision, "sha": f.sha}
+            for role, f in self.checkpoints.items()
+        }
+
+    def result(self, status: Status, *, seconds: float = 0.0, **fields: Any) -> TargetResult:
+        """This target's outcome, as `report` reads it back from a result file."""
+        new_base = self.checkpoints.get("new_base")
+        return TargetResult(
+            target=self.target.name,
+            status=status,
+            output_repo=self.output_repo,
+            new_base_repo=new_base.repo_id if new_base else None,
+            new_base_sha=new_base.sha if new_base else None,
+            duration_s=round(self.seconds + seconds, 3),
+            **({"exit_code": 0} | fields),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """One matrix entry: everything a merge job needs to know about the target."""
+        return {
+            "target": self.target.name,
+            "status": self.status,
+            "output_repo": self.output_repo,
+            "publish": self.target.publish,
+            "reasons": self.reasons,
+            **{role: f"{p['repo']}@{p['sha']}" for role, p in self.pins().items()},
+            "error": str(self.error) if self.error else None,
+        }
+
+
+Resolved = dict[tuple[str, str], RepoFiles]  # (repo, revision) -> its commit, once per plan
+
+
+def resolve(
+    hub: Hub, target: Target, *, files: bool, seen: Resolved | None = None
+) -> dict[str, RepoFiles]:
+    """The target's three checkpoints pinned to commit shas (``files``: with file sizes).
+
+    ``seen`` shares resolutions between the targets of one plan: a base used by
+    ten targets costs one request, and all ten see the same commit.
+    """
+    seen = {} if seen is None else seen
+    new_base = target.new_base
+    if isinstance(new_base, Family):
+        newest = hub.newest_repo(new_base.author, new_base.pattern)
+        if newest is None:
+            raise HubError(f"no repo of {new_base.author} matches {new_base.pattern!r}")
+        new_base_ref = (newest[0], new_base.revision)
+    else:
+        new_base_ref = (new_base.repo, new_base.revision)
+    refs = {
+        "base": (target.base.repo, target.base.revision),
+        "post": (target.post.repo, target.post.revision),
+        "new_base": new_base_ref,
+    }
+    for ref in refs.values():
+        if ref not in seen:
+            seen[ref] = hub.repo_files(*ref, files=files)
+    return {role: seen[ref] for role, ref in refs.items()}
+
+
+def plan_target(
+    hub: Hub, target: Target, *, files: bool = False, seen: Resolved | None = None
+) -> TargetPlan:
+    started = time.perf_counter()
+    if not target.enabled:
+        return TargetPlan(target, "disabled", ["enabled: false"])
+    try:
+        checkpoints = resolve(hub, target, files=files, seen=seen)
+        plan = TargetPlan(target, PENDING, checkpoints=checkpoints)
+        plan.output_repo = target.output_repo(checkpoints["new_base"].repo_id)
+        if checkpoints["new_base"].repo_id == checkpoints["base"].repo_id and (
+            checkpoints["new_base"].sha == checkpoints["base"].sha
+        ):
+            plan.status, plan.reasons = "skipped", ["the new base is the base itself"]
+        else:
+            _compare(hub, plan)
+    except ParamDeltaError as e:
+        plan = TargetPlan(target, "error", [str(e)], error=e)
+    plan.seconds = time.perf_counter() - started
+    return plan
+
+
+def _compare(hub: Hub, plan: TargetPlan) -> None:
+    assert plan.output_repo is not None
+    pins, recipe = plan.pins(), plan.target.recipe()
+    record = lineage.decode(hub.read_small_file(plan.output_repo, lineage.FILENAME, "main"))
+    reasons = lineage.differences(record, pins, recipe)
+    if not reasons:
+        plan.status = "up-to-date"
+        return
+    if plan.target.publish == "pr":
+        for ref in hub.open_pr_refs(plan.output_repo)[:MAX_REVIEWED_PRS]:
+            proposed = lineage.decode(hub.read_small_file(plan.output_repo, lineage.FILENAME, ref))
+            if not lineage.differences(proposed, pins, recipe):
+                plan.status, plan.reasons = "in-review", [f"already proposed in {ref}"]
+                return
+    plan.reasons = reasons
+
+
+def plan_watchlist(
+    hub: Hub, watchlist: Watchlist, only: str | None = None, *, files: bool = False
+) -> list[TargetPlan]:
+    targets = [watchlist.target(only)] if only else watchlist.targets
+    seen: Resolved = {}
+    return [plan_target(hub, target, files=files, seen=seen) for target in targets]

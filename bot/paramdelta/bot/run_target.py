@@ -1,0 +1,158 @@
+"""`run` for one target: merge a pending plan and publish weights, card and lineage in one commit.
+
+A failing target becomes a failed `TargetResult` (with its error's exit code)
+and never stops the others.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from paramdelta.bot import github_actions
+
+from paramdelta.bot import lineage
+from paramdelta.bot.card import render_card
+from paramdelta.engine.checkpoint import Source
+from paramdelta.errors import ParamDeltaError
+from paramdelta.hub.client import Hub
+from paramdelta.engine.merge import MergeResult, merge_to_dir, preflight
+from paramdelta.engine.layout import MergePlan
+from paramdelta.engine.options import MergeOptions
+from paramdelta.bot.plan import TargetPlan
+from paramdelta.hub.publisher import Publisher, PublishResult
+from paramdelta.bot.report import Status, TargetResult
+from paramdelta.hub.sources import HubSource, download_inputs
+
+
+class RunOptions(NamedTuple):
+    device: str = "auto"
+    max_memory: int | None = None
+    stream: bool = False
+    dry_run: bool = False
+    progress: bool = True
+    workdir: Path | None = None  # where dry runs leave their card
+
+
+def merge_options(plan: TargetPlan, options: RunOptions) -> MergeOptions:
+    target = plan.target
+    extra = {"max_memory": options.max_memory} if options.max_memory else {}
+    return MergeOptions(
+        alpha=target.alpha,
+        dtype=target.dtype,
+        vocab_policy=target.vocab_policy,
+        shard_size=target.shard_size,
+        device=options.device,
+        progress=options.progress,
+        **extra,
+    )
+
+
+def commit_message(plan: TargetPlan) -> str:
+    pins = plan.pins()
+    new = pins["new_base"]
+    return f"ParamΔ: {pins['post']['repo']} onto {new['repo']}@{new['sha'][:7]}"
+
+
+def lineage_record(
+    plan: TargetPlan, merge_plan: MergePlan, result: MergeResult | None
+) -> dict[str, object]:
+    output: dict[str, object] = {"repo": plan.output_repo}
+    if result is not None:
+        output |= {
+            "tensors": result.stats.tensors,
+            "bytes": result.stats.bytes,
+            "shards": [s.filename for s in result.shards],
+        }
+    return lineage.build_record(
+        target=plan.target.name,
+        checkpoints=plan.pins(),
+        recipe=plan.target.recipe(),
+        files=merge_plan.files,
+        output=output,
+        ci_run_url=github_actions.run_url(),
+    )
+
+
+def card_for(hub: Hub, plan: TargetPlan, record: dict[str, object]) -> str:
+    return render_card(
+        record,
+        card_data={role: files.card_data for role, files in plan.checkpoints.items()},
+        template=plan.target.card_template,
+        tags=plan.target.tags,
+        hub_url=hub.endpoint,
+    )
+
+
+def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
+    """Merge and publish one planned target; never raises a ParamDeltaError."""
+    started = time.perf_counter()
+
+    def result(status: Status, **fields: object) -> TargetResult:
+        return plan.result(status, seconds=time.perf_counter() - started, **fields)
+
+    if plan.error is not None:
+        return result("failed", error=str(plan.error), exit_code=plan.error.exit_code)
+    if not plan.pending:
+        return result("up-to-date")
+    try:
+        sources: dict[str, Source] = {
+            role: HubSource(hub, files) for role, files in plan.checkpoints.items()
+        }
+        merge_opts = merge_options(plan, options)
+        merge_plan = preflight(sources, merge_opts)
+        if options.dry_run:
+            workdir = options.workdir or Path(tempfile.mkdtemp(prefix="paramdelta-dry-run-"))
+            card_path = workdir / plan.target.name / "README.md"
+            card_path.parent.mkdir(parents=True, exist_ok=True)
+            card_path.write_text(card_for(hub, plan, lineage_record(plan, merge_plan, None)))
+            return result("dry-run", url=card_path.as_uri())
+        published = merge_and_publish(hub, plan, sources, merge_plan, merge_opts, options)
+    except ParamDeltaError as e:
+        return result("failed", error=str(e), exit_code=e.exit_code)
+    return result("pr-opened" if published.pr_url else "published", url=published.url)
+
+
+def merge_and_publish(
+    hub: Hub,
+    plan: TargetPlan,
+    sources: dict[str, Source],
+    merge_plan: MergePlan,
+    merge_opts: MergeOptions,
+    options: RunOptions,
+) -> PublishResult:
+    """Merge into a scratch dir, uploading each shard as it is written; one commit at the end."""
+    assert plan.output_repo is not None
+    publisher = Publisher(
+        hub,
+        plan.output_repo,
+        message=commit_message(plan),
+        description=f"Made by paramdelta-bot for target `{plan.target.name}`.",
+        private=plan.target.private,
+        create_pr=plan.target.publish == "pr",
+        delete_uploaded=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="paramdelta-run-") as scratch:
+        try:
+            publisher.start()
+            merged = merge_to_dir(
+                sources,
+                Path(scratch) / "merged",
+                merge_opts,
+                plan=merge_plan,
+                prepare=None if options.stream else download_inputs,
+                on_shard_written=publisher.shard_written,
+            )
+            record = lineage_record(plan, merge_plan, merged)
+            published = publisher.finish(
+                merged.out_dir,
+                extra_files={
+                    "README.md": card_for(hub, plan, record).encode(),
+                    lineage.FILENAME: lineage.encode(record),
+                },
+            )
+        finally:
+            publisher.close()
+    return published

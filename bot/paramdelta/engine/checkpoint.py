@@ -1,0 +1,233 @@
+"""A checkpoint: config.json plus a validated index of every tensor's bytes.
+
+Bytes come through a `Source`, the one small interface between the engine and
+where a checkpoint lives (a local directory here; the Hub in `hub_source`).
+Opening a checkpoint reads only config.json, the index and the safetensors
+headers, never tensor data, so every problem surfaces before the merge starts.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, Protocol
+
+from paramdelta.errors import CheckpointError
+from paramdelta.engine.safetensors_format import (
+    DuplicateKeyError,
+    TensorEntry,
+    read_header,
+    reject_duplicate_keys,
+)
+
+CONFIG = "config.json"
+SINGLE_FILE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+# Formats that can only be loaded by unpickling, which runs arbitrary code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+class Source(Protocol):
+    """Read access to the files of one checkpoint, at one fixed revision."""
+
+    label: str
+    origin: dict[str, str]  # where it came from, for the lineage record
+    # How the engine should read from it: bytes per range read, ranges in flight.
+    read_size: int
+    parallel_reads: int
+
+    def list_files(self) -> list[str]:
+        """Every file, as a repo-relative POSIX path."""
+
+    def size(self, path: str) -> int: ...
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        """A small byte range (headers, config files)."""
+
+    def read_into(self, path: str, offset: int, view: memoryview) -> None:
+        """Fill ``view`` with the bytes at ``offset``; the bulk data path."""
+
+    def close(self) -> None: ...
+
+
+class LocalSource:
+    """A checkpoint directory on disk, read with positional reads (no mmap)."""
+
+    # ~1 MiB per input keeps a worker's whole chunk in cache (see engine).
+    read_size = 1 << 20
+    parallel_reads = 1
+
+    def __init__(self, root: str | os.PathLike[str], label: str | None = None) -> None:
+        self.root = Path(root)
+        self.label = label or str(self.root)
+        self.origin = {"path": str(self.root.resolve())}
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+        if not self.root.is_dir():
+            raise CheckpointError(f"{self.label}: not a directory")
+
+    def list_files(self) -> list[str]:
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in self.root.rglob("*")
+            if p.is_file() and ".cache" not in p.relative_to(self.root).parts
+        )
+
+    def path(self, path: str) -> Path:
+        return self.root / path
+
+    def _fd(self, path: str) -> int:
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                fd = self._fds[path] = os.open(self.root / path, os.O_RDONLY)
+            return fd
+
+    def size(self, path: str) -> int:
+        return os.fstat(self._fd(path)).st_size
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        buf = bytearray(length)
+        self.read_into(path, offset, memoryview(buf))
+        return bytes(buf)
+
+    def read_into(self, path: str, offset: int, view: memoryview) -> None:
+        fd = self._fd(path)
+        done = 0
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n == 0:
+                raise CheckpointError(
+                    f"{self.label}/{path}: file ended at byte {offset + done} while reading"
+                    " (changed on disk during the merge?)"
+                )
+            done += n
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """One tensor of one checkpoint: which file, and where in it."""
+
+    file: str
+    entry: TensorEntry
+
+    @property
+    def dtype(self) -> str:
+        return self.entry.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.entry.shape
+
+
+@dataclass
+class Checkpoint:
+    role: str
+    source: Source
+    config: dict[str, Any]
+    tensors: dict[str, TensorRef]
+    files: list[str]
+
+    @property
+    def where(self) -> str:
+        return f"{self.role}: {self.source.label}"
+
+
+def load_json(data: bytes, where: str) -> Any:
+    """Parse JSON strictly: a duplicated key is an error, not a silent overwrite."""
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=reject_duplicate_keys)
+    except DuplicateKeyError as e:
+        raise CheckpointError(f"{where}: key {e.args[0]!r} appears twice") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{where}: not valid JSON ({e})") from None
+
+
+def open_checkpoint(source: Source, role: str) -> Checkpoint:
+    """Validate a checkpoint's config, index and headers; read no tensor data."""
+    where = f"{role}: {source.label}"
+    files = source.list_files()
+    top_level = {f for f in files if "/" not in f}
+    if CONFIG not in top_level:
+        raise CheckpointError(f"{where}: config.json is missing")
+    config = load_json(source.read(CONFIG, 0, source.size(CONFIG)), f"{where}/{CONFIG}")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}/{CONFIG}: not a JSON object")
+
+    if INDEX in top_level:
+        weight_map = _read_index(source, top_level, where)
+        shards = sorted(set(weight_map.values()))
+    elif SINGLE_FILE in top_level:
+        weight_map = None
+        shards = [SINGLE_FILE]
+    else:
+        _explain_missing_weights(top_level, where)
+
+    tensors: dict[str, TensorRef] = {}
+    for shard in shards:
+        shard_where = f"{where}/{shard}"
+        header = read_header(functools.partial(source.read, shard), source.size(shard), shard_where)
+        for entry in header.tensors:
+            if entry.name in tensors:
+                raise CheckpointError(
+                    f"{where}: tensor {entry.name!r} is in both {tensors[entry.name].file}"
+                    f" and {shard}"
+                )
+            if weight_map is not None and weight_map.get(entry.name) != shard:
+                listed = weight_map.get(entry.name)
+                problem = f"the index says {listed}" if listed else "the index does not list it"
+                raise CheckpointError(f"{shard_where}: has tensor {entry.name!r} but {problem}")
+            tensors[entry.name] = TensorRef(shard, entry)
+    if weight_map is not None:
+        for name, shard in weight_map.items():
+            if name not in tensors:
+                raise CheckpointError(
+                    f"{where}/{INDEX}: lists tensor {name!r} in {shard},"
+                    " but that shard does not contain it"
+                )
+    if not tensors:
+        raise CheckpointError(f"{where}: the checkpoint has no tensors")
+    return Checkpoint(role, source, config, tensors, files)
+
+
+def _read_index(source: Source, top_level: set[str], where: str) -> dict[str, str]:
+    index_where = f"{where}/{INDEX}"
+    doc = load_json(source.read(INDEX, 0, source.size(INDEX)), index_where)
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index_where}: 'weight_map' must map tensor names to shard files")
+    for name, shard in weight_map.items():
+        if "/" in shard or "\\" in shard or not shard.endswith(".safetensors"):
+            raise CheckpointError(
+                f"{index_where}: tensor {name!r} points at {shard!r},"
+                " which is not a .safetensors file next to the index"
+            )
+        if shard not in top_level:
+            raise CheckpointError(
+                f"{index_where}: tensor {name!r} points at missing shard {shard!r}"
+            )
+    return weight_map
+
+
+def _explain_missing_weights(top_level: set[str], where: str) -> NoReturn:
+    pickles = sorted(f for f in top_level if f.endswith(PICKLE_SUFFIXES) or ".bin.index" in f)
+    if pickles:
+        raise CheckpointError(
+            f"{where}: only pickle weights ({', '.join(pickles[:3])}); paramdelta never"
+            " unpickles (it can run arbitrary code): convert the checkpoint to safetensors"
+        )
+    if any(f.endswith(".safetensors") for f in top_level):
+        raise CheckpointError(
+            f"{where}: safetensors shards without {INDEX} (or a single {SINGLE_FILE})"
+        )
+    raise CheckpointError(f"{where}: no {SINGLE_FILE} or {INDEX} found")

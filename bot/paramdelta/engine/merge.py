@@ -1,0 +1,106 @@
+"""One merge end to end: open and check the three checkpoints, plan, compute, finish the files.
+
+This is the function the `merge` and `run` commands share; it knows nothing of
+the Hub beyond the `Source` objects it is given and the optional shard hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from paramdelta.engine.checkpoint import Checkpoint, Source, open_checkpoint
+from paramdelta.engine.workers import MergeStats, execute
+from paramdelta.engine.layout import CONFIG, MergePlan, plan_merge
+from paramdelta.engine.options import MergeOptions
+from paramdelta.engine.writer import (
+    OutputWriter,
+    ShardHook,
+    ShardPlan,
+    check_output_dir,
+    plan_shards,
+)
+
+ROLES = ("base", "post", "new_base")
+
+Prepare = Callable[[MergePlan, dict[str, Source]], dict[str, Source]]
+
+
+DEFAULT_OPTIONS = MergeOptions()
+
+
+@dataclass
+class MergeResult:
+    out_dir: Path
+    plan: MergePlan
+    shards: list[ShardPlan]
+    stats: MergeStats
+    files: dict[str, str]  # every output file -> where it came from ("merge" or a role)
+
+
+def open_trio(sources: dict[str, Source]) -> dict[str, Checkpoint]:
+    """Open and validate the base, post and new base checkpoints (headers only)."""
+    return {role: open_checkpoint(sources[role], role) for role in ROLES}
+
+
+def preflight(sources: dict[str, Source], options: MergeOptions) -> MergePlan:
+    """Everything that can fail before a weight byte is read: validation and compatibility."""
+    trio = open_trio(sources)
+    return plan_merge(
+        trio["base"],
+        trio["post"],
+        trio["new_base"],
+        alpha=options.alpha,
+        dtype=options.dtype,
+        vocab_policy=options.vocab_policy,
+    )
+
+
+def merge_to_dir(
+    sources: dict[str, Source],
+    out_dir: str | Path,
+    options: MergeOptions = DEFAULT_OPTIONS,
+    *,
+    overwrite: bool = False,
+    on_shard_written: ShardHook | None = None,
+    plan: MergePlan | None = None,
+    prepare: Prepare | None = None,
+) -> MergeResult:
+    """Merge the checkpoints behind ``sources`` into ``out_dir`` (created atomically).
+
+    ``prepare`` may swap sources once the plan is known (e.g. download Hub files);
+    ``on_shard_written`` receives each finished shard (e.g. to upload it).
+    """
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir, overwrite)
+    if plan is None:
+        plan = preflight(sources, options)
+    if prepare is not None:
+        sources = prepare(plan, sources)
+    shards = plan_shards(plan.items, options.shard_size)
+    with OutputWriter(
+        out_dir, shards, overwrite=overwrite, on_shard_written=on_shard_written
+    ) as writer:
+        stats = execute(
+            plan,
+            sources,
+            writer,
+            device=options.device,
+            max_memory=options.max_memory,
+            progress=options.progress,
+        )
+        files = {shard.filename: "merge" for shard in shards}
+        if len(shards) > 1:
+            files["model.safetensors.index.json"] = "merge"
+        for path, role in plan.files.items():
+            source = sources[role]
+            data = (
+                plan.config_bytes(source)
+                if path == CONFIG
+                else source.read(path, 0, source.size(path))
+            )
+            writer.add_file(path, data)
+            files[path] = role
+        writer.commit()
+    return MergeResult(writer.out_dir, plan, shards, stats, dict(sorted(files.items())))

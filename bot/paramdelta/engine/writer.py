@@ -1,0 +1,178 @@
+"""Write the output checkpoint: shards planned up front, filled in place, renamed at the end.
+
+Each shard's header is known before any tensor is computed (`plan_shards`),
+so the engine writes every chunk straight to its final offset with `pwrite`.
+Everything goes into a hidden sibling directory; only `commit` renames it to
+the requested name, so an interrupted merge never leaves an output that looks
+complete. A finished shard can be handed to a hook at once (the publisher
+uploads it, then deletes it, so disk holds about one shard).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from paramdelta.errors import UsageError
+from paramdelta.engine.layout import MergeItem
+from paramdelta.engine.safetensors_format import encode_header
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    filename: str
+    prefix: bytes  # length + JSON header, written first
+    offsets: dict[str, int]  # tensor name -> absolute offset of its data in the file
+    size: int
+
+    @property
+    def data_bytes(self) -> int:
+        return self.size - len(self.prefix)
+
+
+def plan_shards(items: Sequence[MergeItem], max_shard_bytes: int) -> list[ShardPlan]:
+    """Split tensors into shards in order, as transformers does: a new shard when the
+    next tensor would overflow this one; a tensor bigger than the limit gets its own."""
+    groups: list[list[MergeItem]] = [[]]
+    size = 0
+    for item in items:
+        if groups[-1] and size + item.nbytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += item.nbytes
+    shards = []
+    for number, group in enumerate(groups, start=1):
+        name = (
+            SINGLE if len(groups) == 1 else f"model-{number:05d}-of-{len(groups):05d}.safetensors"
+        )
+        prefix, spans = encode_header(((i.name, i.dtype, i.shape) for i in group), {"format": "pt"})
+        offsets = {key: len(prefix) + begin for key, (begin, _) in spans.items()}
+        end = max((len(prefix) + e for _, e in spans.values()), default=len(prefix))
+        shards.append(ShardPlan(name, prefix, offsets, end))
+    return shards
+
+
+def index_json(shards: Sequence[ShardPlan]) -> bytes:
+    weight_map = {name: s.filename for s in shards for name in s.offsets}
+    doc = {
+        "metadata": {"total_size": sum(s.data_bytes for s in shards)},
+        "weight_map": dict(sorted(weight_map.items())),
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def check_output_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to clobber a non-empty directory unless asked to (checked before merging)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--output {out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise UsageError(
+            f"--output {out_dir}: directory is not empty (pass --overwrite to replace it)"
+        )
+
+
+ShardHook = Callable[[Path, ShardPlan], None]
+
+
+class OutputWriter:
+    """Writes a planned checkpoint into a hidden temp dir; `commit` makes it visible."""
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        shards: Sequence[ShardPlan],
+        *,
+        overwrite: bool = False,
+        on_shard_written: ShardHook | None = None,
+    ) -> None:
+        self.out_dir = Path(out_dir).absolute()
+        self.shards = list(shards)
+        self.overwrite = overwrite
+        self.on_shard_written = on_shard_written
+        check_output_dir(self.out_dir, overwrite)
+        tag = uuid.uuid4().hex[:8]
+        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.partial-{tag}"
+        self._fds: dict[int, int] = {}
+        self._written = [0] * len(self.shards)
+        self._lock = threading.Lock()  # workers write concurrently
+
+    def __enter__(self) -> OutputWriter:
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def _fd(self, shard: int) -> int:
+        with self._lock:
+            fd = self._fds.get(shard)
+            if fd is None:
+                plan = self.shards[shard]
+                path = self.tmp_dir / (plan.filename + ".incomplete")
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.ftruncate(fd, plan.size)
+                os.pwrite(fd, plan.prefix, 0)
+                self._fds[shard] = fd
+            return fd
+
+    def write(self, shard: int, offset: int, data: memoryview) -> None:
+        """Write ``data`` at ``offset`` of a shard (thread-safe: positional writes)."""
+        fd = self._fd(shard)
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], offset + done)
+        with self._lock:
+            self._written[shard] += len(data)
+
+    def shard_done(self, shard: int) -> Path:
+        """Close a fully written shard, give it its real name, and run the hook."""
+        plan = self.shards[shard]
+        self._fd(shard)  # a shard of empty tensors still gets its file
+        if self._written[shard] != plan.data_bytes:
+            raise AssertionError(
+                f"{plan.filename}: wrote {self._written[shard]} of {plan.data_bytes} data bytes"
+            )
+        with self._lock:
+            os.close(self._fds.pop(shard))
+        path = self.tmp_dir / plan.filename
+        (self.tmp_dir / (plan.filename + ".incomplete")).rename(path)
+        if self.on_shard_written is not None:
+            self.on_shard_written(path, plan)
+        return path
+
+    def add_file(self, relpath: str, data: bytes) -> None:
+        path = self.tmp_dir / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def commit(self) -> Path:
+        """Write the index and move the finished directory into place."""
+        if len(self.shards) > 1:
+            self.add_file(INDEX, index_json(self.shards))
+        old = None
+        if self.out_dir.exists():
+            check_output_dir(self.out_dir, self.overwrite)
+            old = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            self.out_dir.rename(old)
+        self.tmp_dir.rename(self.out_dir)
+        if old is not None:
+            shutil.rmtree(old)
+        return self.out_dir
+
+    def abort(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)

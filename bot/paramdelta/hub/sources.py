@@ -1,0 +1,144 @@
+"""Checkpoint specs -> `Source`s: a local directory, or a Hub repo pinned to one commit.
+
+A spec is a directory path, or ``org/name[@revision]`` (branch, tag or commit
+sha; default main). A Hub revision is resolved to its commit sha once, here,
+and every later read names that sha, so a push to the source repo during a
+merge cannot mix two revisions.
+
+Remote checkpoints are first opened with ranged reads of config.json, the
+index and the safetensors headers only (the preflight). Then either
+`download_inputs` fetches the weight files into the Hugging Face cache and
+reads them locally (the default: a persistent runner keeps base and post
+cached), or the engine keeps reading byte ranges straight from the Hub
+(``--stream``: no input is stored, disk holds only the output).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from paramdelta.engine.checkpoint import LocalSource, Source
+from paramdelta.errors import CheckpointError, UsageError
+from paramdelta.hub.client import Hub, RepoFiles
+from paramdelta.engine.layout import MergePlan
+from paramdelta.tokens import hub_token
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+HUB_READ_SIZE = 16 * 2**20  # bytes per range request: large enough to amortise a round trip
+HUB_PARALLEL_READS = 8
+
+
+def is_repo_id(text: str) -> bool:
+    return REPO_ID.fullmatch(text) is not None and ".." not in text
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``org/name@rev`` -> (repo id, revision); UsageError if it is not one."""
+    repo_id, _, revision = spec.partition("@")
+    if not is_repo_id(repo_id) or (spec.endswith("@") and not revision):
+        raise UsageError(
+            f"{spec!r} is neither a directory nor a Hub repo id like org/name[@revision]"
+        )
+    return repo_id, revision or "main"
+
+
+class HubSource:
+    """A Hub repo at one commit, read by HTTP Range requests."""
+
+    read_size = HUB_READ_SIZE
+    parallel_reads = HUB_PARALLEL_READS
+
+    def __init__(self, hub: Hub, repo: RepoFiles) -> None:
+        self.hub = hub
+        self.repo = repo
+        self.label = f"{repo.repo_id}@{repo.sha[:7]}"
+        self.origin = {"repo": repo.repo_id, "revision": repo.revision, "sha": repo.sha}
+
+    def list_files(self) -> list[str]:
+        return sorted(self.repo.sizes)
+
+    def size(self, path: str) -> int:
+        try:
+            return self.repo.sizes[path]
+        except KeyError:
+            raise CheckpointError(f"{self.label}: no file {path!r}") from None
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        return self.hub.read(self.repo.repo_id, self.repo.sha, path, offset, length)
+
+    def read_into(self, path: str, offset: int, view: memoryview) -> None:
+        self.hub.read_into(self.repo.repo_id, self.repo.sha, path, offset, view)
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(spec: str, role: str, hub_factory: HubFactory) -> Source:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return LocalSource(path, str(path))
+    try:
+        repo_id, revision = parse_spec(spec)
+    except UsageError as e:
+        raise UsageError(f"--{role.replace('_', '-')} {e}") from None
+    hub = hub_factory()
+    return HubSource(hub, hub.repo_files(repo_id, revision))
+
+
+class HubFactory:
+    """Creates the Hub client on first use: local-only merges never need a token."""
+
+    def __init__(self, token_file: str | None = None) -> None:
+        self.token_file = token_file
+        self._hub: Hub | None = None
+
+    def __call__(self) -> Hub:
+        if self._hub is None:
+            self._hub = Hub(token=hub_token(self.token_file))
+        return self._hub
+
+
+@contextmanager
+def open_sources(
+    hub_factory: HubFactory | None = None, **specs: str
+) -> Iterator[dict[str, Source]]:
+    factory = hub_factory or HubFactory()
+    sources: dict[str, Source] = {}
+    try:
+        for role, spec in specs.items():
+            sources[role] = open_source(spec, role, factory)
+        yield sources
+    finally:
+        for source in sources.values():
+            source.close()
+
+
+def files_needed(plan: MergePlan) -> dict[str, set[str]]:
+    """Per role, the files a merge reads: weight shards and donated files."""
+    needed: dict[str, set[str]] = {}
+    for item in plan.items:
+        for segment in item.segments:
+            for role, ref, _ in segment.inputs:
+                needed.setdefault(role, set()).add(ref.file)
+    for path, role in plan.files.items():
+        needed.setdefault(role, set()).add(path)
+    return needed
+
+
+def download_inputs(plan: MergePlan, sources: dict[str, Source]) -> dict[str, Source]:
+    """Swap each Hub source for the same files fetched into the Hugging Face cache."""
+    needed = files_needed(plan)
+    local: dict[str, Source] = {}
+    for role, source in sources.items():
+        if isinstance(source, HubSource):
+            repo = source.repo
+            snapshot = source.hub.download(repo.repo_id, repo.sha, sorted(needed.get(role, ())))
+            swapped = LocalSource(snapshot, source.label)
+            swapped.origin = source.origin
+            local[role] = swapped
+        else:
+            local[role] = source
+    return local

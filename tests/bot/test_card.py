@@ -1,0 +1,104 @@
+import jinja2
+import pytest
+from huggingface_hub import ModelCard
+
+from paramdelta.bot.card import check_template, render_card
+from paramdelta.bot.lineage import build_record
+
+SHA = {"base": "a" * 40, "post": "b" * 40, "new_base": "c" * 40}
+
+
+def _record(**repos):
+    repos = {"base": "org/base", "post": "org/post", "new_base": "org/new"} | repos
+    return build_record(
+        target="t",
+        checkpoints={r: {"repo": repos[r], "revision": "main", "sha": SHA[r]} for r in SHA},
+        recipe={"alpha": 0.5, "dtype": "bfloat16", "vocab_policy": "error"},
+        files={"config.json": "new_base", "tokenizer.json": "post"},
+        output={"repo": "me/merged", "tensors": 3, "bytes": 10, "shards": ["model.safetensors"]},
+    )
+
+
+def test_front_matter_parses_with_model_card():
+    text = render_card(
+        _record(), card_data={"new_base": {"license": "apache-2.0"}}, tags=["chat", "merge"]
+    )
+    card = ModelCard(text)
+    assert card.data.base_model == ["org/new", "org/post", "org/base"]
+    assert card.data.base_model_relation == "merge"
+    assert card.data.tags == ["merge", "paramdelta", "chat"]
+    assert card.data.library_name == "transformers"
+    assert card.data.license == "apache-2.0"
+    body = card.text
+    assert "| base | [org/base](https://huggingface.co/org/base) | `main` |" in body
+    assert f"[`{'c' * 12}`](https://huggingface.co/org/new/commit/{'c' * 40})" in body
+    assert "--base org/base@" + "a" * 40 in body
+    assert "--alpha 0.5" in body and "--dtype bfloat16" in body
+    assert "| `tokenizer.json` | post |" in body
+    assert "arXiv:2504.21023" in body
+    assert "Built with Llama" not in body
+
+
+def test_licence_falls_back_to_post_and_notes_a_disagreement():
+    fallback = ModelCard(render_card(_record(), card_data={"post": {"license": "mit"}}))
+    assert fallback.data.license == "mit"
+    assert "(none declared; taken from the post-trained model)" in fallback.text
+    both = ModelCard(
+        render_card(
+            _record(),
+            card_data={"new_base": {"license": "llama3.1"}, "post": {"license": "llama3"}},
+        )
+    )
+    assert both.data.license == "llama3.1"
+    assert "the new base is licensed `llama3.1` and the post-trained model `llama3`" in both.text
+    assert both.text.rstrip().endswith("Built with Llama.")
+    none = ModelCard(render_card(_record()))
+    assert none.data.license is None
+    assert "No licence was declared" in none.text
+
+
+def test_custom_licence_keeps_its_name_and_link():
+    data = {"license": "other", "license_name": "acme", "license_link": "https://acme.test/l"}
+    card = ModelCard(render_card(_record(), card_data={"new_base": data}))
+    assert (card.data.license, card.data.license_name, card.data.license_link) == (
+        "other",
+        "acme",
+        "https://acme.test/l",
+    )
+
+
+def test_values_are_text_not_template_or_html():
+    name = "org/{{ 7*7 }}<script>x</script>"
+    card = ModelCard(render_card(_record(post=name)))
+    assert "org/{{ 7*7 }}" in card.text and "org/49" not in card.text
+    assert "<script>" not in card.text and "&lt;script&gt;" in card.text
+    assert card.data.base_model[1] == name  # front matter is data, kept exactly
+
+
+def test_custom_template(tmp_path):
+    template = tmp_path / "card.md.j2"
+    template.write_text(
+        "# {{ card.model_name }} from {{ card.post.repo }} ({{ lineage.recipe.alpha }})\n"
+    )
+    card = ModelCard(render_card(_record(), template=template))
+    assert card.text.strip() == "# me/merged from org/post (0.5)"
+    assert card.data.base_model_relation == "merge"
+
+
+def test_hostile_template_is_refused_by_the_sandbox(tmp_path):
+    template = tmp_path / "evil.j2"
+    template.write_text("{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    with pytest.raises(jinja2.exceptions.SecurityError):
+        render_card(_record(), template=template)
+    assert check_template(template) == (
+        f"{template}: template error: access to attribute '__class__' of 'str' object is unsafe."
+    )
+
+
+def test_undefined_names_are_errors_not_blanks(tmp_path):
+    template = tmp_path / "typo.j2"
+    template.write_text("{{ card.modle_name }}")
+    assert (
+        check_template(template)
+        == f"{template}: template error: 'dict object' has no attribute 'modle_name'"
+    )

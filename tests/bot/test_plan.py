@@ -1,0 +1,173 @@
+from datetime import datetime, timezone
+
+import pytest
+
+from paramdelta.hub.client import Hub
+from paramdelta.bot.plan import plan_watchlist
+from paramdelta.bot.run_target import RunOptions, run_target
+from paramdelta.testing.seed import publish_folder
+from paramdelta.bot.watchlist import load
+
+WATCHLIST = """\
+targets:
+  - name: branch
+    base: org/base
+    post: org/post
+    new_base: {{repo: org/new-base, revision: main}}
+    output: me/{{new_base_name}}-instruct
+    publish: {publish}
+  - name: family
+    base: org/base
+    post: org/post
+    new_base: {{author: fam, pattern: "Fam-*-7B"}}
+    output: me/{{new_base_name}}-instruct
+"""
+
+
+def _day(n):
+    return datetime(2026, 1, n, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def world(hub_trio, fake_hub, hub_token, tmp_path):
+    """The trio, plus a family of new bases (fam/Fam-1-7B, then fam/Fam-2-7B)."""
+    publish_folder(fake_hub, "fam/Fam-1-7B", hub_trio.local["new_base"], created_at=_day(1))
+    publish_folder(fake_hub, "fam/Fam-2-7B", hub_trio.local["new_base"], created_at=_day(2))
+    fake_hub.create_repo("fam/Fam-3-70B", created_at=_day(3))  # newest, but not a match
+
+    def watchlist(publish="commit"):
+        path = tmp_path / f"watchlist-{publish}.yaml"
+        path.write_text(WATCHLIST.format(publish=publish))
+        return load(path)
+
+    hub = Hub(token=hub_token)
+    return hub, watchlist
+
+
+def _statuses(plans):
+    return {p.target.name: p.status for p in plans}
+
+
+def _publish_all(hub, plans):
+    return [run_target(hub, p, RunOptions(progress=False)) for p in plans]
+
+
+def test_new_targets_are_pending_with_resolved_shas(world, hub_trio, fake_hub):
+    hub, watchlist = world
+    branch, family = plan_watchlist(hub, watchlist())
+    assert (branch.status, family.status) == ("pending", "pending")
+    assert branch.reasons == ["no lineage record in the output repo"]
+    assert {r: p["sha"] for r, p in branch.pins().items()} == hub_trio.shas
+    assert branch.output_repo == "me/new-base-instruct"
+    assert family.pins()["new_base"] == {
+        "repo": "fam/Fam-2-7B",
+        "revision": "main",
+        "sha": fake_hub.head("fam/Fam-2-7B"),
+    }
+    assert family.output_repo == "me/Fam-2-7B-instruct"
+
+
+def test_published_targets_are_up_to_date_until_something_moves(world, hub_trio, fake_hub):
+    hub, watchlist = world
+    results = _publish_all(hub, plan_watchlist(hub, watchlist(), files=True))
+    assert [r.status for r in results] == ["published", "published"]
+    assert _statuses(plan_watchlist(hub, watchlist())) == {
+        "branch": "up-to-date",
+        "family": "up-to-date",
+    }
+
+    # A new commit on the followed branch makes exactly that target pending.
+    new_sha = fake_hub.commit("org/new-base", {"NOTES.md": b"v2"})
+    branch, family = plan_watchlist(hub, watchlist())
+    assert (branch.status, family.status) == ("pending", "up-to-date")
+    assert branch.reasons == [
+        f"new base org/new-base moved {hub_trio.shas['new_base'][:7]} -> {new_sha[:7]}"
+    ]
+
+    # A new release in the family makes the family target pending, for a new output repo.
+    publish_folder(fake_hub, "fam/Fam-4-7B", hub_trio.local["new_base"], created_at=_day(4))
+    family = plan_watchlist(hub, watchlist(), "family")[0]
+    assert family.status == "pending"
+    assert family.output_repo == "me/Fam-4-7B-instruct"
+
+    # So does a moved post model, for every target that uses it.
+    fake_hub.commit("org/post", {"NOTES.md": b"fixed chat template"})
+    assert set(_statuses(plan_watchlist(hub, watchlist())).values()) == {"pending"}
+
+
+def test_a_recipe_change_is_pending(world, tmp_path):
+    hub, watchlist = world
+    _publish_all(hub, plan_watchlist(hub, watchlist(), "branch", files=True))
+    changed = tmp_path / "alpha.yaml"
+    changed.write_text(
+        WATCHLIST.format(publish="commit").replace(
+            "publish: commit", "publish: commit\n    alpha: 0.5"
+        )
+    )
+    (branch,) = plan_watchlist(hub, load(changed), "branch")
+    assert branch.reasons == ["recipe alpha changed: 1.0 -> 0.5"]
+
+
+def test_an_open_pull_request_counts_as_in_review(world, fake_hub):
+    hub, watchlist = world
+    (result,) = _publish_all(hub, plan_watchlist(hub, watchlist("pr"), "branch", files=True))
+    assert result.status == "pr-opened", result.error
+    (branch,) = plan_watchlist(hub, watchlist("pr"), "branch")
+    assert branch.status == "in-review"
+    assert branch.reasons == ["already proposed in refs/pr/1"]
+    fake_hub.commit("org/new-base", {"NOTES.md": b"v2"})
+    (branch,) = plan_watchlist(hub, watchlist("pr"), "branch")
+    assert branch.status == "pending"
+
+
+def test_one_unresolvable_target_does_not_stop_the_others(world, fake_hub, tmp_path):
+    hub, _ = world
+    path = tmp_path / "w.yaml"
+    path.write_text(
+        WATCHLIST.format(publish="commit").replace(
+            "base: org/base\n    post: org/post\n    new_base: {author",
+            "base: org/gone\n    post: org/post\n    new_base: {author",
+        )
+    )
+    fake_hub.create_repo("org/gated", gated=True)
+    branch, family = plan_watchlist(hub, load(path))
+    assert branch.status == "pending"
+    assert family.status == "error"
+    assert family.reasons == [
+        "org/gone@main: repository not found (or private, and the token cannot see it)"
+    ]
+    assert family.to_dict()["error"] == family.reasons[0]
+
+
+def test_skipped_when_the_new_base_is_the_base(world, tmp_path):
+    hub, _ = world
+    path = tmp_path / "same.yaml"
+    path.write_text(
+        "targets:\n  - {name: s, base: org/base, post: org/post, new_base: org/base, output: me/s}\n"
+    )
+    (plan,) = plan_watchlist(hub, load(path))
+    assert (plan.status, plan.reasons) == ("skipped", ["the new base is the base itself"])
+
+
+def test_disabled_targets_are_not_resolved(world, fake_hub, tmp_path):
+    hub, _ = world
+    path = tmp_path / "off.yaml"
+    path.write_text(
+        "targets:\n  - {name: s, base: x/y, post: x/y, new_base: x/z, output: me/s, enabled: false}\n"
+    )
+    fake_hub.clear_requests()
+    (plan,) = plan_watchlist(hub, load(path))
+    assert plan.status == "disabled" and fake_hub.requests == []
+
+
+def test_plan_is_a_few_requests_per_target_and_no_weights(world, fake_hub):
+    hub, watchlist = world
+    fake_hub.clear_requests()
+    plans = plan_watchlist(hub, watchlist())
+    assert [p.status for p in plans] == ["pending", "pending"]
+    api = [r for r in fake_hub.requests if r.server == "hub"]
+    # branch: 3 model infos + the lineage record; family: a listing, its newest member and the
+    # record (base and post were resolved once for both).
+    assert len(api) == 7
+    assert fake_hub.weight_bytes_served() == 0
+    assert all(r.query.get("blobs") != "true" for r in api)

@@ -1,0 +1,367 @@
+import dataclasses
+import json
+import re
+
+import pytest
+
+from paramdelta.bot import report
+from paramdelta.errors import GitHubError, UsageError
+from paramdelta.bot.report import (
+    IssueAction,
+    TargetResult,
+    load_results,
+    summary_markdown,
+    sync_issues,
+    write_results,
+)
+from doubles.github import FakeGitHub
+from paramdelta.tokens import register
+
+TOKEN = "ghs_report-test-token"
+REPO = "acme/models"
+RUN = "https://github.com/acme/models/actions/runs/7"
+LLAMA = "llama-3.1-8b-instruct"
+
+
+def failed(target=LLAMA, error="HubError: 503 from the Hub", sha="a" * 40):
+    return TargetResult(
+        target=target,
+        status="failed",
+        new_base_repo="meta-llama/Llama-3.1-8B",
+        new_base_sha=sha,
+        error=error,
+        exit_code=4,
+        duration_s=12.5,
+    )
+
+
+def published(target=LLAMA, sha="b" * 40):
+    return TargetResult(
+        target=target,
+        status="published",
+        output_repo="acme/Llama-3.1-8B-Instruct-ParamDelta",
+        new_base_repo="meta-llama/Llama-3.1-8B",
+        new_base_sha=sha,
+        url="https://huggingface.co/acme/Llama-3.1-8B-Instruct-ParamDelta/commit/c0ffee",
+        exit_code=0,
+        duration_s=125.4,
+    )
+
+
+def quiet(status):
+    return TargetResult(target="mistral", status=status, exit_code=0, duration_s=0.4)
+
+
+@pytest.fixture
+def fake_github(monkeypatch):
+    monkeypatch.setattr(report, "SECONDS_BETWEEN_REQUESTS", 0)
+    monkeypatch.setattr(report, "SECONDS_BETWEEN_WRITES", 0)
+    with FakeGitHub(token=TOKEN) as server:
+        server.add_repo(REPO)
+        yield server
+
+
+def sync(fake, results, **kwargs):
+    return sync_issues(results, repo=REPO, token=TOKEN, base_url=fake.url, run_url=RUN, **kwargs)
+
+
+# --- result files -------------------------------------------------------------------------
+
+
+def test_results_round_trip_through_a_file(tmp_path):
+    results = [failed(), published(), quiet("up-to-date")]
+    write_results(tmp_path / "results.json", results)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert list(data) == ["results"]
+    assert data["results"][0] == {
+        "target": LLAMA,
+        "status": "failed",
+        "output_repo": None,
+        "new_base_repo": "meta-llama/Llama-3.1-8B",
+        "new_base_sha": "a" * 40,
+        "url": None,
+        "error": "HubError: 503 from the Hub",
+        "exit_code": 4,
+        "duration_s": 12.5,
+    }
+    assert load_results([tmp_path / "results.json"]) == results
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary left
+
+
+def test_write_results_scrubs_tokens(tmp_path):
+    secret = register("hf_write-results-secret")
+    write_results(tmp_path / "r.json", [failed(error=f"401 for token {secret}")])
+    assert load_results([tmp_path / "r.json"])[0].error == "401 for token ***"
+
+
+def test_load_results_reads_every_json_below_a_directory(tmp_path):
+    # download-artifact's layout: one directory per artifact
+    write_results(tmp_path / "artifacts" / "result-b" / "r.json", [published("b")])
+    write_results(tmp_path / "artifacts" / "result-a" / "r.json", [failed("a")])
+    (tmp_path / "artifacts" / "result-a" / "merge.log").write_text("not a result")
+    (tmp_path / "artifacts" / "empty").mkdir()
+    assert [r.target for r in load_results([tmp_path / "artifacts"])] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colour": "red"}, "unknown field 'colour'"),
+        ({"exit_code": None}, "field 'exit_code' must be an integer, not None"),
+        ({"exit_code": True}, "field 'exit_code' must be an integer, not True"),
+        ({"duration_s": "1s"}, "field 'duration_s' must be a number, not '1s'"),
+        ({"url": 3}, "field 'url' must be a string or null, not 3"),
+        (
+            {"status": "ok"},
+            "field 'status' must be one of published, pr-opened, up-to-date, dry-run, failed,"
+            " not 'ok'",
+        ),
+        ({"error": None}, "field 'error' must be set when status is 'failed'"),
+    ],
+)
+def test_bad_records_name_the_file_and_the_field(tmp_path, change, message):
+    record = {**failed().to_dict(), **change}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"results": [published().to_dict(), record]}))
+    with pytest.raises(UsageError) as e:
+        load_results([path])
+    assert str(e.value) == f"{path}: results[1]: {message}"
+
+
+def test_a_missing_field_is_named(tmp_path):
+    record = published().to_dict()
+    del record["new_base_sha"]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"results": [record]}))
+    with pytest.raises(UsageError, match=r"r\.json: results\[0\]: missing field 'new_base_sha'$"):
+        load_results([path])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "not valid JSON: Expecting property name enclosed in double quotes"),
+        ("[]", 'expected an object {"results": [...]}'),
+        ('{"results": {}}', 'expected an object {"results": [...]}'),
+        ('{"results": [], "version": 1}', "unknown field 'version'"),
+        ('{"results": [3]}', "results[0]: expected an object, not int"),
+    ],
+)
+def test_bad_files(tmp_path, text, message):
+    path = tmp_path / "r.json"
+    path.write_text(text)
+    with pytest.raises(UsageError) as e:
+        load_results([path])
+    assert str(e.value).startswith(f"{path}: {message}")
+
+
+def test_a_missing_path_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match=r"nope\.json: no such file or directory"):
+        load_results([tmp_path / "nope.json"])
+
+
+# --- the Markdown summary -----------------------------------------------------------------
+
+
+def test_summary_markdown():
+    results = [
+        published(),
+        failed("qwen|chat", error="HubError: 503 from the Hub\n  (retried 5 times)"),
+        quiet("up-to-date"),
+        TargetResult(
+            target="gemma",
+            status="pr-opened",
+            output_repo="acme/gemma",
+            new_base_repo="google/gemma-2-9b",
+            new_base_sha="c" * 40,
+            url="https://huggingface.co/acme/gemma/discussions/3",
+            exit_code=0,
+            duration_s=3725,
+        ),
+        TargetResult(
+            target="phi",
+            status="dry-run",
+            new_base_repo="microsoft/phi-4",
+            exit_code=0,
+            duration_s=1,
+        ),
+    ]
+    assert summary_markdown(results, run_url=RUN) == (
+        "### ParamΔ merges\n"
+        "\n"
+        "| target | new base | status | link | duration |\n"
+        "| --- | --- | --- | --- | --- |\n"
+        "| llama-3.1-8b-instruct | meta-llama/Llama-3.1-8B@bbbbbbb | published"
+        " | [commit](https://huggingface.co/acme/Llama-3.1-8B-Instruct-ParamDelta/commit/c0ffee)"
+        " | 2m 05s |\n"
+        "| qwen\\|chat | meta-llama/Llama-3.1-8B@aaaaaaa | failed (exit 4) | - | 12.5s |\n"
+        "| mistral | - | up to date | - | 0.4s |\n"
+        "| gemma | google/gemma-2-9b@ccccccc | PR opened"
+        " | [pull request](https://huggingface.co/acme/gemma/discussions/3) | 1h 02m |\n"
+        "| phi | microsoft/phi-4 | dry run | - | 1.0s |\n"
+        "\n"
+        "Errors:\n"
+        "\n"
+        "- **qwen\\|chat**: HubError: 503 from the Hub (retried 5 times)\n"
+        "\n"
+        "5 targets: 1 published, 1 PR opened, 1 up to date, 1 dry run, 1 failed."
+        " [Workflow run](https://github.com/acme/models/actions/runs/7)\n"
+    )
+
+
+def test_summary_markdown_of_nothing():
+    assert summary_markdown([]) == "### ParamΔ merges\n\n0 targets.\n"
+
+
+# --- issues -------------------------------------------------------------------------------
+
+
+def test_a_first_failure_opens_one_labelled_issue(fake_github):
+    actions = sync(fake_github, [failed()])
+    [issue] = fake_github.issues(REPO)
+    assert actions == [IssueAction(LLAMA, "opened", 1, f"{fake_github.url}/{REPO}/issues/1")]
+    assert issue.title == f"ParamΔ merge failing: {LLAMA}"
+    assert issue.labels == ["paramdelta"] and issue.state == "open" and issue.comments == []
+    assert issue.body.startswith(f"<!-- paramdelta:target={LLAMA} -->\n")
+    assert (
+        f"The ParamΔ merge of **{LLAMA}** onto `meta-llama/Llama-3.1-8B@{'a' * 40}` failed"
+        f" with exit code 4 in [this run]({RUN}):\n\n```text\nHubError: 503 from the Hub\n```\n"
+    ) in issue.body
+    [label_request] = [r for r in fake_github.requests if r.path.endswith("/labels")]
+    assert label_request.body == {
+        "name": "paramdelta",
+        "color": report.LABEL_COLOR,
+        "description": report.LABEL_DESCRIPTION,
+    }
+
+
+def test_a_second_failure_comments_on_the_same_issue(fake_github):
+    sync(fake_github, [failed()])
+    actions = sync(fake_github, [failed(error="CheckpointError: shape mismatch", sha="c" * 40)])
+    [issue] = fake_github.issues(REPO)
+    assert actions == [IssueAction(LLAMA, "commented", 1, f"{fake_github.url}/{REPO}/issues/1")]
+    [comment] = issue.comments
+    assert f"`meta-llama/Llama-3.1-8B@{'c' * 40}`" in comment
+    assert f"[this run]({RUN})" in comment and "CheckpointError: shape mismatch" in comment
+    assert not any(r.path.endswith("/labels/paramdelta") for r in fake_github.requests[-3:])
+
+
+def test_a_success_comments_and_closes_the_issue(fake_github):
+    sync(fake_github, [failed()])
+    assert sync(fake_github, [published()]) == [
+        IssueAction(LLAMA, "closed", 1, f"{fake_github.url}/{REPO}/issues/1")
+    ]
+    [issue] = fake_github.issues(REPO)
+    assert (issue.state, issue.state_reason) == ("closed", "completed")
+    assert issue.comments == [
+        f"Fixed by [this run]({RUN}): **{LLAMA}** merged onto `meta-llama/Llama-3.1-8B@{'b' * 40}`"
+        " and published to `acme/Llama-3.1-8B-Instruct-ParamDelta`:"
+        " https://huggingface.co/acme/Llama-3.1-8B-Instruct-ParamDelta/commit/c0ffee\n\nClosing.\n"
+    ]
+    # a closed issue is history: the next failure opens a new one
+    assert [a.action for a in sync(fake_github, [failed()])] == ["opened"]
+    assert [i.state for i in fake_github.issues(REPO)] == ["closed", "open"]
+
+
+def test_each_failing_target_has_its_own_issue(fake_github):
+    sync(fake_github, [failed("a"), failed("b")])
+    assert sync(fake_github, [failed("b"), published("a")]) == [
+        IssueAction("b", "commented", 2, f"{fake_github.url}/{REPO}/issues/2"),
+        IssueAction("a", "closed", 1, f"{fake_github.url}/{REPO}/issues/1"),
+    ]
+    assert [(i.title, i.state) for i in fake_github.issues(REPO)] == [
+        ("ParamΔ merge failing: a", "closed"),
+        ("ParamΔ merge failing: b", "open"),
+    ]
+
+
+def test_success_without_an_open_issue_changes_nothing(fake_github):
+    assert sync(fake_github, [published()]) == []
+    assert fake_github.issues(REPO) == []
+
+
+def test_dry_run_does_not_call_github(fake_github):
+    assert sync(fake_github, [quiet("dry-run")]) == []
+    assert fake_github.requests == []
+
+
+def test_up_to_date_closes_the_issue_of_a_transient_failure(fake_github):
+    [opened] = sync(fake_github, [failed()])
+    current = dataclasses.replace(published(), status="up-to-date", url=None, duration_s=0.2)
+    [closed] = sync(fake_github, [current])
+    assert (closed.action, closed.number) == ("closed", opened.number)
+    [issue] = fake_github.issues(REPO)
+    assert issue.state == "closed"
+    assert issue.comments[-1].startswith("Resolved as of ")
+    assert issue.comments[-1].endswith(
+        " is up to date with `meta-llama/Llama-3.1-8B@" + "b" * 40 + "`.\n\nClosing.\n"
+    )
+
+
+def test_notify_success_announces_a_publish_once(fake_github):
+    [action] = sync(fake_github, [published()], notify_success=True)
+    assert action == IssueAction(LLAMA, "announced", 1, f"{fake_github.url}/{REPO}/issues/1")
+    [issue] = fake_github.issues(REPO)
+    assert issue.title == (
+        f"ParamΔ published: acme/Llama-3.1-8B-Instruct-ParamDelta ({LLAMA} onto"
+        " meta-llama/Llama-3.1-8B@bbbbbbb)"
+    )
+    assert issue.body.startswith(f"<!-- paramdelta:published={LLAMA}@{'b' * 40} -->\n")
+    assert sync(fake_github, [published()], notify_success=True) == []
+
+
+def test_a_closed_announcement_is_not_repeated(fake_github):
+    marker = f"<!-- paramdelta:published={LLAMA}@{'b' * 40} -->"
+    fake_github.add_issue(REPO, "old news", marker, ["paramdelta"], state="closed")
+    assert sync(fake_github, [published()], notify_success=True) == []
+    [action] = sync(fake_github, [published(sha="d" * 40)], notify_success=True)
+    assert (action.action, action.number) == ("announced", 2)
+
+
+def test_an_issue_opened_earlier_is_found_beyond_the_first_page(fake_github):
+    fake_github.add_issue(REPO, "by hand", f"<!-- paramdelta:target={LLAMA} -->", ["paramdelta"])
+    for n in range(120):  # newer issues come first, so the marker issue is on page 2
+        fake_github.add_issue(REPO, f"other {n}", "", ["paramdelta"])
+    assert [a.action for a in sync(fake_github, [failed()])] == ["commented"]
+    assert len(fake_github.issues(REPO)[0].comments) == 1
+    assert [r.query.get("page") for r in fake_github.requests if r.path.endswith("/issues")] == [
+        None,
+        "2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "method", "path"),
+    [(403, "POST", r"/issues$"), (429, "POST", r"/issues$"), (403, "PATCH", r"/issues/1$")],
+)
+def test_a_secondary_rate_limit_is_retried(fake_github, status, method, path):
+    fake_github.add_issue(REPO, "stale", "<!-- paramdelta:target=fixed -->", ["paramdelta"])
+    fake_github.faults.add(method=method, path=path, status=status)  # Retry-After: 0
+    actions = sync(fake_github, [failed(), published("fixed")])
+    assert [a.action for a in actions] == ["opened", "closed"]
+    retried = [
+        r.status for r in fake_github.requests if r.method == method and re.search(path, r.path)
+    ]
+    assert retried == [status, 201 if method == "POST" else 200]
+    assert [i.state for i in fake_github.issues(REPO)] == ["closed", "open"]
+
+
+def test_github_errors_are_one_line_and_hide_the_token(fake_github):
+    with pytest.raises(GitHubError) as e:
+        sync_issues([failed()], repo=REPO, token="ghs_wrong-token", base_url=fake_github.url)
+    assert str(e.value) == "GitHub acme/models: HTTP 401: Bad credentials"
+    assert e.value.exit_code == 6
+    with pytest.raises(GitHubError, match=r"^GitHub acme/gone: HTTP 404: Not Found$"):
+        sync_issues([failed()], repo="acme/gone", token=TOKEN, base_url=fake_github.url)
+    fake_github.faults.add(status=502, headers={}, times=100)
+    with pytest.raises(GitHubError) as e:
+        sync(fake_github, [failed()])
+    assert str(e.value) == "GitHub acme/models: request failed: too many 502 error responses"
+
+
+def test_issue_text_is_scrubbed_and_fenced(fake_github):
+    secret = register("hf_issue-body-secret")
+    sync(fake_github, [failed(error=f"bad token {secret}\n```\ninjected")])
+    [issue] = fake_github.issues(REPO)
+    assert secret not in issue.body
+    assert "\n````text\nbad token ***\n```\ninjected\n````\n" in issue.body

@@ -1,0 +1,147 @@
+import pytest
+
+from paramdelta.errors import HubError, PublishConflictError, UsageError
+from paramdelta.hub.client import Hub
+
+
+@pytest.fixture
+def hub(fake_hub, hub_token):
+    client = Hub(token=hub_token, endpoint=fake_hub.url)
+    client.sleep = lambda seconds: None  # no real waiting between retries
+    return client
+
+
+@pytest.fixture
+def repo(fake_hub):
+    fake_hub.create_repo("org/model")
+    sha = fake_hub.commit(
+        "org/model", {"config.json": b'{"a": 1}', "w.bin": bytes(range(256)) * 40}
+    )
+    return sha
+
+
+def test_repo_files_resolves_to_the_commit_sha(hub, fake_hub, repo):
+    files = hub.repo_files("org/model", "main")
+    assert files.sha == repo == fake_hub.head("org/model")
+    assert files.sizes["config.json"] == 8
+    assert files.sizes["w.bin"] == 10240
+    assert hub.repo_files("org/model", repo).sha == repo
+
+
+@pytest.mark.parametrize(
+    ("setup", "call", "message"),
+    [
+        (
+            None,
+            lambda h: h.repo_files("org/none"),
+            "org/none@main: repository not found (or private, and the token cannot see it)",
+        ),
+        ("repo", lambda h: h.repo_files("org/model", "nope"), "org/model@nope: revision not found"),
+        (
+            "gated",
+            lambda h: h.read_small_file("org/gated", "config.json", "main"),
+            "org/gated@main/config.json: gated repository: accept its conditions on the Hub with the account of your token",
+        ),
+    ],
+)
+def test_errors_are_typed_one_liners(hub, fake_hub, repo, setup, call, message):
+    if setup == "gated":
+        fake_hub.create_repo("org/gated", gated=True)
+        fake_hub.commit("org/gated", {"config.json": b"{}"})
+    with pytest.raises(HubError) as e:
+        call(hub)
+    assert str(e.value) == message
+    assert e.value.exit_code == 4
+
+
+def test_missing_things_are_none_not_errors(hub, repo):
+    assert hub.read_small_file("org/none", "x.json", "main") is None
+    assert hub.read_small_file("org/model", "x.json", "main") is None
+    assert hub.read_small_file("org/model", "config.json", "main") == b'{"a": 1}'
+
+
+def test_read_into_reads_exact_ranges(hub, repo):
+    data = bytes(range(256)) * 40
+    view = memoryview(bytearray(1000))
+    hub.read_into("org/model", repo, "w.bin", 5000, view)
+    assert bytes(view) == data[5000:6000]
+    assert hub.read("org/model", repo, "config.json", 1, 3) == b'"a"'
+
+
+def test_transient_failures_are_retried(hub, fake_hub, repo):
+    sleeps = []
+    hub.sleep = sleeps.append
+    fake_hub.faults.add(method="GET", path="/api/models/org/model", status=503, times=2)
+    fake_hub.faults.add(
+        method="GET", path="/api/models/org/model", status=429, headers={"Retry-After": "7"}
+    )
+    assert hub.repo_files("org/model").sha == repo
+    assert sleeps == [1.0, 2.0, 7.0]
+
+
+def test_dropped_connection_resumes_the_range(hub, fake_hub, repo):
+    fake_hub.faults.add(method="GET", path="w.bin", server="blobs", drop=True)
+    view = memoryview(bytearray(3000))
+    hub.read_into("org/model", repo, "w.bin", 100, view)
+    assert bytes(view) == (bytes(range(256)) * 40)[100:3100]
+
+
+def test_gives_up_after_the_retry_budget(hub, fake_hub, repo, monkeypatch):
+    fake_hub.faults.add(method="GET", path="/api/models/org/model", status=502, times=10)
+    with pytest.raises(HubError, match=r"^org/model@main: HTTP 502: "):
+        hub.repo_files("org/model")
+
+
+def test_timeouts_are_network_errors(fake_hub, hub_token, repo, monkeypatch):
+    monkeypatch.setenv("PARAMDELTA_HUB_TIMEOUT", "0.2")
+    monkeypatch.setenv("PARAMDELTA_HUB_RETRIES", "1")
+    hub = Hub(token=hub_token, endpoint=fake_hub.url)
+    hub.sleep = lambda s: None
+    fake_hub.faults.add(method="GET", path="/api/models/org/model", status=None, delay=1.0, times=2)
+    with pytest.raises(HubError, match=r"^org/model@main: network error: ReadTimeout"):
+        hub.repo_files("org/model")
+
+
+def test_bad_settings(monkeypatch):
+    monkeypatch.setenv("PARAMDELTA_HUB_TIMEOUT", "soon")
+    with pytest.raises(UsageError, match="PARAMDELTA_HUB_TIMEOUT='soon': expected a number"):
+        Hub()
+
+
+def test_newest_repo_of_a_family(hub, fake_hub):
+    from datetime import datetime, timezone
+
+    for name, day in [("Fam-1-7B", 1), ("Fam-2-7B", 3), ("Fam-2-70B", 5), ("Other-3-7B", 9)]:
+        fake_hub.create_repo(f"fam/{name}", created_at=datetime(2026, 1, day, tzinfo=timezone.utc))
+    repo_id, created = hub.newest_repo("fam", "Fam-*-7B")
+    assert repo_id == "fam/Fam-2-7B" and created.day == 3
+    assert hub.newest_repo("fam", "Nope-*") is None
+
+
+def test_a_stale_parent_is_a_publish_conflict(hub, fake_hub, repo):
+    from huggingface_hub import CommitOperationAdd
+
+    fake_hub.commit("org/model", {"other.txt": b"someone else"})
+    with pytest.raises(PublishConflictError) as e:
+        hub.commit(
+            "org/model",
+            [CommitOperationAdd("x.txt", b"x")],
+            message="m",
+            description="",
+            parent=repo,
+            revision="main",
+            create_pr=False,
+        )
+    assert str(e.value) == (
+        f"output repo org/model changed during publish (main is no longer at {repo[:7]});"
+        " nothing was committed; re-run to re-plan"
+    )
+    assert "x.txt" not in fake_hub.list_files("org/model")
+
+
+def test_unauthorised_writes(fake_hub, repo):
+    hub = Hub(token="hf_wrong_token_value", endpoint=fake_hub.url)
+    with pytest.raises(HubError) as e:
+        hub.create_repo("org/new", private=False)
+    assert str(e.value) == "org/new: HTTP 401: not authorised (check HF_TOKEN or --token-file)"
+    assert "hf_wrong_token_value" not in repr(hub)

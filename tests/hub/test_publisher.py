@@ -1,0 +1,93 @@
+import contextlib
+import os
+import threading
+import time
+
+from paramdelta.engine.checkpoint import LocalSource
+from paramdelta.hub.client import Hub
+from paramdelta.engine.merge import merge_to_dir
+from paramdelta.engine.options import MergeOptions
+from paramdelta.hub.publisher import Publisher
+from paramdelta.testing.checkpoints import llama_config, make_trio
+
+
+def test_disk_holds_at_most_two_shards_while_pushing(fake_hub, hub_token, tmp_path, monkeypatch):
+    """One shard uploading plus the one being written: never the whole model."""
+    trio = make_trio(tmp_path / "in", config=llama_config(hidden_size=128, vocab_size=512))
+    hub = Hub(token=hub_token)
+    publisher = Publisher(hub, "me/out", message="m", delete_uploaded=True)
+    real = Hub.preupload
+
+    def slow_preupload(self, *args, **kwargs):
+        time.sleep(0.05)  # an upload slower than the merge: the worst case for disk
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Hub, "preupload", slow_preupload)
+    alive: list[int] = []
+    done = threading.Event()
+
+    def inode(stat):
+        return stat.st_dev, stat.st_ino
+
+    def sample():
+        # Distinct inodes, so that a shard seen both in the directory and as an open handle
+        # (between the open and the unlink) counts once.
+        while not done.is_set():
+            files = set()
+            for path in tmp_path.glob(".out.partial-*/*.safetensors*"):
+                with contextlib.suppress(FileNotFoundError):
+                    files.add(inode(path.stat()))
+            for handle in list(publisher._handles):
+                with contextlib.suppress(ValueError):  # closed meanwhile
+                    files.add(inode(os.fstat(handle.fileno())))
+            alive.append(len(files))
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        publisher.start()
+        sources = {role: LocalSource(path) for role, path in trio.items()}
+        result = merge_to_dir(
+            sources,
+            tmp_path / "out",
+            MergeOptions(shard_size=150_000, progress=False),
+            on_shard_written=publisher.shard_written,
+        )
+        published = publisher.finish(result.out_dir)
+    finally:
+        done.set()
+        sampler.join()
+        publisher.close()
+    assert len(result.shards) >= 4
+    assert max(alive) <= 2, max(alive)
+    assert not list((tmp_path / "out").glob("*.safetensors"))  # uploaded, then removed
+    assert {s.filename for s in result.shards} <= set(published.files)
+    assert set(fake_hub.list_files("me/out")) >= {s.filename for s in result.shards}
+
+
+def test_a_new_layout_removes_the_old_shards_in_the_same_commit(fake_hub, hub_token, tmp_path):
+    trio = make_trio(tmp_path / "in", config=llama_config(hidden_size=128, vocab_size=512))
+    sources = {role: LocalSource(path) for role, path in trio.items()}
+    hub = Hub(token=hub_token)
+    fake_hub.create_repo("me/out")
+    fake_hub.commit("me/out", {"eval-results.md": b"kept: not weights"})
+
+    def publish(shard_size, out):
+        publisher = Publisher(hub, "me/out", message=f"shards of {shard_size}")
+        publisher.start()
+        merged = merge_to_dir(
+            sources, tmp_path / out, MergeOptions(shard_size=shard_size, progress=False)
+        )
+        publisher.finish(merged.out_dir)
+        return merged
+
+    sharded = publish(150_000, "a")
+    assert "model.safetensors.index.json" in fake_hub.list_files("me/out")
+    single = publish(10**9, "b")
+    files = set(fake_hub.list_files("me/out"))
+    assert [s.filename for s in single.shards] == ["model.safetensors"]
+    assert not files & {s.filename for s in sharded.shards}
+    assert "model.safetensors.index.json" not in files
+    assert {"model.safetensors", "eval-results.md", "config.json"} <= files
+    assert fake_hub.commits("me/out")[0].title == f"shards of {10**9}"
