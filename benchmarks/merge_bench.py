@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     blocks = -(-out_bytes // 2**20)
     paramdelta = [sys.executable, "-m", "paramdelta", "merge", "--format", "json", "--output"]
     commands = {
-        "startup (python+torch)": shlex.join([sys.executable, "-c", "import paramdelta.engine.workers"]),
+        "startup (python+torch)": shlex.join(
+            [sys.executable, "-c", "import paramdelta.engine.workers"]
+        ),
         "floor (cat + dd)": f"cat {files} > /dev/null"
         f" && dd if=/dev/zero of={shlex.quote(str(out))} bs=1M count={blocks} status=none",
         "naive load_file": shlex.join([sys.executable, "-c", NAIVE, *dirs, str(out)]),

@@ -25,8 +25,8 @@ import pytest
 from safetensors.torch import load as load_safetensors
 
 from doubles.actions import ActionRun, run_composite_action
-from paramdelta.testing.checkpoints import load_tensors, mismatched_tensors, reference_merge
 from doubles.github import FakeGitHub
+from paramdelta.testing.checkpoints import load_tensors, mismatched_tensors, reference_merge
 from paramdelta.testing.hub import FakeHub
 from paramdelta.testing.seed import publish_folder
 

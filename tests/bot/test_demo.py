@@ -2,8 +2,8 @@ import json
 
 from huggingface_hub import ModelCard
 
-from paramdelta.cli import main
 from paramdelta.bot.demo import OUTPUT, REPOS, run_demo
+from paramdelta.cli import main
 from paramdelta.testing.checkpoints import load_tensors
 
 

@@ -2,11 +2,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from paramdelta.hub.client import Hub
 from paramdelta.bot.plan import plan_watchlist
 from paramdelta.bot.run_target import RunOptions, run_target
-from paramdelta.testing.seed import publish_folder
 from paramdelta.bot.watchlist import load
+from paramdelta.hub.client import Hub
+from paramdelta.testing.seed import publish_folder
 
 WATCHLIST = """\
 targets:

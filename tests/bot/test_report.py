@@ -4,8 +4,8 @@ import re
 
 import pytest
 
+from doubles.github import FakeGitHub
 from paramdelta.bot import report
-from paramdelta.errors import GitHubError, UsageError
 from paramdelta.bot.report import (
     IssueAction,
     TargetResult,
@@ -14,7 +14,7 @@ from paramdelta.bot.report import (
     sync_issues,
     write_results,
 )
-from doubles.github import FakeGitHub
+from paramdelta.errors import GitHubError, UsageError
 from paramdelta.tokens import register
 
 TOKEN = "ghs_report-test-token"

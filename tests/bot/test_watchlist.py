@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from paramdelta.cli import main
 from paramdelta.bot.watchlist import Family, RepoRef, WatchlistError, check, load
+from paramdelta.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

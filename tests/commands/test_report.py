@@ -3,12 +3,10 @@ import uuid
 
 import pytest
 
-from paramdelta.bot import github_actions
-
-from paramdelta.bot import report
-from paramdelta.cli import main
-from paramdelta.bot.report import TargetResult, load_results, summary_markdown, write_results
 from doubles.github import FakeGitHub
+from paramdelta.bot import github_actions, report
+from paramdelta.bot.report import TargetResult, load_results, summary_markdown, write_results
+from paramdelta.cli import main
 
 TOKEN = "ghs_cli-report-test-token"
 REPO = "acme/models"

@@ -3,8 +3,8 @@ import json
 import pytest
 from huggingface_hub import ModelCard
 
-from paramdelta.cli import main
 from paramdelta.bot.report import load_results
+from paramdelta.cli import main
 from paramdelta.testing.checkpoints import load_tensors, mismatched_tensors, reference_merge
 
 WATCHLIST = """\

@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from paramdelta.testing.faults import Faults
 
-DEFAULT_TOKEN = "fake-github-token"  # noqa: S105 (the fake's own, not a secret)
+DEFAULT_TOKEN = "fake-github-token"
 SECONDARY_RATE_LIMIT = (
     "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
 )

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from paramdelta.engine.checkpoint import LocalSource, open_checkpoint
-from paramdelta.errors import CheckpointError, UsageError
 from paramdelta.engine.layout import plan_merge
+from paramdelta.errors import CheckpointError, UsageError
 from paramdelta.testing.checkpoints import (
     donor_files,
     llama_config,

@@ -1,7 +1,7 @@
 import pytest
 
-from paramdelta.errors import UsageError
 from paramdelta.engine.options import parse_size
+from paramdelta.errors import UsageError
 
 
 @pytest.mark.parametrize(

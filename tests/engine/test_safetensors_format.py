@@ -6,8 +6,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from paramdelta.errors import CheckpointError
 from paramdelta.engine.safetensors_format import encode_header, parse_header, read_header
+from paramdelta.errors import CheckpointError
 
 
 def _read(raw: bytes):

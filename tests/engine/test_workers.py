@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from paramdelta.engine.checkpoint import LocalSource
-from paramdelta.engine.workers import chunk_elements, plan_units
 from paramdelta.engine.merge import merge_to_dir, preflight
 from paramdelta.engine.options import MergeOptions
+from paramdelta.engine.workers import chunk_elements, plan_units
+from paramdelta.engine.writer import plan_shards
 from paramdelta.testing.checkpoints import (
     llama_config,
     load_tensors,
@@ -17,7 +18,6 @@ from paramdelta.testing.checkpoints import (
     reference_merge,
     save_checkpoint,
 )
-from paramdelta.engine.writer import plan_shards
 
 
 def _sources(trio):

@@ -9,11 +9,11 @@ import pytest
 from safetensors import safe_open
 
 from paramdelta.engine.checkpoint import LocalSource
-from paramdelta.errors import CheckpointError, UsageError
 from paramdelta.engine.merge import merge_to_dir, preflight
 from paramdelta.engine.options import MergeOptions
-from paramdelta.testing.checkpoints import llama_config, load_tensors, make_trio
 from paramdelta.engine.writer import index_json, plan_shards
+from paramdelta.errors import CheckpointError, UsageError
+from paramdelta.testing.checkpoints import llama_config, load_tensors, make_trio
 
 
 @pytest.fixture

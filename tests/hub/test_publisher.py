@@ -4,9 +4,9 @@ import threading
 import time
 
 from paramdelta.engine.checkpoint import LocalSource
-from paramdelta.hub.client import Hub
 from paramdelta.engine.merge import merge_to_dir
 from paramdelta.engine.options import MergeOptions
+from paramdelta.hub.client import Hub
 from paramdelta.hub.publisher import Publisher
 from paramdelta.testing.checkpoints import llama_config, make_trio
 

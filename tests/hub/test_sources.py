@@ -1,17 +1,17 @@
 import pytest
 
 from paramdelta.engine.checkpoint import LocalSource
-from paramdelta.errors import UsageError
 from paramdelta.engine.merge import preflight
 from paramdelta.engine.options import MergeOptions
+from paramdelta.errors import UsageError
 from paramdelta.hub.sources import (
     HubFactory,
     HubSource,
     download_inputs,
     files_needed,
     open_sources,
-    parse_spec,
 )
+from paramdelta.repo_ids import parse_spec
 
 
 @pytest.mark.parametrize(

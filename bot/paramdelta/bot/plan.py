@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paramdelta.bot import lineage
-from paramdelta.errors import HubError, ParamDeltaError
-from paramdelta.hub.client import Hub, RepoFiles
 from paramdelta.bot.report import Status, TargetResult
 from paramdelta.bot.watchlist import Family, Target, Watchlist
+from paramdelta.errors import HubError, ParamDeltaError
+from paramdelta.hub.client import Hub, RepoFiles
 
 PENDING = "pending"
 CURRENT = ("up-to-date", "in-review")  # nothing to merge: the output is (being) published

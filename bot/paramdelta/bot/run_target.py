@@ -11,19 +11,17 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from paramdelta.bot import github_actions
-
-from paramdelta.bot import lineage
+from paramdelta.bot import github_actions, lineage
 from paramdelta.bot.card import render_card
+from paramdelta.bot.plan import TargetPlan
+from paramdelta.bot.report import Status, TargetResult
 from paramdelta.engine.checkpoint import Source
+from paramdelta.engine.layout import MergePlan
+from paramdelta.engine.merge import MergeResult, merge_to_dir, preflight
+from paramdelta.engine.options import MergeOptions
 from paramdelta.errors import ParamDeltaError
 from paramdelta.hub.client import Hub
-from paramdelta.engine.merge import MergeResult, merge_to_dir, preflight
-from paramdelta.engine.layout import MergePlan
-from paramdelta.engine.options import MergeOptions
-from paramdelta.bot.plan import TargetPlan
 from paramdelta.hub.publisher import Publisher, PublishResult
-from paramdelta.bot.report import Status, TargetResult
 from paramdelta.hub.sources import HubSource, download_inputs
 
 

@@ -22,9 +22,9 @@ from typing import Any, NamedTuple
 import jsonschema
 import yaml
 
-from paramdelta.errors import UsageError
 from paramdelta.engine.options import DEFAULT_SHARD_SIZE, parse_size
-from paramdelta.hub.sources import parse_spec
+from paramdelta.errors import UsageError
+from paramdelta.repo_ids import parse_spec
 
 SCHEMA_RESOURCE = "schemas/watchlist.schema.json"
 OUTPUT_FIELDS = (

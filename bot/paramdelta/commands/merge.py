@@ -12,20 +12,25 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from paramdelta.engine.checkpoint import Source
+from paramdelta.commands.output import add_format_argument, emit, human_bytes
 from paramdelta.commands.publish import (
     add_publish_options,
-    check_repo_id,
     human_result,
     publisher_from_args,
 )
-from paramdelta.errors import UsageError
+from paramdelta.engine.checkpoint import Source
 from paramdelta.engine.layout import DTYPE_CHOICES, FORMULA, VOCAB_POLICIES, MergePlan
-from paramdelta.engine.options import DEFAULT_MAX_MEMORY, DEFAULT_SHARD_SIZE, MergeOptions, parse_size
-from paramdelta.commands.output import add_format_argument, emit, human_bytes
+from paramdelta.engine.options import (
+    DEFAULT_MAX_MEMORY,
+    DEFAULT_SHARD_SIZE,
+    MergeOptions,
+    parse_size,
+)
+from paramdelta.engine.writer import check_output_dir
+from paramdelta.errors import UsageError
 from paramdelta.hub.publisher import PublishResult
 from paramdelta.hub.sources import HubFactory, download_inputs, open_sources
-from paramdelta.engine.writer import check_output_dir
+from paramdelta.repo_ids import check_repo_id
 
 if TYPE_CHECKING:
     from paramdelta.engine.merge import MergeResult, Prepare

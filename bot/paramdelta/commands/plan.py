@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 from paramdelta.bot import github_actions
-from paramdelta.commands.watchlist import DEFAULT_WATCHLIST
-from paramdelta.commands.output import add_format_argument, emit
 from paramdelta.bot.plan import CURRENT, TargetPlan, plan_watchlist
 from paramdelta.bot.report import write_results
-from paramdelta.hub.sources import HubFactory
 from paramdelta.bot.watchlist import Watchlist, load
+from paramdelta.commands.output import add_format_argument, emit
+from paramdelta.commands.watchlist import DEFAULT_WATCHLIST
+from paramdelta.hub.sources import HubFactory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from paramdelta.errors import UsageError
 from paramdelta.commands.output import add_format_argument, emit
+from paramdelta.errors import UsageError
 from paramdelta.hub.publisher import Publisher, PublishResult, dry_run
-from paramdelta.hub.sources import HubFactory, is_repo_id
+from paramdelta.hub.sources import HubFactory
+from paramdelta.repo_ids import check_repo_id
 
 DEFAULT_MESSAGE = "Upload ParamΔ merge"
 
@@ -34,12 +35,6 @@ def add_publish_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--token-file", help="read the Hub token from this file (default: HF_TOKEN or login)"
     )
-
-
-def check_repo_id(repo_id: str, option: str) -> str:
-    if not is_repo_id(repo_id):
-        raise UsageError(f"{option} {repo_id!r}: expected a Hub repo id like org/name")
-    return repo_id
 
 
 def publisher_from_args(

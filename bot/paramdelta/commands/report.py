@@ -12,9 +12,9 @@ import re
 from typing import Any
 
 from paramdelta.bot import github_actions
-from paramdelta.errors import UsageError
-from paramdelta.commands.output import add_format_argument, emit
 from paramdelta.bot.report import load_results, summary_markdown, sync_issues
+from paramdelta.commands.output import add_format_argument, emit
+from paramdelta.errors import UsageError
 from paramdelta.tokens import register
 
 DEFAULT_API_URL = "https://api.github.com"

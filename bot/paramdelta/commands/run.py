@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 
 from paramdelta.bot import github_actions
-from paramdelta.commands.plan import add_watchlist_arguments, load_watchlist
-from paramdelta.engine.options import DEFAULT_MAX_MEMORY, parse_size
-from paramdelta.commands.output import add_format_argument, emit
 from paramdelta.bot.plan import plan_watchlist
 from paramdelta.bot.report import SUCCEEDED, TargetResult, summary_markdown, write_results
+from paramdelta.commands.output import add_format_argument, emit
+from paramdelta.commands.plan import add_watchlist_arguments, load_watchlist
+from paramdelta.engine.options import DEFAULT_MAX_MEMORY, parse_size
 from paramdelta.hub.sources import HubFactory
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from paramdelta.errors import UsageError
-from paramdelta.commands.output import add_format_argument, emit
 from paramdelta.bot.watchlist import check
+from paramdelta.commands.output import add_format_argument, emit
+from paramdelta.errors import UsageError
 
 DEFAULT_WATCHLIST = "watchlist.yaml"
 

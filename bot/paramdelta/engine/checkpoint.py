@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
-from paramdelta.errors import CheckpointError
 from paramdelta.engine.safetensors_format import (
     DuplicateKeyError,
     TensorEntry,
     read_header,
     reject_duplicate_keys,
 )
+from paramdelta.errors import CheckpointError
 
 CONFIG = "config.json"
 SINGLE_FILE = "model.safetensors"

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
 from paramdelta.engine.checkpoint import CONFIG, Checkpoint, Source, TensorRef
-from paramdelta.errors import CheckpointError, UsageError
 from paramdelta.engine.safetensors_format import ITEMSIZE
+from paramdelta.errors import CheckpointError, UsageError
 
 FORMULA = "new_base + alpha * (post - base)"
 COMPUTE_DTYPE = "float32"

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paramdelta.engine.checkpoint import Checkpoint, Source, open_checkpoint
-from paramdelta.engine.workers import MergeStats, execute
 from paramdelta.engine.layout import CONFIG, MergePlan, plan_merge
 from paramdelta.engine.options import MergeOptions
+from paramdelta.engine.workers import MergeStats, execute
 from paramdelta.engine.writer import (
     OutputWriter,
     ShardHook,

@@ -36,12 +36,12 @@ import torch
 from huggingface_hub.utils import tqdm
 
 from paramdelta.engine.checkpoint import Source
-from paramdelta.errors import UsageError
 from paramdelta.engine.kernel import CPU_BLOCK, TORCH_DTYPES, merge_into, scratch_buffers
 from paramdelta.engine.layout import MergePlan
 from paramdelta.engine.options import DEFAULT_MAX_MEMORY
 from paramdelta.engine.safetensors_format import ITEMSIZE
 from paramdelta.engine.writer import OutputWriter, ShardPlan
+from paramdelta.errors import UsageError
 
 MIN_CHUNK_ELEMENTS = 4096  # also the alignment of bigger chunks
 # On a GPU, bigger transfers amortise the copies: 8 Mi elements per chunk.

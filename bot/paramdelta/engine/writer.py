@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from paramdelta.errors import UsageError
 from paramdelta.engine.layout import MergeItem
 from paramdelta.engine.safetensors_format import encode_header
+from paramdelta.errors import UsageError
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"

@@ -20,8 +20,8 @@ from typing import BinaryIO
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-from paramdelta.hub.client import Hub
 from paramdelta.engine.writer import ShardPlan
+from paramdelta.hub.client import Hub
 
 
 @dataclass

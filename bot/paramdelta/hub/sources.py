@@ -15,34 +15,19 @@ cached), or the engine keeps reading byte ranges straight from the Hub
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from paramdelta.engine.checkpoint import LocalSource, Source
+from paramdelta.engine.layout import MergePlan
 from paramdelta.errors import CheckpointError, UsageError
 from paramdelta.hub.client import Hub, RepoFiles
-from paramdelta.engine.layout import MergePlan
+from paramdelta.repo_ids import parse_spec
 from paramdelta.tokens import hub_token
 
-REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 HUB_READ_SIZE = 16 * 2**20  # bytes per range request: large enough to amortise a round trip
 HUB_PARALLEL_READS = 8
-
-
-def is_repo_id(text: str) -> bool:
-    return REPO_ID.fullmatch(text) is not None and ".." not in text
-
-
-def parse_spec(spec: str) -> tuple[str, str]:
-    """``org/name@rev`` -> (repo id, revision); UsageError if it is not one."""
-    repo_id, _, revision = spec.partition("@")
-    if not is_repo_id(repo_id) or (spec.endswith("@") and not revision):
-        raise UsageError(
-            f"{spec!r} is neither a directory nor a Hub repo id like org/name[@revision]"
-        )
-    return repo_id, revision or "main"
 
 
 class HubSource:
