@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from paramdelta.engine.layout import ROLES as ROLES  # re-exported for the benchmarks
 from paramdelta.testing.checkpoints import config_for_size, make_trio
-
-ROLES = ("base", "post", "new_base")
 
 
 class Measurement(NamedTuple):

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from paramdelta import __version__
-from paramdelta.errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, ParamDeltaError
+from paramdelta.errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, LocalFileError, ParamDeltaError
 from paramdelta.tokens import redact
 
 # name -> (module, one-line help)
@@ -55,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _print_error("interrupted")
         return EXIT_INTERRUPTED
+    except OSError as e:  # a local file the code above did not name (network errors are typed)
+        error = LocalFileError.from_os_error(e)
+        _print_error(str(error))
+        return error.exit_code
     except Exception as e:
         if os.environ.get("PARAMDELTA_DEBUG"):
             raise

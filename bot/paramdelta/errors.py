@@ -7,6 +7,9 @@ exits with its `exit_code`. Anything else is a bug and exits 1.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class ParamDeltaError(Exception):
     """Base of every error the bot raises on purpose."""
@@ -36,6 +39,27 @@ class PublishConflictError(ParamDeltaError):
     """The output repo changed while we were publishing; nothing was committed."""
 
     exit_code = 5
+
+
+class LocalFileError(ParamDeltaError):
+    """A local file-system operation failed (disk full, permission denied, missing path)."""
+
+    exit_code = 7
+
+    @classmethod
+    def from_os_error(cls, e: OSError, path: object = None) -> LocalFileError:
+        """One line naming the path: ``/out/x.safetensors: No space left on device``."""
+        where = path if path is not None else (e.filename or "file system")
+        return cls(f"{where}: {e.strerror or e}")
+
+
+@contextmanager
+def local_io(path: object) -> Iterator[None]:
+    """Turn an OSError of the block into a LocalFileError naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        raise LocalFileError.from_os_error(e, path) from e
 
 
 class GitHubError(ParamDeltaError):

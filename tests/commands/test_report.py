@@ -4,8 +4,10 @@ import uuid
 import pytest
 
 from doubles.github import FakeGitHub
-from paramdelta.bot import github_actions, report
-from paramdelta.bot.report import TargetResult, load_results, summary_markdown, write_results
+from paramdelta.bot import github_actions
+from paramdelta.bot import issues as report
+from paramdelta.bot.results import TargetResult, load_results, write_results
+from paramdelta.bot.summary import summary_markdown
 from paramdelta.cli import main
 
 TOKEN = "ghs_cli-report-test-token"

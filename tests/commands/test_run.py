@@ -3,7 +3,7 @@ import json
 import pytest
 from huggingface_hub import ModelCard
 
-from paramdelta.bot.report import load_results
+from paramdelta.bot.results import load_results
 from paramdelta.cli import main
 from paramdelta.testing.checkpoints import load_tensors, mismatched_tensors, reference_merge
 

@@ -1,10 +1,12 @@
 import contextlib
 import os
+import tempfile
 import threading
 import time
 
+from paramdelta.bot.publish import merge_and_publish
 from paramdelta.engine.checkpoint import LocalSource
-from paramdelta.engine.merge import merge_to_dir
+from paramdelta.engine.merge import merge_to_dir, preflight
 from paramdelta.engine.options import MergeOptions
 from paramdelta.hub.client import Hub
 from paramdelta.hub.publisher import Publisher
@@ -15,7 +17,8 @@ def test_disk_holds_at_most_two_shards_while_pushing(fake_hub, hub_token, tmp_pa
     """One shard uploading plus the one being written: never the whole model."""
     trio = make_trio(tmp_path / "in", config=llama_config(hidden_size=128, vocab_size=512))
     hub = Hub(token=hub_token)
-    publisher = Publisher(hub, "me/out", message="m", delete_uploaded=True)
+    publisher = Publisher(hub, "me/out", message="m")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the merge's scratch dir
     real = Hub.preupload
 
     def slow_preupload(self, *args, **kwargs):
@@ -34,7 +37,7 @@ def test_disk_holds_at_most_two_shards_while_pushing(fake_hub, hub_token, tmp_pa
         # (between the open and the unlink) counts once.
         while not done.is_set():
             files = set()
-            for path in tmp_path.glob(".out.partial-*/*.safetensors*"):
+            for path in tmp_path.glob("paramdelta-*/.merged.partial-*/*.safetensors*"):
                 with contextlib.suppress(FileNotFoundError):
                     files.add(inode(path.stat()))
             for handle in list(publisher._handles):
@@ -46,22 +49,18 @@ def test_disk_holds_at_most_two_shards_while_pushing(fake_hub, hub_token, tmp_pa
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        publisher.start()
         sources = {role: LocalSource(path) for role, path in trio.items()}
-        result = merge_to_dir(
-            sources,
-            tmp_path / "out",
-            MergeOptions(shard_size=150_000, progress=False),
-            on_shard_written=publisher.shard_written,
+        options = MergeOptions(shard_size=150_000, progress=False)
+        result, published = merge_and_publish(
+            publisher, sources, options, plan=preflight(sources, options)
         )
-        published = publisher.finish(result.out_dir)
     finally:
         done.set()
         sampler.join()
-        publisher.close()
     assert len(result.shards) >= 4
     assert max(alive) <= 2, max(alive)
-    assert not list((tmp_path / "out").glob("*.safetensors"))  # uploaded, then removed
+    assert max(alive) > 0  # the sampler did see the shards
+    assert not list(tmp_path.glob("paramdelta-*"))  # uploaded, then removed with the scratch dir
     assert {s.filename for s in result.shards} <= set(published.files)
     assert set(fake_hub.list_files("me/out")) >= {s.filename for s in result.shards}
 
@@ -74,12 +73,11 @@ def test_a_new_layout_removes_the_old_shards_in_the_same_commit(fake_hub, hub_to
     fake_hub.commit("me/out", {"eval-results.md": b"kept: not weights"})
 
     def publish(shard_size, out):
-        publisher = Publisher(hub, "me/out", message=f"shards of {shard_size}")
-        publisher.start()
         merged = merge_to_dir(
             sources, tmp_path / out, MergeOptions(shard_size=shard_size, progress=False)
         )
-        publisher.finish(merged.out_dir)
+        with Publisher(hub, "me/out", message=f"shards of {shard_size}") as publisher:
+            publisher.finish(merged.out_dir)
         return merged
 
     sharded = publish(150_000, "a")

@@ -38,9 +38,10 @@ def test_hub_sources_are_pinned_and_local_dirs_win(hub_trio, tmp_path):
     ) as sources:
         base, post = sources["base"], sources["post"]
         assert isinstance(base, HubSource) and isinstance(post, LocalSource)
-        assert base.origin == {"repo": "org/base", "revision": "main", "sha": hub_trio.shas["base"]}
+        assert (base.repo.repo_id, base.repo.revision) == ("org/base", "main")
+        assert base.repo.sha == hub_trio.shas["base"]
         assert base.label == f"org/base@{hub_trio.shas['base'][:7]}"
-        assert post.origin == {"path": str(hub_trio.local["post"].resolve())}
+        assert post.root == hub_trio.local["post"]
 
 
 def test_download_fetches_only_what_the_merge_reads(hub_trio, fake_hub):
@@ -55,8 +56,6 @@ def test_download_fetches_only_what_the_merge_reads(hub_trio, fake_hub):
     for role, source in local.items():
         assert isinstance(source, LocalSource)
         assert set(source.list_files()) == needed[role]
-        assert source.origin == {
-            "repo": hub_trio.repos[role],
-            "revision": "main",
-            "sha": fake_hub.head(hub_trio.repos[role]),
-        }
+        # the cached snapshot of the pinned commit, under the same label
+        assert source.root.name == fake_hub.head(hub_trio.repos[role])
+        assert source.label == f"{hub_trio.repos[role]}@{source.root.name[:7]}"

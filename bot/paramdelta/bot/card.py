@@ -19,8 +19,8 @@ from huggingface_hub import ModelCard, ModelCardData
 from jinja2.sandbox import SandboxedEnvironment
 
 from paramdelta import PROJECT_URL
-from paramdelta.bot.lineage import ROLES, build_record
-from paramdelta.engine.layout import ROLE_TITLES
+from paramdelta.bot.lineage import build_record
+from paramdelta.engine.layout import ROLE_TITLES, ROLES
 
 DEFAULT_TEMPLATE = "templates/model_card.md.j2"
 BASE_TAGS = ("merge", "paramdelta")

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from paramdelta.engine.layout import ROLES
 from paramdelta.errors import ParamDeltaError
 from paramdelta.testing.checkpoints import (
     load_tensors,
@@ -207,9 +208,7 @@ def _inspect(
     report.card_path = published / "README.md"
     say(f"\nThe model card is in {report.card_path}")
 
-    expected = reference_merge(
-        *(load_tensors(inputs[role]) for role in ("base", "post", "new_base"))
-    )
+    expected = reference_merge(*(load_tensors(inputs[role]) for role in ROLES))
     report.mismatched = mismatched_tensors(load_tensors(published), expected)
     report.tensors_checked = len(expected)
     if report.mismatched:

@@ -14,12 +14,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from paramdelta import __version__
-from paramdelta.engine.layout import COMPUTE_DTYPE, FORMULA, ROLE_TITLES
+from paramdelta.engine.layout import COMPUTE_DTYPE, FORMULA, ROLE_TITLES, ROLES
 
 FILENAME = "paramdelta.json"
 SCHEMA_VERSION = 1
 TOOL = "paramdelta-bot"
-ROLES = ("base", "post", "new_base")
 # The recipe fields that change the merged bytes (compared by `plan`).
 RECIPE_KEYS = ("alpha", "dtype", "vocab_policy")
 

@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paramdelta.bot import lineage
-from paramdelta.bot.report import Status, TargetResult
+from paramdelta.bot.results import Status, TargetResult
 from paramdelta.bot.watchlist import Family, Target, Watchlist
 from paramdelta.errors import HubError, ParamDeltaError
 from paramdelta.hub.client import Hub, RepoFiles
 
 PENDING = "pending"
 CURRENT = ("up-to-date", "in-review")  # nothing to merge: the output is (being) published
-STATUSES = (PENDING, "up-to-date", "in-review", "skipped", "disabled", "error")
 MAX_REVIEWED_PRS = 3  # newest pull requests whose record is checked
 
 

@@ -14,11 +14,12 @@ from typing import NamedTuple
 from paramdelta.bot import github_actions, lineage
 from paramdelta.bot.card import render_card
 from paramdelta.bot.plan import TargetPlan
-from paramdelta.bot.report import Status, TargetResult
+from paramdelta.bot.publish import merge_and_publish
+from paramdelta.bot.results import Status, TargetResult
 from paramdelta.engine.checkpoint import Source
 from paramdelta.engine.layout import MergePlan
-from paramdelta.engine.merge import MergeResult, merge_to_dir, preflight
-from paramdelta.engine.options import MergeOptions
+from paramdelta.engine.merge import MergeResult, preflight
+from paramdelta.engine.options import DEFAULT_MAX_MEMORY, MergeOptions
 from paramdelta.errors import ParamDeltaError
 from paramdelta.hub.client import Hub
 from paramdelta.hub.publisher import Publisher, PublishResult
@@ -27,7 +28,7 @@ from paramdelta.hub.sources import HubSource, download_inputs
 
 class RunOptions(NamedTuple):
     device: str = "auto"
-    max_memory: int | None = None
+    max_memory: int = DEFAULT_MAX_MEMORY
     stream: bool = False
     dry_run: bool = False
     progress: bool = True
@@ -36,15 +37,14 @@ class RunOptions(NamedTuple):
 
 def merge_options(plan: TargetPlan, options: RunOptions) -> MergeOptions:
     target = plan.target
-    extra = {"max_memory": options.max_memory} if options.max_memory else {}
     return MergeOptions(
         alpha=target.alpha,
         dtype=target.dtype,
         vocab_policy=target.vocab_policy,
         shard_size=target.shard_size,
         device=options.device,
+        max_memory=options.max_memory,
         progress=options.progress,
-        **extra,
     )
 
 
@@ -107,13 +107,13 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
             card_path.parent.mkdir(parents=True, exist_ok=True)
             card_path.write_text(card_for(hub, plan, lineage_record(plan, merge_plan, None)))
             return result("dry-run", url=card_path.as_uri())
-        published = merge_and_publish(hub, plan, sources, merge_plan, merge_opts, options)
+        published = publish_merge(hub, plan, sources, merge_plan, merge_opts, options)
     except ParamDeltaError as e:
         return result("failed", error=str(e), exit_code=e.exit_code)
     return result("pr-opened" if published.pr_url else "published", url=published.url)
 
 
-def merge_and_publish(
+def publish_merge(
     hub: Hub,
     plan: TargetPlan,
     sources: dict[str, Source],
@@ -121,7 +121,7 @@ def merge_and_publish(
     merge_opts: MergeOptions,
     options: RunOptions,
 ) -> PublishResult:
-    """Merge into a scratch dir, uploading each shard as it is written; one commit at the end."""
+    """Merge, uploading each shard as written; weights, card and lineage in one commit."""
     assert plan.output_repo is not None
     publisher = Publisher(
         hub,
@@ -130,27 +130,21 @@ def merge_and_publish(
         description=f"Made by paramdelta-bot for target `{plan.target.name}`.",
         private=plan.target.private,
         create_pr=plan.target.publish == "pr",
-        delete_uploaded=True,
     )
-    with tempfile.TemporaryDirectory(prefix="paramdelta-run-") as scratch:
-        try:
-            publisher.start()
-            merged = merge_to_dir(
-                sources,
-                Path(scratch) / "merged",
-                merge_opts,
-                plan=merge_plan,
-                prepare=None if options.stream else download_inputs,
-                on_shard_written=publisher.shard_written,
-            )
-            record = lineage_record(plan, merge_plan, merged)
-            published = publisher.finish(
-                merged.out_dir,
-                extra_files={
-                    "README.md": card_for(hub, plan, record).encode(),
-                    lineage.FILENAME: lineage.encode(record),
-                },
-            )
-        finally:
-            publisher.close()
+
+    def card_and_lineage(merged: MergeResult) -> dict[str, bytes]:
+        record = lineage_record(plan, merge_plan, merged)
+        return {
+            "README.md": card_for(hub, plan, record).encode(),
+            lineage.FILENAME: lineage.encode(record),
+        }
+
+    _, published = merge_and_publish(
+        publisher,
+        sources,
+        merge_opts,
+        plan=merge_plan,
+        prepare=None if options.stream else download_inputs,
+        extra_files=card_and_lineage,
+    )
     return published

@@ -7,33 +7,17 @@ The engine (and torch) is imported only when a merge runs, so `paramdelta
 from __future__ import annotations
 
 import argparse
-import math
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from paramdelta.commands.output import add_format_argument, emit, human_bytes
-from paramdelta.commands.publish import (
-    add_publish_options,
-    human_result,
-    publisher_from_args,
-)
-from paramdelta.engine.checkpoint import Source
-from paramdelta.engine.layout import DTYPE_CHOICES, FORMULA, VOCAB_POLICIES, MergePlan
-from paramdelta.engine.options import (
-    DEFAULT_MAX_MEMORY,
-    DEFAULT_SHARD_SIZE,
-    MergeOptions,
-    parse_size,
-)
-from paramdelta.engine.writer import check_output_dir
+from paramdelta.commands import arguments
+from paramdelta.commands.output import emit, human_bytes
+from paramdelta.engine.layout import FORMULA
 from paramdelta.errors import UsageError
-from paramdelta.hub.publisher import PublishResult
-from paramdelta.hub.sources import HubFactory, download_inputs, open_sources
 from paramdelta.repo_ids import check_repo_id
 
 if TYPE_CHECKING:
-    from paramdelta.engine.merge import MergeResult, Prepare
+    from paramdelta.engine.merge import MergeResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,58 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="REPO",
         help="publish the result to this Hub repo in one commit (shards upload as written)",
     )
-    add_merge_options(parser)
-    add_publish_options(parser)
-    add_format_argument(parser)
-
-
-def add_merge_options(parser: argparse.ArgumentParser) -> None:
-    """Options that shape the computation (shared with `paramdelta run`)."""
-    group = parser.add_argument_group("merge options")
-    group.add_argument(
-        "--dtype",
-        choices=DTYPE_CHOICES,
-        default="auto",
-        help="output dtype of float tensors (default auto: the new base's)",
-    )
-    group.add_argument("--alpha", type=float, default=1.0, help="scale of the delta (default 1.0)")
-    group.add_argument(
-        "--vocab-policy",
-        choices=VOCAB_POLICIES,
-        default="error",
-        help="vocabulary size mismatch: error (default), or shared: merge the rows all three"
-        " share and keep the post model's extra rows",
-    )
-    group.add_argument(
-        "--shard-size",
-        default="5GB",
-        help=f"largest output shard (default 5GB = {DEFAULT_SHARD_SIZE} bytes)",
-    )
-    group.add_argument(
-        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="compute device"
-    )
-    group.add_argument(
-        "--max-memory",
-        default=f"{DEFAULT_MAX_MEMORY // 2**20}MiB",
-        help="upper bound for I/O and compute buffers (default 256MiB; torch adds ~250 MB)",
-    )
-
-
-def options_from_args(args: argparse.Namespace, *, progress: bool) -> MergeOptions:
-    from paramdelta.engine.workers import resolve_device
-
-    if not math.isfinite(args.alpha):
-        raise UsageError(f"--alpha must be a finite number, not {args.alpha}")
-    resolve_device(args.device)  # fail now, not after opening three checkpoints
-    return MergeOptions(
-        alpha=args.alpha,
-        dtype=args.dtype,
-        vocab_policy=args.vocab_policy,
-        shard_size=parse_size(args.shard_size, "--shard-size"),
-        device=args.device,
-        max_memory=parse_size(args.max_memory, "--max-memory"),
-        progress=progress,
-    )
+    arguments.add_recipe_options(parser)
+    arguments.add_device_options(parser)
+    arguments.add_publish_options(parser)
+    arguments.add_format_argument(parser)
 
 
 def result_summary(result: MergeResult) -> dict[str, object]:
@@ -146,57 +82,39 @@ def human_summary(result: MergeResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from paramdelta.bot.publish import merge_and_publish
     from paramdelta.engine.merge import merge_to_dir, preflight
+    from paramdelta.engine.writer import check_output_dir
+    from paramdelta.hub.sources import HubFactory, download_inputs, open_sources
 
-    options = options_from_args(args, progress=args.format == "human")
+    options = arguments.merge_options(args)
     if args.output is None and args.push_to is None:
         raise UsageError("--output is required (unless --push-to is given)")
     if args.push_to is not None:
         check_repo_id(args.push_to, "--push-to")
-    if args.output is not None:
-        check_output_dir(Path(args.output), args.overwrite)
-    hubs = HubFactory(args.token_file)
+    output = Path(args.output) if args.output is not None else None
+    if output is not None:
+        check_output_dir(output, args.overwrite)
     prepare = None if args.stream else download_inputs
-    with open_sources(hubs, base=args.base, post=args.post, new_base=args.new_base) as sources:
+    specs = {"base": args.base, "post": args.post, "new_base": args.new_base}
+    with open_sources(HubFactory(args.token_file), **specs) as sources:
         plan = preflight(sources, options)  # fails here, before a weight byte moves
         if args.push_to is None:
+            assert output is not None
             result = merge_to_dir(
-                sources, args.output, options, overwrite=args.overwrite, plan=plan, prepare=prepare
+                sources, output, options, overwrite=args.overwrite, plan=plan, prepare=prepare
             )
             emit(args.format, result_summary(result), human_summary(result))
             return 0
-        result, published = merge_and_publish(args, sources, plan, options, prepare)
+        result, published = merge_and_publish(
+            arguments.publisher(args, args.push_to),
+            sources,
+            options,
+            plan=plan,
+            out_dir=output,
+            overwrite=args.overwrite,
+            prepare=prepare,
+        )
     summary = result_summary(result) | {"published": published.to_dict()}
-    emit(args.format, summary, f"{human_summary(result)}\n{human_result(published)}")
+    emit(args.format, summary, f"{human_summary(result)}\n{published.describe()}")
     return 0
-
-
-def merge_and_publish(
-    args: argparse.Namespace,
-    sources: dict[str, Source],
-    plan: MergePlan,
-    options: MergeOptions,
-    prepare: Prepare | None,
-) -> tuple[MergeResult, PublishResult]:
-    """Merge while uploading each finished shard; then one commit with everything."""
-    from paramdelta.engine.merge import merge_to_dir
-
-    keep = args.output is not None  # without --output, shards are deleted once uploaded
-    publisher = publisher_from_args(args, args.push_to, delete_uploaded=not keep)
-    with tempfile.TemporaryDirectory(prefix="paramdelta-") as scratch:
-        out_dir = Path(args.output) if keep else Path(scratch) / "merged"
-        try:
-            publisher.start()
-            result = merge_to_dir(
-                sources,
-                out_dir,
-                options,
-                overwrite=args.overwrite,
-                plan=plan,
-                prepare=prepare,
-                on_shard_written=publisher.shard_written,
-            )
-            published = publisher.finish(result.out_dir)
-        finally:
-            publisher.close()
-    return result, published

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Any
 
 from paramdelta.tokens import redact
-
-FORMATS = ("human", "json")
-
-
-def add_format_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--format",
-        choices=FORMATS,
-        default="human",
-        help="human-readable text (default) or one JSON object on stdout",
-    )
 
 
 def emit(fmt: str, data: Any, human: str) -> None:

@@ -12,18 +12,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from paramdelta.bot import github_actions
-from paramdelta.bot.plan import CURRENT, TargetPlan, plan_watchlist
-from paramdelta.bot.report import write_results
-from paramdelta.bot.watchlist import Watchlist, load
-from paramdelta.commands.output import add_format_argument, emit
-from paramdelta.commands.watchlist import DEFAULT_WATCHLIST
-from paramdelta.hub.sources import HubFactory
+from paramdelta.commands import arguments
+from paramdelta.commands.output import emit
+
+if TYPE_CHECKING:
+    from paramdelta.bot.plan import TargetPlan
+    from paramdelta.bot.watchlist import Watchlist
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_watchlist_arguments(parser)
+    arguments.add_watchlist_arguments(parser)
     parser.add_argument(
         "--github", action="store_true", help="write step outputs and the job summary"
     )
@@ -32,19 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="write the up-to-date targets as results (so `report` can close their issues)",
     )
-    add_format_argument(parser)
-
-
-def add_watchlist_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--watchlist", default=DEFAULT_WATCHLIST, help="default: watchlist.yaml")
-    parser.add_argument("--target", metavar="NAME", help="only this target")
-    parser.add_argument(
-        "--token-file", help="read the Hub token from this file (default: HF_TOKEN or login)"
-    )
+    arguments.add_format_argument(parser)
 
 
 def load_watchlist(path: str) -> Watchlist:
     """Load (and fully validate) the watchlist; its warnings go to stderr."""
+    from paramdelta.bot.watchlist import load
+
     watchlist = load(path)
     for warning in watchlist.warnings:
         print(warning, file=sys.stderr)
@@ -85,6 +79,11 @@ def summary_table(plans: list[TargetPlan]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from paramdelta.bot import github_actions
+    from paramdelta.bot.plan import CURRENT, plan_watchlist
+    from paramdelta.bot.results import write_results
+    from paramdelta.hub.sources import HubFactory
+
     if args.github:
         github_actions.require_runner_files()
     watchlist = load_watchlist(args.watchlist)

@@ -11,9 +11,8 @@ import os
 import re
 from typing import Any
 
-from paramdelta.bot import github_actions
-from paramdelta.bot.report import load_results, summary_markdown, sync_issues
-from paramdelta.commands.output import add_format_argument, emit
+from paramdelta.commands import arguments
+from paramdelta.commands.output import emit
 from paramdelta.errors import UsageError
 from paramdelta.tokens import register
 
@@ -56,10 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--label", default="paramdelta", help="label of the bot's issues (default: paramdelta)"
     )
-    add_format_argument(parser)
+    arguments.add_format_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from paramdelta.bot import github_actions
+    from paramdelta.bot.issues import sync_issues
+    from paramdelta.bot.results import load_results
+    from paramdelta.bot.summary import summary_markdown
+
     # Check every setting before the first side effect.
     if args.notify_success and not args.issues:
         raise UsageError("--notify-success needs --issues")

@@ -10,36 +10,31 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from paramdelta.bot import github_actions
-from paramdelta.bot.plan import plan_watchlist
-from paramdelta.bot.report import SUCCEEDED, TargetResult, summary_markdown, write_results
-from paramdelta.commands.output import add_format_argument, emit
-from paramdelta.commands.plan import add_watchlist_arguments, load_watchlist
-from paramdelta.engine.options import DEFAULT_MAX_MEMORY, parse_size
-from paramdelta.hub.sources import HubFactory
+from paramdelta.commands import arguments
+from paramdelta.commands.output import emit
+from paramdelta.commands.plan import load_watchlist
+
+if TYPE_CHECKING:
+    from paramdelta.bot.results import TargetResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_watchlist_arguments(parser)
+    arguments.add_watchlist_arguments(parser)
     parser.add_argument(
         "--dry-run", action="store_true", help="plan and render the cards; merge nothing"
     )
     parser.add_argument(
         "--stream", action="store_true", help="read inputs by byte ranges, do not download them"
     )
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument(
-        "--max-memory",
-        default=f"{DEFAULT_MAX_MEMORY // 2**20}MiB",
-        help="budget for I/O and compute buffers (default 256MiB)",
-    )
+    arguments.add_device_options(parser)
     parser.add_argument("--workdir", type=Path, help="where --dry-run writes the cards")
     parser.add_argument("--result-file", type=Path, help="write the results as JSON here")
     parser.add_argument(
         "--github", action="store_true", help="write step outputs and the job summary"
     )
-    add_format_argument(parser)
+    arguments.add_format_argument(parser)
 
 
 def human_results(results: list[TargetResult]) -> str:
@@ -53,14 +48,20 @@ def human_results(results: list[TargetResult]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from paramdelta.bot import github_actions
+    from paramdelta.bot.plan import plan_watchlist
+    from paramdelta.bot.results import SUCCEEDED, write_results
     from paramdelta.bot.run_target import RunOptions, run_target  # torch: only when running
+    from paramdelta.bot.summary import summary_markdown
+    from paramdelta.hub.sources import HubFactory
 
     if args.github:
         github_actions.require_runner_files()
+    device, max_memory = arguments.device_options(args)
     watchlist = load_watchlist(args.watchlist)
     options = RunOptions(
-        device=args.device,
-        max_memory=parse_size(args.max_memory, "--max-memory"),
+        device=device,
+        max_memory=max_memory,
         stream=args.stream,
         dry_run=args.dry_run,
         progress=args.format == "human",

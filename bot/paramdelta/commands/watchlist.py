@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from paramdelta.bot.watchlist import check
-from paramdelta.commands.output import add_format_argument, emit
+from paramdelta.commands import arguments
+from paramdelta.commands.output import emit
 from paramdelta.errors import UsageError
-
-DEFAULT_WATCHLIST = "watchlist.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,12 +16,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "validate", help="check a watchlist against the schema and the rules"
     )
     validate.add_argument(
-        "file", nargs="?", default=DEFAULT_WATCHLIST, help="default: watchlist.yaml"
+        "file", nargs="?", default=arguments.DEFAULT_WATCHLIST, help="default: watchlist.yaml"
     )
-    add_format_argument(validate)
+    arguments.add_format_argument(validate)
 
 
 def run(args: argparse.Namespace) -> int:
+    from paramdelta.bot.watchlist import check
+
     watchlist, problems = check(args.file)
     warnings = watchlist.warnings if watchlist else []
     for warning in warnings:

@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from paramdelta.engine.safetensors_format import (
+    INDEX,
+    SINGLE_FILE,
     DuplicateKeyError,
     TensorEntry,
     read_header,
     reject_duplicate_keys,
 )
-from paramdelta.errors import CheckpointError
+from paramdelta.errors import CheckpointError, local_io
 
 CONFIG = "config.json"
-SINGLE_FILE = "model.safetensors"
-INDEX = "model.safetensors.index.json"
 # Formats that can only be loaded by unpickling, which runs arbitrary code.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -35,7 +35,6 @@ class Source(Protocol):
     """Read access to the files of one checkpoint, at one fixed revision."""
 
     label: str
-    origin: dict[str, str]  # where it came from, for the lineage record
     # How the engine should read from it: bytes per range read, ranges in flight.
     read_size: int
     parallel_reads: int
@@ -64,7 +63,6 @@ class LocalSource:
     def __init__(self, root: str | os.PathLike[str], label: str | None = None) -> None:
         self.root = Path(root)
         self.label = label or str(self.root)
-        self.origin = {"path": str(self.root.resolve())}
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
         if not self.root.is_dir():
@@ -77,14 +75,12 @@ class LocalSource:
             if p.is_file() and ".cache" not in p.relative_to(self.root).parts
         )
 
-    def path(self, path: str) -> Path:
-        return self.root / path
-
     def _fd(self, path: str) -> int:
         with self._lock:
             fd = self._fds.get(path)
             if fd is None:
-                fd = self._fds[path] = os.open(self.root / path, os.O_RDONLY)
+                with local_io(self.root / path):
+                    fd = self._fds[path] = os.open(self.root / path, os.O_RDONLY)
             return fd
 
     def size(self, path: str) -> int:
@@ -99,7 +95,8 @@ class LocalSource:
         fd = self._fd(path)
         done = 0
         while done < len(view):
-            n = os.preadv(fd, [view[done:]], offset + done)
+            with local_io(self.root / path):
+                n = os.preadv(fd, [view[done:]], offset + done)
             if n == 0:
                 raise CheckpointError(
                     f"{self.label}/{path}: file ended at byte {offset + done} while reading"

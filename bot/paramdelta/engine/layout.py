@@ -22,6 +22,7 @@ FORMULA = "new_base + alpha * (post - base)"
 COMPUTE_DTYPE = "float32"
 
 ROLE_TITLES = {"base": "base", "post": "post", "new_base": "new base"}
+ROLES = tuple(ROLE_TITLES)  # the three checkpoints of a merge, in the formula's order
 
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 COPIED_DTYPES = frozenset({"BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64"})

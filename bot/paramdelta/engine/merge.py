@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paramdelta.engine.checkpoint import Checkpoint, Source, open_checkpoint
-from paramdelta.engine.layout import CONFIG, MergePlan, plan_merge
+from paramdelta.engine.layout import CONFIG, ROLES, MergePlan, plan_merge
 from paramdelta.engine.options import MergeOptions
+from paramdelta.engine.safetensors_format import INDEX
 from paramdelta.engine.workers import MergeStats, execute
 from paramdelta.engine.writer import (
     OutputWriter,
@@ -21,8 +22,6 @@ from paramdelta.engine.writer import (
     check_output_dir,
     plan_shards,
 )
-
-ROLES = ("base", "post", "new_base")
 
 Prepare = Callable[[MergePlan, dict[str, Source]], dict[str, Source]]
 
@@ -92,7 +91,7 @@ def merge_to_dir(
         )
         files = {shard.filename: "merge" for shard in shards}
         if len(shards) > 1:
-            files["model.safetensors.index.json"] = "merge"
+            files[INDEX] = "merge"
         for path, role in plan.files.items():
             source = sources[role]
             data = (

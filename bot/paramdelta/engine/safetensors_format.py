@@ -48,6 +48,20 @@ ITEMSIZE: dict[str, int] = {
     "C64": 8,
 }
 
+# The file names of a checkpoint's weights, as transformers and the Hub use them.
+SINGLE_FILE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+def shard_filename(number: int, total: int) -> str:
+    return f"model-{number:05d}-of-{total:05d}.safetensors"
+
+
+def is_weights_file(path: str) -> bool:
+    """A shard or the index, at any depth of a repo."""
+    name = path.rsplit("/", 1)[-1]
+    return name.endswith(".safetensors") or name == INDEX
+
 
 @dataclass(frozen=True)
 class TensorEntry:

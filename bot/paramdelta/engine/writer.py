@@ -20,11 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paramdelta.engine.layout import MergeItem
-from paramdelta.engine.safetensors_format import encode_header
-from paramdelta.errors import UsageError
-
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
+from paramdelta.engine.safetensors_format import INDEX, SINGLE_FILE, encode_header, shard_filename
+from paramdelta.errors import UsageError, local_io
 
 
 @dataclass(frozen=True)
@@ -52,9 +49,7 @@ def plan_shards(items: Sequence[MergeItem], max_shard_bytes: int) -> list[ShardP
         size += item.nbytes
     shards = []
     for number, group in enumerate(groups, start=1):
-        name = (
-            SINGLE if len(groups) == 1 else f"model-{number:05d}-of-{len(groups):05d}.safetensors"
-        )
+        name = SINGLE_FILE if len(groups) == 1 else shard_filename(number, len(groups))
         prefix, spans = encode_header(((i.name, i.dtype, i.shape) for i in group), {"format": "pt"})
         offsets = {key: len(prefix) + begin for key, (begin, _) in spans.items()}
         end = max((len(prefix) + e for _, e in spans.values()), default=len(prefix))
@@ -107,8 +102,9 @@ class OutputWriter:
         self._lock = threading.Lock()  # workers write concurrently
 
     def __enter__(self) -> OutputWriter:
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir()
+        with local_io(self.tmp_dir):
+            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.mkdir()
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -120,19 +116,20 @@ class OutputWriter:
             fd = self._fds.get(shard)
             if fd is None:
                 plan = self.shards[shard]
-                path = self.tmp_dir / (plan.filename + ".incomplete")
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                os.ftruncate(fd, plan.size)
-                os.pwrite(fd, plan.prefix, 0)
-                self._fds[shard] = fd
+                with local_io(self._partial(shard)):
+                    fd = os.open(self._partial(shard), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    self._fds[shard] = fd
+                    os.ftruncate(fd, plan.size)
+                    os.pwrite(fd, plan.prefix, 0)
             return fd
 
     def write(self, shard: int, offset: int, data: memoryview) -> None:
         """Write ``data`` at ``offset`` of a shard (thread-safe: positional writes)."""
         fd = self._fd(shard)
         done = 0
-        while done < len(data):
-            done += os.pwrite(fd, data[done:], offset + done)
+        with local_io(self._partial(shard)):
+            while done < len(data):
+                done += os.pwrite(fd, data[done:], offset + done)
         with self._lock:
             self._written[shard] += len(data)
 
@@ -147,28 +144,34 @@ class OutputWriter:
         with self._lock:
             os.close(self._fds.pop(shard))
         path = self.tmp_dir / plan.filename
-        (self.tmp_dir / (plan.filename + ".incomplete")).rename(path)
+        with local_io(path):
+            self._partial(shard).rename(path)
         if self.on_shard_written is not None:
             self.on_shard_written(path, plan)
         return path
 
+    def _partial(self, shard: int) -> Path:
+        return self.tmp_dir / (self.shards[shard].filename + ".incomplete")
+
     def add_file(self, relpath: str, data: bytes) -> None:
         path = self.tmp_dir / relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        with local_io(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
 
     def commit(self) -> Path:
         """Write the index and move the finished directory into place."""
         if len(self.shards) > 1:
             self.add_file(INDEX, index_json(self.shards))
         old = None
-        if self.out_dir.exists():
-            check_output_dir(self.out_dir, self.overwrite)
-            old = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            self.out_dir.rename(old)
-        self.tmp_dir.rename(self.out_dir)
-        if old is not None:
-            shutil.rmtree(old)
+        with local_io(self.out_dir):
+            if self.out_dir.exists():
+                check_output_dir(self.out_dir, self.overwrite)
+                old = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+                self.out_dir.rename(old)
+            self.tmp_dir.rename(self.out_dir)
+            if old is not None:
+                shutil.rmtree(old)
         return self.out_dir
 
     def abort(self) -> None:

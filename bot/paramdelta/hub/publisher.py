@@ -13,13 +13,15 @@ uploaded again.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
+from paramdelta.engine.safetensors_format import is_weights_file
 from paramdelta.engine.writer import ShardPlan
 from paramdelta.hub.client import Hub
 
@@ -38,6 +40,15 @@ class PublishResult:
     def url(self) -> str | None:
         return self.pr_url or self.commit_url
 
+    def describe(self) -> str:
+        """One human line (a list, for a dry run) of what was or would be committed."""
+        if self.dry_run:
+            files = "".join(f"\n  {f}" for f in self.files)
+            return f"would commit {len(self.files)} files to {self.repo_id}@{self.revision}:{files}"
+        if self.pr_url:
+            return f"opened pull request {self.pr_url} ({len(self.files)} files)"
+        return f"published {len(self.files)} files to {self.repo_id}: {self.commit_url}"
+
     def to_dict(self) -> dict[str, object]:
         return {
             "repo": self.repo_id,
@@ -50,40 +61,65 @@ class PublishResult:
         }
 
 
-@dataclass
 class Publisher:
-    hub: Hub
-    repo_id: str
-    message: str
-    description: str = ""
-    private: bool = False
-    create_pr: bool = False
-    revision: str = "main"
-    delete_uploaded: bool = False
-    parent: str | None = None
-    _uploaded: dict[str, CommitOperationAdd] = field(default_factory=dict)
-    _pending: Future[None] | None = None
-    _executor: ThreadPoolExecutor | None = None
-    _handles: list[BinaryIO] = field(default_factory=list)
-    _remote_files: set[str] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    """One commit to ``repo_id``, as a context manager.
 
-    def start(self) -> None:
-        """Create the repo if needed; remember the head the commit builds on, and its files."""
+    Entering creates the repo if needed and reads the branch head the commit will
+    build on (unless ``parent`` pins one seen earlier); `upload_shard` sends shards
+    while the merge goes on; `finish` makes the commit. Leaving waits for nothing
+    and releases every handle, whatever happened.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        repo_id: str,
+        *,
+        message: str,
+        description: str = "",
+        private: bool = False,
+        create_pr: bool = False,
+        revision: str = "main",
+        parent: str | None = None,
+    ) -> None:
+        self.hub = hub
+        self.repo_id = repo_id
+        self.message = message
+        self.description = description
+        self.private = private
+        self.create_pr = create_pr
+        self.revision = revision
+        self.parent = parent
+        self._uploaded: dict[str, CommitOperationAdd] = {}
+        self._pending: Future[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._handles: list[BinaryIO] = []
+        self._remote_files: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Publisher:
         self.hub.create_repo(self.repo_id, private=self.private)
         head = self.hub.repo_files(self.repo_id, self.revision, files=False)
-        self.parent = head.sha
+        if self.parent is None:
+            self.parent = head.sha
         self._remote_files = set(head.sizes)
+        return self
 
-    def shard_written(self, path: Path, shard: ShardPlan) -> None:
+    def __exit__(self, *exc_info: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        for handle in self._handles:
+            handle.close()
+
+    def upload_shard(self, path: Path, shard: ShardPlan, *, delete: bool = False) -> None:
         """Writer hook: upload this shard in the background once the previous one is done.
 
         The upload reads from an open handle, so the writer may move its directory
-        meanwhile; with ``delete_uploaded`` the name goes at once and the disk space
-        when the upload is done and the handle closed.
+        meanwhile; with ``delete`` the name goes at once and the disk space when the
+        upload is done and the handle closed.
         """
         handle = path.open("rb")
-        if self.delete_uploaded:
+        if delete:
             path.unlink()
         with self._lock:
             if self._executor is None:
@@ -105,18 +141,19 @@ class Publisher:
             handle.close()
         self._uploaded[path_in_repo] = operation
 
-    def finish(self, directory: Path, extra_files: dict[str, bytes] | None = None) -> PublishResult:
+    def finish(
+        self, directory: Path, extra_files: Mapping[str, bytes] | None = None
+    ) -> PublishResult:
         """Commit every file in ``directory`` (plus ``extra_files``) in one commit."""
-        self.wait()
+        self._wait()
         operations: dict[str, CommitOperationAdd] = dict(self._uploaded)
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            relpath = path.relative_to(directory).as_posix()
-            operations.setdefault(relpath, CommitOperationAdd(relpath, str(path)))
+        for relpath in local_files(directory):
+            operations.setdefault(relpath, CommitOperationAdd(relpath, str(directory / relpath)))
         for relpath, data in (extra_files or {}).items():
             operations[relpath] = CommitOperationAdd(relpath, data)
         # Weights of an earlier merge that this one does not overwrite (another shard
         # layout) would linger beside the new index: remove them in the same commit.
-        stale = sorted(f for f in self._remote_files if _is_weights(f) and f not in operations)
+        stale = sorted(f for f in self._remote_files if is_weights_file(f) and f not in operations)
         deletions = [CommitOperationDelete(path_in_repo=f) for f in stale]
         info = self.hub.commit(
             self.repo_id,
@@ -136,26 +173,20 @@ class Publisher:
             pr_url=info.pr_url,
         )
 
-    def wait(self) -> None:
+    def _wait(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.result()
 
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-        for handle in self._handles:
-            handle.close()
 
-
-def _is_weights(path: str) -> bool:
-    name = path.rsplit("/", 1)[-1]
-    return name.endswith(".safetensors") or name == "model.safetensors.index.json"
+def local_files(directory: Path) -> list[str]:
+    """The files under ``directory`` that a publish commits, as repo paths."""
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
 
 
 def dry_run(
-    repo_id: str, revision: str, directory: Path, extra: dict[str, bytes] | None = None
+    repo_id: str, revision: str, directory: Path, extra: Mapping[str, bytes] | None = None
 ) -> PublishResult:
     """What `finish` would commit, without a single request."""
-    files = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
-    return PublishResult(repo_id, revision, sorted(files | set(extra or {})), dry_run=True)
+    files = {*local_files(directory), *(extra or {})}
+    return PublishResult(repo_id, revision, sorted(files), dry_run=True)

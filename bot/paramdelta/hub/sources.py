@@ -40,7 +40,6 @@ class HubSource:
         self.hub = hub
         self.repo = repo
         self.label = f"{repo.repo_id}@{repo.sha[:7]}"
-        self.origin = {"repo": repo.repo_id, "revision": repo.revision, "sha": repo.sha}
 
     def list_files(self) -> list[str]:
         return sorted(self.repo.sizes)
@@ -122,7 +121,6 @@ def download_inputs(plan: MergePlan, sources: dict[str, Source]) -> dict[str, So
             repo = source.repo
             snapshot = source.hub.download(repo.repo_id, repo.sha, sorted(needed.get(role, ())))
             swapped = LocalSource(snapshot, source.label)
-            swapped.origin = source.origin
             local[role] = swapped
         else:
             local[role] = source

@@ -7,10 +7,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from paramdelta.engine.layout import ROLES
 from paramdelta.testing.checkpoints import make_trio
 from paramdelta.testing.hub import FakeHub
-
-ROLES = ("base", "post", "new_base")
 
 
 def model_readme(license_id: str | None, title: str) -> bytes:

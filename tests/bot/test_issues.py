@@ -1,55 +1,19 @@
 import dataclasses
-import json
 import re
 
 import pytest
 
 from doubles.github import FakeGitHub
-from paramdelta.bot import report
-from paramdelta.bot.report import (
-    IssueAction,
-    TargetResult,
-    load_results,
-    summary_markdown,
-    sync_issues,
-    write_results,
-)
-from paramdelta.errors import GitHubError, UsageError
+from paramdelta.bot import issues as report
+from paramdelta.bot.issues import IssueAction, sync_issues
+from paramdelta.errors import GitHubError
 from paramdelta.tokens import register
+
+from .records import LLAMA, failed, published, quiet
 
 TOKEN = "ghs_report-test-token"
 REPO = "acme/models"
 RUN = "https://github.com/acme/models/actions/runs/7"
-LLAMA = "llama-3.1-8b-instruct"
-
-
-def failed(target=LLAMA, error="HubError: 503 from the Hub", sha="a" * 40):
-    return TargetResult(
-        target=target,
-        status="failed",
-        new_base_repo="meta-llama/Llama-3.1-8B",
-        new_base_sha=sha,
-        error=error,
-        exit_code=4,
-        duration_s=12.5,
-    )
-
-
-def published(target=LLAMA, sha="b" * 40):
-    return TargetResult(
-        target=target,
-        status="published",
-        output_repo="acme/Llama-3.1-8B-Instruct-ParamDelta",
-        new_base_repo="meta-llama/Llama-3.1-8B",
-        new_base_sha=sha,
-        url="https://huggingface.co/acme/Llama-3.1-8B-Instruct-ParamDelta/commit/c0ffee",
-        exit_code=0,
-        duration_s=125.4,
-    )
-
-
-def quiet(status):
-    return TargetResult(target="mistral", status=status, exit_code=0, duration_s=0.4)
 
 
 @pytest.fixture
@@ -63,157 +27,6 @@ def fake_github(monkeypatch):
 
 def sync(fake, results, **kwargs):
     return sync_issues(results, repo=REPO, token=TOKEN, base_url=fake.url, run_url=RUN, **kwargs)
-
-
-# --- result files -------------------------------------------------------------------------
-
-
-def test_results_round_trip_through_a_file(tmp_path):
-    results = [failed(), published(), quiet("up-to-date")]
-    write_results(tmp_path / "results.json", results)
-    data = json.loads((tmp_path / "results.json").read_text())
-    assert list(data) == ["results"]
-    assert data["results"][0] == {
-        "target": LLAMA,
-        "status": "failed",
-        "output_repo": None,
-        "new_base_repo": "meta-llama/Llama-3.1-8B",
-        "new_base_sha": "a" * 40,
-        "url": None,
-        "error": "HubError: 503 from the Hub",
-        "exit_code": 4,
-        "duration_s": 12.5,
-    }
-    assert load_results([tmp_path / "results.json"]) == results
-    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary left
-
-
-def test_write_results_scrubs_tokens(tmp_path):
-    secret = register("hf_write-results-secret")
-    write_results(tmp_path / "r.json", [failed(error=f"401 for token {secret}")])
-    assert load_results([tmp_path / "r.json"])[0].error == "401 for token ***"
-
-
-def test_load_results_reads_every_json_below_a_directory(tmp_path):
-    # download-artifact's layout: one directory per artifact
-    write_results(tmp_path / "artifacts" / "result-b" / "r.json", [published("b")])
-    write_results(tmp_path / "artifacts" / "result-a" / "r.json", [failed("a")])
-    (tmp_path / "artifacts" / "result-a" / "merge.log").write_text("not a result")
-    (tmp_path / "artifacts" / "empty").mkdir()
-    assert [r.target for r in load_results([tmp_path / "artifacts"])] == ["a", "b"]
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"colour": "red"}, "unknown field 'colour'"),
-        ({"exit_code": None}, "field 'exit_code' must be an integer, not None"),
-        ({"exit_code": True}, "field 'exit_code' must be an integer, not True"),
-        ({"duration_s": "1s"}, "field 'duration_s' must be a number, not '1s'"),
-        ({"url": 3}, "field 'url' must be a string or null, not 3"),
-        (
-            {"status": "ok"},
-            "field 'status' must be one of published, pr-opened, up-to-date, dry-run, failed,"
-            " not 'ok'",
-        ),
-        ({"error": None}, "field 'error' must be set when status is 'failed'"),
-    ],
-)
-def test_bad_records_name_the_file_and_the_field(tmp_path, change, message):
-    record = {**failed().to_dict(), **change}
-    path = tmp_path / "r.json"
-    path.write_text(json.dumps({"results": [published().to_dict(), record]}))
-    with pytest.raises(UsageError) as e:
-        load_results([path])
-    assert str(e.value) == f"{path}: results[1]: {message}"
-
-
-def test_a_missing_field_is_named(tmp_path):
-    record = published().to_dict()
-    del record["new_base_sha"]
-    path = tmp_path / "r.json"
-    path.write_text(json.dumps({"results": [record]}))
-    with pytest.raises(UsageError, match=r"r\.json: results\[0\]: missing field 'new_base_sha'$"):
-        load_results([path])
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("{", "not valid JSON: Expecting property name enclosed in double quotes"),
-        ("[]", 'expected an object {"results": [...]}'),
-        ('{"results": {}}', 'expected an object {"results": [...]}'),
-        ('{"results": [], "version": 1}', "unknown field 'version'"),
-        ('{"results": [3]}', "results[0]: expected an object, not int"),
-    ],
-)
-def test_bad_files(tmp_path, text, message):
-    path = tmp_path / "r.json"
-    path.write_text(text)
-    with pytest.raises(UsageError) as e:
-        load_results([path])
-    assert str(e.value).startswith(f"{path}: {message}")
-
-
-def test_a_missing_path_is_a_usage_error(tmp_path):
-    with pytest.raises(UsageError, match=r"nope\.json: no such file or directory"):
-        load_results([tmp_path / "nope.json"])
-
-
-# --- the Markdown summary -----------------------------------------------------------------
-
-
-def test_summary_markdown():
-    results = [
-        published(),
-        failed("qwen|chat", error="HubError: 503 from the Hub\n  (retried 5 times)"),
-        quiet("up-to-date"),
-        TargetResult(
-            target="gemma",
-            status="pr-opened",
-            output_repo="acme/gemma",
-            new_base_repo="google/gemma-2-9b",
-            new_base_sha="c" * 40,
-            url="https://huggingface.co/acme/gemma/discussions/3",
-            exit_code=0,
-            duration_s=3725,
-        ),
-        TargetResult(
-            target="phi",
-            status="dry-run",
-            new_base_repo="microsoft/phi-4",
-            exit_code=0,
-            duration_s=1,
-        ),
-    ]
-    assert summary_markdown(results, run_url=RUN) == (
-        "### ParamΔ merges\n"
-        "\n"
-        "| target | new base | status | link | duration |\n"
-        "| --- | --- | --- | --- | --- |\n"
-        "| llama-3.1-8b-instruct | meta-llama/Llama-3.1-8B@bbbbbbb | published"
-        " | [commit](https://huggingface.co/acme/Llama-3.1-8B-Instruct-ParamDelta/commit/c0ffee)"
-        " | 2m 05s |\n"
-        "| qwen\\|chat | meta-llama/Llama-3.1-8B@aaaaaaa | failed (exit 4) | - | 12.5s |\n"
-        "| mistral | - | up to date | - | 0.4s |\n"
-        "| gemma | google/gemma-2-9b@ccccccc | PR opened"
-        " | [pull request](https://huggingface.co/acme/gemma/discussions/3) | 1h 02m |\n"
-        "| phi | microsoft/phi-4 | dry run | - | 1.0s |\n"
-        "\n"
-        "Errors:\n"
-        "\n"
-        "- **qwen\\|chat**: HubError: 503 from the Hub (retried 5 times)\n"
-        "\n"
-        "5 targets: 1 published, 1 PR opened, 1 up to date, 1 dry run, 1 failed."
-        " [Workflow run](https://github.com/acme/models/actions/runs/7)\n"
-    )
-
-
-def test_summary_markdown_of_nothing():
-    assert summary_markdown([]) == "### ParamΔ merges\n\n0 targets.\n"
-
-
-# --- issues -------------------------------------------------------------------------------
 
 
 def test_a_first_failure_opens_one_labelled_issue(fake_github):

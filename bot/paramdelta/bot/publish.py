@@ -1,0 +1,62 @@
+"""The one way a merge reaches the Hub: `merge --push-to`, `publish` and `run` all go through here.
+
+Each shard is uploaded as soon as the writer finishes it, and everything is
+committed at the end in one commit (see `paramdelta.hub.publisher`). Without a
+local output directory the merge happens in a scratch directory and each shard
+is deleted once uploaded, so disk holds about one shard uploading and one being
+written.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from paramdelta.engine.checkpoint import Source
+from paramdelta.engine.layout import MergePlan
+from paramdelta.engine.merge import MergeResult, Prepare, merge_to_dir
+from paramdelta.engine.options import MergeOptions
+from paramdelta.hub.publisher import Publisher, PublishResult
+
+ExtraFiles = Callable[[MergeResult], Mapping[str, bytes]]
+
+
+def merge_and_publish(
+    publisher: Publisher,
+    sources: dict[str, Source],
+    options: MergeOptions,
+    *,
+    plan: MergePlan,
+    out_dir: Path | None = None,
+    overwrite: bool = False,
+    prepare: Prepare | None = None,
+    extra_files: ExtraFiles | None = None,
+) -> tuple[MergeResult, PublishResult]:
+    """Merge while uploading each finished shard; then one commit with everything.
+
+    ``extra_files`` makes the files that depend on the merge's result (card,
+    lineage) once it is known; ``out_dir`` keeps a local copy of the output.
+    """
+    with tempfile.TemporaryDirectory(prefix="paramdelta-") as scratch, publisher:
+        merged = merge_to_dir(
+            sources,
+            out_dir or Path(scratch) / "merged",
+            options,
+            overwrite=overwrite,
+            plan=plan,
+            prepare=prepare,
+            on_shard_written=functools.partial(publisher.upload_shard, delete=out_dir is None),
+        )
+        extra = extra_files(merged) if extra_files is not None else None
+        published = publisher.finish(merged.out_dir, extra)
+    return merged, published
+
+
+def publish_directory(
+    publisher: Publisher, directory: Path, extra_files: Mapping[str, bytes] | None = None
+) -> PublishResult:
+    """Commit an already merged directory, in one commit."""
+    with publisher:
+        return publisher.finish(directory, extra_files)

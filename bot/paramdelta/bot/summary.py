@@ -1,0 +1,64 @@
+"""The Markdown summary of a run: a table of targets, the failures' errors, a line of counts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from paramdelta.bot.results import STATUSES, TargetResult
+
+_STATUS_WORDS = {
+    "published": "published",
+    "pr-opened": "PR opened",
+    "up-to-date": "up to date",
+    "dry-run": "dry run",
+    "failed": "failed",
+}
+_LINK_WORDS = {"published": "commit", "pr-opened": "pull request"}
+
+
+def summary_markdown(results: Sequence[TargetResult], run_url: str | None = None) -> str:
+    """The job summary: a table of targets, the failures' errors, and a line of counts."""
+    lines = ["### ParamΔ merges", ""]
+    if results:
+        lines += [
+            "| target | new base | status | link | duration |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += ["| " + " | ".join(map(_cell, _row(r))) + " |" for r in results]
+        lines.append("")
+    failures = [
+        f"- **{_cell(r.target)}**: {_cell(r.error)}" for r in results if r.status == "failed"
+    ]
+    if failures:
+        lines += ["Errors:", "", *failures, ""]
+    lines.append(_counts(results) + (f" [Workflow run]({run_url})" if run_url else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _row(r: TargetResult) -> tuple[str, ...]:
+    status = _STATUS_WORDS[r.status]
+    if r.status == "failed":
+        status += f" (exit {r.exit_code})"
+    link = f"[{_LINK_WORDS.get(r.status, 'link')}]({r.url})" if r.url else ""
+    return (r.target, r.new_base_ref(short=True), status, link, _duration(r.duration_s))
+
+
+def _counts(results: Sequence[TargetResult]) -> str:
+    by_status = Counter(r.status for r in results)
+    parts = [f"{by_status[s]} {_STATUS_WORDS[s]}" for s in STATUSES if by_status[s]]
+    noun = "target" if len(results) == 1 else "targets"
+    return f"{len(results)} {noun}" + (": " + ", ".join(parts) if parts else "") + "."
+
+
+def _cell(text: str | None) -> str:
+    # A table cell is one line, and a bare | would end it.
+    return " ".join((text or "-").split()).replace("|", "\\|")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"

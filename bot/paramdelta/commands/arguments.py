@@ -1,0 +1,138 @@
+"""Argument groups that several commands share, each defined once, and their parsing.
+
+Only light modules are imported here (no torch, huggingface_hub or PyGithub):
+every command module imports this one when `paramdelta --help` builds the parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import TYPE_CHECKING
+
+from paramdelta.engine.layout import DTYPE_CHOICES, VOCAB_POLICIES
+from paramdelta.engine.options import (
+    DEFAULT_MAX_MEMORY,
+    DEFAULT_SHARD_SIZE,
+    MergeOptions,
+    parse_size,
+)
+from paramdelta.errors import UsageError
+
+if TYPE_CHECKING:
+    from paramdelta.hub.publisher import Publisher
+
+DEFAULT_WATCHLIST = "watchlist.yaml"
+FORMATS = ("human", "json")
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_COMMIT_MESSAGE = "Upload ParamΔ merge"
+
+
+def add_format_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="human",
+        help="human-readable text (default) or one JSON object on stdout",
+    )
+
+
+def add_token_file_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token-file", help="read the Hub token from this file (default: HF_TOKEN or login)"
+    )
+
+
+def add_watchlist_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--watchlist", default=DEFAULT_WATCHLIST, help="default: watchlist.yaml")
+    parser.add_argument("--target", metavar="NAME", help="only this target")
+    add_token_file_argument(parser)
+
+
+def add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    """What is computed (for `run`, the watchlist says it per target)."""
+    group = parser.add_argument_group("merge options")
+    group.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="output dtype of float tensors (default auto: the new base's)",
+    )
+    group.add_argument("--alpha", type=float, default=1.0, help="scale of the delta (default 1.0)")
+    group.add_argument(
+        "--vocab-policy",
+        choices=VOCAB_POLICIES,
+        default="error",
+        help="vocabulary size mismatch: error (default), or shared: merge the rows all three"
+        " share and keep the post model's extra rows",
+    )
+    group.add_argument(
+        "--shard-size",
+        default="5GB",
+        help=f"largest output shard (default 5GB = {DEFAULT_SHARD_SIZE} bytes)",
+    )
+
+
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """Where and in how much memory a merge is computed (`merge` and `run`)."""
+    group = parser.add_argument_group("compute options")
+    group.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICES,
+        help="compute device (default auto: cuda when a GPU is present, else cpu)",
+    )
+    group.add_argument(
+        "--max-memory",
+        default=f"{DEFAULT_MAX_MEMORY // 2**20}MiB",
+        help="upper bound for I/O and compute buffers (default 256MiB; torch adds ~250 MB)",
+    )
+
+
+def add_publish_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("publish options")
+    group.add_argument("--private", action="store_true", help="create the repo as private")
+    group.add_argument(
+        "--pr", action="store_true", help="open a Hub pull request instead of committing"
+    )
+    group.add_argument("--revision", default="main", help="branch to commit to (default main)")
+    group.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE, help="commit title")
+    add_token_file_argument(parser)
+
+
+def device_options(args: argparse.Namespace) -> tuple[str, int]:
+    """``--device`` checked now (not after opening three checkpoints) and ``--max-memory``."""
+    from paramdelta.engine.workers import resolve_device  # torch: only for commands that merge
+
+    resolve_device(args.device)
+    return args.device, parse_size(args.max_memory, "--max-memory")
+
+
+def merge_options(args: argparse.Namespace) -> MergeOptions:
+    if not math.isfinite(args.alpha):
+        raise UsageError(f"--alpha must be a finite number, not {args.alpha}")
+    device, max_memory = device_options(args)
+    return MergeOptions(
+        alpha=args.alpha,
+        dtype=args.dtype,
+        vocab_policy=args.vocab_policy,
+        shard_size=parse_size(args.shard_size, "--shard-size"),
+        device=device,
+        max_memory=max_memory,
+        progress=args.format == "human",
+    )
+
+
+def publisher(args: argparse.Namespace, repo_id: str) -> Publisher:
+    """The Publisher that the publish options describe (the Hub client made here)."""
+    from paramdelta.hub.publisher import Publisher
+    from paramdelta.hub.sources import HubFactory
+
+    return Publisher(
+        HubFactory(args.token_file)(),
+        repo_id,
+        message=args.commit_message,
+        private=args.private,
+        create_pr=args.pr,
+        revision=args.revision,
+    )
