@@ -230,6 +230,40 @@ def test_missing_input_directory_exit_2(trio, tmp_path, capsys):
     )
 
 
+def test_a_full_disk_is_a_file_error_naming_the_file_exit_7(trio, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from paramdelta.engine import writer
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(writer.os, "pwrite", full)
+    assert main(_argv(trio, tmp_path / "out")) == 7
+    err = capsys.readouterr().err
+    assert err.startswith(f"paramdelta: error: {tmp_path}/.out.partial-")
+    assert err.endswith("/model.safetensors.incomplete: No space left on device\n")
+    assert err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # nothing half-written is left
+
+
+def test_an_unreadable_input_is_a_file_error_exit_7(trio, tmp_path, monkeypatch, capsys):
+    from paramdelta.engine import checkpoint
+
+    real_open = checkpoint.os.open
+
+    def denied(path, flags, *args):
+        if str(path).endswith(".safetensors") and "post" in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(checkpoint.os, "open", denied)
+    assert main(_argv(trio, tmp_path / "out")) == 7
+    err = capsys.readouterr().err
+    assert err.startswith(f"paramdelta: error: {trio['post']}/model")
+    assert err.endswith(".safetensors: Permission denied\n")
+
+
 def test_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["merge", "--base", "x"])
