@@ -11,6 +11,7 @@ and the lineage record against the fake Hub's commits.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -41,11 +42,12 @@ REPOS = {
 }
 LICENSES = {"base": "llama3", "post": "llama3", "new_base": "llama3.1"}
 OUTPUT = "demo-user/Llama-3.1-8B-Instruct-ParamDelta"
+TARGET = "llama-3.1-8b-instruct"
 TOKEN = "hf_demo_write_token"  # noqa: S105 - the fake Hub's own; no real account is involved
 WATCHLIST = f"""\
 # The demo's watchlist: follow meta-llama/Llama-3.1-8B's main branch.
 targets:
-  - name: llama-3.1-8b-instruct
+  - name: {TARGET}
     base: {REPOS["base"]}
     post: {REPOS["post"]}
     new_base:
@@ -90,15 +92,10 @@ def run_demo(workdir: Path, say: Callable[[str], None] = print) -> DemoReport:
         env = _environment(hub.url, workdir)
         step = _Stepper(say, env, workdir)
 
-        step(
+        plan_and_run = functools.partial(_plan_and_run, step, watchlist)
+        plan_and_run(
             "1. plan: the output does not exist yet, so the target is pending",
-            ["plan", "--watchlist", str(watchlist)],
-            expect="1 of 1 targets pending",
-        )
-        step(
             "2. run: merge and publish weights, card and lineage in one commit",
-            ["run", "--watchlist", str(watchlist)],
-            expect="llama-3.1-8b-instruct: published",
         )
         step(
             "3. plan again: nothing changed, nothing to do",
@@ -122,19 +119,19 @@ def run_demo(workdir: Path, say: Callable[[str], None] = print) -> DemoReport:
         )
         say(f"\n==> A new commit lands on {REPOS['new_base']}: {report.new_base_v2[:12]}")
 
-        step(
+        plan_and_run(
             "4. plan: the followed branch moved, so the target is pending again",
-            ["plan", "--watchlist", str(watchlist)],
-            expect="1 of 1 targets pending",
-        )
-        step(
             "5. run: merge onto the new base and publish",
-            ["run", "--watchlist", str(watchlist)],
-            expect="llama-3.1-8b-instruct: published",
         )
 
         _inspect(hub, report, {**local, "new_base": v2_dir}, say)
     return report
+
+
+def _plan_and_run(step: _Stepper, watchlist: Path, plan_title: str, run_title: str) -> None:
+    """A pending target, planned and then merged and published."""
+    step(plan_title, ["plan", "--watchlist", str(watchlist)], expect="1 of 1 targets pending")
+    step(run_title, ["run", "--watchlist", str(watchlist)], expect=f"{TARGET}: published")
 
 
 def _environment(hub_url: str, workdir: Path) -> dict[str, str]:

@@ -37,6 +37,12 @@ def add_format_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_github_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--github", action="store_true", help="write step outputs and the job summary"
+    )
+
+
 def add_token_file_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token-file", help="read the Hub token from this file (default: HF_TOKEN or login)"

@@ -24,9 +24,7 @@ if TYPE_CHECKING:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     arguments.add_watchlist_arguments(parser)
-    parser.add_argument(
-        "--github", action="store_true", help="write step outputs and the job summary"
-    )
+    arguments.add_github_argument(parser)
     parser.add_argument(
         "--result-file",
         type=Path,

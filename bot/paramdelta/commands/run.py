@@ -31,9 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arguments.add_device_options(parser)
     parser.add_argument("--workdir", type=Path, help="where --dry-run writes the cards")
     parser.add_argument("--result-file", type=Path, help="write the results as JSON here")
-    parser.add_argument(
-        "--github", action="store_true", help="write step outputs and the job summary"
-    )
+    arguments.add_github_argument(parser)
     arguments.add_format_argument(parser)
 
 
