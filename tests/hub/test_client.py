@@ -1,7 +1,17 @@
-import pytest
+import errno
+import os
+import re
+import time
 
-from paramdelta.errors import HubError, PublishConflictError, UsageError
+import pytest
+from huggingface_hub import constants, file_download
+from huggingface_hub.utils import close_session, get_session, set_client_factory
+from huggingface_hub.utils._http import default_client_factory, hf_request_event_hook
+
+from paramdelta.errors import HubError, LocalFileError, PublishConflictError, UsageError
 from paramdelta.hub.client import Hub
+
+DATA = bytes(range(256)) * 40
 
 
 @pytest.fixture
@@ -12,11 +22,17 @@ def hub(fake_hub, hub_token):
 
 
 @pytest.fixture
+def short_timeout(monkeypatch):
+    """Requests time out after 0.2 s; the client factory is huggingface_hub's again afterwards."""
+    monkeypatch.setenv("PARAMDELTA_HUB_TIMEOUT", "0.2")
+    yield
+    set_client_factory(default_client_factory)  # later tests get no 0.2 s timeout
+
+
+@pytest.fixture
 def repo(fake_hub):
     fake_hub.create_repo("org/model")
-    sha = fake_hub.commit(
-        "org/model", {"config.json": b'{"a": 1}', "w.bin": bytes(range(256)) * 40}
-    )
+    sha = fake_hub.commit("org/model", {"config.json": b'{"a": 1}', "w.bin": DATA})
     return sha
 
 
@@ -61,10 +77,9 @@ def test_missing_things_are_none_not_errors(hub, repo):
 
 
 def test_read_into_reads_exact_ranges(hub, repo):
-    data = bytes(range(256)) * 40
     view = memoryview(bytearray(1000))
     hub.read_into("org/model", repo, "w.bin", 5000, view)
-    assert bytes(view) == data[5000:6000]
+    assert bytes(view) == DATA[5000:6000]
     assert hub.read("org/model", repo, "config.json", 1, 3) == b'"a"'
 
 
@@ -76,14 +91,32 @@ def test_transient_failures_are_retried(hub, fake_hub, repo):
         method="GET", path="/api/models/org/model", status=429, headers={"Retry-After": "7"}
     )
     assert hub.repo_files("org/model").sha == repo
-    assert sleeps == [1.0, 2.0, 7.0]
+    assert sleeps == [1.0, 2.0, 8.0]  # Retry-After plus 1 s, as http_backoff waits
+
+
+def test_a_transient_5xx_on_a_ranged_read_is_retried_once(hub, fake_hub, repo, monkeypatch):
+    backoff_sleeps, bot_sleeps = [], []
+    monkeypatch.setattr(time, "sleep", backoff_sleeps.append)  # http_backoff's waits
+    hub.sleep = bot_sleeps.append
+    fake_hub.faults.add(method="GET", path="w.bin", server="blobs", status=503)
+    fake_hub.clear_requests()
+    view = memoryview(bytearray(1000))
+    hub.read_into("org/model", repo, "w.bin", 5000, view)
+    assert bytes(view) == DATA[5000:6000]
+    assert [(r.server, r.status) for r in fake_hub.requests] == [
+        ("hub", 302),
+        ("blobs", 503),
+        ("hub", 302),
+        ("blobs", 206),
+    ]
+    assert (backoff_sleeps, bot_sleeps) == ([1.0], [])  # one policy, one wait
 
 
 def test_dropped_connection_resumes_the_range(hub, fake_hub, repo):
     fake_hub.faults.add(method="GET", path="w.bin", server="blobs", drop=True)
     view = memoryview(bytearray(3000))
     hub.read_into("org/model", repo, "w.bin", 100, view)
-    assert bytes(view) == (bytes(range(256)) * 40)[100:3100]
+    assert bytes(view) == DATA[100:3100]
 
 
 def test_gives_up_after_the_retry_budget(hub, fake_hub, repo, monkeypatch):
@@ -92,14 +125,65 @@ def test_gives_up_after_the_retry_budget(hub, fake_hub, repo, monkeypatch):
         hub.repo_files("org/model")
 
 
-def test_timeouts_are_network_errors(fake_hub, hub_token, repo, monkeypatch):
-    monkeypatch.setenv("PARAMDELTA_HUB_TIMEOUT", "0.2")
+def test_timeouts_are_network_errors(fake_hub, hub_token, repo, short_timeout, monkeypatch):
     monkeypatch.setenv("PARAMDELTA_HUB_RETRIES", "1")
     hub = Hub(token=hub_token, endpoint=fake_hub.url)
     hub.sleep = lambda s: None
     fake_hub.faults.add(method="GET", path="/api/models/org/model", status=None, delay=1.0, times=2)
     with pytest.raises(HubError, match=r"^org/model@main: network error: ReadTimeout"):
         hub.repo_files("org/model")
+
+
+def test_the_timeout_survives_a_session_reset(
+    fake_hub, hub_token, repo, short_timeout, monkeypatch
+):
+    monkeypatch.setenv("PARAMDELTA_HUB_RETRIES", "0")
+    hub = Hub(token=hub_token, endpoint=fake_hub.url)
+    close_session()  # as huggingface_hub does after a connection error
+    client = get_session()
+    assert client.timeout.read == 0.2
+    assert hf_request_event_hook in client.event_hooks["request"]  # the default's, kept
+    # model_info sends timeout=None explicitly, overriding the client's: bounded all the same.
+    fake_hub.faults.add(method="GET", path="/api/models/org/model", status=None, delay=1.0)
+    with pytest.raises(HubError, match=r"^org/model@main: network error: ReadTimeout"):
+        hub.repo_files("org/model")
+
+
+@pytest.mark.parametrize(
+    ("error", "where"),
+    [
+        (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), None),  # write() names no file
+        (PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/cache/blob"), "/cache/blob"),
+    ],
+)
+def test_a_local_file_failure_during_a_download_is_not_a_hub_error(
+    hub, repo, tmp_path, monkeypatch, error, where
+):
+    def failing_http_get(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(file_download, "http_get", failing_http_get)
+    with pytest.raises(LocalFileError) as e:
+        hub.download("org/model", repo, ["w.bin"])
+    assert str(e.value) == f"{where or tmp_path / 'hf-cache'}: {error.strerror}"
+    assert e.value.exit_code == 7
+
+
+def test_an_unusable_cache_dir_is_a_local_file_error(hub, repo, tmp_path, monkeypatch):
+    (tmp_path / "file").write_bytes(b"")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "file" / "hf-cache"))
+    with pytest.raises(LocalFileError, match=f"^{re.escape(str(tmp_path / 'file'))}"):
+        hub.download("org/model", repo, ["w.bin"])
+
+
+def test_a_hub_failure_during_a_download_stays_a_hub_error(
+    hub, fake_hub, repo, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    fake_hub.faults.add(method="GET", path="w.bin", server="blobs", status=500, times=10)
+    with pytest.raises(HubError, match=r"^org/model@\w{7}: HTTP 500"):
+        hub.download("org/model", repo, ["w.bin"])
 
 
 def test_bad_settings(monkeypatch):

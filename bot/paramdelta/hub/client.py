@@ -1,27 +1,41 @@
 """The only module that talks to the Hugging Face Hub (through huggingface_hub).
 
-Every request has a timeout; idempotent reads are retried with exponential
-backoff on 429/5xx, timeouts and dropped connections, honouring Retry-After.
-Commits are never retried blindly: a failed commit is re-planned by the caller.
-huggingface_hub's errors become the bot's typed errors (exit code 4, or 5 for
-a commit whose parent moved) with one-line messages that never hold a token.
+Every request has a timeout, set through huggingface_hub's client factory so that
+it survives the shared client being replaced (after a connection error, on fork).
+
+Retries: huggingface_hub already retries its listings, downloads and uploads
+(snapshot_download, preupload_lfs_files, list_models) with `http_backoff`; those
+calls are not wrapped again. The bot's own requests (model_info, list_repo_refs,
+create_repo and its ranged and small-file GETs) follow one policy, the same as
+`http_backoff`'s: 429/5xx, timeouts and dropped connections are retried after 1,
+2, 4, 8, 8... seconds, or what Retry-After asks plus one second. A ranged read
+cut short resumes from the last byte received. Commits are never retried
+blindly: a failed commit is re-planned by the caller.
+
+huggingface_hub's errors become the bot's typed errors (exit code 4, or 5 for a
+commit whose parent moved) with one-line messages that never hold a token; a
+failure of the local disk (a full HF cache, an unreadable upload) is a
+LocalFileError (exit code 7) naming the path.
 
 Settings come from the environment: HF_ENDPOINT (read per client, so tests and
 the demo can point at a loopback Hub), HF_TOKEN or --token-file,
 PARAMDELTA_HUB_TIMEOUT (seconds per network operation, default 60) and
-PARAMDELTA_HUB_RETRIES (default 5).
+PARAMDELTA_HUB_RETRIES (retries of the bot's own requests, default 5;
+huggingface_hub's internal retries keep its own count).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import httpx2
 from huggingface_hub import CommitInfo, CommitOperation, CommitOperationAdd, HfApi, constants
@@ -34,17 +48,35 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+from huggingface_hub.utils import (
+    build_hf_headers,
+    hf_raise_for_status,
+    http_backoff,
+    http_stream_backoff,
+    parse_ratelimit_headers,
+    set_client_factory,
+)
+from huggingface_hub.utils._http import default_client_factory
 
-from paramdelta.errors import HubError, ParamDeltaError, PublishConflictError, UsageError
+from paramdelta.errors import (
+    HubError,
+    LocalFileError,
+    ParamDeltaError,
+    PublishConflictError,
+    UsageError,
+)
 from paramdelta.tokens import redact
 
-RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# The one retry policy, huggingface_hub's defaults spelled out: handed to http_backoff
+# for the GETs the bot builds, applied by Hub._retry to the HfApi calls it cannot wrap.
+RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 RETRY_EXCEPTIONS = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
+FIRST_WAIT = 1.0
+MAX_WAIT = 8.0
 # What a request to the Hub may raise: HTTP and network errors (HfHubHTTPError is both),
-# file errors of the cache, a failed trusted-publishing exchange.
+# file errors (of the cache, of a file to upload), a failed trusted-publishing exchange.
 HUB_FAILURES = (httpx2.HTTPError, OSError, OIDCError)
-MAX_BACKOFF = 8.0
+UPLOAD_FAILURES = (*HUB_FAILURES, ValueError)  # LFS batch errors arrive as ValueError
 
 T = TypeVar("T")
 
@@ -84,8 +116,9 @@ class Hub:
         self.timeout = _env_number("PARAMDELTA_HUB_TIMEOUT", 60.0)
         self.retries = int(_env_number("PARAMDELTA_HUB_RETRIES", 5))
         self.api = HfApi(endpoint=self.endpoint, token=token)
-        self.sleep: Callable[[float], None] = time.sleep  # tests replace it
-        _ensure_timeout(self.timeout)
+        # The waits of Hub._retry (tests replace it); http_backoff waits with time.sleep.
+        self.sleep: Callable[[float], None] = time.sleep
+        _use_timeout(self.timeout)
 
     def __repr__(self) -> str:
         return f"Hub(endpoint={self.endpoint!r}, token={'***' if self._token else None})"
@@ -97,12 +130,9 @@ class Hub:
 
         ``files=False`` skips file sizes (cheaper for the Hub: what `plan` needs).
         """
-        what = f"{repo_id}@{revision}"
         info = self._retry(
-            what,
-            lambda: self.api.model_info(
-                repo_id, revision=revision, files_metadata=files, timeout=self.timeout
-            ),
+            f"{repo_id}@{revision}",
+            lambda: self.api.model_info(repo_id, revision=revision, files_metadata=files),
         )
         sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
         card = info.card_data.to_dict() if info.card_data else {}
@@ -116,7 +146,8 @@ class Hub:
     def read_into(self, repo_id: str, sha: str, path: str, offset: int, view: memoryview) -> None:
         """Fill ``view`` with bytes [offset, offset+len) of a file, by HTTP Range requests.
 
-        A dropped connection resumes from the last byte received.
+        http_stream_backoff retries the statuses; a dropped connection (before or
+        during the body) resumes from the last byte received, by Hub._retry.
         """
         url = self._file_url(repo_id, sha, path)
         what = f"{repo_id}@{sha[:7]}/{path}"
@@ -124,11 +155,12 @@ class Hub:
 
         def attempt() -> None:
             nonlocal filled
-            if filled == len(view):
-                return
             first, last = offset + filled, offset + len(view) - 1
             headers = {**self._headers(), "Range": f"bytes={first}-{last}"}
-            with get_session().stream("GET", url, headers=headers) as response:
+            # retry_on_exceptions=(): an error raised while we read the body must reach
+            # Hub._retry, not the backoff generator (which cannot yield a second response).
+            backoff = {**self._backoff, "retry_on_exceptions": ()}
+            with http_stream_backoff("GET", url, headers=headers, **backoff) as response:
                 hf_raise_for_status(response)
                 if response.status_code != 206 and not (first == 0 and response.status_code == 200):
                     raise HubError(f"{what}: the server ignored the byte range request")
@@ -141,24 +173,25 @@ class Hub:
             if filled != len(view):
                 raise httpx2.RemoteProtocolError(f"{what}: connection closed early")
 
-        self._retry(what, attempt)
+        if view:  # an empty range is not a valid Range header
+            self._retry(what, attempt, statuses=())
 
     def download(self, repo_id: str, sha: str, paths: Sequence[str]) -> Path:
         """Fetch files into the HF cache (HF_HOME), pinned to ``sha``; returns the snapshot dir."""
-        return Path(
-            self._retry(
-                f"{repo_id}@{sha[:7]}",
-                lambda: self.api.snapshot_download(
+        with self._failures(f"{repo_id}@{sha[:7]}", where=constants.HF_HUB_CACHE):
+            return Path(
+                self.api.snapshot_download(
                     repo_id, revision=sha, allow_patterns=list(paths), etag_timeout=self.timeout
-                ),
+                )
             )
-        )
 
     def read_small_file(self, repo_id: str, path: str, revision: str) -> bytes | None:
         """A small file's content, or None if the repo or file does not exist."""
         url = self._file_url(repo_id, revision, path)
         try:
-            response = self._retry(f"{repo_id}@{revision}/{path}", lambda: self._get(url))
+            with self._failures(f"{repo_id}@{revision}/{path}"):
+                response = http_backoff("GET", url, headers=self._headers(), **self._backoff)
+                hf_raise_for_status(response)
         except HubError as e:
             if _is_missing(e):
                 return None
@@ -181,18 +214,14 @@ class Hub:
     def newest_repo(self, author: str, pattern: str) -> tuple[str, datetime] | None:
         """The most recently created repo of ``author`` whose name matches the glob ``pattern``."""
         literal = pattern.split("*")[0].split("?")[0].split("[")[0]
-
-        def newest() -> tuple[str, datetime] | None:
-            found = self.api.list_models(
+        with self._failures(f"{author}/{pattern}"):  # pages are fetched (and retried) lazily
+            for model in self.api.list_models(
                 author=author, search=literal or None, sort="created_at", limit=1000
-            )
-            for model in found:
+            ):
                 name = model.id.split("/", 1)[-1]
                 if fnmatch.fnmatchcase(name, pattern) and model.created_at is not None:
                     return model.id, model.created_at
-            return None
-
-        return self._retry(f"{author}/{pattern}", newest)
+        return None
 
     # -- writes ------------------------------------------------------------------------
 
@@ -208,12 +237,10 @@ class Hub:
         create_pr: bool,
     ) -> None:
         """Upload LFS content ahead of the commit (huggingface_hub retries each request)."""
-        try:
+        with self._failures(repo_id, caught=UPLOAD_FAILURES):
             self.api.preupload_lfs_files(
                 repo_id, additions=operations, revision=revision, create_pr=create_pr
             )
-        except (*HUB_FAILURES, ValueError) as e:  # LFS batch errors arrive as ValueError
-            raise self._error(repo_id, e) from e
 
     def commit(
         self,
@@ -227,25 +254,25 @@ class Hub:
         create_pr: bool,
     ) -> CommitInfo:
         """One commit; not retried: a conflict means someone else moved the branch."""
-        try:
-            return self.api.create_commit(
-                repo_id,
-                operations=list(operations),
-                commit_message=message,
-                commit_description=description,
-                parent_commit=parent,
-                revision=revision,
-                create_pr=create_pr,
-            )
-        except HfHubHTTPError as e:
-            if e.response is not None and e.response.status_code in (409, 412):
-                raise PublishConflictError(
-                    f"output repo {repo_id} changed during publish ({revision} is no longer at"
-                    f" {(parent or 'its start')[:7]}); nothing was committed; re-run to re-plan"
-                ) from None
-            raise self._error(repo_id, e) from e
-        except (*HUB_FAILURES, ValueError) as e:  # LFS batch errors arrive as ValueError
-            raise self._error(repo_id, e) from e
+        with self._failures(repo_id, caught=UPLOAD_FAILURES):
+            try:
+                return self.api.create_commit(
+                    repo_id,
+                    operations=list(operations),
+                    commit_message=message,
+                    commit_description=description,
+                    parent_commit=parent,
+                    revision=revision,
+                    create_pr=create_pr,
+                )
+            except HfHubHTTPError as e:
+                if e.response is not None and e.response.status_code in (409, 412):
+                    raise PublishConflictError(
+                        f"output repo {repo_id} changed during publish ({revision} is no longer"
+                        f" at {(parent or 'its start')[:7]}); nothing was committed; re-run to"
+                        " re-plan"
+                    ) from None
+                raise
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -257,29 +284,51 @@ class Hub:
     def _headers(self) -> dict[str, str]:
         return build_hf_headers(token=self._token)
 
-    def _get(self, url: str) -> httpx2.Response:
-        response = get_session().get(url, headers=self._headers())
-        hf_raise_for_status(response)
-        return response
+    @property
+    def _backoff(self) -> dict[str, Any]:
+        """The retry policy, as http_backoff's arguments."""
+        return {
+            "max_retries": self.retries,
+            "base_wait_time": FIRST_WAIT,
+            "max_wait_time": MAX_WAIT,
+            "retry_on_status_codes": RETRY_STATUS,
+            "retry_on_exceptions": RETRY_EXCEPTIONS,
+        }
 
-    def _retry(self, what: str, call: Callable[[], T]) -> T:
-        """Run an idempotent request; retry transient failures with backoff."""
-        delay = 1.0
-        for attempt in range(self.retries + 1):
-            try:
-                return call()
-            except ParamDeltaError:
-                raise
-            except HUB_FAILURES as e:  # anything else is a bug and propagates as one
-                wait = _retry_after(e, delay)
-                if wait is None or attempt == self.retries:
-                    raise self._error(what, e) from e
+    def _retry(
+        self, what: str, call: Callable[[], T], *, statuses: Collection[int] = RETRY_STATUS
+    ) -> T:
+        """Run an idempotent call that huggingface_hub does not retry, under the retry policy."""
+        backoff = FIRST_WAIT
+        with self._failures(what):
+            for _ in range(self.retries):
+                try:
+                    return call()
+                except httpx2.HTTPError as e:  # HfHubHTTPError included
+                    wait = _wait(e, backoff, statuses)
+                    if wait is None:
+                        raise
                 self.sleep(wait)
-                delay = min(delay * 2, MAX_BACKOFF)
-        raise AssertionError("unreachable")
+                backoff = min(2 * backoff, MAX_WAIT)
+            return call()
 
-    def _error(self, what: str, e: Exception) -> ParamDeltaError:
-        return HubError(redact(f"{what}: {_describe(e)}"))
+    @contextmanager
+    def _failures(
+        self,
+        what: str,
+        *,
+        where: str | None = None,
+        caught: tuple[type[Exception], ...] = HUB_FAILURES,
+    ) -> Iterator[None]:
+        """Raise what a Hub call raises as the bot's error; ``where``: the local files it writes."""
+        try:
+            yield
+        except ParamDeltaError:
+            raise
+        except caught as e:  # anything else is a bug and propagates as one
+            if _is_local(e):
+                raise LocalFileError.from_os_error(e, e.filename or where) from e
+            raise HubError(redact(f"{what}: {_describe(e)}")) from e
 
 
 def _is_missing(e: HubError) -> bool:
@@ -289,21 +338,34 @@ def _is_missing(e: HubError) -> bool:
     return missing and not isinstance(cause, GatedRepoError)
 
 
-def _retry_after(e: Exception, delay: float) -> float | None:
-    """Seconds to wait before retrying ``e``, or None if it is not transient."""
+def _is_local(e: Exception) -> TypeGuard[OSError]:
+    """A failure of this machine's files (disk full, permission denied), not of the Hub.
+
+    The operating system sets errno; huggingface_hub's own OSErrors (HTTP errors, a
+    file missing from the cache when offline, a short download) carry none.
+    """
+    network = (httpx2.HTTPError, ConnectionError, TimeoutError)
+    return isinstance(e, OSError) and e.errno is not None and not isinstance(e, network)
+
+
+def _wait(e: httpx2.HTTPError, backoff: float, statuses: Collection[int]) -> float | None:
+    """Seconds to wait before retrying ``e``, as http_backoff would; None if it is not transient."""
     if isinstance(e, RETRY_EXCEPTIONS):
-        return delay
-    if isinstance(e, HfHubHTTPError) and e.response is not None:
-        if e.response.status_code not in RETRY_STATUS:
-            return None
-        header = e.response.headers.get("Retry-After")
-        if header is not None:
-            try:
-                return min(max(float(header), 0.0), 300.0)
-            except ValueError:
-                return delay
-        return delay
-    return None
+        return backoff
+    response = e.response if isinstance(e, HfHubHTTPError) else None
+    if response is None or response.status_code not in statuses:
+        return None
+    asked = _asked_wait(response)
+    return backoff if asked is None else asked + 1.0  # http_backoff's margin for rounding
+
+
+def _asked_wait(response: httpx2.Response) -> int | None:
+    """The wait the server asks for: an exhausted rate limit's reset, or Retry-After seconds."""
+    limit = parse_ratelimit_headers(response.headers)
+    if response.status_code == 429 and limit is not None and limit.remaining == 0:
+        return limit.reset_in_seconds
+    after = response.headers.get("Retry-After", "").strip()
+    return int(after) if after.isdigit() else None
 
 
 def _describe(e: Exception) -> str:
@@ -330,10 +392,29 @@ def _describe(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _ensure_timeout(seconds: float) -> None:
-    """Give huggingface_hub's shared HTTP client a timeout (its default is none at all).
+def _use_timeout(seconds: float) -> None:
+    """Make huggingface_hub's shared client, and every one it replaces it with, time out.
 
-    Calls that take a ``timeout`` argument (model_info) are also given one
-    explicitly, since an explicit None there would override this default.
+    Its default client has no timeout at all; the factory survives `close_session`,
+    which huggingface_hub calls after a connection error and on fork.
     """
-    get_session().timeout = httpx2.Timeout(seconds, connect=min(seconds, 30.0))
+    timeout = httpx2.Timeout(seconds, connect=min(seconds, 30.0))
+    set_client_factory(functools.partial(_client_with_timeout, timeout))
+
+
+def _client_with_timeout(timeout: httpx2.Timeout) -> httpx2.Client:
+    """huggingface_hub's default client (its event hooks, redirects) with ``timeout``.
+
+    The request hook also bounds the requests that huggingface_hub sends with an explicit
+    ``timeout=None`` (model_info, its paginated listings), which override a client default.
+    """
+
+    def bound(request: httpx2.Request) -> None:
+        if all(value is None for value in request.extensions.get("timeout", {}).values()):
+            request.extensions["timeout"] = timeout.as_dict()
+
+    client = default_client_factory()
+    client.timeout = timeout
+    hooks = client.event_hooks
+    client.event_hooks = {**hooks, "request": [*hooks.get("request", []), bound]}
+    return client
