@@ -136,6 +136,25 @@ BAD = {
         ["6: targets[0].output: 'justname' must give a repo id like org/name"],
     ),
     "bad version": ("version: 2\n" + GOOD, ["1: version: must be 1, not 2"]),
+    "empty file": ("", ["1: must be a mapping, not NoneType"]),
+    # new_base is a oneOf of checkpoint (itself a oneOf of string and mapping) and
+    # family: the error comes from the alternative the value evidently meant.
+    "new_base bad repo id": (
+        GOOD.replace("new_base: org/new", "new_base: not a repo"),
+        ["5: targets[0].new_base: 'not a repo' is not a Hub repo id like org/name[@revision]"],
+    ),
+    "new_base empty revision": (
+        GOOD.replace("new_base: org/new", "new_base: {repo: org/new, revision: ''}"),
+        ["5: targets[0].new_base.revision: must not be empty"],
+    ),
+    "family key typo": (
+        GOOD.replace("new_base: org/new", "new_base: {author: Qwen, pattern: 'Q*', revison: v}"),
+        ["5: targets[0].new_base: unknown key 'revison' (did you mean 'revision'?)"],
+    ),
+    "new_base of no allowed type": (
+        GOOD.replace("new_base: org/new", "new_base: 3"),
+        ["5: targets[0].new_base: 'repo' or 'author'+'pattern' required"],
+    ),
 }
 
 
@@ -162,6 +181,17 @@ def test_card_template_is_checked_at_validate_time(tmp_path):
         f"{tmp_path / 'broken.j2'}:2: template syntax error: Expected an expression,"
         " got 'end of statement block'",
         "14: targets[1].alpha: must be a finite number",
+    ]
+
+
+def test_a_broken_default_is_reported_once_where_it_is_set(tmp_path):
+    (tmp_path / "broken.j2").write_text("{% if %}\n")
+    second = GOOD.replace("targets:\n", "").replace("name: a", "name: b").replace("me/out", "me/b")
+    text = "defaults: {alpha: .inf, card_template: broken.j2}\n" + GOOD + second
+    assert _problems(tmp_path, text) == [
+        "1: defaults.alpha: must be a finite number",
+        f"1: defaults.card_template: {tmp_path / 'broken.j2'}:1: template syntax error:"
+        " Expected an expression, got 'end of statement block'",
     ]
 
 

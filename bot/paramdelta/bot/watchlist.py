@@ -10,10 +10,12 @@ names and outputs, output templates, card templates, and licence naming rules.
 from __future__ import annotations
 
 import difflib
+import functools
+import itertools
 import json
 import math
 import string
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any, NamedTuple
 
 import jsonschema
 import yaml
+from jsonschema.exceptions import relevance
 
 from paramdelta.engine.options import DEFAULT_SHARD_SIZE, parse_size
 from paramdelta.errors import UsageError
@@ -47,6 +50,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "enabled": True,
 }
 MAX_REPORTED = 50
+
+JsonPath = Sequence[str | int]
 
 
 class Problem(NamedTuple):
@@ -111,7 +116,6 @@ class Target:
     card_template: Path | None = None
     tags: tuple[str, ...] = ()
     enabled: bool = True
-    line: int = 0
 
     def output_repo(self, new_base_repo: str) -> str:
         """The output repo id for a resolved new base."""
@@ -149,6 +153,35 @@ def schema() -> dict[str, Any]:
     return json.loads(text)
 
 
+# -- loading -----------------------------------------------------------------------
+
+
+def load(path: str | Path) -> Watchlist:
+    """Load and fully validate a watchlist; WatchlistError lists every problem."""
+    watchlist, problems = check(path)
+    if problems:
+        raise WatchlistError(problems)
+    assert watchlist is not None
+    return watchlist
+
+
+def check(path: str | Path) -> tuple[Watchlist | None, list[Problem]]:
+    """Validate; returns the watchlist (None if invalid) and the problems found."""
+    path = Path(path)
+    try:
+        doc, root = _parse(path)
+    except WatchlistError as e:
+        return None, e.problems
+    report = _Report(str(path), root)
+    _check_schema(doc, report)
+    if report.problems:  # the rules below rely on the structure the schema ensures
+        return None, report.errors()
+    targets = _targets(doc, path.parent, report)
+    if errors := report.errors():
+        return None, errors
+    return Watchlist(path, targets, report.warnings()), []
+
+
 # -- YAML with line numbers --------------------------------------------------------
 
 
@@ -170,17 +203,39 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _node_at(root: yaml.Node, path: Sequence[str | int], key: bool = False) -> yaml.Node:
-    """The YAML node at a JSON path (the key's node if ``key``), as deep as it exists."""
+def _parse(path: Path) -> tuple[Any, yaml.Node | None]:
+    """The document, and the node tree it is built from for line numbers: one parse.
+
+    A file that cannot be read or parsed raises WatchlistError.
+    """
+    file = str(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise WatchlistError([Problem(file, 1, "", f"cannot read: {reason}")]) from e
+    loader = _StrictLoader(text)
+    try:
+        root = loader.get_single_node()
+        return (None if root is None else loader.construct_document(root)), root
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        problem = getattr(e, "problem", None) or str(e)
+        raise WatchlistError([Problem(file, line, "", f"invalid YAML: {problem}")]) from e
+    finally:
+        loader.dispose()
+
+
+def _node_at(root: yaml.Node, path: JsonPath) -> yaml.Node:
+    """The YAML node at a JSON path, or the deepest one on the way that exists."""
     node = root
     for part in path:
         if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                if key_node.value == part:
-                    node = value_node
-                    break
-            else:
+            found = next((value for key, value in node.value if key.value == part), None)
+            if found is None:
                 return node
+            node = found
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
             if part >= len(node.value):
                 return node
@@ -190,270 +245,262 @@ def _node_at(root: yaml.Node, path: Sequence[str | int], key: bool = False) -> y
     return node
 
 
-def _line(root: yaml.Node | None, path: Sequence[str | int], *, key_name: str | None = None) -> int:
-    if root is None:
-        return 1
-    node = _node_at(root, path)
-    if key_name is not None and isinstance(node, yaml.MappingNode):
-        for key_node, _ in node.value:
-            if key_node.value == key_name:
-                return key_node.start_mark.line + 1
-    return node.start_mark.line + 1
-
-
-def _field(path: Sequence[str | int]) -> str:
+def _field(path: JsonPath) -> str:
     text = ""
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
 
 
+@dataclass
+class _Report:
+    """The problems found in one file, each at the line of the YAML it is about."""
+
+    file: str
+    root: yaml.Node | None
+    problems: list[Problem] = field(default_factory=list)
+
+    def line(self, path: JsonPath, key: str | None = None) -> int:
+        """The line of the value at ``path``, or of its ``key`` if that is given."""
+        if self.root is None:
+            return 1
+        node = _node_at(self.root, path)
+        if key is not None and isinstance(node, yaml.MappingNode):
+            node = next((k for k, _ in node.value if k.value == key), node)
+        return node.start_mark.line + 1
+
+    def add(
+        self, path: JsonPath, message: str, *, key: str | None = None, warning: bool = False
+    ) -> None:
+        self.problems.append(
+            Problem(self.file, self.line(path, key), _field(path), message, warning)
+        )
+
+    def errors(self) -> list[Problem]:
+        # A rule broken in the defaults is found once for each target inheriting them.
+        return sorted({p for p in self.problems if not p.warning})[:MAX_REPORTED]
+
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.warning]
+
+
 # -- schema errors -> friendly lines ----------------------------------------------
 
-
-def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
-    ref = schema.get("$ref", "")
-    return root["$defs"][ref.removeprefix("#/$defs/")] if ref.startswith("#/$defs/") else schema
-
-
-def _reachable(schema: dict[str, Any], root: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """A schema and every schema it combines (through $ref, allOf, oneOf, anyOf)."""
-    schema = _resolve(schema, root)
-    yield schema
-    for key in ("allOf", "oneOf", "anyOf"):
-        for sub in schema.get(key, []):
-            yield from _reachable(sub, root)
+_ALTERNATIVES = ("oneOf", "anyOf")
+_UNKNOWN_KEY = ("additionalProperties", "unevaluatedProperties")
+_TYPE_NAMES = {"object": "a mapping", "array": "a list", "string": "a string"}
 
 
-def _keys(schema: dict[str, Any], root: dict[str, Any]) -> set[str]:
-    return {k for s in _reachable(schema, root) for k in s.get("properties", {})}
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(schema())
 
 
-_JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean"}
+def _check_schema(doc: Any, report: _Report) -> None:
+    for error in _validator().iter_errors(doc):
+        error = _meant(error)
+        if error.validator in _UNKNOWN_KEY:
+            _report_unknown_key(error, report)
+        else:
+            report.add(error.absolute_path, _message(error))
 
 
-def _accepts_type(schema: dict[str, Any], root: dict[str, Any], instance: Any) -> bool:
-    wanted = {s["type"] for s in _reachable(schema, root) if "type" in s}
-    kind = _JSON_TYPES.get(type(instance), "number")
-    return not wanted or kind in wanted or (kind == "number" and "integer" in wanted)
+def _meant(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """For a oneOf or anyOf, the error of the alternative the author evidently meant.
 
-
-def _explain(
-    error: jsonschema.ValidationError, root: dict[str, Any]
-) -> tuple[list[str | int], str, str | None] | None:
-    """(path, message, offending key) for one jsonschema error; None to skip it."""
-    path = list(error.absolute_path)
-    kind = error.validator
-    if kind in ("oneOf", "anyOf"):
-        branch = _meant_branch(error, root)
-        if branch is not None:
-            return _explain(branch, root)
-        return path, error.schema.get("x-message", "does not match any allowed form"), None
-    if kind == "required":
-        missing = [k for k in error.validator_value if k not in error.instance]
-        return path, f"{', '.join(repr(k) for k in missing)} required", None
-    if kind in ("additionalProperties", "unevaluatedProperties"):
-        allowed = _keys(error.schema, root)
-        unknown = [k for k in error.instance if k not in allowed]
-        if not unknown:
-            return None  # a known key that failed its own rule: that error says why
-        hint = difflib.get_close_matches(str(unknown[0]), sorted(allowed), n=1)
-        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-        return path, f"unknown key {unknown[0]!r}{suggestion}", str(unknown[0])
-    if kind == "type":
-        names = {"object": "a mapping", "array": "a list", "string": "a string"}
-        wanted = names.get(str(error.validator_value), f"a {error.validator_value}")
-        return path, f"must be {wanted}, not {type(error.instance).__name__}", None
-    if "x-message" in error.schema:
-        return path, f"{error.instance!r} {error.schema['x-message']}"[:200], None
-    if kind == "enum":
-        allowed_values = ", ".join(map(str, error.validator_value))
-        return path, f"must be one of {allowed_values}, not {error.instance!r}", None
-    if kind == "const":
-        return path, f"must be {error.validator_value!r}, not {error.instance!r}", None
-    if kind in ("minItems", "minLength"):
-        return path, "must not be empty", None
-    return path, error.message, None
-
-
-def _meant_branch(
-    error: jsonschema.ValidationError, root: dict[str, Any]
-) -> jsonschema.ValidationError | None:
-    """The failure of the one alternative the author evidently meant, if there is one.
-
-    Meant: it accepts the value's type and, for a mapping, shares the most keys
-    with it (at least one). Otherwise the alternatives' own x-message explains.
+    That alternative accepts the value's type and, for a mapping, knows the most of
+    its keys, one at least (jsonschema's best_match cannot tell: it ranks errors, not
+    how well alternatives fit). Without one such alternative, ``error`` and its
+    x-message explain. Of the meant alternative's errors, jsonschema's relevance
+    picks the one to show.
     """
-    branches = error.schema[error.validator]
-    instance = error.instance
-    candidates = [i for i, b in enumerate(branches) if _accepts_type(b, root, instance)]
+    if error.validator not in _ALTERNATIVES or not error.context:
+        return error
+    fits = [
+        (_fit(schema, errors, error.instance), errors) for schema, errors in _alternatives(error)
+    ]
+    best = max(fit for fit, _ in fits)
+    meant = [errors for fit, errors in fits if fit == best]
+    if best == 0 or len(meant) > 1:
+        return error
+    return _meant(max(meant[0], key=relevance))
+
+
+def _alternatives(
+    error: jsonschema.ValidationError,
+) -> Iterator[tuple[dict[str, Any], list[jsonschema.ValidationError]]]:
+    """Each alternative's schema and errors; a nested oneOf's alternatives in its place."""
+    grouped = itertools.groupby(error.context, key=lambda sub: sub.relative_schema_path[0])
+    for index, group in grouped:
+        errors = list(group)
+        if len(errors) == 1 and errors[0].validator in _ALTERNATIVES and not errors[0].path:
+            yield from _alternatives(errors[0])
+        else:
+            yield error.schema[error.validator][index], errors
+
+
+def _fit(schema: dict[str, Any], errors: list[jsonschema.ValidationError], instance: Any) -> int:
+    """0 for an alternative of another type, else how many of a mapping's keys it knows."""
+    if any(e.validator == "type" and not e.path for e in errors):
+        return 0
     if isinstance(instance, dict):
-        scores = {i: len(set(instance) & _keys(branches[i], root)) for i in candidates}
-        top = max(scores.values(), default=0)
-        candidates = [i for i, score in scores.items() if score == top and top > 0]
-    if len(candidates) != 1:
-        return None
-    errors = [e for e in error.context or [] if e.schema_path[0] == candidates[0]]
-    return min(errors, key=lambda e: len(e.absolute_path), default=None)
+        return len(instance.keys() & _defined_keys(schema))
+    return 1
 
 
-def _schema_problems(doc: Any, node: yaml.Node | None, file: str) -> Iterator[Problem]:
-    root = schema()
-    validator = jsonschema.Draft202012Validator(root)
-    problems = set()
-    for error in validator.iter_errors(doc):
-        explained = _explain(error, root)
-        if explained is not None:
-            path, message, key = explained
-            problems.add(Problem(file, _line(node, path, key_name=key), _field(path), message))
-    yield from sorted(problems)
+def _report_unknown_key(error: jsonschema.ValidationError, report: _Report) -> None:
+    known = _defined_keys(error.schema)
+    unknown = [key for key in error.instance if key not in known]
+    if not unknown:
+        return  # unevaluatedProperties also lists keys whose own rule failed: that error says why
+    hint = difflib.get_close_matches(str(unknown[0]), sorted(known), n=1)
+    suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+    message = f"unknown key {unknown[0]!r}{suggestion}"
+    report.add(error.absolute_path, message, key=str(unknown[0]))
 
 
-# -- loading -----------------------------------------------------------------------
+def _defined_keys(schema: dict[str, Any]) -> set[str]:
+    """The keys an object schema defines itself or takes from the schemas it extends."""
+    extended = list(schema.get("allOf", []))
+    if "$ref" in schema:  # the schema's own refs are all to #/$defs/<name>
+        extended.append(_validator().schema["$defs"][schema["$ref"].rpartition("/")[2]])
+    return set(schema.get("properties", {})).union(*map(_defined_keys, extended))
 
 
-def load(path: str | Path) -> Watchlist:
-    """Load and fully validate a watchlist; WatchlistError lists every problem."""
-    watchlist, problems = check(path)
-    if problems:
-        raise WatchlistError(problems)
-    assert watchlist is not None
-    return watchlist
+def _message(error: jsonschema.ValidationError) -> str:
+    kind, wanted, instance = error.validator, error.validator_value, error.instance
+    if kind in _ALTERNATIVES:  # no one alternative stands out
+        return str(error.schema.get("x-message", "does not match any allowed form"))
+    if kind == "required":  # one error per missing key: name them all, once
+        return f"{', '.join(repr(k) for k in wanted if k not in instance)} required"
+    if kind == "type":
+        expected = _TYPE_NAMES.get(str(wanted), f"a {wanted}")
+        return f"must be {expected}, not {type(instance).__name__}"
+    if "x-message" in error.schema:
+        return f"{instance!r} {error.schema['x-message']}"[:200]
+    if kind == "enum":
+        return f"must be one of {', '.join(map(str, wanted))}, not {instance!r}"
+    if kind == "const":
+        return f"must be {wanted!r}, not {instance!r}"
+    if kind in ("minItems", "minLength"):
+        return "must not be empty"
+    return str(error.message)
 
 
-def check(path: str | Path) -> tuple[Watchlist | None, list[Problem]]:
-    """Validate; returns the watchlist (None if invalid) and the problems found."""
-    path = Path(path)
-    file = str(path)
+# -- targets and the rules a schema cannot express ---------------------------------
+
+
+def _targets(doc: dict[str, Any], folder: Path, report: _Report) -> list[Target]:
+    """The targets of a schema-valid document, reporting every rule they break."""
+    defaults = {**DEFAULT_OPTIONS, **doc.get("defaults", {})}
+    raws = doc["targets"]
+    targets = [
+        _target(raw, _options(raw, defaults, index, folder, report))
+        for index, raw in enumerate(raws)
+    ]
+    names = [(index, t.name, t.name) for index, t in enumerate(targets)]
+    _report_repeats(report, "name", "target name", names)
+    usable = _check_output_templates(targets, report)
+    outputs = [(i, targets[i].output, _output_identity(targets[i])) for i in usable]
+    _report_repeats(report, "output", "output", outputs)
+    _warn_llama_names(targets, usable, report)
+    _check_card_templates(targets, raws, report)
+    return targets
+
+
+def _set_at(raw: dict[str, Any], index: int, key: str) -> list[str | int]:
+    """Where a target's option is set: in the target, or in the defaults it inherits."""
+    return ["targets", index, key] if key in raw else ["defaults", key]
+
+
+def _options(
+    raw: dict[str, Any], defaults: dict[str, Any], index: int, folder: Path, report: _Report
+) -> dict[str, Any]:
+    """A target's options, its own over the defaults, as Target's fields."""
+    options = {**defaults, **{k: v for k, v in raw.items() if k in DEFAULT_OPTIONS}}
+    for key, convert in (("alpha", _alpha), ("shard_size", _shard_size)):
+        try:
+            options[key] = convert(options[key])
+        except ValueError as e:
+            report.add(_set_at(raw, index, key), str(e))
+            options[key] = convert(DEFAULT_OPTIONS[key])
+    if options["card_template"] is not None:
+        options["card_template"] = (folder / options["card_template"]).resolve()
+    options["tags"] = tuple(options["tags"])
+    return options
+
+
+def _alpha(value: float) -> float:
+    if not math.isfinite(value):  # .nan and .inf are YAML numbers
+        raise ValueError("must be a finite number")
+    return float(value)
+
+
+def _shard_size(value: str) -> int:
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        return None, [Problem(file, 1, "", f"cannot read: {reason}")]
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        problem = getattr(e, "problem", None) or str(e)
-        return None, [Problem(file, line, "", f"invalid YAML: {problem}")]
-    problems = list(_schema_problems(doc, node, file))
-    if problems:
-        return None, problems[:MAX_REPORTED]
-    targets, problems = _targets(doc, node, path)
-    errors = sorted(p for p in problems if not p.warning)
-    if errors:
-        return None, errors[:MAX_REPORTED]
-    return Watchlist(path, targets, [p for p in problems if p.warning]), []
+        return parse_size(value, "shard_size")
+    except UsageError as e:
+        raise ValueError(str(e).removeprefix("shard_size: ")) from e
 
 
-def _ref(value: Any) -> RepoRef:
+def _target(raw: dict[str, Any], options: dict[str, Any]) -> Target:
+    return Target(
+        name=raw["name"],
+        base=_ref(raw["base"]),
+        post=_ref(raw["post"]),
+        new_base=_new_base(raw["new_base"]),
+        output=raw["output"],
+        **options,
+    )
+
+
+def _ref(value: str | dict[str, str]) -> RepoRef:
     if isinstance(value, str):
         return RepoRef(*parse_spec(value))  # the same `org/name[@rev]` as the command line
     return RepoRef(value["repo"], value.get("revision", "main"))
 
 
-def _targets(
-    doc: dict[str, Any], node: yaml.Node | None, path: Path
-) -> tuple[list[Target], list[Problem]]:
-    from paramdelta.bot.card import check_template  # card imports nothing from here
+def _new_base(value: str | dict[str, str]) -> RepoRef | Family:
+    if isinstance(value, dict) and "author" in value:
+        return Family(value["author"], value["pattern"], value.get("revision", "main"))
+    return _ref(value)
 
-    file = str(path)
-    defaults = {**DEFAULT_OPTIONS, **doc.get("defaults", {})}
-    problems: list[Problem] = []
-    targets: list[Target] = []
-    names: dict[str, int] = {}
-    outputs: dict[tuple[str, object], int] = {}
-    checked_templates: dict[Path, str | None] = {}
 
-    for index, raw in enumerate(doc["targets"]):
-        where: list[str | int] = ["targets", index]
-
-        def problem(
-            key: str, message: str, *, warning: bool = False, at: list[str | int] = where
-        ) -> None:
-            problems.append(
-                Problem(file, _line(node, [*at, key]), _field([*at, key]), message, warning)
-            )
-
-        options = {**defaults, **{k: v for k, v in raw.items() if k in DEFAULT_OPTIONS}}
-        line = _line(node, where)
-        name = raw["name"]
-        if name in names:
-            problem("name", f"duplicate target name {name!r} (first on line {names[name]})")
-        names.setdefault(name, line)
-
-        new_base_raw = raw["new_base"]
-        new_base: RepoRef | Family
-        if isinstance(new_base_raw, dict) and "author" in new_base_raw:
-            new_base = Family(
-                new_base_raw["author"],
-                new_base_raw["pattern"],
-                new_base_raw.get("revision", "main"),
-            )
+def _report_repeats(
+    report: _Report, key: str, what: str, found: Iterable[tuple[int, str, Hashable]]
+) -> None:
+    """Report each (target index, value, identity) whose identity an earlier one has."""
+    first_line: dict[Hashable, int] = {}
+    for index, value, identity in found:
+        path: JsonPath = ("targets", index, key)
+        if identity in first_line:
+            report.add(path, f"duplicate {what} {value!r} (first on line {first_line[identity]})")
         else:
-            new_base = _ref(new_base_raw)
-
-        output = raw["output"]
-        template_error = _check_output_template(output)
-        # A template gives the same repo only for the same new base (base and post
-        # names are fixed per target, so they are part of the template's result too).
-        same_output = (
-            output,
-            (_ref(raw["base"]), _ref(raw["post"]), new_base) if "{" in output else None,
-        )
-        if template_error:
-            problem("output", template_error)
-        elif same_output in outputs:
-            first = outputs[same_output]
-            problem("output", f"duplicate output {output!r} (first on line {first})")
-        outputs.setdefault(same_output, _line(node, [*where, "output"]))
-
-        alpha = float(options["alpha"])
-        if not math.isfinite(alpha):
-            problem("alpha", "must be a finite number")
-        try:
-            shard_size = parse_size(str(options["shard_size"]), "shard_size")
-        except UsageError as e:
-            problem("shard_size", str(e).split(": ", 1)[1])
-            shard_size = DEFAULT_SHARD_SIZE
-
-        card_template = None
-        if options["card_template"]:
-            card_template = (path.parent / options["card_template"]).resolve()
-            if card_template not in checked_templates:
-                checked_templates[card_template] = check_template(card_template)
-            if checked_templates[card_template]:
-                at: list[str | int] = where if "card_template" in raw else ["defaults"]
-                problem("card_template", checked_templates[card_template] or "", at=at)
-
-        target = Target(
-            name=name,
-            base=_ref(raw["base"]),
-            post=_ref(raw["post"]),
-            new_base=new_base,
-            output=output,
-            dtype=options["dtype"],
-            alpha=alpha,
-            vocab_policy=options["vocab_policy"],
-            shard_size=shard_size,
-            private=options["private"],
-            publish=options["publish"],
-            card_template=card_template,
-            tags=tuple(options["tags"]),
-            enabled=options["enabled"],
-            line=line,
-        )
-        if not template_error:
-            warning = llama_naming_warning(target)
-            if warning:
-                problem("output", warning, warning=True)
-        targets.append(target)
-    return targets, problems
+            first_line[identity] = report.line(path)
 
 
-def _check_output_template(output: str) -> str | None:
+def _output_identity(target: Target) -> Hashable:
+    """What decides the output repo: the template, and what fills it in."""
+    if "{" not in target.output:
+        return target.output
+    # The same template gives the same repo only from the same repos (base and post
+    # are fixed per target, so they are part of its result too).
+    return (target.output, target.base, target.post, target.new_base)
+
+
+def _check_output_templates(targets: Sequence[Target], report: _Report) -> list[int]:
+    """Report unusable output templates; the indexes of the targets with usable ones."""
+    usable = []
+    for index, target in enumerate(targets):
+        error = _output_template_error(target.output)
+        if error:
+            report.add(["targets", index, "output"], error)
+        else:
+            usable.append(index)
+    return usable
+
+
+def _output_template_error(output: str) -> str | None:
     """None if ``output`` is a usable repo id template, else why not."""
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(output) if f is not None]
@@ -470,18 +517,22 @@ def _check_output_template(output: str) -> str | None:
     return None
 
 
-def is_llama(repo: str) -> bool:
-    return "llama" in repo.lower()
+def _warn_llama_names(targets: Sequence[Target], among: Iterable[int], report: _Report) -> None:
+    for index in among:
+        warning = llama_naming_warning(targets[index])
+        if warning:
+            report.add(["targets", index, "output"], warning, warning=True)
 
 
 def llama_naming_warning(target: Target) -> str | None:
     """Llama licences require derived models' names to begin with "Llama"."""
-    family = [target.base.repo, target.post.repo]
-    if isinstance(target.new_base, RepoRef):
-        family.append(target.new_base.repo)
-    else:
-        family.append(f"{target.new_base.author}/{target.new_base.pattern}")
-    if not any(is_llama(repo) for repo in family):
+    new_base = target.new_base
+    family = [
+        target.base.repo,
+        target.post.repo,
+        new_base.repo if isinstance(new_base, RepoRef) else f"{new_base.author}/{new_base.pattern}",
+    ]
+    if not any("llama" in repo.lower() for repo in family):
         return None
     name = target.output.partition("/")[2]
     if name.lower().startswith("llama") or name.startswith("{new_base_name}"):
@@ -490,3 +541,22 @@ def llama_naming_warning(target: Target) -> str | None:
         f"Llama licence: the name of a model built with Llama must begin with 'Llama';"
         f" {name!r} does not"
     )
+
+
+def _check_card_templates(
+    targets: Sequence[Target], raws: Sequence[dict[str, Any]], report: _Report
+) -> None:
+    """Render each card template once against a sample; report it where it is set."""
+    verdicts: dict[Path, str | None] = {}
+    for index, target in enumerate(targets):
+        template = target.card_template
+        if template is None:
+            continue
+        if template not in verdicts:
+            # card brings in Jinja and huggingface_hub: only for watchlists that need it
+            from paramdelta.bot.card import check_template
+
+            verdicts[template] = check_template(template)
+        error = verdicts[template]
+        if error:
+            report.add(_set_at(raws[index], index, "card_template"), error)
