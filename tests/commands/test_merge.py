@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -46,6 +47,15 @@ def test_merge_json_output(trio, tmp_path, capsys):
     assert summary["peak_rss_bytes"] > 0 and summary["seconds"] >= 0
     assert summary["shards"] == ["model.safetensors"]
     assert summary["files"]["tokenizer_config.json"] == "post"
+    assert summary["delta"]["overall"]["tensors"] == 21
+    assert summary["delta"]["overall"]["nonfinite"]["output"] == 0
+    assert [g["layer"] for g in summary["delta"]["layers"]] == [
+        "embeddings",
+        0,
+        1,
+        "other",
+        "lm_head",
+    ]
     assert captured.err == ""
     expected = reference_merge(*(load_tensors(trio[r]) for r in ("base", "post", "new_base")))
     assert mismatched_tensors(load_tensors(tmp_path / "out"), expected) == []
@@ -56,6 +66,11 @@ def test_merge_human_output(trio, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"merged 21 tensors (208.62 KiB) into {tmp_path / 'out'} in ")
     assert "files from the inputs: LICENSE (new_base), chat_template.jinja (post)," in out
+    assert re.search(
+        r"^delta: \|post - base\| 0\.65\d*, \|new base - base\| 0\.65\d*, cosine 0\.00\d\d$",
+        out,
+        re.M,
+    )
 
 
 def _cli(argv):
