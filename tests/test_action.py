@@ -54,6 +54,7 @@ DONORS = {
     "chat_template.jinja": "post",
     "config.json": "new_base",
     "generation_config.json": "post",
+    "tokenizer.json": "post",
     "tokenizer_config.json": "post",
 }
 PUBLISHED_FILES = sorted([*DONORS, "README.md", "model.safetensors", "paramdelta.json"])

@@ -50,6 +50,7 @@ def test_non_weight_files_come_from_the_documented_donor(tmp_path):
     assert plan.files == {
         "config.json": "new_base",
         "generation_config.json": "post",
+        "tokenizer.json": "post",
         "tokenizer_config.json": "post",
         "chat_template.jinja": "post",
         "LICENSE": "new_base",
