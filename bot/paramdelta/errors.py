@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class ParamDeltaError(Exception):
@@ -60,6 +61,19 @@ def local_io(path: object) -> Iterator[None]:
         yield
     except OSError as e:
         raise LocalFileError.from_os_error(e, path) from e
+
+
+class CheckError(ParamDeltaError):
+    """The pre-publish check failed (or, with --check on, could not run); nothing was published.
+
+    ``details`` holds the check's numbers, for the result file and the report.
+    """
+
+    exit_code = 8
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class GitHubError(ParamDeltaError):

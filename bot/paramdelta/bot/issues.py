@@ -16,7 +16,8 @@ from github import Auth, Github, GithubException, GithubRetry, UnknownObjectExce
 from github.Issue import Issue
 from github.Repository import Repository
 
-from paramdelta.bot.results import TargetResult
+from paramdelta.bot.check_rules import check_table
+from paramdelta.bot.results import FAILED, TargetResult
 from paramdelta.errors import GitHubError
 from paramdelta.tokens import redact
 
@@ -119,7 +120,7 @@ class _IssueTracker:
                     self._open.setdefault(target, issue)
 
     def update(self, r: TargetResult) -> IssueAction | None:
-        if r.status == "failed":
+        if r.status in FAILED:
             if issue := self._open.get(r.target):
                 self._comment(issue, _failure_text(r, self._run_url))
                 return IssueAction(r.target, "commented", issue.number, issue.html_url)
@@ -169,11 +170,15 @@ def _failure_text(r: TargetResult, run_url: str | None) -> str:
     while fence in error:
         fence += "`"
     onto = f" onto `{base}`" if (base := r.new_base_ref(short=False)) else ""
-    return (
-        f"The ParamΔ merge of **{r.target}**{onto} failed with exit code {r.exit_code}"
+    what = "was blocked by the pre-publish check" if r.status == "check-failed" else "failed"
+    text = (
+        f"The ParamΔ merge of **{r.target}**{onto} {what} with exit code {r.exit_code}"
         f" in {_where(run_url)}:\n\n"
         f"{fence}text\n{error}\n{fence}\n"
     )
+    if r.check and r.check.get("steps"):
+        text += f"\nThe check's numbers (nothing was published):\n\n{check_table(r.check)}"
+    return text
 
 
 def _failure_body(r: TargetResult, run_url: str | None) -> str:

@@ -33,11 +33,14 @@ def merge_and_publish(
     overwrite: bool = False,
     prepare: Prepare | None = None,
     extra_files: ExtraFiles | None = None,
+    keep_shards: bool = False,
 ) -> tuple[MergeResult, PublishResult]:
     """Merge while uploading each finished shard; then one commit with everything.
 
     ``extra_files`` makes the files that depend on the merge's result (card,
-    lineage) once it is known; ``out_dir`` keeps a local copy of the output.
+    lineage) once it is known, and may raise to stop the commit (the pre-publish
+    check does); ``out_dir`` keeps a local copy of the output, ``keep_shards`` the
+    scratch copy until the commit (the check loads it: disk then holds the model).
     """
     with tempfile.TemporaryDirectory(prefix="paramdelta-") as scratch, publisher:
         merged = merge_to_dir(
@@ -47,7 +50,9 @@ def merge_and_publish(
             overwrite=overwrite,
             plan=plan,
             prepare=prepare,
-            on_shard_written=functools.partial(publisher.upload_shard, delete=out_dir is None),
+            on_shard_written=functools.partial(
+                publisher.upload_shard, delete=out_dir is None and not keep_shards
+            ),
         )
         extra = extra_files(merged) if extra_files is not None else None
         published = publisher.finish(merged.out_dir, extra)

@@ -24,9 +24,11 @@ from paramdelta.errors import LocalFileError, UsageError
 from paramdelta.tokens import redact
 
 SCHEMA_RESOURCE = "schemas/results.schema.json"
-Status = Literal["published", "pr-opened", "up-to-date", "dry-run", "failed"]
+Status = Literal["published", "pr-opened", "up-to-date", "dry-run", "failed", "check-failed"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 SUCCEEDED = frozenset({"published", "pr-opened"})
+# check-failed: merged, but the pre-publish check blocked the publish (`check` has its numbers)
+FAILED = frozenset({"failed", "check-failed"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +44,7 @@ class TargetResult:
     error: str | None = None
     exit_code: int
     duration_s: float
+    check: dict[str, Any] | None = None  # the pre-publish check's report, when it was decided
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,7 +1,9 @@
 """`run` for one target: merge a pending plan and publish weights, card and lineage in one commit.
 
-A failing target becomes a failed `TargetResult` (with its error's exit code)
-and never stops the others.
+Before the commit, the pre-publish check (paramdelta.bot.check) loads and uses
+the merged model; a failing check blocks the publish. A failing target becomes
+a failed (or check-failed) `TargetResult` with its error's exit code and never
+stops the others.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from paramdelta.bot import github_actions, lineage
+from paramdelta.bot import chart, github_actions, lineage
+from paramdelta.bot import check as pre_publish
 from paramdelta.bot.card import render_card
+from paramdelta.bot.check_rules import REFERENCES, CheckReport, model_bytes
 from paramdelta.bot.plan import TargetPlan
 from paramdelta.bot.publish import merge_and_publish
 from paramdelta.bot.results import Status, TargetResult
@@ -20,7 +24,7 @@ from paramdelta.engine.checkpoint import Source
 from paramdelta.engine.layout import MergePlan
 from paramdelta.engine.merge import MergeResult, preflight
 from paramdelta.engine.options import DEFAULT_MAX_MEMORY, MergeOptions
-from paramdelta.errors import ParamDeltaError
+from paramdelta.errors import CheckError, ParamDeltaError
 from paramdelta.hub.client import Hub
 from paramdelta.hub.publisher import Publisher, PublishResult
 from paramdelta.hub.sources import HubSource, download_inputs
@@ -33,6 +37,7 @@ class RunOptions(NamedTuple):
     dry_run: bool = False
     progress: bool = True
     workdir: Path | None = None  # where dry runs leave their card
+    check: str | None = None  # --check auto|on|off; None: each target's own (watchlist `check`)
 
 
 def merge_options(plan: TargetPlan, options: RunOptions) -> MergeOptions:
@@ -55,7 +60,10 @@ def commit_message(plan: TargetPlan) -> str:
 
 
 def lineage_record(
-    plan: TargetPlan, merge_plan: MergePlan, result: MergeResult | None
+    plan: TargetPlan,
+    merge_plan: MergePlan,
+    result: MergeResult | None,
+    check: CheckReport | None = None,
 ) -> dict[str, object]:
     output: dict[str, object] = {"repo": plan.output_repo}
     if result is not None:
@@ -64,7 +72,7 @@ def lineage_record(
             "bytes": result.stats.bytes,
             "shards": [s.filename for s in result.shards],
         }
-    return lineage.build_record(
+    record = lineage.build_record(
         target=plan.target.name,
         checkpoints=plan.pins(),
         recipe=plan.target.recipe(),
@@ -72,6 +80,11 @@ def lineage_record(
         output=output,
         ci_run_url=github_actions.run_url(),
     )
+    if result is not None:
+        record["delta"] = result.stats.delta.summary()
+    if check is not None:
+        record["check"] = check.to_dict()
+    return record
 
 
 def card_for(hub: Hub, plan: TargetPlan, record: dict[str, object]) -> str:
@@ -101,16 +114,27 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
         }
         merge_opts = merge_options(plan, options)
         merge_plan = preflight(sources, merge_opts)
+        # Decided before merging: with `check: on`, a check that cannot run fails now.
+        mode = options.check or plan.target.check
+        skipped = pre_publish.decide(mode, model_bytes(merge_plan), options.device)
         if options.dry_run:
             workdir = options.workdir or Path(tempfile.mkdtemp(prefix="paramdelta-dry-run-"))
             card_path = workdir / plan.target.name / "README.md"
             card_path.parent.mkdir(parents=True, exist_ok=True)
-            card_path.write_text(card_for(hub, plan, lineage_record(plan, merge_plan, None)))
+            record = lineage_record(
+                plan, merge_plan, None, CheckReport.not_checked("dry run, nothing was merged")
+            )
+            card_path.write_text(card_for(hub, plan, record))
             return result("dry-run", url=card_path.as_uri())
-        published = publish_merge(hub, plan, sources, merge_plan, merge_opts, options)
+        published, check = publish_merge(
+            hub, plan, sources, merge_plan, merge_opts, options, skipped
+        )
+    except CheckError as e:
+        return result("check-failed", error=str(e), exit_code=e.exit_code, check=e.details)
     except ParamDeltaError as e:
         return result("failed", error=str(e), exit_code=e.exit_code)
-    return result("pr-opened" if published.pr_url else "published", url=published.url)
+    status: Status = "pr-opened" if published.pr_url else "published"
+    return result(status, url=published.url, check=check.to_dict())
 
 
 def publish_merge(
@@ -120,8 +144,14 @@ def publish_merge(
     merge_plan: MergePlan,
     merge_opts: MergeOptions,
     options: RunOptions,
-) -> PublishResult:
-    """Merge, uploading each shard as written; weights, card and lineage in one commit."""
+    skipped: str | None = None,
+) -> tuple[PublishResult, CheckReport]:
+    """Merge, uploading each shard as written; check; weights, card and lineage in one commit.
+
+    ``skipped`` is why the pre-publish check does not run (None: it runs, on the
+    merged files kept on disk until the commit; a failure raises CheckError and
+    nothing is committed).
+    """
     assert plan.output_repo is not None
     publisher = Publisher(
         hub,
@@ -132,11 +162,26 @@ def publish_merge(
         create_pr=plan.target.publish == "pr",
     )
 
+    checks: list[CheckReport] = []
+
     def card_and_lineage(merged: MergeResult) -> dict[str, bytes]:
-        record = lineage_record(plan, merge_plan, merged)
+        if skipped is None:
+            check = pre_publish.run_check(
+                merged.out_dir,
+                {role: merged.sources[role] for role in REFERENCES},
+                device=options.device,
+                perplexity_factor=plan.target.perplexity_factor,
+            )
+            if check.failed:
+                raise check.error()
+        else:
+            check = CheckReport.not_checked(skipped)
+        checks.append(check)
+        record = lineage_record(plan, merge_plan, merged, check)
         return {
             "README.md": card_for(hub, plan, record).encode(),
             lineage.FILENAME: lineage.encode(record),
+            chart.FILENAME: chart.delta_chart(merged.stats.delta.summary()["layers"]),
         }
 
     _, published = merge_and_publish(
@@ -146,5 +191,6 @@ def publish_merge(
         plan=merge_plan,
         prepare=None if options.stream else download_inputs,
         extra_files=card_and_lineage,
+        keep_shards=skipped is None,
     )
-    return published
+    return published, checks[0]

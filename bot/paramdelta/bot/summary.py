@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from paramdelta.bot.results import STATUSES, TargetResult
+from paramdelta.bot.results import FAILED, STATUSES, TargetResult
 
 _STATUS_WORDS = {
     "published": "published",
@@ -13,6 +13,7 @@ _STATUS_WORDS = {
     "up-to-date": "up to date",
     "dry-run": "dry run",
     "failed": "failed",
+    "check-failed": "check failed",
 }
 _LINK_WORDS = {"published": "commit", "pr-opened": "pull request"}
 
@@ -27,9 +28,7 @@ def summary_markdown(results: Sequence[TargetResult], run_url: str | None = None
         ]
         lines += ["| " + " | ".join(map(_cell, _row(r))) + " |" for r in results]
         lines.append("")
-    failures = [
-        f"- **{_cell(r.target)}**: {_cell(r.error)}" for r in results if r.status == "failed"
-    ]
+    failures = [f"- **{_cell(r.target)}**: {_cell(r.error)}" for r in results if r.status in FAILED]
     if failures:
         lines += ["Errors:", "", *failures, ""]
     lines.append(_counts(results) + (f" [Workflow run]({run_url})" if run_url else ""))
@@ -38,7 +37,7 @@ def summary_markdown(results: Sequence[TargetResult], run_url: str | None = None
 
 def _row(r: TargetResult) -> tuple[str, ...]:
     status = _STATUS_WORDS[r.status]
-    if r.status == "failed":
+    if r.status in FAILED:
         status += f" (exit {r.exit_code})"
     link = f"[{_LINK_WORDS.get(r.status, 'link')}]({r.url})" if r.url else ""
     return (r.target, r.new_base_ref(short=True), status, link, _duration(r.duration_s))

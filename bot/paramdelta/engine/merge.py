@@ -7,7 +7,7 @@ the Hub beyond the `Source` objects it is given and the optional shard hook.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from paramdelta.engine.checkpoint import Checkpoint, Source, open_checkpoint
@@ -36,6 +36,7 @@ class MergeResult:
     shards: list[ShardPlan]
     stats: MergeStats
     files: dict[str, str]  # every output file -> where it came from ("merge" or a role)
+    sources: dict[str, Source] = field(default_factory=dict)  # what was read (after prepare)
 
 
 def open_trio(sources: dict[str, Source]) -> dict[str, Checkpoint]:
@@ -102,4 +103,4 @@ def merge_to_dir(
             writer.add_file(path, data)
             files[path] = role
         writer.commit()
-    return MergeResult(writer.out_dir, plan, shards, stats, dict(sorted(files.items())))
+    return MergeResult(writer.out_dir, plan, shards, stats, dict(sorted(files.items())), sources)

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from paramdelta.engine.checkpoint import LocalSource, Source
+from paramdelta.engine.checkpoint import CONFIG, LocalSource, Source
 from paramdelta.engine.layout import MergePlan
+from paramdelta.engine.safetensors_format import INDEX
 from paramdelta.errors import CheckpointError, UsageError
 from paramdelta.hub.client import Hub, RepoFiles
 from paramdelta.repo_ids import parse_spec
@@ -72,6 +73,23 @@ def open_source(spec: str, role: str, hub_factory: HubFactory) -> Source:
     return HubSource(hub, hub.repo_files(repo_id, revision))
 
 
+# What loading a checkpoint with transformers reads: configs, weights, tokenizer files.
+LOADED_SUFFIXES = (".json", ".safetensors", ".jinja", ".model", ".txt", ".tiktoken")
+
+
+def local_checkpoint(spec: str, hub_factory: HubFactory) -> Path:
+    """A checkpoint as a local directory: the directory itself, or a Hub repo's top-level
+    configs, weights and tokenizer files fetched into the HF cache at its pinned commit."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    repo_id, revision = parse_spec(spec)
+    hub = hub_factory()
+    repo = hub.repo_files(repo_id, revision)
+    paths = sorted(f for f in repo.sizes if "/" not in f and f.endswith(LOADED_SUFFIXES))
+    return hub.download(repo_id, repo.sha, paths)
+
+
 class HubFactory:
     """Creates the Hub client on first use: local-only merges never need a token."""
 
@@ -113,13 +131,18 @@ def files_needed(plan: MergePlan) -> dict[str, set[str]]:
 
 
 def download_inputs(plan: MergePlan, sources: dict[str, Source]) -> dict[str, Source]:
-    """Swap each Hub source for the same files fetched into the Hugging Face cache."""
+    """Swap each Hub source for the same files fetched into the Hugging Face cache.
+
+    Each snapshot also gets its config.json and index, so that it opens as a
+    checkpoint on its own (the pre-publish check loads the post model and new base).
+    """
     needed = files_needed(plan)
     local: dict[str, Source] = {}
     for role, source in sources.items():
         if isinstance(source, HubSource):
             repo = source.repo
-            snapshot = source.hub.download(repo.repo_id, repo.sha, sorted(needed.get(role, ())))
+            paths = needed.get(role, set()) | ({CONFIG, INDEX} & set(repo.sizes))
+            snapshot = source.hub.download(repo.repo_id, repo.sha, sorted(paths))
             swapped = LocalSource(snapshot, source.label)
             local[role] = swapped
         else:

@@ -106,9 +106,9 @@ def random_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Random weights, except that the LM head's rows are the embeddings, shifted.
 
-    Random weights alone make greedy generation repeat one token forever (the
-    residual stream is mostly the input token's embedding, so the next token is a
-    fixed function of it, which soon settles). With row i + NEXT_TOKEN_STEP of the
+    With random weights alone, greedy generation soon repeats one token or a short
+    cycle (the residual stream is mostly the input token's embedding, so the next
+    token is a fixed function of the last one). With row i + NEXT_TOKEN_STEP of the
     LM head equal to embedding i, the likeliest next token after i is
     i + NEXT_TOKEN_STEP: text that moves on, like a real model's, and a model that
     a huge --alpha visibly breaks.
