@@ -433,6 +433,8 @@ def _options(
         except ValueError as e:
             report.add(_set_at(raw, index, key), str(e))
             options[key] = convert(DEFAULT_OPTIONS[key])
+    if isinstance(options["check"], bool):  # YAML 1.1 reads a bare on/off as a boolean
+        options["check"] = "on" if options["check"] else "off"
     if options["card_template"] is not None:
         options["card_template"] = (folder / options["card_template"]).resolve()
     options["tags"] = tuple(options["tags"])
