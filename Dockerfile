@@ -18,7 +18,7 @@ COPY templates/ templates/
 # The base image's torch satisfies the dependency, so pip adds only the small pure-Python
 # ones and transformers (the [check] extra: the pre-publish check loads the merged model);
 # the smoke test fails the build if the entry point does not start.
-RUN pip install --no-cache-dir '.[check]' && paramdelta --version
+RUN pip install --no-cache-dir './[check]' && paramdelta --version
 
 # A high uid that no base image user takes; a job container maps it with `--user`.
 RUN useradd --create-home --uid 10001 --user-group paramdelta \
