@@ -77,6 +77,11 @@ def test_a_proper_merge_passes_and_its_numbers_land_in_card_and_lineage(
     ]
     ppl = check["perplexity"]
     assert ppl["passed"] and ppl["factor"] == 3.0 and ppl["ratio"] < 1.1
+    assert check["thresholds"] == {
+        "perplexity_factor": 3.0,
+        "max_new_tokens": 16,
+        "max_text_tokens": 512,
+    }
     assert result.check == check  # the result file has the same numbers
     assert "## Pre-publish check" in card
     assert f"`cpu` and used it ({check['seconds']} s): **passed**." in card
@@ -175,6 +180,7 @@ def test_auto_says_why_it_did_not_check_in_log_lineage_and_card(
         "steps": [],
         "generation": [],
         "perplexity": None,
+        "thresholds": {},
     }
     assert f"Not checked: {reason}." in card
     assert "## Delta report" in card  # measured in the merge pass all the same
@@ -215,3 +221,12 @@ def test_a_perplexity_factor_in_the_watchlist_sets_the_threshold(trio_dirs, fake
     assert (code, result.status) == (8, "check-failed")
     assert result.check["perplexity"]["factor"] == 0.5
     assert " is over 0.5 x " in result.error
+
+
+def test_a_dry_run_card_says_nothing_was_checked(trio_dirs, fake_hub, tmp_path):
+    trio_dirs[1]()
+    code, result = _run(tmp_path, "--dry-run", "--workdir", str(tmp_path / "dry"))
+    assert (code, result.status) == (0, "dry-run")
+    card = (tmp_path / "dry" / "t" / "README.md").read_text()
+    assert "## Pre-publish check\n\nNot checked: dry run, nothing was merged.\n" in card
+    assert "## Delta report" not in card  # measured by a merge, and nothing was merged

@@ -123,7 +123,12 @@ def run_check(
     """Check the checkpoint in ``model_dir``; ``references`` (post, new base) for perplexity."""
     started = time.perf_counter()
     dev = resolve_device(device)
-    report = CheckReport(device=str(dev))
+    thresholds = {
+        "perplexity_factor": perplexity_factor,
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "max_text_tokens": MAX_TEXT_TOKENS,
+    }
+    report = CheckReport(device=str(dev), thresholds=thresholds)
     with _quiet_transformers(), torch.inference_mode():
         _check(model_dir, references, dev, perplexity_factor, report)
     report.seconds = time.perf_counter() - started

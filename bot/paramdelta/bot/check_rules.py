@@ -142,6 +142,7 @@ class CheckReport:
     steps: list[Step] = field(default_factory=list)
     generation: list[dict[str, Any]] = field(default_factory=list)
     perplexity: dict[str, Any] | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)  # what "passes" meant
 
     @classmethod
     def not_checked(cls, reason: str) -> CheckReport:
