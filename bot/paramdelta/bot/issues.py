@@ -18,7 +18,7 @@ from github.Repository import Repository
 
 from paramdelta.bot.results import TargetResult
 from paramdelta.errors import GitHubError
-from paramdelta.tokens import redact
+from paramdelta.tokens import redact, shorten
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class _IssueTracker:
             except UnknownObjectException:
                 self._repo.create_label(self._label, LABEL_COLOR, LABEL_DESCRIPTION)
             self._label_exists = True
-        return self._repo.create_issue(title=title, body=redact(body), labels=[self._label])
+        return self._repo.create_issue(title=redact(title), body=redact(body), labels=[self._label])
 
     @staticmethod
     def _comment(issue: Issue, body: str) -> None:
@@ -162,9 +162,7 @@ def _where(run_url: str | None) -> str:
 
 
 def _failure_text(r: TargetResult, run_url: str | None) -> str:
-    error = r.error or ""
-    if len(error) > _MAX_ERROR_CHARS:
-        error = "…" + error[-_MAX_ERROR_CHARS:]  # the end of a long error says the most
+    error = shorten(r.error or "", _MAX_ERROR_CHARS, keep="end")  # its end says the most
     fence = "```"
     while fence in error:
         fence += "`"

@@ -24,6 +24,7 @@ from paramdelta.errors import ParamDeltaError
 from paramdelta.hub.client import Hub
 from paramdelta.hub.publisher import Publisher, PublishResult
 from paramdelta.hub.sources import HubSource, download_inputs
+from paramdelta.tokens import redact
 
 
 class RunOptions(NamedTuple):
@@ -105,7 +106,8 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
             workdir = options.workdir or Path(tempfile.mkdtemp(prefix="paramdelta-dry-run-"))
             card_path = workdir / plan.target.name / "README.md"
             card_path.parent.mkdir(parents=True, exist_ok=True)
-            card_path.write_text(card_for(hub, plan, lineage_record(plan, merge_plan, None)))
+            card = card_for(hub, plan, lineage_record(plan, merge_plan, None))
+            card_path.write_text(redact(card))
             return result("dry-run", url=card_path.as_uri())
         published = publish_merge(hub, plan, sources, merge_plan, merge_opts, options)
     except ParamDeltaError as e:

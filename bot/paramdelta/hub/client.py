@@ -65,7 +65,7 @@ from paramdelta.errors import (
     PublishConflictError,
     UsageError,
 )
-from paramdelta.tokens import redact
+from paramdelta.tokens import redact, register, shorten
 
 # The one retry policy, huggingface_hub's defaults spelled out: handed to http_backoff
 # for the GETs the bot builds, applied by Hub._retry to the HfApi calls it cannot wrap.
@@ -112,7 +112,7 @@ class Hub:
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip(
             "/"
         )
-        self._token = token
+        self._token = register(token)  # redacted from everything the bot writes
         self.timeout = _env_number("PARAMDELTA_HUB_TIMEOUT", 60.0)
         self.retries = int(_env_number("PARAMDELTA_HUB_RETRIES", 5))
         self.api = HfApi(endpoint=self.endpoint, token=token)
@@ -385,7 +385,9 @@ def _describe(e: Exception) -> str:
         status = e.response.status_code
         if status in (401, 403):
             return f"HTTP {status}: not authorised (check HF_TOKEN or --token-file)"
-        detail = " ".join((e.server_message or "").split())[:300] or str(e).splitlines()[0]
+        # Redacted before it is cut: a token straddling the cut would leak its first part.
+        detail = shorten(" ".join((e.server_message or "").split()), 300)
+        detail = detail or redact(str(e).splitlines()[0])
         return f"HTTP {status}: {detail}"
     if isinstance(e, RETRY_EXCEPTIONS):
         return f"network error: {type(e).__name__}: {e}"

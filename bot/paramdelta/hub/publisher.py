@@ -24,6 +24,7 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 from paramdelta.engine.safetensors_format import is_weights_file
 from paramdelta.engine.writer import ShardPlan
 from paramdelta.hub.client import Hub
+from paramdelta.tokens import redact
 
 
 @dataclass
@@ -149,8 +150,8 @@ class Publisher:
         operations: dict[str, CommitOperationAdd] = dict(self._uploaded)
         for relpath in local_files(directory):
             operations.setdefault(relpath, CommitOperationAdd(relpath, str(directory / relpath)))
-        for relpath, data in (extra_files or {}).items():
-            operations[relpath] = CommitOperationAdd(relpath, data)
+        for relpath, data in (extra_files or {}).items():  # the bot's own text: card, lineage
+            operations[relpath] = CommitOperationAdd(relpath, redact(data.decode()).encode())
         # Weights of an earlier merge that this one does not overwrite (another shard
         # layout) would linger beside the new index: remove them in the same commit.
         stale = sorted(f for f in self._remote_files if is_weights_file(f) and f not in operations)
