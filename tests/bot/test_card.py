@@ -67,6 +67,17 @@ def test_custom_licence_keeps_its_name_and_link():
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "link"),
+    [("Acme Licence", "javascript:alert(1)"), ("acme`\n# x", "https://acme.test/a b"), (3, "../x")],
+)
+def test_a_custom_licence_name_and_link_must_follow_the_hub_grammar(name, link):
+    data = {"license": "other", "license_name": name, "license_link": link}
+    card = ModelCard(render_card(_record(), card_data={"new_base": data}))
+    assert card.data.license == "other"
+    assert card.data.license_name is None and card.data.license_link is None
+
+
 def test_values_are_text_not_template_or_html():
     name = "org/{{ 7*7 }}<script>x</script>"
     card = ModelCard(render_card(_record(post=name)))

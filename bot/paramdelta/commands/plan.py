@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from paramdelta.bot import markdown
 from paramdelta.commands import arguments
 from paramdelta.commands.output import emit
 
@@ -70,9 +71,9 @@ def summary_table(plans: list[TargetPlan]) -> str:
     ]
     for p in plans:
         new = p.checkpoints.get("new_base")
-        base = f"`{new.repo_id}@{new.sha[:7]}`" if new else "-"
-        why = "; ".join(p.reasons).replace("|", "\\|")
-        rows.append(f"| {p.target.name} | {p.status} | {base} | {p.output_repo or '-'} | {why} |")
+        base = markdown.code(f"{new.repo_id}@{new.sha[:7]}") if new else "-"
+        cells = [markdown.text(p.target.name), p.status, base, markdown.text(p.output_repo)]
+        rows.append("| " + " | ".join([*cells, markdown.text("; ".join(p.reasons))]) + " |")
     return "\n".join(rows) + "\n"
 
 
