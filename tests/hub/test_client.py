@@ -76,6 +76,13 @@ def test_missing_things_are_none_not_errors(hub, repo):
     assert hub.read_small_file("org/model", "config.json", "main") == b'{"a": 1}'
 
 
+def test_a_small_file_is_read_no_further_than_its_limit(hub, fake_hub, repo):
+    fake_hub.commit("org/model", {"paramdelta.json": b"x" * 100_000})
+    assert len(hub.read_small_file("org/model", "paramdelta.json", "main")) == 100_000
+    with pytest.raises(HubError, match=r"^org/model@main/paramdelta.json: larger than 1000 bytes$"):
+        hub.read_small_file("org/model", "paramdelta.json", "main", limit=1000)
+
+
 def test_read_into_reads_exact_ranges(hub, repo):
     view = memoryview(bytearray(1000))
     hub.read_into("org/model", repo, "w.bin", 5000, view)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
 from paramdelta.engine.checkpoint import CONFIG, Checkpoint, Source, TensorRef
+from paramdelta.engine.limits import MAX_DONATED_BYTES, check_size
 from paramdelta.engine.safetensors_format import ITEMSIZE
 from paramdelta.errors import CheckpointError, UsageError
 
@@ -212,7 +213,10 @@ def plan_merge(
     files = {}
     for path, roles in FILE_DONORS.items():
         for role in roles:
-            if path in next(c for c in trio if c.role == role).files:
+            donor = next(c for c in trio if c.role == role)
+            if path in donor.files:
+                size = donor.source.size(path)
+                check_size(size, MAX_DONATED_BYTES, f"{donor.where}/{path}", "a copied file")
                 files[path] = role
                 break
     return MergePlan(

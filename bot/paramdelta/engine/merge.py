@@ -94,12 +94,10 @@ def merge_to_dir(
             files[INDEX] = "merge"
         for path, role in plan.files.items():
             source = sources[role]
-            data = (
-                plan.config_bytes(source)
-                if path == CONFIG
-                else source.read(path, 0, source.size(path))
-            )
-            writer.add_file(path, data)
+            if path == CONFIG:
+                writer.add_file(path, plan.config_bytes(source))
+            else:
+                writer.copy_file(path, source)
             files[path] = role
         writer.commit()
     return MergeResult(writer.out_dir, plan, shards, stats, dict(sorted(files.items())))

@@ -19,9 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from paramdelta.engine.checkpoint import Source
 from paramdelta.engine.layout import MergeItem
 from paramdelta.engine.safetensors_format import INDEX, SINGLE_FILE, encode_header, shard_filename
 from paramdelta.errors import UsageError, local_io
+
+COPY_PIECE = 8 << 20  # bytes per read when copying a donated file
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,16 @@ class OutputWriter:
         with local_io(path):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
+
+    def copy_file(self, relpath: str, source: Source) -> None:
+        """Copy a file of ``source`` in pieces: memory holds one piece, whatever its size."""
+        path = self.tmp_dir / relpath
+        size = source.size(relpath)
+        with local_io(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as f:
+                for offset in range(0, size, COPY_PIECE):
+                    f.write(source.read(relpath, offset, min(COPY_PIECE, size - offset)))
 
     def commit(self) -> Path:
         """Write the index and move the finished directory into place."""

@@ -51,7 +51,6 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import (
     build_hf_headers,
     hf_raise_for_status,
-    http_backoff,
     http_stream_backoff,
     parse_ratelimit_headers,
     set_client_factory,
@@ -77,6 +76,8 @@ MAX_WAIT = 8.0
 # file errors (of the cache, of a file to upload), a failed trusted-publishing exchange.
 HUB_FAILURES = (httpx2.HTTPError, OSError, OIDCError)
 UPLOAD_FAILURES = (*HUB_FAILURES, ValueError)  # LFS batch errors arrive as ValueError
+
+SMALL_FILE_LIMIT = 1 << 20  # read_small_file's default cap (a lineage record is ~2 KB)
 
 T = TypeVar("T")
 
@@ -185,18 +186,33 @@ class Hub:
                 )
             )
 
-    def read_small_file(self, repo_id: str, path: str, revision: str) -> bytes | None:
-        """A small file's content, or None if the repo or file does not exist."""
+    def read_small_file(
+        self, repo_id: str, path: str, revision: str, *, limit: int = SMALL_FILE_LIMIT
+    ) -> bytes | None:
+        """A small file's content, or None if the repo or file does not exist.
+
+        Read as a stream and refused beyond ``limit`` bytes, whatever the repo holds.
+        """
         url = self._file_url(repo_id, revision, path)
-        try:
-            with self._failures(f"{repo_id}@{revision}/{path}"):
-                response = http_backoff("GET", url, headers=self._headers(), **self._backoff)
+        what = f"{repo_id}@{revision}/{path}"
+
+        def attempt() -> bytes:
+            backoff = {**self._backoff, "retry_on_exceptions": ()}  # see read_into
+            with http_stream_backoff("GET", url, headers=self._headers(), **backoff) as response:
                 hf_raise_for_status(response)
+                data = bytearray()
+                for chunk in response.iter_bytes():
+                    data += chunk
+                    if len(data) > limit:
+                        raise HubError(f"{what}: larger than {limit} bytes")
+                return bytes(data)
+
+        try:
+            return self._retry(what, attempt, statuses=())
         except HubError as e:
             if _is_missing(e):
                 return None
             raise
-        return response.content
 
     def open_pr_refs(self, repo_id: str) -> list[str]:
         """The repo's pull request refs, newest first (``refs/pr/N``); none if no such repo."""
