@@ -4,23 +4,27 @@ Each shard is uploaded as soon as the writer finishes it, and everything is
 committed at the end in one commit (see `paramdelta.hub.publisher`). Without a
 local output directory the merge happens in a scratch directory and each shard
 is deleted once uploaded, so disk holds about one shard uploading and one being
-written.
+written. A scratch directory that a killed run left is removed by the next one.
 """
 
 from __future__ import annotations
 
 import functools
+import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from paramdelta.engine.checkpoint import Source
 from paramdelta.engine.layout import MergePlan
 from paramdelta.engine.merge import MergeResult, Prepare, merge_to_dir
 from paramdelta.engine.options import MergeOptions
+from paramdelta.engine.workdirs import OwnedDir, sweep
 from paramdelta.hub.publisher import Publisher, PublishResult
 
 ExtraFiles = Callable[[MergeResult], Mapping[str, bytes]]
+SCRATCH_PREFIX = "paramdelta-scratch-"
 
 
 def merge_and_publish(
@@ -39,10 +43,10 @@ def merge_and_publish(
     ``extra_files`` makes the files that depend on the merge's result (card,
     lineage) once it is known; ``out_dir`` keeps a local copy of the output.
     """
-    with tempfile.TemporaryDirectory(prefix="paramdelta-") as scratch, publisher:
+    with scratch_dir() as scratch, publisher:
         merged = merge_to_dir(
             sources,
-            out_dir or Path(scratch) / "merged",
+            out_dir or scratch / "merged",
             options,
             overwrite=overwrite,
             plan=plan,
@@ -52,6 +56,19 @@ def merge_and_publish(
         extra = extra_files(merged) if extra_files is not None else None
         published = publisher.finish(merged.out_dir, extra)
     return merged, published
+
+
+@contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A scratch directory in the temp dir, removed after; a killed run's are swept first."""
+    parent = Path(tempfile.gettempdir())
+    sweep(parent, SCRATCH_PREFIX)
+    work = OwnedDir(parent, SCRATCH_PREFIX)
+    try:
+        yield work.path
+    finally:
+        shutil.rmtree(work.path, ignore_errors=True)
+        work.release()
 
 
 def publish_directory(

@@ -1,13 +1,16 @@
 """`run` for one target: merge a pending plan and publish weights, card and lineage in one commit.
 
-A failing target becomes a failed `TargetResult` (with its error's exit code)
-and never stops the others.
+A failing target becomes a failed `TargetResult` (with its error's exit code:
+a full disk is 7, a bug 1) and never stops the others; only an interruption
+(SIGINT, SIGTERM) ends the run.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,7 +23,7 @@ from paramdelta.engine.checkpoint import Source
 from paramdelta.engine.layout import MergePlan
 from paramdelta.engine.merge import MergeResult, preflight
 from paramdelta.engine.options import DEFAULT_MAX_MEMORY, MergeOptions
-from paramdelta.errors import ParamDeltaError
+from paramdelta.errors import Interrupted, ParamDeltaError, as_error
 from paramdelta.hub.client import Hub
 from paramdelta.hub.publisher import Publisher, PublishResult
 from paramdelta.hub.sources import HubSource, download_inputs
@@ -86,7 +89,7 @@ def card_for(hub: Hub, plan: TargetPlan, record: dict[str, object]) -> str:
 
 
 def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
-    """Merge and publish one planned target; never raises a ParamDeltaError."""
+    """Merge and publish one planned target; raises nothing but an interruption."""
     started = time.perf_counter()
 
     def result(status: Status, **fields: object) -> TargetResult:
@@ -110,9 +113,22 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
             card_path.write_text(redact(card))
             return result("dry-run", url=card_path.as_uri())
         published = publish_merge(hub, plan, sources, merge_plan, merge_opts, options)
-    except ParamDeltaError as e:
-        return result("failed", error=str(e), exit_code=e.exit_code)
+    except Exception as e:  # whatever it is, it is this target's failure, not the run's
+        if os.environ.get("PARAMDELTA_DEBUG"):
+            traceback.print_exc()
+        error = as_error(e)
+        return result("failed", error=str(error), exit_code=error.exit_code)
     return result("pr-opened" if published.pr_url else "published", url=published.url)
+
+
+def not_run(
+    name: str, plan: TargetPlan | None, error: ParamDeltaError | Interrupted
+) -> TargetResult:
+    """The result of a target that ``error`` kept from running or from finishing."""
+    fields = {"error": str(error), "exit_code": error.exit_code}
+    if plan is None:  # the watchlist or the plan itself failed
+        return TargetResult(target=name, status="failed", duration_s=0.0, **fields)
+    return plan.result("failed", **fields)
 
 
 def publish_merge(

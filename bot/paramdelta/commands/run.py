@@ -47,32 +47,15 @@ def human_results(results: list[TargetResult]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from paramdelta.bot import github_actions
-    from paramdelta.bot.plan import plan_watchlist
     from paramdelta.bot.results import SUCCEEDED, write_results
-    from paramdelta.bot.run_target import RunOptions, run_target  # torch: only when running
     from paramdelta.bot.summary import summary_markdown
-    from paramdelta.hub.sources import HubFactory
 
-    if args.github:
-        github_actions.require_runner_files()
-    device, max_memory = arguments.device_options(args)
-    watchlist = load_watchlist(args.watchlist)
-    options = RunOptions(
-        device=device,
-        max_memory=max_memory,
-        stream=args.stream,
-        dry_run=args.dry_run,
-        progress=args.format == "human",
-        workdir=args.workdir,
-    )
-    hub = HubFactory(args.token_file)()
-    # A disabled target is neither run nor reported (its issue, if any, stays as it is).
-    plans = [
-        p for p in plan_watchlist(hub, watchlist, args.target, files=True) if p.status != "disabled"
-    ]
-    results = [run_target(hub, plan, options) for plan in plans]
-    if args.result_file:
-        write_results(args.result_file, results)
+    results: list[TargetResult] = []
+    try:
+        _run_targets(args, results)
+    finally:  # whatever ends the run, the report job gets a result for every target
+        if args.result_file:
+            write_results(args.result_file, results)
     if args.github:
         published = [r.to_dict() for r in results if r.status in SUCCEEDED]
         summary = summary_markdown(results, github_actions.run_url())
@@ -82,3 +65,49 @@ def run(args: argparse.Namespace) -> int:
     emit(args.format, {"results": [r.to_dict() for r in results]}, human_results(results))
     failed = [r for r in results if r.status == "failed"]
     return failed[0].exit_code if failed else 0
+
+
+def _run_targets(args: argparse.Namespace, results: list[TargetResult]) -> None:
+    """Plan and run each target into ``results``; on the way out, the ones left get its error."""
+    from paramdelta.bot import github_actions
+    from paramdelta.bot.plan import TargetPlan, plan_watchlist
+    from paramdelta.bot.run_target import RunOptions, not_run, run_target  # torch: only here
+    from paramdelta.errors import as_error, interruption
+    from paramdelta.hub.sources import HubFactory
+
+    planned: dict[str, TargetPlan | None] = {args.target: None} if args.target else {}
+    try:
+        if args.github:
+            github_actions.require_runner_files()
+        device, max_memory = arguments.device_options(args)
+        watchlist = load_watchlist(args.watchlist)
+        options = RunOptions(
+            device=device,
+            max_memory=max_memory,
+            stream=args.stream,
+            dry_run=args.dry_run,
+            progress=args.format == "human",
+            workdir=args.workdir,
+        )
+        hub = HubFactory(args.token_file)()
+        # A disabled target is neither run nor reported (its issue, if any, stays as it is).
+        plans = [
+            p
+            for p in plan_watchlist(hub, watchlist, args.target, files=True)
+            if p.status != "disabled"
+        ]
+        planned = {p.target.name: p for p in plans}
+        for plan in plans:
+            results.append(run_target(hub, plan, options))
+    except KeyboardInterrupt as e:
+        stop = interruption(e)
+        results += [not_run(n, p, stop) for n, p in planned.items() if n not in _names(results)]
+        raise stop from None
+    except Exception as e:
+        error = as_error(e)
+        results += [not_run(n, p, error) for n, p in planned.items() if n not in _names(results)]
+        raise
+
+
+def _names(results: list[TargetResult]) -> set[str]:
+    return {r.target for r in results}

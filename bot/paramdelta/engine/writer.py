@@ -4,7 +4,8 @@ Each shard's header is known before any tensor is computed (`plan_shards`),
 so the engine writes every chunk straight to its final offset with `pwrite`.
 Everything goes into a hidden sibling directory; only `commit` renames it to
 the requested name, so an interrupted merge never leaves an output that looks
-complete. A finished shard can be handed to a hook at once (the publisher
+complete, and the next merge into the same place removes what a killed one
+left (see `workdirs`). A finished shard can be handed to a hook at once (the publisher
 uploads it, then deletes it, so disk holds about one shard).
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from paramdelta.engine.checkpoint import Source
 from paramdelta.engine.layout import MergeItem
 from paramdelta.engine.safetensors_format import INDEX, SINGLE_FILE, encode_header, shard_filename
+from paramdelta.engine.workdirs import OwnedDir, sweep
 from paramdelta.errors import UsageError, local_io
 
 COPY_PIECE = 8 << 20  # bytes per read when copying a donated file
@@ -98,17 +100,26 @@ class OutputWriter:
         self.overwrite = overwrite
         self.on_shard_written = on_shard_written
         check_output_dir(self.out_dir, overwrite)
-        tag = uuid.uuid4().hex[:8]
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.partial-{tag}"
+        self._work: OwnedDir | None = None
         self._fds: dict[int, int] = {}
         self._written = [0] * len(self.shards)
         self._lock = threading.Lock()  # workers write concurrently
 
     def __enter__(self) -> OutputWriter:
-        with local_io(self.tmp_dir):
-            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp_dir.mkdir()
+        parent, name = self.out_dir.parent, self.out_dir.name
+        with local_io(parent):
+            parent.mkdir(parents=True, exist_ok=True)
+            # What a killed merge into the same place left behind (its owner is dead).
+            sweep(parent, f".{name}.partial-")
+            sweep(parent, f".{name}.old-")
+            self._work = OwnedDir(parent, f".{name}.partial-")
         return self
+
+    @property
+    def tmp_dir(self) -> Path:
+        """The hidden directory the output is written in, until `commit` renames it."""
+        assert self._work is not None, "use OutputWriter as a context manager"
+        return self._work.path
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:
@@ -185,10 +196,17 @@ class OutputWriter:
             self.tmp_dir.rename(self.out_dir)
             if old is not None:
                 shutil.rmtree(old)
+        self._release()
         return self.out_dir
 
     def abort(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        if self._work is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self._release()
+
+    def _release(self) -> None:
+        if self._work is not None:
+            self._work.release()
