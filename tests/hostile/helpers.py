@@ -56,3 +56,15 @@ def file_gets(fake_hub, repo: str, name: str) -> list[Any]:
         and r.path.endswith(f"/{name}")
         and r.status in (200, 206)
     ]
+
+
+def blob_downloads(fake_hub, sha256: str | None = None) -> list[Any]:
+    """The whole-file GETs of LFS objects (``sha256``'s, or all) that the blob server answered."""
+    return [
+        r
+        for r in fake_hub.requests
+        if r.server == "blobs"
+        and r.method == "GET"
+        and r.range is None
+        and r.path.startswith(f"/lfs/{sha256 or ''}")
+    ]

@@ -45,4 +45,4 @@ def link(label: str, url: str | None) -> str:
 
 def url(value: str | None) -> str:
     """A bare URL as GitHub links it, or escaped text when it is not a plain http(s) URL."""
-    return value if is_safe_url(value) else text(value)
+    return value if value is not None and is_safe_url(value) else text(value)

@@ -125,10 +125,15 @@ def not_run(
     name: str, plan: TargetPlan | None, error: ParamDeltaError | Interrupted
 ) -> TargetResult:
     """The result of a target that ``error`` kept from running or from finishing."""
-    fields = {"error": str(error), "exit_code": error.exit_code}
     if plan is None:  # the watchlist or the plan itself failed
-        return TargetResult(target=name, status="failed", duration_s=0.0, **fields)
-    return plan.result("failed", **fields)
+        return TargetResult(
+            target=name,
+            status="failed",
+            error=str(error),
+            exit_code=error.exit_code,
+            duration_s=0.0,
+        )
+    return plan.result("failed", error=str(error), exit_code=error.exit_code)
 
 
 def publish_merge(

@@ -55,7 +55,7 @@ class OwnedDir:
 
 def sweep(parent: Path, prefix: str) -> list[Path]:
     """Remove the directories ``parent/prefix*`` whose owner is gone; the ones removed."""
-    removed = []
+    removed: list[Path] = []
     try:
         names = [e.name for e in os.scandir(parent) if e.name.startswith(prefix)]
     except OSError:

@@ -32,7 +32,7 @@ import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeGuard, TypeVar
@@ -97,13 +97,20 @@ def _env_number(name: str, default: float) -> float:
 
 @dataclass(frozen=True)
 class RepoFiles:
-    """A repo pinned to one commit: its sha and every file's size."""
+    """A repo pinned to one commit: its sha and every file's size and content hash.
+
+    ``lfs_sha256``: the sha256 of each LFS (or Xet) file's content; ``blob_ids``: the
+    git blob id of every file (of its pointer, for an LFS file). Both come with the
+    sizes, from the same request, when ``files=True``.
+    """
 
     repo_id: str
     revision: str
     sha: str
     sizes: dict[str, int]
     card_data: dict[str, Any]
+    lfs_sha256: dict[str, str] = field(default_factory=dict)
+    blob_ids: dict[str, str] = field(default_factory=dict)
 
 
 class Hub:
@@ -135,9 +142,12 @@ class Hub:
             f"{repo_id}@{revision}",
             lambda: self.api.model_info(repo_id, revision=revision, files_metadata=files),
         )
-        sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
+        siblings = info.siblings or []
+        sizes = {s.rfilename: s.size or 0 for s in siblings}
         card = info.card_data.to_dict() if info.card_data else {}
-        return RepoFiles(repo_id, revision, info.sha or "", sizes, card)
+        lfs = {s.rfilename: s.lfs.sha256 for s in siblings if s.lfs}
+        blobs = {s.rfilename: s.blob_id for s in siblings if s.blob_id}
+        return RepoFiles(repo_id, revision, info.sha or "", sizes, card, lfs, blobs)
 
     def read(self, repo_id: str, sha: str, path: str, offset: int, length: int) -> bytes:
         buf = bytearray(length)

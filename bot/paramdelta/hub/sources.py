@@ -8,20 +8,22 @@ merge cannot mix two revisions.
 Remote checkpoints are first opened with ranged reads of config.json, the
 index and the safetensors headers only (the preflight). Then either
 `download_inputs` fetches the weight files into the Hugging Face cache and
-reads them locally (the default: a persistent runner keeps base and post
-cached), or the engine keeps reading byte ranges straight from the Hub
-(``--stream``: no input is stored, disk holds only the output).
+reads them locally, once checked against the Hub's listing (the default: a
+persistent runner keeps base and post cached), or the engine keeps reading
+byte ranges straight from the Hub (``--stream``: no input is stored, disk
+holds only the output).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from paramdelta.engine.checkpoint import LocalSource, Source
 from paramdelta.engine.layout import MergePlan
 from paramdelta.errors import CheckpointError, UsageError
+from paramdelta.hub.cache import checked_snapshot
 from paramdelta.hub.client import Hub, RepoFiles
 from paramdelta.repo_ids import parse_spec
 from paramdelta.tokens import hub_token
@@ -113,15 +115,30 @@ def files_needed(plan: MergePlan) -> dict[str, set[str]]:
 
 
 def download_inputs(plan: MergePlan, sources: dict[str, Source]) -> dict[str, Source]:
-    """Swap each Hub source for the same files fetched into the Hugging Face cache."""
+    """Swap each Hub source for the same files fetched into the Hugging Face cache.
+
+    What the cache holds is checked against the Hub's listing before it is used
+    (see `paramdelta.hub.cache`): another job may have tampered with it.
+    """
     needed = files_needed(plan)
     local: dict[str, Source] = {}
-    for role, source in sources.items():
-        if isinstance(source, HubSource):
-            repo = source.repo
-            snapshot = source.hub.download(repo.repo_id, repo.sha, sorted(needed.get(role, ())))
-            swapped = LocalSource(snapshot, source.label)
-            local[role] = swapped
-        else:
-            local[role] = source
+    try:
+        for role, source in sources.items():
+            if isinstance(source, HubSource):
+                local[role] = _checked_download(source, sorted(needed.get(role, ())))
+            else:
+                local[role] = source
+    except BaseException:
+        for done in local.values():
+            done.close()
+        raise
     return local
+
+
+def _checked_download(source: HubSource, paths: list[str]) -> Source:
+    repo, hub = source.repo, source.hub
+
+    def download(which: Iterable[str]) -> Path:
+        return hub.download(repo.repo_id, repo.sha, sorted(which))
+
+    return checked_snapshot(repo, download(paths), paths, download)
