@@ -54,3 +54,34 @@ def test_differences():
         "recipe alpha changed: 1.0 -> 0.5"
     ]
     assert differences(None, CHECKPOINTS, RECIPE) == ["no lineage record in the output repo"]
+
+
+def test_the_output_weights_must_be_the_ones_the_record_names():
+    from paramdelta.bot.lineage import output_differences
+    from paramdelta.hub.client import RepoFiles
+
+    record = _record()
+    record["output"]["files"] = {
+        "model.safetensors": {"sha256": "1" * 64},
+        "model.safetensors.index.json": {"sha256": "2" * 64, "git_oid": "3" * 40},
+    }
+    files = ["model.safetensors", "model.safetensors.index.json", "README.md"]
+    listing = RepoFiles(
+        "me/out",
+        "main",
+        "f" * 40,
+        dict.fromkeys(files, 1),
+        {},
+        {"model.safetensors": "1" * 64},
+        {"model.safetensors.index.json": "3" * 40, "README.md": "4" * 40},
+    )
+    assert output_differences(record, listing) == []
+    assert output_differences(None, listing) == []  # `differences` says it
+    older = _record()
+    assert output_differences(older, listing) == [
+        "the lineage record does not name the output's weights (an older record?)"
+    ]
+    other = RepoFiles(**{**listing.__dict__, "lfs_sha256": {"model.safetensors": "9" * 64}})
+    assert output_differences(record, other) == [
+        "model.safetensors in the output is not the file its lineage record names"
+    ]

@@ -166,8 +166,14 @@ def test_plan_is_a_few_requests_per_target_and_no_weights(world, fake_hub):
     plans = plan_watchlist(hub, watchlist())
     assert [p.status for p in plans] == ["pending", "pending"]
     api = [r for r in fake_hub.requests if r.server == "hub"]
-    # branch: 3 model infos + the lineage record; family: a listing, its newest member and the
-    # record (base and post were resolved once for both).
+    # branch: 3 model infos + the output repo's; family: a listing, its newest member and the
+    # output repo's (base and post were resolved once for both). No output repo exists yet, so
+    # there is no lineage record to read.
     assert len(api) == 7
     assert fake_hub.weight_bytes_served() == 0
-    assert all(r.query.get("blobs") != "true" for r in api)
+    # Only an output repo's listing has file metadata: its weights are checked against the record.
+    with_files = [r.path for r in api if r.query.get("blobs") == "true"]
+    assert with_files == [
+        "/api/models/me/new-base-instruct/revision/main",
+        "/api/models/me/Fam-2-7B-instruct/revision/main",
+    ]

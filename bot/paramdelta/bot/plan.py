@@ -35,6 +35,7 @@ class TargetPlan:
     output_repo: str | None = None
     error: ParamDeltaError | None = None
     seconds: float = 0.0
+    output_head: str | None = None  # the output branch's commit when planned (None: no repo)
 
     @property
     def pending(self) -> bool:
@@ -128,19 +129,36 @@ def plan_target(
 
 def _compare(hub: Hub, plan: TargetPlan) -> None:
     assert plan.output_repo is not None
-    pins, recipe = plan.pins(), plan.target.recipe()
-    record = lineage.decode(hub.read_small_file(plan.output_repo, lineage.FILENAME, "main"))
-    reasons = lineage.differences(record, pins, recipe)
+    output = hub.find_repo_files(plan.output_repo, "main")
+    plan.output_head = output.sha if output else None  # the parent of the commit, if any
+    reasons = published_differences(hub, plan, output)
     if not reasons:
         plan.status = "up-to-date"
         return
     if plan.target.publish == "pr":
         for ref in hub.open_pr_refs(plan.output_repo)[:MAX_REVIEWED_PRS]:
-            proposed = lineage.decode(hub.read_small_file(plan.output_repo, lineage.FILENAME, ref))
-            if not lineage.differences(proposed, pins, recipe):
+            proposed = hub.find_repo_files(plan.output_repo, ref)
+            if not published_differences(hub, plan, proposed):
                 plan.status, plan.reasons = "in-review", [f"already proposed in {ref}"]
                 return
     plan.reasons = reasons
+
+
+def published_differences(hub: Hub, plan: TargetPlan, output: RepoFiles | None) -> list[str]:
+    """Why ``output`` (the output repo at a commit) is not what the target should publish.
+
+    Its lineage record must name this target's commits and recipe, and the weights
+    beside it must be the ones it names.
+    """
+    assert plan.output_repo is not None
+    record = None
+    if output is not None and output.sizes.get(lineage.FILENAME, 0) <= lineage.MAX_BYTES:
+        data = hub.read_small_file(plan.output_repo, lineage.FILENAME, output.sha)
+        record = lineage.decode(data)
+    reasons = lineage.differences(record, plan.pins(), plan.target.recipe())
+    if output is not None:
+        reasons += lineage.output_differences(record, output)
+    return reasons
 
 
 def plan_watchlist(

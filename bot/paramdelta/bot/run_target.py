@@ -59,8 +59,12 @@ def commit_message(plan: TargetPlan) -> str:
 
 
 def lineage_record(
-    plan: TargetPlan, merge_plan: MergePlan, result: MergeResult | None
+    plan: TargetPlan,
+    merge_plan: MergePlan,
+    result: MergeResult | None,
+    weights: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, object]:
+    """The lineage record; ``weights``: the content of each committed weight file."""
     output: dict[str, object] = {"repo": plan.output_repo}
     if result is not None:
         output |= {
@@ -68,6 +72,8 @@ def lineage_record(
             "bytes": result.stats.bytes,
             "shards": [s.filename for s in result.shards],
         }
+    if weights is not None:
+        output["files"] = weights
     return lineage.build_record(
         target=plan.target.name,
         checkpoints=plan.pins(),
@@ -156,7 +162,7 @@ def publish_merge(
     )
 
     def card_and_lineage(merged: MergeResult) -> dict[str, bytes]:
-        record = lineage_record(plan, merge_plan, merged)
+        record = lineage_record(plan, merge_plan, merged, publisher.weight_ids(merged.out_dir))
         return {
             "README.md": card_for(hub, plan, record).encode(),
             lineage.FILENAME: lineage.encode(record),

@@ -149,6 +149,15 @@ class Hub:
         blobs = {s.rfilename: s.blob_id for s in siblings if s.blob_id}
         return RepoFiles(repo_id, revision, info.sha or "", sizes, card, lfs, blobs)
 
+    def find_repo_files(self, repo_id: str, revision: str) -> RepoFiles | None:
+        """`repo_files` with file metadata, or None if the repo or the revision does not exist."""
+        try:
+            return self.repo_files(repo_id, revision)
+        except HubError as e:
+            if _is_missing(e) or isinstance(e.__cause__, RevisionNotFoundError):
+                return None
+            raise
+
     def read(self, repo_id: str, sha: str, path: str, offset: int, length: int) -> bytes:
         buf = bytearray(length)
         self.read_into(repo_id, sha, path, offset, memoryview(buf))

@@ -12,6 +12,7 @@ uploaded again.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,8 +24,11 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
 from paramdelta.engine.safetensors_format import is_weights_file
 from paramdelta.engine.writer import ShardPlan
+from paramdelta.hub.cache import HASH_PIECE
 from paramdelta.hub.client import Hub
 from paramdelta.tokens import redact
+
+LINEAGE_FILE = "paramdelta.json"  # the bot's record (paramdelta.bot.lineage), beside the weights
 
 
 @dataclass
@@ -154,7 +158,12 @@ class Publisher:
             operations[relpath] = CommitOperationAdd(relpath, redact(data.decode()).encode())
         # Weights of an earlier merge that this one does not overwrite (another shard
         # layout) would linger beside the new index: remove them in the same commit.
-        stale = sorted(f for f in self._remote_files if is_weights_file(f) and f not in operations)
+        # A lineage record left beside other weights would describe what is no longer there.
+        stale = sorted(
+            f
+            for f in self._remote_files
+            if (is_weights_file(f) or f == LINEAGE_FILE) and f not in operations
+        )
         deletions = [CommitOperationDelete(path_in_repo=f) for f in stale]
         info = self.hub.commit(
             self.repo_id,
@@ -174,6 +183,23 @@ class Publisher:
             pr_url=info.pr_url,
         )
 
+    def weight_ids(self, directory: Path) -> dict[str, dict[str, str]]:
+        """The content of each weight file `finish` will commit: what the lineage names.
+
+        An uploaded shard's sha256 was computed for its upload; other weight files (the
+        index, the shards of `publish DIR`) are hashed here.
+        """
+        self._wait()
+        ids = {
+            path: {"sha256": op.upload_info.sha256.hex()}
+            for path, op in self._uploaded.items()
+            if is_weights_file(path)
+        }
+        for relpath in local_files(directory):
+            if is_weights_file(relpath) and relpath not in ids:
+                ids[relpath] = content_ids(directory / relpath)
+        return dict(sorted(ids.items()))
+
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
@@ -183,6 +209,25 @@ class Publisher:
 def local_files(directory: Path) -> list[str]:
     """The files under ``directory`` that a publish commits, as repo paths."""
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+
+
+def content_ids(path: Path) -> dict[str, str]:
+    """What the Hub's listing will say of a file: its sha256 and, as a regular git file, blob id.
+
+    A .safetensors file always goes to LFS (the Hub's .gitattributes): its sha256 suffices.
+    """
+    size = path.stat().st_size
+    sha256 = hashlib.sha256()
+    git = None if path.name.endswith(".safetensors") else hashlib.sha1(b"blob %d\0" % size)  # noqa: S324
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_PIECE):
+            sha256.update(chunk)
+            if git is not None:
+                git.update(chunk)
+    ids = {"sha256": sha256.hexdigest()}
+    if git is not None:
+        ids["git_oid"] = git.hexdigest()
+    return ids
 
 
 def dry_run(
