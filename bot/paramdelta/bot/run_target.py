@@ -25,7 +25,7 @@ from paramdelta.engine.merge import MergeResult, preflight
 from paramdelta.engine.options import DEFAULT_MAX_MEMORY, MergeOptions
 from paramdelta.errors import Interrupted, ParamDeltaError, as_error
 from paramdelta.hub.client import Hub
-from paramdelta.hub.publisher import Publisher, PublishResult
+from paramdelta.hub.publisher import NEW_REPO, Publisher, PublishResult
 from paramdelta.hub.sources import HubSource, download_inputs
 from paramdelta.tokens import redact
 
@@ -159,6 +159,7 @@ def publish_merge(
         description=f"Made by paramdelta-bot for target `{plan.target.name}`.",
         private=plan.target.private,
         create_pr=plan.target.publish == "pr",
+        parent=plan.output_head or NEW_REPO,  # what the plan saw, not what is there hours later
     )
 
     def card_and_lineage(merged: MergeResult) -> dict[str, bytes]:

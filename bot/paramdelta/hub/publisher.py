@@ -24,11 +24,13 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
 from paramdelta.engine.safetensors_format import is_weights_file
 from paramdelta.engine.writer import ShardPlan
+from paramdelta.errors import PublishConflictError
 from paramdelta.hub.cache import HASH_PIECE
 from paramdelta.hub.client import Hub
 from paramdelta.tokens import redact
 
 LINEAGE_FILE = "paramdelta.json"  # the bot's record (paramdelta.bot.lineage), beside the weights
+NEW_REPO = "new-repo"  # a Publisher's parent when the output repo did not exist at plan time
 
 
 @dataclass
@@ -70,9 +72,11 @@ class Publisher:
     """One commit to ``repo_id``, as a context manager.
 
     Entering creates the repo if needed and reads the branch head the commit will
-    build on (unless ``parent`` pins one seen earlier); `upload_shard` sends shards
-    while the merge goes on; `finish` makes the commit. Leaving waits for nothing
-    and releases every handle, whatever happened.
+    build on, unless ``parent`` pins the one seen when the target was planned (or
+    NEW_REPO: there was no repo then, so the one found must hold no merge yet): of
+    two overlapping runs, the second to commit is refused (exit 5). `upload_shard`
+    sends shards while the merge goes on; `finish` makes the commit. Leaving waits
+    for nothing and releases every handle, whatever happened.
     """
 
     def __init__(
@@ -104,9 +108,16 @@ class Publisher:
 
     def __enter__(self) -> Publisher:
         self.hub.create_repo(self.repo_id, private=self.private)
-        head = self.hub.repo_files(self.repo_id, self.revision, files=False)
-        if self.parent is None:
-            self.parent = head.sha
+        if self.parent is NEW_REPO:
+            head = self.hub.repo_files(self.repo_id, self.revision, files=False)
+            if any(is_weights_file(f) or f == LINEAGE_FILE for f in head.sizes):
+                raise PublishConflictError(
+                    f"output repo {self.repo_id} was created and published to since this target"
+                    " was planned; nothing was committed; re-run to re-plan"
+                )
+        else:
+            head = self.hub.repo_files(self.repo_id, self.parent or self.revision, files=False)
+        self.parent = head.sha
         self._remote_files = set(head.sizes)
         return self
 
