@@ -13,6 +13,7 @@ so the story is one test.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -354,6 +355,11 @@ def check_published(hub: FakeHub, local: dict[str, Path], run: WorkflowRun, targ
         "tensors": 21,
         "bytes": sum(t.numel() * t.element_size() for t in wanted.values()),
         "shards": ["model.safetensors"],
+        "files": {
+            "model.safetensors": {
+                "sha256": hashlib.sha256(hub.read_file(repo, "model.safetensors")).hexdigest()
+            }
+        },
     }
 
     card = hub.read_file(repo, "README.md").decode()

@@ -74,7 +74,7 @@ def sync_issues(
     plan). With ``notify_success`` each publish also gets one announcement
     issue. Dry runs change nothing.
     """
-    relevant = [r for r in results if r.status != "dry-run"]
+    relevant = [r for r in results if r.status not in ("dry-run", "planned")]
     if not relevant:
         return []
     client = Github(
@@ -205,7 +205,9 @@ def _fixed_text(r: TargetResult, run_url: str | None) -> str:
         return (
             f"Resolved as of {_where(run_url)}: {output} is up to date with {onto}.\n\nClosing.\n"
         )
-    done = "published to" if r.status == "published" else "opened a pull request on"
+    done = {"published": "published to", "in-review": "is in review in a pull request on"}.get(
+        r.status, "opened a pull request on"
+    )
     return (
         f"Fixed by {_where(run_url)}: **{target}** merged onto {onto}"
         f" and {done} {output}: {markdown.url(r.url)}\n\nClosing.\n"

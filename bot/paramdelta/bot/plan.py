@@ -3,9 +3,11 @@
 For each enabled target: resolve the base, post and new base to commit shas
 (for a family, find its newest member first), read the output repo's
 paramdelta.json, and compare. A target is pending when any sha or the recipe
-differs, or there is no record. With `publish: pr`, an open pull request that
-already carries the wanted record counts as done (in review), so a schedule
-does not open the same PR every few hours. A target that fails to resolve is
+differs, or there is no record, or the weights beside it are not the ones it
+names. With `publish: pr`, an open pull request of the bot's own account that
+already carries the wanted merge counts as done (in review, a status of its
+own), so a schedule does not open the same PR every few hours; a stranger's
+pull request never counts. A target that fails to resolve is
 reported as such and does not stop the others.
 """
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paramdelta.bot import lineage
+from paramdelta.bot.proposals import Proposal, own_proposals
 from paramdelta.bot.results import Status, TargetResult
 from paramdelta.bot.watchlist import Family, Target, Watchlist
 from paramdelta.errors import HubError, ParamDeltaError
@@ -36,6 +39,7 @@ class TargetPlan:
     error: ParamDeltaError | None = None
     seconds: float = 0.0
     output_head: str | None = None  # the output branch's commit when planned (None: no repo)
+    review_url: str | None = None  # in review: the bot's pull request that carries the merge
 
     @property
     def pending(self) -> bool:
@@ -135,13 +139,20 @@ def _compare(hub: Hub, plan: TargetPlan) -> None:
     if not reasons:
         plan.status = "up-to-date"
         return
-    if plan.target.publish == "pr":
-        for ref in hub.open_pr_refs(plan.output_repo)[:MAX_REVIEWED_PRS]:
-            proposed = hub.find_repo_files(plan.output_repo, ref)
-            if not published_differences(hub, plan, proposed):
-                plan.status, plan.reasons = "in-review", [f"already proposed in {ref}"]
-                return
+    if plan.target.publish == "pr" and (proposal := proposal_for(hub, plan)) is not None:
+        plan.status, plan.reasons = "in-review", [f"already proposed in {proposal.ref}"]
+        plan.review_url = proposal.url(hub, plan.output_repo)
+        return
     plan.reasons = reasons
+
+
+def proposal_for(hub: Hub, plan: TargetPlan) -> Proposal | None:
+    """The bot's own open pull request that carries exactly this merge, if there is one."""
+    assert plan.output_repo is not None
+    for proposal in own_proposals(hub, plan.output_repo, MAX_REVIEWED_PRS):
+        if proposal.files is not None and not published_differences(hub, plan, proposal.files):
+            return proposal
+    return None
 
 
 def published_differences(hub: Hub, plan: TargetPlan, output: RepoFiles | None) -> list[str]:

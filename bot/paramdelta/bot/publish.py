@@ -37,11 +37,14 @@ def merge_and_publish(
     overwrite: bool = False,
     prepare: Prepare | None = None,
     extra_files: ExtraFiles | None = None,
+    already_published: Callable[[], PublishResult | None] | None = None,
 ) -> tuple[MergeResult, PublishResult]:
     """Merge while uploading each finished shard; then one commit with everything.
 
     ``extra_files`` makes the files that depend on the merge's result (card,
     lineage) once it is known; ``out_dir`` keeps a local copy of the output.
+    ``already_published``, asked right before the commit, may say that the same
+    merge was published meanwhile (an open pull request): then nothing is committed.
     """
     with scratch_dir() as scratch, publisher:
         merged = merge_to_dir(
@@ -54,7 +57,8 @@ def merge_and_publish(
             on_shard_written=functools.partial(publisher.upload_shard, delete=out_dir is None),
         )
         extra = extra_files(merged) if extra_files is not None else None
-        published = publisher.finish(merged.out_dir, extra)
+        done = already_published() if already_published is not None else None
+        published = done or publisher.finish(merged.out_dir, extra)
     return merged, published
 
 

@@ -24,7 +24,11 @@ from paramdelta.errors import LocalFileError, UsageError
 from paramdelta.tokens import redact
 
 SCHEMA_RESOURCE = "schemas/results.schema.json"
-Status = Literal["published", "pr-opened", "up-to-date", "dry-run", "failed"]
+# "in-review": the bot's own pull request with this merge is open. "planned": written by
+# `plan` for a target its merge job will report on (see `report`).
+Status = Literal[
+    "published", "pr-opened", "in-review", "up-to-date", "dry-run", "failed", "planned"
+]
 STATUSES: tuple[Status, ...] = get_args(Status)
 SUCCEEDED = frozenset({"published", "pr-opened"})
 

@@ -16,7 +16,8 @@ from typing import NamedTuple
 
 from paramdelta.bot import github_actions, lineage
 from paramdelta.bot.card import render_card
-from paramdelta.bot.plan import TargetPlan
+from paramdelta.bot.plan import TargetPlan, proposal_for
+from paramdelta.bot.proposals import close_superseded
 from paramdelta.bot.publish import merge_and_publish
 from paramdelta.bot.results import Status, TargetResult
 from paramdelta.engine.checkpoint import Source
@@ -103,6 +104,8 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
 
     if plan.error is not None:
         return result("failed", error=str(plan.error), exit_code=plan.error.exit_code)
+    if plan.status == "in-review":
+        return result("in-review", url=plan.review_url)
     if not plan.pending:
         return result("up-to-date")
     try:
@@ -124,6 +127,8 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
             traceback.print_exc()
         error = as_error(e)
         return result("failed", error=str(error), exit_code=error.exit_code)
+    if published.in_review:
+        return result("in-review", url=published.url)
     return result("pr-opened" if published.pr_url else "published", url=published.url)
 
 
@@ -169,6 +174,13 @@ def publish_merge(
             lineage.FILENAME: lineage.encode(record),
         }
 
+    def already_proposed() -> PublishResult | None:
+        """Right before opening a pull request: is the same merge in one of ours by now?"""
+        if not publisher.create_pr or (proposal := proposal_for(hub, plan)) is None:
+            return None
+        url = proposal.url(hub, publisher.repo_id)
+        return PublishResult(publisher.repo_id, "main", [], pr_url=url, in_review=True)
+
     _, published = merge_and_publish(
         publisher,
         sources,
@@ -176,5 +188,8 @@ def publish_merge(
         plan=merge_plan,
         prepare=None if options.stream else download_inputs,
         extra_files=card_and_lineage,
+        already_published=already_proposed,
     )
+    if published.pr_number is not None:
+        close_superseded(hub, publisher.repo_id, plan.target.name, published)
     return published

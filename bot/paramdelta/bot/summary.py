@@ -11,11 +11,13 @@ from paramdelta.bot.results import STATUSES, TargetResult
 _STATUS_WORDS = {
     "published": "published",
     "pr-opened": "PR opened",
+    "in-review": "in review",
     "up-to-date": "up to date",
     "dry-run": "dry run",
     "failed": "failed",
+    "planned": "planned",
 }
-_LINK_WORDS = {"published": "commit", "pr-opened": "pull request"}
+_LINK_WORDS = {"published": "commit", "pr-opened": "pull request", "in-review": "pull request"}
 
 
 def summary_markdown(results: Sequence[TargetResult], run_url: str | None = None) -> str:

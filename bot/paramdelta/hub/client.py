@@ -121,6 +121,7 @@ class Hub:
             "/"
         )
         self._token = register(token)  # redacted from everything the bot writes
+        self._account: str | None = None  # whoami, once asked
         self.timeout = _env_number("PARAMDELTA_HUB_TIMEOUT", 60.0)
         self.retries = int(_env_number("PARAMDELTA_HUB_RETRIES", 5))
         self.api = HfApi(endpoint=self.endpoint, token=token)
@@ -233,18 +234,46 @@ class Hub:
                 return None
             raise
 
-    def open_pr_refs(self, repo_id: str) -> list[str]:
-        """The repo's pull request refs, newest first (``refs/pr/N``); none if no such repo."""
-        try:
-            refs = self._retry(
-                repo_id, lambda: self.api.list_repo_refs(repo_id, include_pull_requests=True)
+    def whoami(self) -> str | None:
+        """The account of the token (asked once); None without a token."""
+        if self._token is None:
+            return None
+        if self._account is None:
+            self._account = str(self._retry("whoami", lambda: self.api.whoami())["name"])
+        return self._account
+
+    def own_open_prs(self, repo_id: str) -> list[int]:
+        """The numbers of the open pull requests that this token's account opened, newest first.
+
+        Anyone may open a pull request on a public repo: only the bot's own are its work.
+        Without a token, none (the account is unknown); none if there is no such repo.
+        """
+        me = self.whoami()
+        if me is None:
+            return []
+
+        def listed() -> list[int]:
+            found = self.api.get_repo_discussions(
+                repo_id, author=me, discussion_type="pull_request", discussion_status="open"
             )
+            # Filtered again: the answer is the Hub's, the decision ours.
+            return [
+                d.num for d in found if d.is_pull_request and d.author == me and d.status == "open"
+            ]
+
+        try:
+            return sorted(self._retry(repo_id, listed), reverse=True)
         except HubError as e:
             if _is_missing(e):
                 return []
             raise
-        prs = sorted(refs.pull_requests or [], key=lambda r: int(r.ref.rsplit("/", 1)[-1]))
-        return [r.ref for r in reversed(prs)]
+
+    def close_pr(self, repo_id: str, number: int, comment: str) -> None:
+        """Close a pull request with a comment (one request; closing twice is harmless)."""
+        self._retry(
+            f"{repo_id}#{number}",
+            lambda: self.api.change_discussion_status(repo_id, number, "closed", comment=comment),
+        )
 
     def newest_repo(self, author: str, pattern: str) -> tuple[str, datetime] | None:
         """The most recently created repo of ``author`` whose name matches the glob ``pattern``."""

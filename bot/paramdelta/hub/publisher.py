@@ -41,7 +41,9 @@ class PublishResult:
     commit_url: str | None = None
     commit_sha: str | None = None
     pr_url: str | None = None
+    pr_number: int | None = None
     dry_run: bool = False
+    in_review: bool = False  # nothing committed: a pull request with the same merge is open
 
     @property
     def url(self) -> str | None:
@@ -52,6 +54,8 @@ class PublishResult:
         if self.dry_run:
             files = "".join(f"\n  {f}" for f in self.files)
             return f"would commit {len(self.files)} files to {self.repo_id}@{self.revision}:{files}"
+        if self.in_review:
+            return f"already proposed in pull request {self.pr_url}: nothing committed"
         if self.pr_url:
             return f"opened pull request {self.pr_url} ({len(self.files)} files)"
         return f"published {len(self.files)} files to {self.repo_id}: {self.commit_url}"
@@ -192,6 +196,7 @@ class Publisher:
             commit_url=info.commit_url,
             commit_sha=info.oid,
             pr_url=info.pr_url,
+            pr_number=info.pr_num,
         )
 
     def weight_ids(self, directory: Path) -> dict[str, dict[str, str]]:

@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
+from paramdelta.testing._hub_discussions import Discussion, Discussions
 from paramdelta.testing._hub_http import (
     BlobHandler,
     Credentials,
@@ -36,6 +37,7 @@ from paramdelta.testing._hub_http import (
     Server,
 )
 from paramdelta.testing._hub_store import (
+    AUTHOR,
     Commit,
     Delete,
     FileEntry,
@@ -48,7 +50,16 @@ from paramdelta.testing._hub_store import (
 )
 from paramdelta.testing.faults import Faults
 
-__all__ = ["Commit", "FakeHub", "HubError", "PullRequest", "RequestRecord", "main"]
+__all__ = [
+    "AUTHOR",
+    "Commit",
+    "Discussion",
+    "FakeHub",
+    "HubError",
+    "PullRequest",
+    "RequestRecord",
+    "main",
+]
 
 
 class FakeHub:
@@ -86,6 +97,7 @@ class FakeHub:
         self.objects = ObjectStore(Path(data_dir) / "objects")
         self.store = RepoStore(self.objects)
         self.credentials = Credentials(token, oidc_subject_token)
+        self.discussions = Discussions()
         self.faults = Faults(servers=("hub", "blobs"))
         self.log = RequestLog()
         self.page_size = page_size  # items per page of list endpoints (the Link header paginates)
@@ -155,6 +167,7 @@ class FakeHub:
         """Forget all repos, blobs, issued tokens, faults and recorded requests."""
         self.store.clear()
         self.credentials.clear()
+        self.discussions.clear()
         self.faults.clear()
         self.log.clear()
 
@@ -198,6 +211,27 @@ class FakeHub:
             create_branch=create_branch_ok,
         )
         return commit.oid
+
+    def open_pull_request(
+        self,
+        repo_id: str,
+        files: Mapping[str, bytes | os.PathLike[str]],
+        *,
+        author: str,
+        title: str = "Update files",
+        delete: Iterable[str] = (),
+    ) -> int:
+        """Open a pull request on main as ``author`` (any Hub user may); returns its number."""
+        ops: list[Put | Delete] = [Put(path, self._store(path, src)) for path, src in files.items()]
+        ops += [Delete(path, folder=path.endswith("/")) for path in delete]
+        _, pr = self.store.commit(repo_id, ops, title=title, message="", create_pr=True)
+        assert pr is not None
+        self.discussions.opened(repo_id, pr, title, author, pull_request=True)
+        return pr
+
+    def add_user(self, name: str, token: str) -> None:
+        """An account that may read and comment but write to no repo (`whoami` says ``name``)."""
+        self.credentials.add_user(name, token)
 
     def upload_folder(
         self,
@@ -249,6 +283,10 @@ class FakeHub:
     def commits(self, repo_id: str, revision: str = "main") -> list[Commit]:
         """First-parent history of a revision, newest first."""
         return self.store.get(repo_id).history(revision)
+
+    def discussion(self, repo_id: str, num: int) -> Discussion:
+        """A pull request's (or discussion's) author, status and events."""
+        return self.discussions.get(repo_id, num)
 
     def pull_requests(self, repo_id: str) -> list[PullRequest]:
         """The repo's pull requests, oldest first."""
