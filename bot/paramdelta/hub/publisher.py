@@ -13,10 +13,11 @@ uploaded again.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,6 +39,7 @@ class PublishResult:
     repo_id: str
     revision: str
     files: list[str]
+    skipped: list[str] = field(default_factory=list)  # in the directory, not committed
     commit_url: str | None = None
     commit_sha: str | None = None
     pr_url: str | None = None
@@ -53,12 +55,18 @@ class PublishResult:
         """One human line (a list, for a dry run) of what was or would be committed."""
         if self.dry_run:
             files = "".join(f"\n  {f}" for f in self.files)
-            return f"would commit {len(self.files)} files to {self.repo_id}@{self.revision}:{files}"
-        if self.in_review:
-            return f"already proposed in pull request {self.pr_url}: nothing committed"
-        if self.pr_url:
-            return f"opened pull request {self.pr_url} ({len(self.files)} files)"
-        return f"published {len(self.files)} files to {self.repo_id}: {self.commit_url}"
+            text = f"would commit {len(self.files)} files to {self.repo_id}@{self.revision}:{files}"
+        elif self.in_review:
+            text = f"already proposed in pull request {self.pr_url}: nothing committed"
+        elif self.pr_url:
+            text = f"opened pull request {self.pr_url} ({len(self.files)} files)"
+        else:
+            text = f"published {len(self.files)} files to {self.repo_id}: {self.commit_url}"
+        if self.skipped:
+            text += (
+                f"\nskipped (dotfiles, caches, links out of the folder): {', '.join(self.skipped)}"
+            )
+        return text
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -68,6 +76,7 @@ class PublishResult:
             "commit_url": self.commit_url,
             "pr_url": self.pr_url,
             "files": self.files,
+            "skipped": self.skipped,
             "dry_run": self.dry_run,
         }
 
@@ -167,8 +176,9 @@ class Publisher:
         """Commit every file in ``directory`` (plus ``extra_files``) in one commit."""
         self._wait()
         operations: dict[str, CommitOperationAdd] = dict(self._uploaded)
-        for relpath in local_files(directory):
-            operations.setdefault(relpath, CommitOperationAdd(relpath, str(directory / relpath)))
+        files, skipped = publishable(directory)
+        for relpath, path in files.items():
+            operations.setdefault(relpath, CommitOperationAdd(relpath, str(path)))
         for relpath, data in (extra_files or {}).items():  # the bot's own text: card, lineage
             operations[relpath] = CommitOperationAdd(relpath, redact(data.decode()).encode())
         # Weights of an earlier merge that this one does not overwrite (another shard
@@ -193,6 +203,7 @@ class Publisher:
             self.repo_id,
             self.revision,
             sorted(operations),
+            skipped=skipped,
             commit_url=info.commit_url,
             commit_sha=info.oid,
             pr_url=info.pr_url,
@@ -222,9 +233,44 @@ class Publisher:
             pending.result()
 
 
+# Folders of tools, never of a model: byte-code and download caches.
+SKIPPED_FOLDERS = frozenset({"__pycache__"})
+
+
+def publishable(directory: Path) -> tuple[dict[str, Path], list[str]]:
+    """What a publish of ``directory`` commits (repo path -> the file), and what it skips.
+
+    Skipped: dotfiles and dot-folders (.env, .git, .cache, .huggingface), caches, links to
+    folders (not followed), symlinks leading out of ``directory``, and anything that is
+    not a regular file. A skipped folder is listed with a trailing "/".
+    """
+    root = directory.resolve()
+    files: dict[str, Path] = {}
+    skipped: list[str] = []
+    for folder, subfolders, names in os.walk(root):  # does not follow links to folders
+        here = Path(folder)
+        for name in sorted(subfolders):
+            if name.startswith(".") or name in SKIPPED_FOLDERS or (here / name).is_symlink():
+                skipped.append(f"{(here / name).relative_to(root).as_posix()}/")
+        subfolders[:] = [
+            n
+            for n in subfolders
+            if not n.startswith(".") and n not in SKIPPED_FOLDERS and not (here / n).is_symlink()
+        ]
+        for name in sorted(names):
+            path = here / name
+            relpath = path.relative_to(root).as_posix()
+            real = path.resolve()
+            if name.startswith(".") or not real.is_relative_to(root) or not real.is_file():
+                skipped.append(relpath)
+            else:
+                files[relpath] = real
+    return dict(sorted(files.items())), sorted(skipped)
+
+
 def local_files(directory: Path) -> list[str]:
     """The files under ``directory`` that a publish commits, as repo paths."""
-    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    return list(publishable(directory)[0])
 
 
 def content_ids(path: Path) -> dict[str, str]:
@@ -250,5 +296,6 @@ def dry_run(
     repo_id: str, revision: str, directory: Path, extra: Mapping[str, bytes] | None = None
 ) -> PublishResult:
     """What `finish` would commit, without a single request."""
-    files = {*local_files(directory), *(extra or {})}
-    return PublishResult(repo_id, revision, sorted(files), dry_run=True)
+    found, skipped = publishable(directory)
+    files = {*found, *(extra or {})}
+    return PublishResult(repo_id, revision, sorted(files), skipped=skipped, dry_run=True)
