@@ -71,6 +71,12 @@ class GitHubError(ParamDeltaError):
     exit_code = 6
 
 
+class MissingResultError(ParamDeltaError):
+    """A planned target's merge job reported nothing (cancelled, timed out, killed)."""
+
+    exit_code = 8
+
+
 class UnexpectedError(ParamDeltaError):
     """An exception no code raised on purpose: a bug."""
 
