@@ -72,24 +72,28 @@ def test_a_failed_merge_leaves_no_output(tmp_path, trio, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
-def test_a_failed_overwrite_keeps_the_old_output(tmp_path, trio, monkeypatch):
+def _earlier_output(tmp_path, trio):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("keep me")
+    merge_to_dir(_sources(trio), out, MergeOptions(progress=False))
+    (out / "old.txt").write_text("stale")
+    return out
+
+
+def test_a_failed_overwrite_keeps_the_old_output(tmp_path, trio, monkeypatch):
+    out = _earlier_output(tmp_path, trio)
+    before = sorted(p.name for p in out.iterdir())
     monkeypatch.setattr(LocalSource, "read_into", lambda *a: (_ for _ in ()).throw(OSError("EIO")))
     with pytest.raises(OSError, match="EIO"):
         merge_to_dir(_sources(trio), out, MergeOptions(progress=False), overwrite=True)
-    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
 
 
 def test_overwrite_replaces_the_old_output(tmp_path, trio):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("stale")
+    out = _earlier_output(tmp_path, trio)
     merge_to_dir(_sources(trio), out, MergeOptions(progress=False), overwrite=True)
     assert not (out / "old.txt").exists()
-    assert (out / "model.safetensors").exists()
+    assert (out / "model.safetensors").exists() and (out / ".paramdelta-output").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from paramdelta.engine.checkpoint import Checkpoint, Source, open_checkpoint
+from paramdelta.engine.checkpoint import Checkpoint, LocalSource, Source, open_checkpoint
 from paramdelta.engine.layout import CONFIG, ROLES, MergePlan, plan_merge
 from paramdelta.engine.options import MergeOptions
 from paramdelta.engine.safetensors_format import INDEX
@@ -19,6 +19,7 @@ from paramdelta.engine.writer import (
     OutputWriter,
     ShardHook,
     ShardPlan,
+    check_not_an_input,
     check_output_dir,
     plan_shards,
 )
@@ -73,6 +74,7 @@ def merge_to_dir(
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)
+    check_not_an_input(out_dir, (s.root for s in sources.values() if isinstance(s, LocalSource)))
     if plan is None:
         plan = preflight(sources, options)
     if prepare is not None:

@@ -16,10 +16,11 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from paramdelta import __version__
 from paramdelta.engine.checkpoint import Source
 from paramdelta.engine.layout import MergeItem
 from paramdelta.engine.safetensors_format import INDEX, SINGLE_FILE, encode_header, shard_filename
@@ -27,6 +28,12 @@ from paramdelta.engine.workdirs import OwnedDir, sweep
 from paramdelta.errors import UsageError, local_io
 
 COPY_PIECE = 8 << 20  # bytes per read when copying a donated file
+# In every output directory: what --overwrite may replace. A dotfile: `publish` skips it.
+OUTPUT_MARKER = ".paramdelta-output"
+
+
+def _marker() -> bytes:
+    return (json.dumps({"tool": "paramdelta-bot", "version": __version__}) + "\n").encode()
 
 
 @dataclass(frozen=True)
@@ -72,13 +79,33 @@ def index_json(shards: Sequence[ShardPlan]) -> bytes:
 
 
 def check_output_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to clobber a non-empty directory unless asked to (checked before merging)."""
+    """Refuse to clobber a non-empty directory (checked before merging, and again at the end).
+
+    ``overwrite`` replaces only an earlier paramdelta output (it holds the OUTPUT_MARKER):
+    a typo in --output must not delete a checkpoint, a home folder or the merge's inputs.
+    """
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--output {out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
         raise UsageError(
             f"--output {out_dir}: directory is not empty (pass --overwrite to replace it)"
         )
+    if not (out_dir / OUTPUT_MARKER).is_file():
+        raise UsageError(
+            f"--output {out_dir}: not an earlier paramdelta output (it has no {OUTPUT_MARKER}):"
+            " --overwrite replaces nothing else"
+        )
+
+
+def check_not_an_input(out_dir: Path, roots: Iterable[Path]) -> None:
+    """The output must be neither a folder the merge reads nor inside or around one."""
+    out = out_dir.resolve()
+    for root in roots:
+        root = root.resolve()
+        if out == root or out.is_relative_to(root) or root.is_relative_to(out):
+            raise UsageError(f"--output {out_dir}: is (or holds) {root}, an input of the merge")
 
 
 ShardHook = Callable[[Path, ShardPlan], None]
@@ -187,6 +214,7 @@ class OutputWriter:
         """Write the index and move the finished directory into place."""
         if len(self.shards) > 1:
             self.add_file(INDEX, index_json(self.shards))
+        self.add_file(OUTPUT_MARKER, _marker())
         old = None
         with local_io(self.out_dir):
             if self.out_dir.exists():
