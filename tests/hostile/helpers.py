@@ -68,3 +68,11 @@ def blob_downloads(fake_hub, sha256: str | None = None) -> list[Any]:
         and r.range is None
         and r.path.startswith(f"/lfs/{sha256 or ''}")
     ]
+
+
+def download_repo(fake_hub, repo: str, folder: Path) -> Path:
+    """Every file of ``repo`` at main, written into ``folder``."""
+    folder.mkdir()
+    for name in fake_hub.list_files(repo):
+        (folder / name).write_bytes(fake_hub.read_file(repo, name))
+    return folder

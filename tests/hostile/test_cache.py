@@ -15,7 +15,7 @@ from paramdelta.bot.results import load_results
 from paramdelta.cli import main
 from paramdelta.testing.checkpoints import load_tensors, mismatched_tensors, reference_merge
 
-from .helpers import blob_downloads, target, write_watchlist
+from .helpers import blob_downloads, download_repo, target, write_watchlist
 
 SECRET = "hf_secret_of_another_job_on_this_runner"
 
@@ -38,15 +38,8 @@ def _first_run(hub_trio, tmp_path):
     return watchlist
 
 
-def _download(fake_hub, repo, folder):
-    folder.mkdir()
-    for name in fake_hub.list_files(repo):
-        (folder / name).write_bytes(fake_hub.read_file(repo, name))
-    return folder
-
-
 def _assert_published_the_genuine_merge(fake_hub, hub_trio, tmp_path):
-    merged = load_tensors(_download(fake_hub, "me/two", tmp_path / "two"))
+    merged = load_tensors(download_repo(fake_hub, "me/two", tmp_path / "two"))
     inputs = (load_tensors(hub_trio.local[r]) for r in ("base", "post", "new_base"))
     assert mismatched_tensors(merged, reference_merge(*inputs)) == []
     for name in fake_hub.list_files("me/two"):

@@ -7,7 +7,6 @@ upstream licence string with backticks and newlines injected a heading, a link
 and an image into the card body.
 """
 
-import json
 import os
 
 import pytest
@@ -17,21 +16,12 @@ from huggingface_hub import ModelCard
 from paramdelta.bot.card import MAX_TEMPLATE_BYTES
 from paramdelta.cli import main
 
-TARGET = """\
-targets:
-  - name: good
-    base: org/base
-    post: org/post
-    new_base: org/new-base
-    output: me/good
-"""
+from .helpers import target, write_watchlist
 
 
 def _watchlist(folder, template):
     folder.mkdir(exist_ok=True)
-    path = folder / "watchlist.yaml"
-    path.write_text(TARGET + f"    card_template: {json.dumps(str(template))}\n")
-    return path
+    return write_watchlist(folder, target("good", "me/good", card_template=str(template)))
 
 
 @pytest.mark.parametrize(
@@ -86,8 +76,7 @@ def test_an_upstream_licence_cannot_write_markdown_into_the_card(hub_trio, fake_
     readme = f"---\n{yaml.safe_dump({'license': HOSTILE_LICENCE})}---\n# new base\n"
     fake_hub.commit("org/new-base", {"README.md": readme.encode()})
     fake_hub.commit("org/post", {"README.md": b"---\nlicense: apache-2.0\n---\n# post\n"})
-    watchlist = tmp_path / "watchlist.yaml"
-    watchlist.write_text(TARGET)
+    watchlist = write_watchlist(tmp_path, target("good", "me/good"))
     assert main(["run", "--watchlist", str(watchlist)]) == 0
 
     card = ModelCard(fake_hub.read_file("me/good", "README.md").decode())

@@ -68,34 +68,29 @@ def test_a_listing_claiming_a_petabyte_file_is_refused_before_reading(
     assert not fake_hub.repo_exists("me/huge")
 
 
-def test_an_oversized_config_is_never_downloaded(hub_trio, fake_hub, tmp_path):
-    big = json.dumps({"model_type": "llama", "padding": "x" * limits.MAX_CONFIG_BYTES}).encode()
-    sha = variant(fake_hub, hub_trio, tmp_path, "org/big", {"config.json": big})
+BIG = json.dumps({"model_type": "llama", "padding": "x" * limits.MAX_CONFIG_BYTES}).encode()
+DEEP = b'{"model_type": "llama", "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        (BIG, f"{len(BIG)} bytes, more than 1048576 (the limit for config.json)"),
+        (DEEP, "nested more than 64 levels deep"),  # was a RecursionError: "a bug", exit 1
+    ],
+    ids=["oversized", "200000-deep"],
+)
+def test_a_hostile_config_fails_its_target_alone(hub_trio, fake_hub, tmp_path, config, problem):
+    sha = variant(fake_hub, hub_trio, tmp_path, "org/hostile", {"config.json": config})
     watchlist = write_watchlist(
-        tmp_path, target("big", "me/big", new_base="org/big"), target("good", "me/good")
+        tmp_path, target("hostile", "me/hostile", new_base="org/hostile"), target("good", "me/good")
     )
     code, results = _run(watchlist, tmp_path)
     assert code == 3
-    assert results["big"].error == (
-        f"new_base: org/big@{sha[:7]}/config.json: {len(big)} bytes, more than 1048576"
-        " (the limit for config.json)"
-    )
+    assert results["hostile"].error == f"new_base: org/hostile@{sha[:7]}/config.json: {problem}"
     assert results["good"].status == "published"  # the next target ran
-    assert file_gets(fake_hub, "org/big", "config.json") == []
-
-
-def test_a_config_nested_200000_deep_is_a_checkpoint_error(hub_trio, fake_hub, tmp_path):
-    deep = b'{"model_type": "llama", "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
-    sha = variant(fake_hub, hub_trio, tmp_path, "org/deep", {"config.json": deep})
-    watchlist = write_watchlist(
-        tmp_path, target("deep", "me/deep", new_base="org/deep"), target("good", "me/good")
-    )
-    code, results = _run(watchlist, tmp_path)
-    assert code == 3
-    assert results["deep"].error == (
-        f"new_base: org/deep@{sha[:7]}/config.json: nested more than 64 levels deep"
-    )
-    assert results["good"].status == "published"
+    if config is BIG:
+        assert file_gets(fake_hub, "org/hostile", "config.json") == []  # refused unread
 
 
 def test_an_index_naming_too_many_shards_is_refused(hub_trio, fake_hub, tmp_path):

@@ -9,14 +9,7 @@ import json
 
 from paramdelta.cli import main
 
-WATCHLIST = """\
-targets:
-  - name: good
-    base: org/base
-    post: org/post
-    new_base: org/new-base
-    output: me/good
-"""
+from .helpers import target, write_watchlist
 
 
 def _prefixes(token: str) -> list[str]:
@@ -26,8 +19,7 @@ def _prefixes(token: str) -> list[str]:
 def test_a_token_straddling_the_cut_leaks_nowhere(
     hub_trio, fake_hub, hub_token, tmp_path, monkeypatch, capsys
 ):
-    watchlist = tmp_path / "watchlist.yaml"
-    watchlist.write_text(WATCHLIST)
+    watchlist = write_watchlist(tmp_path, target("good", "me/good"))
     outputs, summary = tmp_path / "outputs", tmp_path / "summary.md"
     monkeypatch.setenv("GITHUB_OUTPUT", str(outputs))
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
