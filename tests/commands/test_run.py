@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from huggingface_hub import ModelCard
 
 from paramdelta.bot.results import load_results
@@ -136,3 +137,14 @@ def test_github_outputs(watchlist, hub_trio, fake_hub, tmp_path, monkeypatch, ca
     assert "| good |" in (tmp_path / "summary.md").read_text()
     record = json.loads(fake_hub.read_file("me/good", "paramdelta.json"))
     assert record["ci_run_url"] == "https://github.test/o/r/actions/runs/42"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_device_and_memory_are_checked_before_the_watchlist_is_read(tmp_path, capsys):
+    missing = str(tmp_path / "no-such-watchlist.yaml")
+    assert main(["run", "--watchlist", missing, "--device", "cuda"]) == 2
+    assert capsys.readouterr().err == (
+        "paramdelta: error: --device cuda: no CUDA device is available (use --device cpu)\n"
+    )
+    assert main(["run", "--watchlist", missing, "--max-memory", "lots"]) == 2
+    assert "--max-memory: expected a size like 5GB or 512MiB, not 'lots'" in capsys.readouterr().err
