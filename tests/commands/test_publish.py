@@ -92,6 +92,7 @@ def test_trusted_publishing_needs_no_stored_token(
 ):
     """HF_OIDC_RESOURCE + the CI's OIDC id token: huggingface_hub exchanges it for a Hub token."""
     fake_hub.create_repo("me/model")  # trusted publishers write to an existing repo
+    fake_hub.trust_publisher("me/model")
     monkeypatch.setenv("HF_OIDC_RESOURCE", "me/model")
     monkeypatch.setenv("HF_OIDC_ID_TOKEN", oidc_id_token)
     assert main(["publish", str(merged), "--repo", "me/model"]) == 0

@@ -36,6 +36,13 @@ def repo(fake_hub):
     return sha
 
 
+@pytest.fixture
+def lfs_repo(fake_hub):
+    """The same files, with w.bin a legacy LFS object: downloads of it go over HTTP."""
+    fake_hub.create_repo("org/model")
+    return fake_hub.commit("org/model", {"config.json": b'{"a": 1}', "w.bin": DATA}, xet=False)
+
+
 def test_repo_files_resolves_to_the_commit_sha(hub, fake_hub, repo):
     files = hub.repo_files("org/model", "main")
     assert files.sha == repo == fake_hub.head("org/model")
@@ -157,7 +164,7 @@ def test_the_timeout_survives_a_session_reset(
     ],
 )
 def test_a_local_file_failure_during_a_download_is_not_a_hub_error(
-    hub, repo, tmp_path, monkeypatch, error, where
+    hub, lfs_repo, tmp_path, monkeypatch, error, where
 ):
     def failing_http_get(*args, **kwargs):
         raise error
@@ -165,7 +172,7 @@ def test_a_local_file_failure_during_a_download_is_not_a_hub_error(
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setattr(file_download, "http_get", failing_http_get)
     with pytest.raises(LocalFileError) as e:
-        hub.download("org/model", repo, ["w.bin"])
+        hub.download("org/model", lfs_repo, ["w.bin"])
     assert str(e.value) == f"{where or tmp_path / 'hf-cache'}: {error.strerror}"
     assert e.value.exit_code == 7
 
@@ -178,12 +185,12 @@ def test_an_unusable_cache_dir_is_a_local_file_error(hub, repo, tmp_path, monkey
 
 
 def test_a_hub_failure_during_a_download_stays_a_hub_error(
-    hub, fake_hub, repo, tmp_path, monkeypatch
+    hub, fake_hub, lfs_repo, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     fake_hub.faults.add(method="GET", path="w.bin", server="blobs", status=500, times=10)
     with pytest.raises(HubError, match=r"^org/model@\w{7}: HTTP 500"):
-        hub.download("org/model", repo, ["w.bin"])
+        hub.download("org/model", lfs_repo, ["w.bin"])
 
 
 def test_bad_settings(monkeypatch):
