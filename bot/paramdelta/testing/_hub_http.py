@@ -352,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
         size = path.stat().st_size
         out = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream", **headers}
         status, start, length = 200, 0, size
-        span = _byte_range(self.headers.get("Range"), size)
+        span = self._range(size)
         if span is not None:
             start, end = span
             status, length = 206, end - start + 1
@@ -365,6 +365,17 @@ class _Handler(BaseHTTPRequestHandler):
         if sent < length:
             self.record.sent = sent
             self.close_connection = True
+
+    def _range(self, size: int) -> tuple[int, int] | None:
+        """The range to serve; the CDN stand-in can ignore it, as CloudFront may (200, whole)."""
+        ignore = self.role == "blobs" and (
+            self.hub.cdn_ignores_range == "always"
+            or (
+                self.hub.cdn_ignores_range == "gzip"
+                and "gzip" in self.headers.get("Accept-Encoding", "")
+            )
+        )
+        return None if ignore else _byte_range(self.headers.get("Range"), size)
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -795,7 +806,7 @@ class BlobHandler(_Handler):
             "ETag": f'"{file.sha256}"',
         }
         status, start, end = 200, 0, file.size - 1
-        span = _byte_range(self.headers.get("Range"), file.size)
+        span = self._range(file.size)
         if span is not None:
             status, (start, end) = 206, span
             out["Content-Range"] = f"bytes {start}-{end}/{file.size}"

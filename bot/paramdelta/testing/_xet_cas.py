@@ -122,6 +122,11 @@ class XetCas:
                         yield data[max(start - position, 0) : end - position]
                     position += chunk.size
 
+    def stored_bytes(self) -> int:
+        """The size of every xorb: what uploads have sent, after deduplication."""
+        xorbs = self._xorb_path("*").parent.glob("default.*")
+        return sum(p.stat().st_size for p in xorbs if p.suffix != ".tagset")
+
     def _xorb_path(self, xorb: str) -> Path:
         return self.root / "xet" / "xorbs" / "xorbs" / f"default.{xorb}"
 

@@ -100,6 +100,9 @@ class FakeHub:
         self.faults = Faults(servers=("hub", "blobs"))
         self.log = RequestLog()
         self.page_size = page_size  # items per page of list endpoints (the Link header paginates)
+        # The CDN may ignore a Range and send the whole file (200): "gzip" when the request
+        # accepts gzip, as CloudFront can (huggingface_hub PR #3778), "always", or None.
+        self.cdn_ignores_range: str | None = None
         self._address = (host, port)
         self._servers: list[Server] = []
         self._threads: list[threading.Thread] = []
@@ -168,6 +171,7 @@ class FakeHub:
         self.credentials.clear()
         self.rate_limits.clear()
         self.xet_commits.clear()
+        self.cdn_ignores_range = None
         self.faults.clear()
         self.log.clear()
 
@@ -326,6 +330,11 @@ class FakeHub:
     def xet_uploads(self) -> int:
         """Files that commits took from Xet storage, where a client had uploaded them."""
         return len(self.xet_commits)
+
+    @property
+    def xet_stored_bytes(self) -> int:
+        """Bytes of the chunk files (xorbs) in Xet storage: what uploads sent, deduplicated."""
+        return self.cas.stored_bytes()
 
     def xet_token_requests(self, kind: str = "read", repo_id: str | None = None) -> int:
         """Xet tokens handed out ("read" or "write"), for one repo or all: one per download
