@@ -174,6 +174,14 @@ class Publisher:
             operations.setdefault(relpath, CommitOperationAdd(relpath, str(directory / relpath)))
         for relpath, data in (extra_files or {}).items():
             operations[relpath] = CommitOperationAdd(relpath, data)
+        # Shards not uploaded yet (`publish` of a directory) go one by one: each upload
+        # then sends the token of its moment, as the commit does (trusted publishing renews
+        # tokens hourly; one create_commit would send one token for every upload and the commit).
+        for relpath, operation in operations.items():
+            if relpath.endswith(".safetensors") and not operation._is_uploaded:
+                self.hub.preupload(
+                    self.repo_id, [operation], revision=self.revision, create_pr=self.create_pr
+                )
         # Weights of an earlier merge that this one does not overwrite (another shard
         # layout) would linger beside the new index: remove them in the same commit.
         stale = sorted(f for f in self._remote_files if is_weights_file(f) and f not in operations)
