@@ -49,6 +49,8 @@ class Term:
 
 @dataclass(frozen=True)
 class XetFile:
+    """A file in the CAS: named by its xet hash, its content's sha256, size and terms in order."""
+
     xet_hash: str
     sha256: str
     size: int
