@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import lz4.frame
 
@@ -47,8 +47,7 @@ class Term:
     size: int
 
 
-@dataclass(frozen=True)
-class XetFile:
+class XetFile(NamedTuple):
     """A file in the CAS: named by its xet hash, its content's sha256, size and terms in order."""
 
     xet_hash: str
