@@ -169,7 +169,6 @@ class Repository:
                 "GITHUB_EVENT_NAME": "schedule",
                 "HF_ENDPOINT": self.hub.url,
                 "HF_HOME": str(workspace.parent / f"{job}-hf-home"),
-                "HF_HUB_DISABLE_XET": "1",
                 "PARAMDELTA_ACTION_SKIP_INSTALL": "true",
                 "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
                 **env,

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from paramdelta.cli import main
+from paramdelta.hub.sources import HEAD_BYTES
 from paramdelta.testing.checkpoints import (
     llama_config,
     load_tensors,
@@ -287,10 +288,6 @@ def _hub_argv(repos, *extra):
     ]
 
 
-def _header_end(path):
-    return 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]
-
-
 @pytest.mark.parametrize("mode", [[], ["--stream"]], ids=["download", "stream"])
 def test_merge_from_hub_is_bit_exact_with_the_local_merge(hub_trio, tmp_path, capsys, mode):
     assert main(_argv(hub_trio.local, tmp_path / "local")) == 0
@@ -319,11 +316,12 @@ def test_download_mode_fills_the_hf_cache_once(hub_trio, fake_hub, tmp_path, mon
     assert len(cached) == len(
         {p.name for d in hub_trio.local.values() for p in d.glob("*.safetensors")}
     )
+    blobs = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("blobs/*")}
     fake_hub.clear_requests()
     assert main(_hub_argv(hub_trio.repos, "--output", str(tmp_path / "b"))) == 0
-    assert fake_hub.weight_bytes_served() <= sum(
-        _header_end(p) for d in hub_trio.local.values() for p in d.glob("*.safetensors")
-    )
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("blobs/*")} == blobs
+    shards = [p for d in hub_trio.local.values() for p in d.glob("*.safetensors")]
+    assert fake_hub.weight_bytes_served() == sum(min(p.stat().st_size, HEAD_BYTES) for p in shards)
 
 
 def test_revisions_are_pinned_before_reading(hub_trio, fake_hub, tmp_path, monkeypatch):
@@ -369,17 +367,17 @@ def test_preflight_fails_before_any_weight_bytes(fake_hub, tmp_path, capsys):
         "paramdelta: error: shape mismatch for tensor 'model.norm.weight':"
         " base [64], post [64], new base [32]\n"
     )
-    header_ends = {role: _header_end(tmp_path / role / "model.safetensors") for role in repos}
     asked = [
-        r
+        (r.path.split("/")[2], r.range)
         for r in fake_hub.requests
         if r.server == "hub" and r.method == "GET" and r.path.endswith(".safetensors")
     ]
-    assert {r.path.split("/")[2] for r in asked} == set(repos), "each header was read remotely"
-    for r in asked:
-        last = int(r.range.removeprefix("bytes=").split("-")[1])
-        assert last < header_ends[r.path.split("/")[2]], r
-    assert fake_hub.weight_bytes_served() <= sum(header_ends.values())
+    sizes = {role: (tmp_path / role / "model.safetensors").stat().st_size for role in repos}
+    # Each header read remotely, in one request for its first 100 kB; nothing more.
+    assert sorted(asked) == sorted(
+        (role, f"bytes=0-{min(size, HEAD_BYTES) - 1}") for role, size in sizes.items()
+    )
+    assert fake_hub.weight_bytes_served() == sum(min(s, HEAD_BYTES) for s in sizes.values())
     assert not (tmp_path / "out").exists()
 
 
@@ -447,10 +445,10 @@ def test_a_failure_before_the_commit_changes_nothing_and_a_rerun_completes(
     assert main(argv) == 4
     assert "me/merged: HTTP 500" in capsys.readouterr().err
     assert fake_hub.list_files("me/merged") == [".gitattributes"]
-    uploads = fake_hub.lfs_uploads
-    assert uploads >= 4
+    stored = fake_hub.xet_stored_bytes
     assert main(argv) == 0
-    assert fake_hub.lfs_uploads == uploads  # every shard was already stored: nothing re-sent
+    assert fake_hub.xet_stored_bytes == stored  # every shard was already stored: nothing re-sent
+    assert fake_hub.xet_uploads >= 4 and fake_hub.lfs_bytes_uploaded == 0
     assert "model-00001-of-00004.safetensors" in fake_hub.list_files("me/merged")
 
 

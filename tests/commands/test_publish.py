@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 
@@ -92,6 +93,7 @@ def test_trusted_publishing_needs_no_stored_token(
 ):
     """HF_OIDC_RESOURCE + the CI's OIDC id token: huggingface_hub exchanges it for a Hub token."""
     fake_hub.create_repo("me/model")  # trusted publishers write to an existing repo
+    fake_hub.trust_publisher("me/model")
     monkeypatch.setenv("HF_OIDC_RESOURCE", "me/model")
     monkeypatch.setenv("HF_OIDC_ID_TOKEN", oidc_id_token)
     assert main(["publish", str(merged), "--repo", "me/model"]) == 0
@@ -99,3 +101,51 @@ def test_trusted_publishing_needs_no_stored_token(
     assert any(r.path == "/oauth/token" for r in fake_hub.requests)
     captured = capfd.readouterr()
     assert oidc_id_token not in captured.out + captured.err
+
+
+def test_a_publish_outliving_its_trusted_publishing_token_still_commits(
+    merged, fake_hub, oidc_id_token, monkeypatch
+):
+    """Tokens of one second, uploads of more: each request sends a token of its moment."""
+    import huggingface_hub._commit_api
+    import huggingface_hub.utils._auth
+
+    fake_hub.create_repo("me/model")
+    fake_hub.trust_publisher("me/model")
+    monkeypatch.setattr(fake_hub.credentials, "lifetime", 1)
+    monkeypatch.setattr(huggingface_hub.utils._auth, "_OIDC_TOKEN_CACHE", None)
+    monkeypatch.setenv("HF_OIDC_RESOURCE", "me/model")
+    monkeypatch.setenv("HF_OIDC_ID_TOKEN", oidc_id_token)
+    real = huggingface_hub._commit_api._upload_files
+
+    def slow(**kwargs):
+        real(**kwargs)
+        time.sleep(0.8 * len(kwargs["additions"]))  # slow transfers: tokens expire meanwhile
+
+    monkeypatch.setattr(huggingface_hub._commit_api, "_upload_files", slow)
+    start = time.monotonic()
+    assert main(["publish", str(merged), "--repo", "me/model"]) == 0
+    assert time.monotonic() - start > 2 * (1 + fake_hub.credentials.LEEWAY)
+    for name in (p.name for p in merged.iterdir()):
+        assert fake_hub.read_file("me/model", name) == (merged / name).read_bytes()
+    exchanges = [r.status for r in fake_hub.requests if r.path == "/oauth/token"]
+    assert len(exchanges) >= 3 and set(exchanges) == {200}
+    assert not [r for r in fake_hub.requests if r.status == 401]
+    assert fake_hub.lfs_bytes_uploaded == 0
+
+
+def test_a_refused_token_exchange_is_a_one_line_hub_error(
+    merged, fake_hub, oidc_id_token, capfd, monkeypatch
+):
+    import huggingface_hub.utils._auth
+
+    fake_hub.create_repo("me/model")  # no trusted publisher configured for it
+    monkeypatch.setattr(huggingface_hub.utils._auth, "_OIDC_TOKEN_CACHE", None)
+    monkeypatch.setenv("HF_OIDC_RESOURCE", "me/model")
+    monkeypatch.setenv("HF_OIDC_ID_TOKEN", oidc_id_token)
+    assert main(["publish", str(merged), "--repo", "me/model"]) == 4
+    assert capfd.readouterr().err == (
+        "paramdelta: error: me/model: trusted publishing (HF_OIDC_RESOURCE=me/model): the Hub"
+        " refused the token exchange (HTTP 400: invalid_grant: no trusted publisher is"
+        " configured for me/model)\n"
+    )

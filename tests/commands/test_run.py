@@ -120,7 +120,11 @@ def test_dry_run_renders_the_card_and_publishes_nothing(watchlist, fake_hub, tmp
     assert result["url"] == card.as_uri()
     assert ModelCard(card.read_text()).data.base_model_relation == "merge"
     assert not fake_hub.repo_exists("me/good")
-    assert fake_hub.weight_bytes_served() < 10_000  # headers only
+    # Headers only: one read of each shard's first bytes, nothing else of the weights.
+    reads = [r for r in fake_hub.requests if r.server == "hub" and r.path.endswith(".safetensors")]
+    assert reads and all(r.range.startswith("bytes=0-") for r in reads)
+    assert len(reads) == len({r.path for r in reads})
+    assert fake_hub.xet_token_requests() == 0
 
 
 def test_github_outputs(watchlist, hub_trio, fake_hub, tmp_path, monkeypatch, capsys):

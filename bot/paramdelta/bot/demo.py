@@ -140,7 +140,6 @@ def _environment(hub_url: str, workdir: Path) -> dict[str, str]:
         HF_ENDPOINT=hub_url,
         HF_TOKEN=TOKEN,
         HF_HOME=str(workdir / "hf-home"),  # the demo never touches your real cache
-        HF_HUB_DISABLE_XET="1",
         HF_HUB_DISABLE_TELEMETRY="1",
         HF_HUB_DISABLE_PROGRESS_BARS="1",
         NO_PROXY="127.0.0.1,localhost",
@@ -183,6 +182,13 @@ def _inspect(
     report.output_files = hub.list_files(OUTPUT)
     say(f"\n==> {OUTPUT} now has {len(report.output_commits)} commits; its files:")
     say("\n".join(f"  {name}" for name in report.output_files))
+    weights = [f for f in report.output_files if hub.xet_hash(OUTPUT, f)]
+    say(
+        f"Uploaded through Xet storage (hf_xet): {', '.join(weights) or 'nothing'};"
+        f" legacy LFS bytes: {hub.lfs_bytes_uploaded}"
+    )
+    if not weights or hub.lfs_bytes_uploaded:
+        raise DemoError("demo: the weights did not go through Xet storage")
 
     record = json.loads(hub.read_file(OUTPUT, "paramdelta.json"))
     report.lineage = record
