@@ -100,26 +100,13 @@ def open_sources(
             source.close()
 
 
-def files_needed(plan: MergePlan) -> dict[str, set[str]]:
-    """Per role, the files a merge reads: weight shards and donated files."""
-    needed: dict[str, set[str]] = {}
-    for item in plan.items:
-        for segment in item.segments:
-            for role, ref, _ in segment.inputs:
-                needed.setdefault(role, set()).add(ref.file)
-    for path, role in plan.files.items():
-        needed.setdefault(role, set()).add(path)
-    return needed
-
-
 def download_inputs(plan: MergePlan, sources: dict[str, Source]) -> dict[str, Source]:
-    """Swap each Hub source for the same files fetched into the Hugging Face cache."""
-    needed = files_needed(plan)
+    """Swap each Hub source for the files the merge reads, fetched into the Hugging Face cache."""
     local: dict[str, Source] = {}
     for role, source in sources.items():
         if isinstance(source, HubSource):
             repo = source.repo
-            snapshot = source.hub.download(repo.repo_id, repo.sha, sorted(needed.get(role, ())))
+            snapshot = source.hub.download(repo.repo_id, repo.sha, plan.read.get(role, []))
             swapped = LocalSource(snapshot, source.label)
             local[role] = swapped
         else:

@@ -140,6 +140,7 @@ def save_checkpoint(
         (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     for name, content in (extra_files or {}).items():
         path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, bytes):
             path.write_bytes(content)
         else:
