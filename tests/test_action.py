@@ -339,13 +339,17 @@ def check_published(hub: FakeHub, local: dict[str, Path], run: WorkflowRun, targ
     pins = {"base": BASES[target], "post": "org/post", "new_base": "org/new-base"}
     record = json.loads(hub.read_file(repo, "paramdelta.json"))
     assert (record["target"], record["ci_run_url"]) == (target, run.url)
-    assert record["checkpoints"] == [
+    assert [
+        {k: c[k] for k in ("role", "repo", "revision", "sha")} for c in record["checkpoints"]
+    ] == [
         {"role": role, "repo": name, "revision": "main", "sha": hub.head(name)}
         for role, name in pins.items()
     ]
-    assert {k: record["recipe"][k] for k in ("alpha", "dtype", "vocab_policy", "file_donors")} == {
+    recipe_keys = ("alpha", "dtype", "requested_dtype", "vocab_policy", "file_donors")
+    assert {k: record["recipe"][k] for k in recipe_keys} == {
         "alpha": 1.0,
-        "dtype": "auto",
+        "dtype": "bfloat16",
+        "requested_dtype": "auto",
         "vocab_policy": "error",
         "file_donors": DONORS,
     }

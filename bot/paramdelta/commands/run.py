@@ -67,9 +67,7 @@ def run(args: argparse.Namespace) -> int:
     )
     hub = HubFactory(args.token_file)()
     # A disabled target is neither run nor reported (its issue, if any, stays as it is).
-    plans = [
-        p for p in plan_watchlist(hub, watchlist, args.target, files=True) if p.status != "disabled"
-    ]
+    plans = [p for p in plan_watchlist(hub, watchlist, args.target) if p.status != "disabled"]
     results = [run_target(hub, plan, options) for plan in plans]
     if args.result_file:
         write_results(args.result_file, results)
