@@ -50,6 +50,7 @@ def test_non_weight_files_come_from_the_documented_donor(tmp_path):
     assert plan.files == {
         "config.json": "new_base",
         "generation_config.json": "post",
+        "tokenizer.json": "post",
         "tokenizer_config.json": "post",
         "chat_template.jinja": "post",
         "LICENSE": "new_base",
@@ -89,9 +90,9 @@ def test_every_other_file_is_left_out_with_its_reason(tmp_path):
 
 def test_a_file_only_the_base_has_is_left_out_saying_so(tmp_path):
     files = {role: donor_files(role) for role in ("base", "post", "new_base")}
-    files["base"] = {**files["base"], "tokenizer.json": "{}"}
+    files["base"] = {**files["base"], "tokenizer.model": "spm"}
     plan = plan_merge(*_trio(tmp_path, files=files))
-    assert plan.skipped["tokenizer.json"] == (
+    assert plan.skipped["tokenizer.model"] == (
         "the post model's tokenizer: taken from the post only, which has none"
     )
 
@@ -194,7 +195,7 @@ def test_a_grown_new_base_vocabulary_names_the_rows_it_would_drop(tmp_path):
         "dropped_from_base": 0,
     }
     assert plan.vocabulary.describe() == (
-        "base 256, post 256, new base 260 rows -> 256: 256 merged, 0 kept from the post model,"
+        "base 256, post 256, new base 260 rows; output 256 rows: 256 merged, 0 kept from the post model,"
         " 4 dropped from the new base (vocab policy shared)"
     )
     assert plan.config_changes == {"vocab_size": 256}

@@ -149,7 +149,7 @@ class Vocabulary:
             head = f"{self.rows['output']} rows in all three"
         else:
             shown = ", ".join(f"{ROLE_TITLES[r]} {self.rows[r]}" for r in ROLES)
-            head = f"{shown} rows -> {self.rows['output']}"
+            head = f"{shown} rows; output {self.rows['output']} rows"
         dropped = f", {self.dropped_from_base} dropped from the base" * bool(self.dropped_from_base)
         return (
             f"{head}: {self.merged} merged, {self.kept_from_post} kept from the post model,"
