@@ -1,5 +1,10 @@
 import json
+import os
+import re
+import subprocess
+import sys
 
+import pytest
 from huggingface_hub import ModelCard
 
 from paramdelta.bot.demo import OUTPUT, REPOS, run_demo
@@ -7,9 +12,16 @@ from paramdelta.cli import main
 from paramdelta.testing.checkpoints import load_tensors
 
 
-def test_the_demo_runs_the_whole_cycle(tmp_path):
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """One demo run (a few seconds) for the tests that read what it published."""
+    tmp_path = tmp_path_factory.mktemp("demo")
     said: list[str] = []
-    report = run_demo(tmp_path, said.append)
+    return run_demo(tmp_path, said.append), said, tmp_path
+
+
+def test_the_demo_runs_the_whole_cycle(demo):
+    report, said, tmp_path = demo
 
     # Two runs, two commits on top of the repo's initial one.
     assert len(report.output_commits) == 3
@@ -48,3 +60,22 @@ def test_the_demo_command_refuses_a_non_empty_workdir(tmp_path, capsys):
         capsys.readouterr().err
         == f"paramdelta: error: --workdir {tmp_path}: directory is not empty\n"
     )
+
+
+def test_the_cards_usage_snippet_runs_against_the_merged_demo_model(demo, fake_hub, tmp_path):
+    """The "Use" block of the published card, run verbatim with the installed transformers."""
+    report, _, _ = demo
+    card = report.card_path.read_text()
+    (snippet,) = re.findall(r"## Use\n\n```python\n(.*?)```", card, re.DOTALL)
+    assert f'from_pretrained("{OUTPUT}"' in snippet
+    published = report.workdir / "published"
+    fake_hub.create_repo(OUTPUT)
+    fake_hub.commit(OUTPUT, {p.name: p for p in published.iterdir()})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_TOKEN")}
+    env |= {"HF_ENDPOINT": fake_hub.url, "HF_HOME": str(tmp_path / "hf-home")}
+    proc = subprocess.run(
+        [sys.executable, "-c", snippet], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip()  # the decoded reply of the (random, tiny) model
+    assert any(r.path.endswith("/model.safetensors") for r in fake_hub.requests)

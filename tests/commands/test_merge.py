@@ -474,7 +474,8 @@ def test_push_to_commits_the_card_and_lineage_with_the_weights(
     (ours, _) = fake_hub.commits(out)
     assert set(ours.changed) == {
         "README.md", "paramdelta.json", "model.safetensors", "config.json",
-        "generation_config.json", "tokenizer_config.json", "chat_template.jinja", "LICENSE",
+        "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+        "LICENSE",
     }  # fmt: skip
 
     card = ModelCard(fake_hub.read_file(out, "README.md").decode())
