@@ -74,3 +74,21 @@ def test_plan_imports_neither_torch_nor_pygithub(hub_trio, tmp_path):
         "    new_base: org/new-base\n    output: me/out\n"
     )
     assert imported_after(["plan", "--format", "json"], tmp_path) == (0, set())
+
+
+CPU_TORCH = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+
+
+@pytest.mark.parametrize("block", ["demo", "test"])
+def test_the_readme_installs_the_cpu_build_of_torch_first(block):
+    """PyPI's Linux torch is the CUDA build: the set-up commands take PyTorch's CPU index."""
+    text = subprocess.run(
+        [sys.executable, ROOT / ".ci" / "readme_block.py", block, ROOT / "README.md"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    install = text.splitlines()[1]
+    assert install.startswith(f"{CPU_TORCH} && pip install ")
+    # CI installs torch the same way before it runs the blocks literally.
+    assert f".venv/bin/{CPU_TORCH}\n" in (ROOT / ".ci" / "run").read_text()
