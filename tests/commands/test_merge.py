@@ -264,10 +264,35 @@ def test_usage_errors_exit_2(trio, tmp_path, capsys, extra, message):
 def test_missing_input_directory_exit_2(trio, tmp_path, capsys):
     trio["post"] = tmp_path / "nope"
     assert main(_argv(trio, tmp_path / "out")) == 2
+    assert (
+        capsys.readouterr().err
+        == f"paramdelta: error: --post {tmp_path / 'nope'}: no such directory\n"
+    )
+    trio["post"] = "not a repo"
+    assert main(_argv(trio, tmp_path / "out")) == 2
     assert capsys.readouterr().err == (
-        f"paramdelta: error: --post '{tmp_path / 'nope'}' is neither a directory"
+        "paramdelta: error: --post 'not a repo' is neither a directory"
         " nor a Hub repo id like org/name[@revision]\n"
     )
+
+
+def test_a_local_path_with_a_typo_is_no_such_directory_not_a_hub_lookup(
+    trio, tmp_path, fake_hub, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    fake_hub.clear_requests()
+    trio["post"] = "./in/postt"
+    assert main(_argv(trio, tmp_path / "out")) == 2
+    assert capsys.readouterr().err == (
+        "paramdelta: error: --post ./in/postt: no such directory (did you mean in/post?)\n"
+    )
+    # `in/postt` could be a Hub repo id: the Hub is asked, and the error says both.
+    trio["post"] = "in/postt"
+    assert main(_argv(trio, tmp_path / "out")) == 2
+    assert capsys.readouterr().err == (
+        "paramdelta: error: --post in/postt: no such directory (did you mean in/post?), and no Hub repo in/postt\n"
+    )
+    assert [r.path for r in fake_hub.requests] == ["/api/models/in/postt/revision/main"]
 
 
 def test_a_full_disk_is_a_file_error_naming_the_file_exit_7(trio, tmp_path, monkeypatch, capsys):

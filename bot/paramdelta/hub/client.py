@@ -205,7 +205,7 @@ class Hub:
                 response = http_backoff("GET", url, headers=self._headers(), **self._backoff)
                 hf_raise_for_status(response)
         except HubError as e:
-            if _is_missing(e):
+            if is_missing(e):
                 return None
             raise
         return response.content
@@ -217,7 +217,7 @@ class Hub:
                 repo_id, lambda: self.api.list_repo_refs(repo_id, include_pull_requests=True)
             )
         except HubError as e:
-            if _is_missing(e):
+            if is_missing(e):
                 return []
             raise
         prs = sorted(refs.pull_requests or [], key=lambda r: int(r.ref.rsplit("/", 1)[-1]))
@@ -349,7 +349,7 @@ def _content_id(sibling: RepoSibling) -> str | None:
     return f"blob:{sibling.blob_id}" if sibling.blob_id else None
 
 
-def _is_missing(e: HubError) -> bool:
+def is_missing(e: HubError) -> bool:
     """The repo or file does not exist (as opposed to: exists, but we may not see it)."""
     cause = e.__cause__
     missing = isinstance(cause, (RepositoryNotFoundError, RemoteEntryNotFoundError))
