@@ -1,8 +1,10 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
@@ -79,3 +81,18 @@ def test_the_cards_usage_snippet_runs_against_the_merged_demo_model(demo, fake_h
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip()  # the decoded reply of the (random, tiny) model
     assert any(r.path.endswith("/model.safetensors") for r in fake_hub.requests)
+
+
+def test_the_demo_keeps_the_card_it_points_to(tmp_path, monkeypatch, capsys):
+    workdir = tmp_path / "work"
+    monkeypatch.setattr("paramdelta.bot.demo.default_workdir", lambda: workdir)
+    assert main(["demo"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    card = Path(lines[-2].removeprefix("The model card it published: "))
+    try:
+        assert card.name == "README.md" and card.parent.name.startswith("paramdelta-demo-card-")
+        assert ModelCard(card.read_text()).data.base_model_relation == "merge"
+    finally:
+        shutil.rmtree(card.parent, ignore_errors=True)
+    assert lines[-1].endswith("Pass --keep to keep all the files.")
+    assert not workdir.exists()

@@ -203,7 +203,6 @@ def _inspect(
     for name in report.output_files:
         (published / name).write_bytes(hub.read_file(OUTPUT, name))
     report.card_path = published / "README.md"
-    say(f"\nThe model card is in {report.card_path}")
 
     expected = reference_merge(*(load_tensors(inputs[role]) for role in ROLES))
     report.mismatched = mismatched_tensors(load_tensors(published), expected)
