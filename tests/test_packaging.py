@@ -41,6 +41,7 @@ def test_the_wheel_ships_its_data(wheel_files):
         "paramdelta/schemas/watchlist.schema.json",
         "paramdelta/schemas/results.schema.json",
         "paramdelta/templates/model_card.md.j2",
+        "paramdelta/templates/workflow.yml",
         "paramdelta/py.typed",
     } <= set(wheel_files)
 
@@ -63,7 +64,9 @@ def imported_after(argv: list[str], cwd: Path) -> tuple[int, set[str]]:
     return rc, set(heavy)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["merge", "--help"], ["run", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["merge", "--help"], ["run", "--help"], ["init", "--help"]]
+)
 def test_help_imports_no_heavy_package(argv, tmp_path):
     assert imported_after(argv, tmp_path) == (0, set())
 
