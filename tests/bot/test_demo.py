@@ -25,7 +25,7 @@ def demo(tmp_path_factory):
 def test_the_demo_runs_the_whole_cycle(demo):
     report, said, tmp_path = demo
 
-    # Two runs, two commits on top of the repo's initial one.
+    # Two runs (the README-only commit made none), two commits on top of the repo's initial one.
     assert len(report.output_commits) == 3
     record = report.lineage
     by_role = {c["role"]: c for c in record["checkpoints"]}
@@ -45,11 +45,17 @@ def test_the_demo_runs_the_whole_cycle(demo):
     assert len(published) == 21
     assert json.loads((tmp_path / "published" / "paramdelta.json").read_text()) == record
     transcript = "\n".join(said)
-    for step in ("1. plan", "2. run", "3. plan again", "4. plan", "5. run"):
+    for step in ("1. plan", "2. run", "3. plan again", "4. plan", "5. plan", "6. run"):
         assert f"==> {step}" in transcript
     assert "0 of 1 targets pending" in transcript
+    # The README-only commit leaves the target up to date; the new weights do not.
     assert (
-        f"new base {REPOS['new_base']} moved {report.seeded['new_base'][:7]} -> {report.new_base_v2[:7]}"
+        f"up-to-date (new base {REPOS['new_base']}@{report.readme_commit[:7]}): upstream moved,"
+        f" content unchanged (new base {REPOS['new_base']} moved {report.seeded['new_base'][:7]}"
+        f" -> {report.readme_commit[:7]})"
+    ) in transcript
+    assert (
+        f"new base {REPOS['new_base']} moved {report.seeded['new_base'][:7]} -> {report.new_base_v2[:7]}:"
         in transcript
     )
     assert f"{OUTPUT} now has 3 commits" in transcript
