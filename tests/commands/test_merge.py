@@ -70,6 +70,8 @@ def test_merge_human_output(trio, tmp_path, capsys):
 
 def test_the_output_directory_holds_its_card_and_lineage(trio, tmp_path, capsys):
     """`merge --output` alone makes a complete model folder: `publish` needs nothing else."""
+    (trio["new_base"] / "README.md").write_text("---\nlicense: llama3.1\n---\n# a base\n")
+    (trio["post"] / "README.md").write_text("---\nlicense: [not, a, string]\n---\n")
     assert main(_argv(trio, tmp_path / "out", "--dtype", "float16")) == 0
     record = json.loads((tmp_path / "out" / "paramdelta.json").read_text())
     by_role = {c["role"]: c for c in record["checkpoints"]}
@@ -631,3 +633,22 @@ def test_the_token_never_appears_in_any_output(
     captured = capfd.readouterr()
     assert hub_token not in captured.out + captured.err
     assert "***" in captured.err
+
+
+def test_config_and_generation_config_agree_on_token_ids_in_the_output(trio, tmp_path, capsys):
+    """An instruct model stops on more tokens than its base: config.json follows it."""
+    generation = {"bos_token_id": 1, "eos_token_id": [2, 9], "do_sample": True}
+    (trio["post"] / "generation_config.json").write_text(json.dumps(generation))
+    assert main(_argv(trio, tmp_path / "out")) == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    shipped = json.loads((tmp_path / "out" / "generation_config.json").read_text())
+    assert shipped == generation
+    assert (config["bos_token_id"], config["eos_token_id"]) == (1, [2, 9])
+    assert (
+        config["hidden_size"]
+        == json.loads((trio["new_base"] / "config.json").read_text())["hidden_size"]
+    )
+    record = json.loads((tmp_path / "out" / "paramdelta.json").read_text())
+    assert record["recipe"]["config_changes"] == {"eos_token_id": [2, 9]}
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "`config.json` is the new base's, with `eos_token_id` = `[2, 9]`:" in card
