@@ -103,6 +103,25 @@ def test_a_second_run_with_nothing_changed_does_nothing(watchlist, fake_hub, cap
     assert fake_hub.weight_bytes_served() == 0
 
 
+def test_a_readme_only_commit_upstream_is_not_merged_again(watchlist, hub_trio, fake_hub, capsys):
+    assert main(["run", "--watchlist", str(watchlist), "--target", "good"]) == 0
+    commits = len(fake_hub.commits("me/good"))
+    moved = fake_hub.commit("org/new-base", {"README.md": b"# new wording\n"})
+    fake_hub.commit("org/post", {"README.md": b"# post, reworded\n"})
+    capsys.readouterr()
+    fake_hub.clear_requests()
+    assert main(["plan", "--watchlist", str(watchlist), "--target", "good"]) == 0
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[0]
+        .endswith(f"(new base org/new-base moved {hub_trio.shas['new_base'][:7]} -> {moved[:7]})")
+    )
+    assert main(["run", "--watchlist", str(watchlist), "--target", "good"]) == 0
+    assert capsys.readouterr().out == "nothing to do: 1 target(s) up to date\n"
+    assert len(fake_hub.commits("me/good")) == commits
+    assert fake_hub.weight_bytes_served() == 0
+
+
 def test_dry_run_renders_the_card_and_publishes_nothing(watchlist, fake_hub, tmp_path, capsys):
     workdir = tmp_path / "dry"
     assert (
