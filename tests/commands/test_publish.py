@@ -1,7 +1,10 @@
+import contextlib
+import io
 import json
 import time
 
 import pytest
+from huggingface_hub import ModelCard
 
 from paramdelta.cli import main
 from paramdelta.testing.checkpoints import make_trio
@@ -9,8 +12,15 @@ from paramdelta.testing.checkpoints import make_trio
 
 @pytest.fixture
 def merged(tmp_path):
-    """A directory to publish: any checkpoint will do."""
-    return make_trio(tmp_path / "trio", max_shard_size=60_000)["new_base"]
+    """A directory to publish: what `paramdelta merge --output` writes."""
+    trio = make_trio(tmp_path / "trio", max_shard_size=60_000)
+    out = tmp_path / "merged"
+    argv = ["merge", "--output", str(out), "--shard-size", "60KB"]
+    for role, path in trio.items():
+        argv += [f"--{role.replace('_', '-')}", str(path)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(argv) == 0
+    return out
 
 
 @pytest.fixture
@@ -30,9 +40,34 @@ def test_publish_is_one_commit_of_every_file(merged, fake_hub, token, capsys):
     assert result["commit_sha"] == ours.oid
     assert ours.title == "Upload ParamΔ merge"
     assert sorted(fake_hub.list_files("me/model")) == sorted([".gitattributes", *files])
-    for name in files:
+    assert {"README.md", "paramdelta.json", "model.safetensors.index.json"} <= set(files)
+    for name in set(files) - {"README.md", "paramdelta.json"}:
         assert fake_hub.read_file("me/model", name) == (merged / name).read_bytes()
     assert fake_hub.store.get("me/model").private
+
+    # The record and card now name the repo they were published to.
+    local = json.loads((merged / "paramdelta.json").read_text())
+    record = json.loads(fake_hub.read_file("me/model", "paramdelta.json"))
+    assert local["output"]["repo"] is None
+    assert record == {**local, "output": {**local["output"], "repo": "me/model"}}
+    card = ModelCard(fake_hub.read_file("me/model", "README.md").decode())
+    assert card.text.lstrip().startswith("# me/model\n")
+    assert 'AutoTokenizer.from_pretrained("me/model")' in card.text
+
+
+def test_publish_needs_the_record_merge_writes(merged, tmp_path, capsys):
+    plain = make_trio(tmp_path / "plain")["new_base"]
+    assert main(["publish", str(plain), "--repo", "me/x"]) == 2
+    assert capsys.readouterr().err == (
+        f"paramdelta: error: {plain}: no paramdelta.json; `publish` takes a directory written"
+        " by `paramdelta merge --output`, which records the merge's lineage there\n"
+    )
+    (merged / "model-00002-of-00004.safetensors").unlink()
+    assert main(["publish", str(merged), "--repo", "me/x", "--dry-run"]) == 2
+    assert capsys.readouterr().err == (
+        f"paramdelta: error: {merged / 'paramdelta.json'}: names the shard"
+        f" model-00002-of-00004.safetensors, which {merged} does not have\n"
+    )
 
 
 def test_publish_as_pull_request(merged, fake_hub, token, capsys):
@@ -55,7 +90,7 @@ def test_dry_run_sends_nothing(merged, fake_hub, capsys):
     assert main(["publish", str(merged), "--repo", "me/model", "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"would commit {len(out) - 1} files to me/model@main:"
-    assert "  config.json" in out
+    assert "  config.json" in out and "  README.md" in out and "  paramdelta.json" in out
     assert fake_hub.requests == []
 
 
@@ -126,7 +161,8 @@ def test_a_publish_outliving_its_trusted_publishing_token_still_commits(
     start = time.monotonic()
     assert main(["publish", str(merged), "--repo", "me/model"]) == 0
     assert time.monotonic() - start > 2 * (1 + fake_hub.credentials.LEEWAY)
-    for name in (p.name for p in merged.iterdir()):
+    # the weights and donated files as merged (card and record are rendered again for the repo)
+    for name in {p.name for p in merged.iterdir()} - {"README.md", "paramdelta.json"}:
         assert fake_hub.read_file("me/model", name) == (merged / name).read_bytes()
     exchanges = [r.status for r in fake_hub.requests if r.path == "/oauth/token"]
     assert len(exchanges) >= 3 and set(exchanges) == {200}

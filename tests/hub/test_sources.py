@@ -12,7 +12,6 @@ from paramdelta.hub.sources import (
     HubFactory,
     HubSource,
     download_inputs,
-    files_needed,
     open_sources,
 )
 from paramdelta.repo_ids import parse_spec
@@ -53,9 +52,9 @@ def test_download_fetches_only_what_the_merge_reads(hub_trio, fake_hub):
     specs = {role: hub_trio.repos[role] for role in ("base", "post", "new_base")}
     with open_sources(HubFactory(), **specs) as sources:
         plan = preflight(sources, MergeOptions())
-        needed = files_needed(plan)
-        assert needed["post"] >= {"tokenizer_config.json", "chat_template.jinja"}
-        assert "config.json" not in needed["post"] and "config.json" in needed["new_base"]
+        needed = {role: set(paths) for role, paths in plan.read.items()}
+        assert needed["post"] >= {"tokenizer_config.json", "chat_template.jinja", "config.json"}
+        assert "unrelated/big.bin" not in needed["post"]
         local = download_inputs(plan, sources)
     for role, source in local.items():
         assert isinstance(source, LocalSource)

@@ -9,6 +9,8 @@ which is why only the front matter goes through it.
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -19,8 +21,8 @@ from huggingface_hub import ModelCard, ModelCardData
 from jinja2.sandbox import SandboxedEnvironment
 
 from paramdelta import PROJECT_URL
-from paramdelta.bot.lineage import build_record
-from paramdelta.engine.layout import ROLE_TITLES, ROLES
+from paramdelta.bot.lineage import build_record, checkpoint_entry
+from paramdelta.engine.layout import ROLE_TITLES, ROLES, Vocabulary
 
 DEFAULT_TEMPLATE = "templates/model_card.md.j2"
 BASE_TAGS = ("merge", "paramdelta")
@@ -42,12 +44,19 @@ def load_template(path: Path | None) -> str:
     return path.read_text()
 
 
-def licence(
-    card_data: Mapping[str, Mapping[str, Any]],
-) -> tuple[str | None, str | None, str | None]:
-    """(licence id, the role it came from, a note if new base and post disagree)."""
-    new = card_data.get("new_base", {}).get("license")
-    post = card_data.get("post", {}).get("license")
+def _by_role(record: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {c["role"]: c for c in record["checkpoints"]}
+
+
+def licence(record: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(licence id, the role it came from, a note if new base and post disagree).
+
+    The lineage record keeps each checkpoint's declared licence at its pinned
+    commit, so `publish DIR` renders the same card as the merge would have.
+    """
+    by_role = _by_role(record)
+    new = by_role["new_base"].get("license")
+    post = by_role["post"].get("license")
     note = None
     if new and post and new != post:
         note = (
@@ -65,37 +74,46 @@ def is_llama_licence(licence_id: str | None) -> bool:
     return bool(licence_id) and str(licence_id).lower().startswith("llama")
 
 
+def _spec(checkpoint: Mapping[str, Any]) -> str:
+    """How a command line names a checkpoint: repo@sha, or the local path it was read from."""
+    if checkpoint.get("repo") is None:
+        return str(checkpoint.get("path"))
+    return f"{checkpoint['repo']}@{checkpoint['sha']}"
+
+
 def reproduce_command(record: Mapping[str, Any], output: str) -> str:
-    by_role = {c["role"]: c for c in record["checkpoints"]}
+    by_role = _by_role(record)
     recipe = record["recipe"]
     parts = ["paramdelta merge"]
     for role in ROLES:
-        c = by_role[role]
-        parts.append(f"--{role.replace('_', '-')} {c['repo']}@{c['sha']}")
+        parts.append(f"--{role.replace('_', '-')} {shlex.quote(_spec(by_role[role]))}")
     if recipe["alpha"] != 1.0:
         parts.append(f"--alpha {recipe['alpha']}")
-    if recipe["dtype"] != "auto":
-        parts.append(f"--dtype {recipe['dtype']}")
+    requested = recipe.get("requested_dtype", recipe["dtype"])
+    if requested != "auto":
+        parts.append(f"--dtype {requested}")
     if recipe["vocab_policy"] != "error":
         parts.append(f"--vocab-policy {recipe['vocab_policy']}")
     parts.append(f"--output {output.partition('/')[2] or output}")
     return " \\\n  ".join(parts)
 
 
-def card_context(
-    record: Mapping[str, Any], card_data: Mapping[str, Mapping[str, Any]], hub_url: str
-) -> dict[str, Any]:
+def card_context(record: Mapping[str, Any], hub_url: str) -> dict[str, Any]:
     output = record["output"].get("repo") or "merged-model"
-    lic, lic_from, note = licence(card_data)
+    lic, lic_from, note = licence(record)
     checkpoints = []
     for c in record["checkpoints"]:
-        url = f"{hub_url}/{c['repo']}"
+        local = c.get("repo") is None  # merged from a local directory: no links
+        url = None if local else f"{hub_url}/{c['repo']}"
         checkpoints.append(
             {
                 **c,
+                "repo": c.get("path") if local else c["repo"],
+                "revision": c.get("revision") or "local",
+                "sha": c.get("sha") or "",
                 "title": ROLE_TITLES[c["role"]],
                 "url": url,
-                "commit_url": f"{url}/commit/{c['sha']}",
+                "commit_url": None if local else f"{url}/commit/{c['sha']}",
             }
         )
     by_role = {c["role"]: c for c in checkpoints}
@@ -115,20 +133,33 @@ def card_context(
             (path, ROLE_TITLES.get(role, role))
             for path, role in record["recipe"]["file_donors"].items()
         ),
+        "skipped": sorted(record["recipe"].get("skipped_files", {}).items()),
+        "config_changes": [
+            (key, json.dumps(value))
+            for key, value in sorted(record["recipe"].get("config_changes", {}).items())
+        ],
+        "vocabulary": _vocabulary_line(record),
     }
 
 
-def front_matter(
-    record: Mapping[str, Any], card_data: Mapping[str, Mapping[str, Any]], tags: Sequence[str]
-) -> ModelCardData:
-    by_role = {c["role"]: c["repo"] for c in record["checkpoints"]}
-    lic, lic_from, _ = licence(card_data)
+def _vocabulary_line(record: Mapping[str, Any]) -> str | None:
+    """The record's vocabulary as the log states it; None if it has none."""
+    try:
+        return Vocabulary(**record["vocabulary"]).describe()
+    except (TypeError, KeyError):  # no vocabulary (or a record of another version)
+        return None
+
+
+def front_matter(record: Mapping[str, Any], tags: Sequence[str]) -> ModelCardData:
+    by_role = _by_role(record)
+    lic, lic_from, _ = licence(record)
     extra: dict[str, Any] = {}
-    donor = card_data.get(lic_from or "", {})
+    donor = by_role.get(lic_from or "", {})
     if lic == "other":  # a custom licence is named and linked, not identified
         extra = {k: donor[k] for k in ("license_name", "license_link") if donor.get(k)}
+    hub_models = [by_role[r]["repo"] for r in ("new_base", "post", "base") if by_role[r]["repo"]]
     return ModelCardData(
-        base_model=[by_role["new_base"], by_role["post"], by_role["base"]],
+        base_model=hub_models or None,
         base_model_relation="merge",
         library_name="transformers",
         pipeline_tag="text-generation",
@@ -141,24 +172,22 @@ def front_matter(
 def render_card(
     record: Mapping[str, Any],
     *,
-    card_data: Mapping[str, Mapping[str, Any]] | None = None,
     template: Path | None = None,
     tags: Sequence[str] = (),
     hub_url: str = HF_URL,
 ) -> str:
     """README.md for a merge: YAML front matter, then the rendered template."""
-    card_data = card_data or {}
     body = (
         _environment()
         .from_string(load_template(template))
         .render(
             lineage=record,
-            card=card_context(record, card_data, hub_url),
+            card=card_context(record, hub_url),
             hub_url=hub_url,
             project_url=PROJECT_URL,
         )
     )
-    meta = front_matter(record, card_data, tags)
+    meta = front_matter(record, tags)
     return str(ModelCard(f"---\n{meta.to_yaml()}\n---\n\n{body.lstrip()}"))
 
 
@@ -168,11 +197,20 @@ def sample_record() -> dict[str, Any]:
     return build_record(
         target="example",
         checkpoints={
-            role: {"repo": f"example-org/{role}-model", "revision": "main", "sha": sha}
-            for role in ROLES
+            role: checkpoint_entry(role, f"example-org/{role}-model", "main", sha) for role in ROLES
         },
         recipe={"alpha": 1.0, "dtype": "auto", "vocab_policy": "error"},
         files={"config.json": "new_base", "tokenizer.json": "post"},
+        written_dtype="bfloat16",
+        skipped={"params.json": "Mistral's native-format config, for weights not produced"},
+        vocabulary={
+            "policy": "error",
+            "rows": {"base": 2, "post": 2, "new_base": 2, "output": 2},
+            "merged": 2,
+            "kept_from_post": 0,
+            "dropped_from_new_base": 0,
+            "dropped_from_base": 0,
+        },
         output={
             "repo": "example-org/merged",
             "tensors": 1,

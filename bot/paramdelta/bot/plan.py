@@ -1,9 +1,12 @@
 """Which watchlist targets need a new merge: a few API calls per target, no weight bytes.
 
 For each enabled target: resolve the base, post and new base to commit shas
-(for a family, find its newest member first), read the output repo's
-paramdelta.json, and compare. A target is pending when any sha or the recipe
-differs, or there is no record. With `publish: pr`, an open pull request that
+with their file listings (for a family, find its newest member first), read
+the output repo's paramdelta.json, and compare (`lineage.compare`). A target is
+pending when the content of a file the merge read, the recipe, or which
+checkpoint gives which file differs, or there is no record; a commit upstream
+that changed none of these ("upstream moved, content unchanged", a README
+edit say) leaves it up to date. With `publish: pr`, an open pull request that
 already carries the wanted record counts as done (in review), so a schedule
 does not open the same PR every few hours. A target that fails to resolve is
 reported as such and does not stop the others.
@@ -76,10 +79,8 @@ class TargetPlan:
 Resolved = dict[tuple[str, str], RepoFiles]  # (repo, revision) -> its commit, once per plan
 
 
-def resolve(
-    hub: Hub, target: Target, *, files: bool, seen: Resolved | None = None
-) -> dict[str, RepoFiles]:
-    """The target's three checkpoints pinned to commit shas (``files``: with file sizes).
+def resolve(hub: Hub, target: Target, *, seen: Resolved | None = None) -> dict[str, RepoFiles]:
+    """The target's three checkpoints pinned to commit shas, with file sizes and content ids.
 
     ``seen`` shares resolutions between the targets of one plan: a base used by
     ten targets costs one request, and all ten see the same commit.
@@ -100,18 +101,16 @@ def resolve(
     }
     for ref in refs.values():
         if ref not in seen:
-            seen[ref] = hub.repo_files(*ref, files=files)
+            seen[ref] = hub.repo_files(*ref)
     return {role: seen[ref] for role, ref in refs.items()}
 
 
-def plan_target(
-    hub: Hub, target: Target, *, files: bool = False, seen: Resolved | None = None
-) -> TargetPlan:
+def plan_target(hub: Hub, target: Target, *, seen: Resolved | None = None) -> TargetPlan:
     started = time.perf_counter()
     if not target.enabled:
         return TargetPlan(target, "disabled", ["enabled: false"])
     try:
-        checkpoints = resolve(hub, target, files=files, seen=seen)
+        checkpoints = resolve(hub, target, seen=seen)
         plan = TargetPlan(target, PENDING, checkpoints=checkpoints)
         plan.output_repo = target.output_repo(checkpoints["new_base"].repo_id)
         if checkpoints["new_base"].repo_id == checkpoints["base"].repo_id and (
@@ -128,24 +127,22 @@ def plan_target(
 
 def _compare(hub: Hub, plan: TargetPlan) -> None:
     assert plan.output_repo is not None
-    pins, recipe = plan.pins(), plan.target.recipe()
+    repos, recipe = plan.checkpoints, plan.target.recipe()
     record = lineage.decode(hub.read_small_file(plan.output_repo, lineage.FILENAME, "main"))
-    reasons = lineage.differences(record, pins, recipe)
+    reasons, notes = lineage.compare(record, repos, recipe)
     if not reasons:
-        plan.status = "up-to-date"
+        plan.status, plan.reasons = "up-to-date", notes
         return
     if plan.target.publish == "pr":
         for ref in hub.open_pr_refs(plan.output_repo)[:MAX_REVIEWED_PRS]:
             proposed = lineage.decode(hub.read_small_file(plan.output_repo, lineage.FILENAME, ref))
-            if not lineage.differences(proposed, pins, recipe):
+            if not lineage.compare(proposed, repos, recipe).reasons:
                 plan.status, plan.reasons = "in-review", [f"already proposed in {ref}"]
                 return
     plan.reasons = reasons
 
 
-def plan_watchlist(
-    hub: Hub, watchlist: Watchlist, only: str | None = None, *, files: bool = False
-) -> list[TargetPlan]:
+def plan_watchlist(hub: Hub, watchlist: Watchlist, only: str | None = None) -> list[TargetPlan]:
     targets = [watchlist.target(only)] if only else watchlist.targets
     seen: Resolved = {}
-    return [plan_target(hub, target, files=files, seen=seen) for target in targets]
+    return [plan_target(hub, target, seen=seen) for target in targets]

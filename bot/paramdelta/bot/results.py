@@ -70,7 +70,21 @@ def write_results(path: str | os.PathLike[str], results: Iterable[TargetResult])
 
 
 def load_results(paths: Iterable[str | os.PathLike[str]]) -> list[TargetResult]:
-    """Read result files; a directory stands for every *.json below it (downloaded artifacts)."""
+    """Read result files, one result per target; a directory stands for every *.json below it.
+
+    A target may be in several files: `plan` records it up to date and a later
+    `run` records what it did, or one file is passed twice. What a merge job did
+    wins over "up to date"; otherwise the last file read wins.
+    """
+    by_target: dict[str, TargetResult] = {}
+    for result in _read_all(paths):
+        kept = by_target.get(result.target)
+        if kept is None or result.status != "up-to-date" or kept.status == "up-to-date":
+            by_target[result.target] = result
+    return list(by_target.values())
+
+
+def _read_all(paths: Iterable[str | os.PathLike[str]]) -> list[TargetResult]:
     results: list[TargetResult] = []
     for path in map(Path, paths):
         if path.is_dir():

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +19,11 @@ from paramdelta.commands.output import emit
 from paramdelta.commands.plan import load_watchlist
 
 if TYPE_CHECKING:
+    from paramdelta.bot.plan import TargetPlan
     from paramdelta.bot.results import TargetResult
+
+# What a target with nothing to merge is, in words: its plan's status, not its result's.
+IDLE_WORDS = {"up-to-date": "up to date", "in-review": "in review", "skipped": "skipped"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,13 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arguments.add_format_argument(parser)
 
 
-def human_results(results: list[TargetResult]) -> str:
-    if results and all(r.status == "up-to-date" for r in results):
-        return f"nothing to do: {len(results)} target(s) up to date"
+def human_results(plans: list[TargetPlan], results: list[TargetResult]) -> str:
+    """One line per target; a single line when none had anything to merge."""
+    idle = [p.status for p, r in zip(plans, results, strict=True) if r.status == "up-to-date"]
+    if results and len(idle) == len(results):
+        counts = Counter(IDLE_WORDS.get(status, status) for status in idle)
+        return "nothing to do: " + ", ".join(f"{n} target(s) {w}" for w, n in counts.items())
     lines = []
-    for r in results:
+    for plan, r in zip(plans, results, strict=True):
+        status = IDLE_WORDS.get(plan.status, r.status) if r.status == "up-to-date" else r.status
         detail = r.error if r.status == "failed" else r.url
-        lines.append(f"{r.target}: {r.status}{f' ({detail})' if detail else ''}")
+        lines.append(f"{r.target}: {status}{f' ({detail})' if detail else ''}")
     return "\n".join(lines)
 
 
@@ -64,12 +74,11 @@ def run(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         progress=args.format == "human",
         workdir=args.workdir,
+        log=lambda line: print(line, file=sys.stderr),
     )
     hub = HubFactory(args.token_file)()
     # A disabled target is neither run nor reported (its issue, if any, stays as it is).
-    plans = [
-        p for p in plan_watchlist(hub, watchlist, args.target, files=True) if p.status != "disabled"
-    ]
+    plans = [p for p in plan_watchlist(hub, watchlist, args.target) if p.status != "disabled"]
     results = [run_target(hub, plan, options) for plan in plans]
     if args.result_file:
         write_results(args.result_file, results)
@@ -79,6 +88,6 @@ def run(args: argparse.Namespace) -> int:
         github_actions.set_output("published", json.dumps(published))
         github_actions.set_output("summary", summary)
         github_actions.append_summary(summary)
-    emit(args.format, {"results": [r.to_dict() for r in results]}, human_results(results))
+    emit(args.format, {"results": [r.to_dict() for r in results]}, human_results(plans, results))
     failed = [r for r in results if r.status == "failed"]
     return failed[0].exit_code if failed else 0

@@ -44,7 +44,7 @@ import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeGuard, TypeVar
@@ -60,7 +60,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.hf_api import RepoFile, RepoSibling
 from huggingface_hub.utils import (
     build_hf_headers,
     hf_raise_for_status,
@@ -109,15 +109,26 @@ def _env_number(name: str, default: float) -> float:
     return number
 
 
+def default_endpoint() -> str:
+    """The Hub's URL: HF_ENDPOINT (read now, not at import), else huggingface_hub's."""
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
 @dataclass(frozen=True)
 class RepoFiles:
-    """A repo pinned to one commit: its sha and every file's size."""
+    """A repo pinned to one commit: its sha, every file's size and content id, its card data.
+
+    A content id names a file's bytes whatever commit holds them: ``sha256:<hex>``
+    for an LFS or Xet file (the Hub's listing gives the sha256 of both), else
+    ``blob:<git blob id>``. Empty when listed without file metadata.
+    """
 
     repo_id: str
     revision: str
     sha: str
     sizes: dict[str, int]
     card_data: dict[str, Any]
+    content: dict[str, str] = field(default_factory=dict)
 
 
 class Hub:
@@ -128,9 +139,7 @@ class Hub:
     """
 
     def __init__(self, token: str | bool | None = None, endpoint: str | None = None) -> None:
-        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip(
-            "/"
-        )
+        self.endpoint = endpoint.rstrip("/") if endpoint else default_endpoint()
         self._token = token
         self.timeout = _env_number("PARAMDELTA_HUB_TIMEOUT", 60.0)
         self.retries = int(_env_number("PARAMDELTA_HUB_RETRIES", 5))
@@ -150,15 +159,17 @@ class Hub:
     def repo_files(self, repo_id: str, revision: str = "main", *, files: bool = True) -> RepoFiles:
         """Resolve ``revision`` to a commit sha and list the files there, in one request.
 
-        ``files=False`` skips file sizes (cheaper for the Hub: what `plan` needs).
+        ``files=False`` skips file sizes and content ids (what a publish needs of its output repo).
         """
         info = self._retry(
             f"{repo_id}@{revision}",
             lambda: self.api.model_info(repo_id, revision=revision, files_metadata=files),
         )
-        sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
+        siblings = info.siblings or []
+        sizes = {s.rfilename: s.size or 0 for s in siblings}
         card = info.card_data.to_dict() if info.card_data else {}
-        return RepoFiles(repo_id, revision, info.sha or "", sizes, card)
+        content = {s.rfilename: cid for s in siblings if (cid := _content_id(s))}
+        return RepoFiles(repo_id, revision, info.sha or "", sizes, card, content)
 
     def read(self, repo_id: str, sha: str, path: str, offset: int, length: int) -> bytes:
         buf = bytearray(length)
@@ -258,7 +269,7 @@ class Hub:
                 response = http_backoff("GET", url, headers=self._headers(), **self._backoff)
                 hf_raise_for_status(response)
         except HubError as e:
-            if _is_missing(e):
+            if is_missing(e):
                 return None
             raise
         return response.content
@@ -270,7 +281,7 @@ class Hub:
                 repo_id, lambda: self.api.list_repo_refs(repo_id, include_pull_requests=True)
             )
         except HubError as e:
-            if _is_missing(e):
+            if is_missing(e):
                 return []
             raise
         prs = sorted(refs.pull_requests or [], key=lambda r: int(r.ref.rsplit("/", 1)[-1]))
@@ -429,7 +440,13 @@ class Hub:
             raise HubError(redact(f"{what}: {_describe(e)}")) from e
 
 
-def _is_missing(e: HubError) -> bool:
+def _content_id(sibling: RepoSibling) -> str | None:
+    if sibling.lfs is not None:
+        return f"sha256:{sibling.lfs.sha256}"
+    return f"blob:{sibling.blob_id}" if sibling.blob_id else None
+
+
+def is_missing(e: HubError) -> bool:
     """The repo or file does not exist (as opposed to: exists, but we may not see it)."""
     cause = e.__cause__
     missing = isinstance(cause, (RepositoryNotFoundError, RemoteEntryNotFoundError))

@@ -1,9 +1,14 @@
 """Checkpoint specs -> `Source`s: a local directory, or a Hub repo pinned to one commit.
 
 A spec is a directory path, or ``org/name[@revision]`` (branch, tag or commit
-sha; default main). A Hub revision is resolved to its commit sha once, here,
-and every later read names that sha, so a push to the source repo during a
-merge cannot mix two revisions.
+sha; default main). A spec that can only be a path (it starts with ./, ../, / or
+~, or has more than one /) and is not a directory is "no such directory", never
+a Hub lookup; one that could be either (``org/name`` where ./org exists) goes to
+the Hub, and if the Hub has no such repo either, the error says both.
+
+A Hub revision is resolved to its commit sha once, here, and every later read
+names that sha, so a push to the source repo during a merge cannot mix two
+revisions.
 
 Remote checkpoints are first opened with reads of config.json, the index and
 the safetensors headers only (the preflight): one request per shard for its
@@ -18,6 +23,7 @@ through hf_xet download streams (no `/resolve/` request per range: the Hub's
 
 from __future__ import annotations
 
+import difflib
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,8 +32,8 @@ from pathlib import Path
 
 from paramdelta.engine.checkpoint import LocalSource, Source
 from paramdelta.engine.layout import MergePlan
-from paramdelta.errors import CheckpointError, UsageError
-from paramdelta.hub.client import Hub, RepoFiles
+from paramdelta.errors import CheckpointError, HubError, UsageError
+from paramdelta.hub.client import Hub, RepoFiles, is_missing
 from paramdelta.hub.xet import XetReader
 from paramdelta.repo_ids import parse_spec
 from paramdelta.tokens import hub_token
@@ -118,16 +124,42 @@ class HubSource:
                 self._xet.close()
 
 
+PATH_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
+
+
 def open_source(spec: str, role: str, hub_factory: HubFactory) -> Source:
+    option = f"--{role.replace('_', '-')}"
     path = Path(spec).expanduser()
     if path.is_dir():
         return LocalSource(path, str(path))
+    if spec.startswith(PATH_PREFIXES) or spec.count("/") > 1:
+        raise UsageError(f"{option} {spec}: no such directory{_nearest(path)}")
     try:
         repo_id, revision = parse_spec(spec)
     except UsageError as e:
-        raise UsageError(f"--{role.replace('_', '-')} {e}") from None
+        raise UsageError(f"{option} {e}") from None
     hub = hub_factory()
-    return HubSource(hub, hub.repo_files(repo_id, revision))
+    try:
+        return HubSource(hub, hub.repo_files(repo_id, revision))
+    except HubError as e:
+        owner = Path(repo_id.partition("/")[0])
+        if owner.is_dir() and is_missing(e):  # a typo in a local path, most likely
+            raise UsageError(
+                f"{option} {spec}: no such directory{_nearest(path)}, and no Hub repo {repo_id}"
+            ) from None
+        raise
+
+
+def _nearest(path: Path) -> str:
+    """The closest directories where the path stops existing (for a typo), if any."""
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return ""
+    names = sorted(p.name for p in parent.iterdir() if p.is_dir())
+    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(str(parent / n) for n in close)}?)" if close else ""
 
 
 class HubFactory:
@@ -158,26 +190,13 @@ def open_sources(
             source.close()
 
 
-def files_needed(plan: MergePlan) -> dict[str, set[str]]:
-    """Per role, the files a merge reads: weight shards and donated files."""
-    needed: dict[str, set[str]] = {}
-    for item in plan.items:
-        for segment in item.segments:
-            for role, ref, _ in segment.inputs:
-                needed.setdefault(role, set()).add(ref.file)
-    for path, role in plan.files.items():
-        needed.setdefault(role, set()).add(path)
-    return needed
-
-
 def download_inputs(plan: MergePlan, sources: dict[str, Source]) -> dict[str, Source]:
-    """Swap each Hub source for the same files fetched into the Hugging Face cache."""
-    needed = files_needed(plan)
+    """Swap each Hub source for the files the merge reads, fetched into the Hugging Face cache."""
     local: dict[str, Source] = {}
     for role, source in sources.items():
         if isinstance(source, HubSource):
             repo = source.repo
-            snapshot = source.hub.download(repo.repo_id, repo.sha, sorted(needed.get(role, ())))
+            snapshot = source.hub.download(repo.repo_id, repo.sha, plan.read.get(role, []))
             swapped = LocalSource(snapshot, source.label)
             local[role] = swapped
         else:
