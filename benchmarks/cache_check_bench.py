@@ -28,8 +28,9 @@ from pathlib import Path
 from huggingface_hub import constants
 
 from paramdelta.engine.options import parse_size
-from paramdelta.hub.cache import HASH_PIECE, checked_snapshot
+from paramdelta.hub.cache import checked_snapshot
 from paramdelta.hub.client import RepoFiles
+from paramdelta.hub.content_ids import HASH_PIECE
 
 REPO = "bench/base"
 SHA = "0" * 40
@@ -57,8 +58,8 @@ def build_cache(root: Path, size: int, files: int) -> tuple[RepoFiles, Path]:
         blob = repo_dir / "blobs" / digest.hexdigest()
         tmp.rename(blob)
         (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
-        sizes[name], hashes[name] = each, digest.hexdigest()
-    return RepoFiles(REPO, "main", SHA, sizes, {}, hashes, {}), snapshot
+        sizes[name], hashes[name] = each, f"sha256:{digest.hexdigest()}"
+    return RepoFiles(REPO, "main", SHA, sizes, {}, hashes), snapshot
 
 
 def read_all(snapshot: Path, names: list[str]) -> None:

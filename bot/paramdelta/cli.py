@@ -24,20 +24,32 @@ from paramdelta.tokens import redact
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("paramdelta.commands.demo", "the whole cycle offline, on a loopback fake Hub"),
+    "init": ("paramdelta.commands.init", "write a watchlist and the scheduled workflow"),
     "merge": ("paramdelta.commands.merge", "merge three checkpoints: new_base + (post - base)"),
     "publish": ("paramdelta.commands.publish", "publish a merged directory to the Hub"),
     "watchlist": ("paramdelta.commands.watchlist", "check a watchlist file"),
     "plan": ("paramdelta.commands.plan", "list the watchlist targets that need a new merge"),
     "run": ("paramdelta.commands.run", "plan, then merge and publish every pending target"),
     "report": ("paramdelta.commands.report", "summarise run results; open or close issues"),
-    "demo": ("paramdelta.commands.demo", "the whole cycle offline, on a loopback fake Hub"),
 }
+FIRST_STEPS = """\
+start here:
+  paramdelta demo      see the whole cycle (plan, merge, publish) offline, in seconds
+  paramdelta init BASE POST NEW_BASE --output ORG/NAME
+                       write watchlist.yaml and the GitHub workflow that keeps it current
+  paramdelta merge --base B --post P --new-base N --output DIR
+                       one merge, from local directories or Hub repos
+
+'paramdelta COMMAND --help' tells more about each command."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paramdelta",
         description="Transfer post-training onto a new base model (ParamΔ) and publish it.",
+        epilog=FIRST_STEPS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"paramdelta {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -63,10 +63,19 @@ def read_token_file(path: str | os.PathLike[str]) -> str:
     return register(token) or token
 
 
-def hub_token(token_file: str | None = None) -> str | None:
-    """The Hub token: --token-file, else HF_TOKEN, else the saved `hf auth login` token."""
+def hub_token(token_file: str | None = None) -> str | bool | None:
+    """The Hub token: --token-file, else trusted publishing, else HF_TOKEN or the saved login.
+
+    With HF_OIDC_RESOURCE (trusted publishing) the answer is True: huggingface_hub then
+    fetches the token per request, exchanging the CI's OIDC id token for one that lasts an
+    hour and exchanging again before it expires, so a run longer than that still commits.
+    (A string handed over once would expire with its hour.) The tokens are registered for
+    redaction as they are sent.
+    """
     if token_file:
         return read_token_file(token_file)
+    if os.environ.get("HF_OIDC_RESOURCE"):
+        return True
     from huggingface_hub import get_token  # reads HF_TOKEN, then the token file
 
     return register(get_token())

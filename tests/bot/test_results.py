@@ -12,7 +12,7 @@ TOKEN = "ghs_report-test-token"
 
 
 def test_results_round_trip_through_a_file(tmp_path):
-    results = [failed(), published(), quiet("up-to-date")]
+    results = [failed(), published("qwen-2.5-7b-instruct"), quiet("up-to-date")]
     write_results(tmp_path / "results.json", results)
     data = json.loads((tmp_path / "results.json").read_text())
     assert list(data) == ["results"]

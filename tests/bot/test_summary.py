@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from paramdelta.bot.results import TargetResult
 from paramdelta.bot.summary import summary_markdown
 
@@ -58,19 +60,10 @@ def test_summary_markdown_of_nothing():
 
 def test_untrusted_text_shows_as_text():
     hostile = failed(error="tensor 'w<img src=x onerror=alert(1)>' [click](https://evil.test) `x`")
-    link = TargetResult(
-        target="gemma",
-        status="published",
-        output_repo="acme/gemma",
-        new_base_repo="google/gemma",
-        new_base_sha="c" * 40,
-        url="javascript:alert(1)//https://x",
-        exit_code=0,
-        duration_s=1,
-    )
+    link = replace(published("gemma"), url="javascript:alert(1)//https://x")
     text = summary_markdown([hostile, link])
     assert (
         "- **llama-3.1-8b-instruct**: tensor 'w\\<img src=x onerror=alert(1)\\>'"
         " \\[click\\](https://evil.test) \\`x\\`\n"
     ) in text
-    assert "| gemma | google/gemma@ccccccc | published | commit | 1.0s |" in text
+    assert "| gemma | meta-llama/Llama-3.1-8B@bbbbbbb | published | commit | 2m 05s |" in text

@@ -31,6 +31,16 @@ def _cached(repo: str, sha: str, path: str) -> Path:
     return Path(constants.HF_HUB_CACHE) / folder / "snapshots" / sha / path
 
 
+def _stamps(but: Path) -> dict[Path, tuple[int, int]]:
+    """Inode and mtime of every file in the cache (what a download changes), but ``but`` and
+    its companions (huggingface_hub's ``.refs`` manifest of a shared blob)."""
+    cache = Path(constants.HF_HUB_CACHE)
+    files = [p for p in cache.rglob("*") if p.is_file() and not p.is_symlink()]
+    return {
+        p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in files if not p.name.startswith(but.name)
+    }
+
+
 def _first_run(hub_trio, tmp_path):
     """Target one merges, filling the cache; target two (same inputs) is run after tampering."""
     watchlist = write_watchlist(tmp_path, target("one", "me/one"), target("two", "me/two"))
@@ -53,6 +63,7 @@ def test_a_weight_blob_with_flipped_bits_is_fetched_again(hub_trio, fake_hub, tm
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0xFF  # same size, different content
     blob.write_bytes(bytes(data))
+    others = _stamps(blob)
     capsys.readouterr()
     fake_hub.clear_requests()
 
@@ -62,9 +73,11 @@ def test_a_weight_blob_with_flipped_bits_is_fetched_again(hub_trio, fake_hub, tm
         f"paramdelta: warning: org/base@{hub_trio.shas['base'][:7]}/{shard} in the cache:"
         " its sha256 is not the Hub's; fetching it again\n"
     ) in err
-    genuine = fake_hub.store.get("org/base").resolve("main").files[shard].sha256
-    assert len(blob_downloads(fake_hub, genuine)) == 1  # fetched again, and nothing else was
-    assert len(blob_downloads(fake_hub)) == 1
+    # Fetched again (into huggingface_hub's shared store of Xet blobs, where the bad one
+    # was), and nothing else was.
+    assert blob.read_bytes() == (hub_trio.local["base"] / shard).read_bytes()
+    assert _stamps(blob) == others
+    assert blob_downloads(fake_hub) == []
     _assert_published_the_genuine_merge(fake_hub, hub_trio, tmp_path)
 
 
@@ -95,6 +108,9 @@ def test_a_tokenizer_file_made_a_symlink_to_a_secret_is_not_followed(
 def test_content_that_never_matches_the_listing_is_never_published(hub_trio, fake_hub, tmp_path):
     watchlist = write_watchlist(tmp_path, target("one", "me/one"))
     shard = sorted(hub_trio.local["new_base"].glob("*.safetensors"))[-1].name
+    # A shard stored as a legacy LFS object, whose bytes the Hub serves as they are.
+    weights = (hub_trio.local["new_base"] / shard).read_bytes()
+    sha = fake_hub.commit("org/new-base", {shard: weights}, xet=False)
     listed = fake_hub.store.get("org/new-base").resolve("main").files[shard]
     stored = fake_hub.objects.path(listed.sha256)  # what the Hub itself serves: bad bytes
     data = bytearray(stored.read_bytes())
@@ -105,7 +121,6 @@ def test_content_that_never_matches_the_listing_is_never_published(hub_trio, fak
     assert main(["run", "--watchlist", str(watchlist), "--result-file", str(results)]) == 4
     [result] = load_results([results])
     assert result.error == (
-        f"org/new-base@{hub_trio.shas['new_base'][:7]}/{shard}: its sha256 is not the Hub's,"
-        " even as downloaded again"
+        f"org/new-base@{sha[:7]}/{shard}: its sha256 is not the Hub's, even as downloaded again"
     )
     assert fake_hub.list_files("me/one") == [".gitattributes"]

@@ -25,8 +25,8 @@ def test_of_two_overlapping_runs_one_publishes_and_the_other_exits_5(
     watchlist = load(write_watchlist(tmp_path, target("good", "me/good")))
     hub = Hub(token=hub_token)
     # Both runs plan before either has published (the schedule, and a manual dispatch).
-    [first] = plan_watchlist(hub, watchlist, files=True)
-    [second] = plan_watchlist(hub, watchlist, files=True)
+    [first] = plan_watchlist(hub, watchlist)
+    [second] = plan_watchlist(hub, watchlist)
     options = RunOptions(progress=False)
 
     monkeypatch.setenv("GITHUB_SERVER_URL", "https://github.test")

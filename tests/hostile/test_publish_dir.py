@@ -1,5 +1,5 @@
 """Attack: `paramdelta publish DIR` committed dotfiles (.env, .git/config) and followed
-symlinks out of DIR."""
+symlinks out of DIR (a directory `merge --output` wrote, files added to it since)."""
 
 import json
 
@@ -13,8 +13,11 @@ def test_publish_skips_dotfiles_caches_and_links_out_of_the_folder(
     fake_hub, hub_token, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setenv("HF_TOKEN", hub_token)
-    folder = make_trio(tmp_path / "trio")["new_base"]
-    model_files = sorted(p.name for p in folder.iterdir())
+    trio = make_trio(tmp_path / "trio")
+    folder = tmp_path / "merged"
+    argv = ["merge", *(f"--{r.replace('_', '-')}={p}" for r, p in trio.items())]
+    assert main([*argv, "--output", str(folder), "--format", "json"]) == 0
+    model_files = sorted(p.name for p in folder.iterdir() if p.name != ".paramdelta-output")
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "id_rsa").write_text(SECRET)
@@ -30,6 +33,7 @@ def test_publish_skips_dotfiles_caches_and_links_out_of_the_folder(
     (folder / "docs").mkdir()
     (folder / "docs" / "config-copy.json").symlink_to(folder / "config.json")  # inside: fine
 
+    capsys.readouterr()
     assert (
         main(["publish", str(folder), "--repo", "me/model", "--dry-run", "--format", "json"]) == 0
     )

@@ -67,8 +67,8 @@ def test_in_review_is_a_status_of_its_own(hub_trio, fake_hub, tmp_path, capsys):
 def test_two_overlapping_runs_open_one_pull_request(hub_trio, fake_hub, hub_token, tmp_path):
     watchlist = load(write_watchlist(tmp_path, target("good", "me/good", publish="pr")))
     hub = Hub(token=hub_token)
-    [first] = plan_watchlist(hub, watchlist, files=True)
-    [second] = plan_watchlist(hub, watchlist, files=True)
+    [first] = plan_watchlist(hub, watchlist)
+    [second] = plan_watchlist(hub, watchlist)
     options = RunOptions(progress=False)
 
     opened = run_target(hub, second, options)
@@ -82,7 +82,7 @@ def test_a_new_proposal_closes_the_ones_it_supersedes(hub_trio, fake_hub, tmp_pa
     watchlist = write_watchlist(tmp_path, target("good", "me/good", publish="pr"))
     assert main(["run", "--watchlist", str(watchlist)]) == 0
     stranger = fake_hub.open_pull_request("me/good", {"x.txt": b"x"}, author="mallory")
-    fake_hub.commit("org/new-base", {"NOTES.md": b"a new release"})
+    fake_hub.commit("org/post", {"chat_template.jinja": b"{{ a new template }}"})  # a change
 
     assert main(["run", "--watchlist", str(watchlist)]) == 0
     old, _, new = fake_hub.pull_requests("me/good")

@@ -4,6 +4,8 @@ After `merge --push-to` (or `publish`) of a different trio onto an output repo, 
 kept its old paramdelta.json, and `plan` then called the target up to date.
 """
 
+import json
+
 from paramdelta.cli import main
 
 from .helpers import target, write_watchlist
@@ -15,18 +17,22 @@ def _plan(watchlist, capsys):
     return capsys.readouterr().out.splitlines()[0]
 
 
-def test_pushing_other_weights_removes_the_record_that_no_longer_describes_them(
+def test_pushing_other_weights_replaces_the_record_with_one_that_describes_them(
     hub_trio, fake_hub, tmp_path, capsys
 ):
     watchlist = write_watchlist(tmp_path, target("good", "me/good"))
     assert main(["run", "--watchlist", str(watchlist)]) == 0
     assert _plan(watchlist, capsys).startswith("good: up-to-date")
 
-    # A different trio pushed by hand onto the same repo.
+    # A different trio pushed by hand onto the same repo: its commit carries its own record.
     args = ["--base", "org/base", "--post", "org/post", "--new-base", "org/base"]
     assert main(["merge", *args, "--push-to", "me/good", "--alpha", "0.5"]) == 0
-    assert "paramdelta.json" not in fake_hub.list_files("me/good")
-    assert _plan(watchlist, capsys).endswith(": no lineage record in the output repo")
+    record = json.loads(fake_hub.read_file("me/good", "paramdelta.json"))
+    assert (record["target"], record["recipe"]["alpha"]) == (None, 0.5)
+    assert [c["repo"] for c in record["checkpoints"]] == ["org/base", "org/post", "org/base"]
+    assert _plan(watchlist, capsys).endswith(
+        ": new base is now org/new-base (was org/base); recipe alpha changed: 0.5 -> 1.0"
+    )
 
 
 def test_a_record_kept_beside_other_weights_does_not_make_the_target_current(

@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from paramdelta.bot.results import TargetResult, load_results
+from paramdelta.bot.results import TargetResult, load_results, outranks
 from paramdelta.errors import MissingResultError
 
 ARTIFACT_PREFIX = "paramdelta-result-"
@@ -46,7 +46,7 @@ def collect(paths: Iterable[str | os.PathLike[str]], targets: Collection[str]) -
                 why = _refused(result, speaker, targets)
                 if why:
                     ignored.append(f"{file}: results[{index}]: {why}; ignored")
-                elif result.status != "planned" or result.target not in final:
+                elif outranks(result, final.get(result.target)):
                     final[result.target] = result
     results = [r if r.status != "planned" else _no_result(r) for r in final.values()]
     return Collected(results, ignored)

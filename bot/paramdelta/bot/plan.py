@@ -1,10 +1,13 @@
 """Which watchlist targets need a new merge: a few API calls per target, no weight bytes.
 
 For each enabled target: resolve the base, post and new base to commit shas
-(for a family, find its newest member first), read the output repo's
-paramdelta.json, and compare. A target is pending when any sha or the recipe
-differs, or there is no record, or the weights beside it are not the ones it
-names. With `publish: pr`, an open pull request of the bot's own account that
+with their file listings (for a family, find its newest member first), read
+the output repo's paramdelta.json, and compare (`lineage.compare`). A target is
+pending when the content of a file the merge read, the recipe, or which
+checkpoint gives which file differs, or there is no record, or the weights
+beside it are not the ones it names; a commit upstream that changed none of
+these ("upstream moved, content unchanged", a README edit say) leaves it up to
+date. With `publish: pr`, an open pull request of the bot's own account that
 already carries the wanted merge counts as done (in review, a status of its
 own), so a schedule does not open the same PR every few hours; a stranger's
 pull request never counts. A target that fails to resolve is
@@ -81,10 +84,8 @@ class TargetPlan:
 Resolved = dict[tuple[str, str], RepoFiles]  # (repo, revision) -> its commit, once per plan
 
 
-def resolve(
-    hub: Hub, target: Target, *, files: bool, seen: Resolved | None = None
-) -> dict[str, RepoFiles]:
-    """The target's three checkpoints pinned to commit shas (``files``: with file sizes).
+def resolve(hub: Hub, target: Target, *, seen: Resolved | None = None) -> dict[str, RepoFiles]:
+    """The target's three checkpoints pinned to commit shas, with file sizes and content ids.
 
     ``seen`` shares resolutions between the targets of one plan: a base used by
     ten targets costs one request, and all ten see the same commit.
@@ -105,18 +106,16 @@ def resolve(
     }
     for ref in refs.values():
         if ref not in seen:
-            seen[ref] = hub.repo_files(*ref, files=files)
+            seen[ref] = hub.repo_files(*ref)
     return {role: seen[ref] for role, ref in refs.items()}
 
 
-def plan_target(
-    hub: Hub, target: Target, *, files: bool = False, seen: Resolved | None = None
-) -> TargetPlan:
+def plan_target(hub: Hub, target: Target, *, seen: Resolved | None = None) -> TargetPlan:
     started = time.perf_counter()
     if not target.enabled:
         return TargetPlan(target, "disabled", ["enabled: false"])
     try:
-        checkpoints = resolve(hub, target, files=files, seen=seen)
+        checkpoints = resolve(hub, target, seen=seen)
         plan = TargetPlan(target, PENDING, checkpoints=checkpoints)
         plan.output_repo = target.output_repo(checkpoints["new_base"].repo_id)
         if checkpoints["new_base"].repo_id == checkpoints["base"].repo_id and (
@@ -135,9 +134,9 @@ def _compare(hub: Hub, plan: TargetPlan) -> None:
     assert plan.output_repo is not None
     output = hub.find_repo_files(plan.output_repo, "main")
     plan.output_head = output.sha if output else None  # the parent of the commit, if any
-    reasons = published_differences(hub, plan, output)
+    reasons, notes = published_differences(hub, plan, output)
     if not reasons:
-        plan.status = "up-to-date"
+        plan.status, plan.reasons = "up-to-date", notes
         return
     if plan.target.publish == "pr" and (proposal := proposal_for(hub, plan)) is not None:
         plan.status, plan.reasons = "in-review", [f"already proposed in {proposal.ref}"]
@@ -150,31 +149,32 @@ def proposal_for(hub: Hub, plan: TargetPlan) -> Proposal | None:
     """The bot's own open pull request that carries exactly this merge, if there is one."""
     assert plan.output_repo is not None
     for proposal in own_proposals(hub, plan.output_repo, MAX_REVIEWED_PRS):
-        if proposal.files is not None and not published_differences(hub, plan, proposal.files):
+        if proposal.files is not None and not published_differences(hub, plan, proposal.files)[0]:
             return proposal
     return None
 
 
-def published_differences(hub: Hub, plan: TargetPlan, output: RepoFiles | None) -> list[str]:
+def published_differences(
+    hub: Hub, plan: TargetPlan, output: RepoFiles | None
+) -> lineage.Comparison:
     """Why ``output`` (the output repo at a commit) is not what the target should publish.
 
-    Its lineage record must name this target's commits and recipe, and the weights
-    beside it must be the ones it names.
+    Its lineage record must describe a merge of the target's checkpoints as they are
+    now, with its recipe (`lineage.compare`), and the weights beside it must be the
+    ones it names.
     """
     assert plan.output_repo is not None
     record = None
     if output is not None and output.sizes.get(lineage.FILENAME, 0) <= lineage.MAX_BYTES:
         data = hub.read_small_file(plan.output_repo, lineage.FILENAME, output.sha)
         record = lineage.decode(data)
-    reasons = lineage.differences(record, plan.pins(), plan.target.recipe())
-    if output is not None:
-        reasons += lineage.output_differences(record, output)
-    return reasons
+    reasons, notes = lineage.compare(record, plan.checkpoints, plan.target.recipe())
+    if output is not None and (mismatch := lineage.output_differences(record, output)):
+        return lineage.Comparison([*reasons, *mismatch], [])
+    return lineage.Comparison(reasons, notes)
 
 
-def plan_watchlist(
-    hub: Hub, watchlist: Watchlist, only: str | None = None, *, files: bool = False
-) -> list[TargetPlan]:
+def plan_watchlist(hub: Hub, watchlist: Watchlist, only: str | None = None) -> list[TargetPlan]:
     targets = [watchlist.target(only)] if only else watchlist.targets
     seen: Resolved = {}
-    return [plan_target(hub, target, files=files, seen=seen) for target in targets]
+    return [plan_target(hub, target, seen=seen) for target in targets]

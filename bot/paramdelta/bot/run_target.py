@@ -11,24 +11,31 @@ import os
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from paramdelta.bot import github_actions, lineage
-from paramdelta.bot.card import render_card
 from paramdelta.bot.plan import TargetPlan, proposal_for
 from paramdelta.bot.proposals import close_superseded
-from paramdelta.bot.publish import merge_and_publish
+from paramdelta.bot.publish import (
+    CardSettings,
+    card_and_record,
+    merge_and_publish,
+    merge_record,
+    plan_notes,
+)
 from paramdelta.bot.results import Status, TargetResult
 from paramdelta.engine.checkpoint import Source
-from paramdelta.engine.layout import MergePlan
-from paramdelta.engine.merge import MergeResult, preflight
+from paramdelta.engine.files import CARD_FILE
+from paramdelta.engine.layout import MergePlan, VocabularyError
+from paramdelta.engine.merge import preflight
 from paramdelta.engine.options import DEFAULT_MAX_MEMORY, MergeOptions
 from paramdelta.errors import Interrupted, ParamDeltaError, as_error
 from paramdelta.hub.client import Hub
 from paramdelta.hub.publisher import NEW_REPO, Publisher, PublishResult
 from paramdelta.hub.sources import HubSource, download_inputs
-from paramdelta.tokens import redact
+
+VOCAB_FIX = "set `vocab_policy: shared` on the target in the watchlist"
 
 
 class RunOptions(NamedTuple):
@@ -38,6 +45,7 @@ class RunOptions(NamedTuple):
     dry_run: bool = False
     progress: bool = True
     workdir: Path | None = None  # where dry runs leave their card
+    log: Callable[[str], None] | None = None  # what each merge does with rows and files
 
 
 def merge_options(plan: TargetPlan, options: RunOptions) -> MergeOptions:
@@ -59,40 +67,9 @@ def commit_message(plan: TargetPlan) -> str:
     return f"ParamΔ: {pins['post']['repo']} onto {new['repo']}@{new['sha'][:7]}"
 
 
-def lineage_record(
-    plan: TargetPlan,
-    merge_plan: MergePlan,
-    result: MergeResult | None,
-    weights: dict[str, dict[str, str]] | None = None,
-) -> dict[str, object]:
-    """The lineage record; ``weights``: the content of each committed weight file."""
-    output: dict[str, object] = {"repo": plan.output_repo}
-    if result is not None:
-        output |= {
-            "tensors": result.stats.tensors,
-            "bytes": result.stats.bytes,
-            "shards": [s.filename for s in result.shards],
-        }
-    if weights is not None:
-        output["files"] = weights
-    return lineage.build_record(
-        target=plan.target.name,
-        checkpoints=plan.pins(),
-        recipe=plan.target.recipe(),
-        files=merge_plan.files,
-        output=output,
-        ci_run_url=github_actions.run_url(),
-    )
-
-
-def card_for(hub: Hub, plan: TargetPlan, record: dict[str, object]) -> str:
-    return render_card(
-        record,
-        card_data={role: files.card_data for role, files in plan.checkpoints.items()},
-        template=plan.target.card_template,
-        tags=plan.target.tags,
-        hub_url=hub.endpoint,
-    )
+def card_settings(plan: TargetPlan) -> CardSettings:
+    target = plan.target
+    return CardSettings(target=target.name, tags=target.tags, template=target.card_template)
 
 
 def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
@@ -114,14 +91,15 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
         }
         merge_opts = merge_options(plan, options)
         merge_plan = preflight(sources, merge_opts)
+        if options.log is not None:
+            for note in plan_notes(merge_plan):
+                options.log(f"{plan.target.name}: {note}")
         if options.dry_run:
-            workdir = options.workdir or Path(tempfile.mkdtemp(prefix="paramdelta-dry-run-"))
-            card_path = workdir / plan.target.name / "README.md"
-            card_path.parent.mkdir(parents=True, exist_ok=True)
-            card = card_for(hub, plan, lineage_record(plan, merge_plan, None))
-            card_path.write_text(redact(card))
-            return result("dry-run", url=card_path.as_uri())
+            return result("dry-run", url=dry_run_card(hub, plan, sources, merge_plan, options))
         published = publish_merge(hub, plan, sources, merge_plan, merge_opts, options)
+    except VocabularyError as e:  # the fix is the watchlist's, not a flag `run` does not take
+        fixed = e.with_fix(VOCAB_FIX)
+        return result("failed", error=str(fixed), exit_code=fixed.exit_code)
     except Exception as e:  # whatever it is, it is this target's failure, not the run's
         if os.environ.get("PARAMDELTA_DEBUG"):
             traceback.print_exc()
@@ -147,6 +125,23 @@ def not_run(
     return plan.result("failed", error=str(error), exit_code=error.exit_code)
 
 
+def dry_run_card(
+    hub: Hub,
+    plan: TargetPlan,
+    sources: dict[str, Source],
+    merge_plan: MergePlan,
+    options: RunOptions,
+) -> str:
+    """Render the card a merge would publish, from the planned record; its file URL."""
+    settings = card_settings(plan)
+    record = merge_record(sources, merge_plan, plan.output_repo, settings)
+    workdir = options.workdir or Path(tempfile.mkdtemp(prefix="paramdelta-dry-run-"))
+    card_path = workdir / plan.target.name / CARD_FILE
+    card_path.parent.mkdir(parents=True, exist_ok=True)
+    card_path.write_bytes(card_and_record(record, settings, hub.endpoint)[CARD_FILE])
+    return card_path.as_uri()
+
+
 def publish_merge(
     hub: Hub,
     plan: TargetPlan,
@@ -167,13 +162,6 @@ def publish_merge(
         parent=plan.output_head or NEW_REPO,  # what the plan saw, not what is there hours later
     )
 
-    def card_and_lineage(merged: MergeResult) -> dict[str, bytes]:
-        record = lineage_record(plan, merge_plan, merged, publisher.weight_ids(merged.out_dir))
-        return {
-            "README.md": card_for(hub, plan, record).encode(),
-            lineage.FILENAME: lineage.encode(record),
-        }
-
     def already_proposed() -> PublishResult | None:
         """Right before opening a pull request: is the same merge in one of ours by now?"""
         if not publisher.create_pr or (proposal := proposal_for(hub, plan)) is None:
@@ -186,8 +174,8 @@ def publish_merge(
         sources,
         merge_opts,
         plan=merge_plan,
+        settings=card_settings(plan),
         prepare=None if options.stream else download_inputs,
-        extra_files=card_and_lineage,
         already_published=already_proposed,
     )
     if published.pr_number is not None:

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
@@ -58,6 +59,9 @@ class Source(Protocol):
 
     def read_into(self, path: str, offset: int, view: memoryview) -> None:
         """Fill ``view`` with the bytes at ``offset``; the bulk data path."""
+
+    def prefetch(self, paths: Sequence[str]) -> None:
+        """A hint: the headers of these files are read next (a remote source reads them at once)."""
 
     def close(self) -> None: ...
 
@@ -112,6 +116,9 @@ class LocalSource:
                     " (changed on disk during the merge?)"
                 )
             done += n
+
+    def prefetch(self, paths: Sequence[str]) -> None:
+        pass  # local reads are cheap one at a time
 
     def close(self) -> None:
         with self._lock:
@@ -196,6 +203,7 @@ def open_checkpoint(source: Source, role: str) -> Checkpoint:
 
     tensors: dict[str, TensorRef] = {}
     header_bytes = 0
+    source.prefetch(shards)
     for shard in shards:
         shard_where = f"{where}/{shard}"
         header = read_header(functools.partial(source.read, shard), source.size(shard), shard_where)

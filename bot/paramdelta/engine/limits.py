@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from paramdelta.errors import CheckpointError
 
-MAX_CONFIG_BYTES = 1 << 20  # config.json: real ones are 1-50 KB
+MAX_CONFIG_BYTES = 1 << 20  # config.json, generation_config.json: real ones are 1-50 KB
 MAX_INDEX_BYTES = 32 << 20  # model.safetensors.index.json: ~9 MB for DeepSeek-V3's 91k tensors
 MAX_DONATED_BYTES = 128 << 20  # tokenizer and other copied files: Gemma 3's tokenizer.json is 33 MB
 MAX_SHARDS = 4096  # DeepSeek-V3 has 163, Llama 3.1 405B 191

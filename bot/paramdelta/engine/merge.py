@@ -6,11 +6,12 @@ the Hub beyond the `Source` objects it is given and the optional shard hook.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from paramdelta.engine.checkpoint import Checkpoint, LocalSource, Source, open_checkpoint
+from paramdelta.engine.files import RESULT_FILES
 from paramdelta.engine.layout import CONFIG, ROLES, MergePlan, plan_merge
 from paramdelta.engine.options import MergeOptions
 from paramdelta.engine.safetensors_format import INDEX
@@ -36,7 +37,11 @@ class MergeResult:
     plan: MergePlan
     shards: list[ShardPlan]
     stats: MergeStats
-    files: dict[str, str]  # every output file -> where it came from ("merge" or a role)
+    files: dict[str, str]  # every output file -> where it came from ("merge", a role, "result")
+
+
+# Files made from a finished merge (the card, the lineage record), added to its output.
+ResultFiles = Callable[[MergeResult], Mapping[str, bytes]]
 
 
 def open_trio(sources: dict[str, Source]) -> dict[str, Checkpoint]:
@@ -66,11 +71,13 @@ def merge_to_dir(
     on_shard_written: ShardHook | None = None,
     plan: MergePlan | None = None,
     prepare: Prepare | None = None,
+    result_files: ResultFiles | None = None,
 ) -> MergeResult:
     """Merge the checkpoints behind ``sources`` into ``out_dir`` (created atomically).
 
     ``prepare`` may swap sources once the plan is known (e.g. download Hub files);
-    ``on_shard_written`` receives each finished shard (e.g. to upload it).
+    ``on_shard_written`` receives each finished shard (e.g. to upload it);
+    ``result_files`` makes files from the result, written before the output appears.
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)
@@ -101,5 +108,9 @@ def merge_to_dir(
             else:
                 writer.copy_file(path, source)
             files[path] = role
+        result = MergeResult(writer.out_dir, plan, shards, stats, files)
+        for path, data in (result_files(result) if result_files else {}).items():
+            writer.add_file(path, data)
+            files[path] = RESULT_FILES
         writer.commit()
-    return MergeResult(writer.out_dir, plan, shards, stats, dict(sorted(files.items())))
+    return replace(result, files=dict(sorted(files.items())))

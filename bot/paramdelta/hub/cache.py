@@ -6,7 +6,9 @@ the cache can flip bits in a weight blob or replace a tokenizer file with a
 symlink to a secret. Before a cached file is merged:
 
 - it must resolve to a regular file inside this repo's cache folder (a snapshot
-  entry is a symlink to ``../../blobs/<etag>``; one leading anywhere else is refused);
+  entry is a symlink to ``../../blobs/<etag>``) or inside huggingface_hub's
+  cache-wide store of Xet files (``<cache>/blobs/<xx>/<xet hash>``, which that
+  entry may in turn link to); one leading anywhere else is refused;
 - its size must be the one the Hub lists for the pinned commit;
 - its content must hash to what the Hub lists: the sha256 of an LFS or Xet file
   (the weights), the git blob id of any other file.
@@ -23,7 +25,6 @@ measured by benchmarks/cache_check_bench.py.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import sys
@@ -34,12 +35,13 @@ from typing import NamedTuple
 
 from huggingface_hub import constants
 from huggingface_hub.file_download import repo_folder_name
+from huggingface_hub.utils._shared_blobs import shared_blobs_dir
 
 from paramdelta.engine.checkpoint import LocalSource
 from paramdelta.errors import HubError, LocalFileError
+from paramdelta.hub import content_ids
 from paramdelta.hub.client import RepoFiles
 
-HASH_PIECE = 8 << 20  # bytes per read while hashing
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK  # O_NONBLOCK: a FIFO cannot hang us
 
 
@@ -137,7 +139,7 @@ def _check(repo: RepoFiles, root: Path, entry: Path, path: str) -> tuple[int | N
     if path not in repo.sizes:
         return None, "not in the Hub's listing of the commit"
     real = Path(os.path.realpath(entry))
-    if not real.is_relative_to(root):
+    if not (real.is_relative_to(root) or real.is_relative_to(_shared_store())):
         return None, "leads out of the cache (a symlink to another file)"
     try:
         fd = os.open(real, _OPEN)
@@ -160,30 +162,18 @@ def _content_problem(repo: RepoFiles, path: str, fd: int) -> str | None:
     size = repo.sizes[path]
     if st.st_size != size:
         return f"{st.st_size} bytes, the Hub lists {size}"
-    if path in repo.lfs_sha256:
-        digest, expected = _hash(hashlib.sha256(), fd, size), repo.lfs_sha256[path]
-        return None if digest == expected else "its sha256 is not the Hub's"
-    if path in repo.blob_ids:
-        git = hashlib.sha1(b"blob %d\0" % size)  # noqa: S324 - git's blob id, what the Hub lists
-        return (
-            None
-            if _hash(git, fd, size) == repo.blob_ids[path]
-            else "its git blob id is not the Hub's"
-        )
-    return "the Hub's listing gives no content hash for it"
+    expected = repo.content.get(path, "")
+    which = content_ids.kind(expected)
+    if not which:
+        return "the Hub's listing gives no content hash for it"
+    if content_ids.of_fd(fd, size, [which])[which] == expected:
+        return None
+    hash_name = "sha256" if which == content_ids.SHA256 else "git blob id"
+    return f"its {hash_name} is not the Hub's"
 
 
-def _hash(digest: hashlib._Hash, fd: int, size: int) -> str:
-    buffer = bytearray(min(HASH_PIECE, max(size, 1)))
-    view = memoryview(buffer)
-    offset = 0
-    while offset < size:
-        n = os.preadv(fd, [view[: min(len(view), size - offset)]], offset)
-        if n == 0:
-            break  # shorter than fstat said: the digest cannot match
-        digest.update(view[:n])
-        offset += n
-    return digest.hexdigest()
+def _shared_store() -> Path:
+    return shared_blobs_dir(Path(constants.HF_HUB_CACHE).resolve())
 
 
 def _evict(repo: RepoFiles, root: Path, snapshot: Path, path: str) -> None:
@@ -195,9 +185,13 @@ def _evict(repo: RepoFiles, root: Path, snapshot: Path, path: str) -> None:
     entry = snapshot / path
     if not Path(os.path.realpath(entry.parent)).is_relative_to(root):
         return
-    etag = repo.lfs_sha256.get(path) or repo.blob_ids.get(path)
+    # The cache names a blob by its etag: the sha256 of an LFS file, else its git blob id.
+    etag = repo.content.get(path, "").partition(":")[2]
     blob = root / "blobs" / etag if etag else None
-    for victim in (entry, blob):
+    # A shared Xet blob of the right size is linked again, not downloaded: it goes too.
+    real = Path(os.path.realpath(entry))
+    shared = real if real.is_relative_to(_shared_store()) else None
+    for victim in (entry, blob, shared):
         if victim is not None and (victim.is_symlink() or victim.exists()):
             try:
                 victim.unlink()

@@ -1,36 +1,41 @@
 """Publish a merged checkpoint to the Hub as ONE commit, never half of one.
 
-Shards are pre-uploaded (LFS) as soon as they are written, one at a time,
-and deleted locally if asked (so disk holds about one shard); nothing is
-visible in the repo until the single `create_commit` at the end, which names
-the branch head read at the start as its parent. If anyone moved the branch
-meanwhile the Hub refuses the commit and nothing changes (exit 5). A crash
-before that commit leaves the repo exactly as it was; a re-run recomputes the
-same bytes, and the Hub already holds their LFS objects, so they are not
-uploaded again.
+Shards are pre-uploaded through Xet as soon as they are written, one at a
+time, by path (huggingface_hub falls back to legacy LFS for an open file
+object, hashing it in Python first): hf_xet chunks, deduplicates and hashes in
+one pass. A shard is uploaded from a hard link in a staging directory, so the
+writer may rename or delete its own name meanwhile; with ``delete`` the disk
+space goes when the upload is done (so disk holds about one shard uploading
+and one being written). Nothing is visible in the repo until the single
+`create_commit` at the end, which names the branch head read at the start as
+its parent. If anyone moved the branch meanwhile the Hub refuses a direct
+commit and nothing changes (exit 5); a pull request is opened from that parent
+whatever the branch did since. A crash before the commit leaves the repo
+exactly as it was; a re-run recomputes the same bytes, and Xet storage already
+holds their chunks, so they are not uploaded again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
+from paramdelta.engine.files import LINEAGE_FILE
 from paramdelta.engine.safetensors_format import is_weights_file
-from paramdelta.engine.writer import ShardPlan
+from paramdelta.engine.writer import OUTPUT_MARKER, ShardPlan
 from paramdelta.errors import PublishConflictError
-from paramdelta.hub.cache import HASH_PIECE
+from paramdelta.hub import content_ids
 from paramdelta.hub.client import Hub
 from paramdelta.tokens import redact
 
-LINEAGE_FILE = "paramdelta.json"  # the bot's record (paramdelta.bot.lineage), beside the weights
 NEW_REPO = "new-repo"  # a Publisher's parent when the output repo did not exist at plan time
 
 
@@ -115,7 +120,7 @@ class Publisher:
         self._uploaded: dict[str, CommitOperationAdd] = {}
         self._pending: Future[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._handles: list[BinaryIO] = []
+        self._staging: Path | None = None
         self._remote_files: set[str] = set()
         self._lock = threading.Lock()
 
@@ -137,38 +142,54 @@ class Publisher:
     def __exit__(self, *exc_info: object) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
-        for handle in self._handles:
-            handle.close()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
 
     def upload_shard(self, path: Path, shard: ShardPlan, *, delete: bool = False) -> None:
         """Writer hook: upload this shard in the background once the previous one is done.
 
-        The upload reads from an open handle, so the writer may move its directory
+        The upload reads a hard link of the shard in the staging directory (beside the
+        writer's, so on the same file system), so the writer may move its directory
         meanwhile; with ``delete`` the name goes at once and the disk space when the
-        upload is done and the handle closed.
+        upload is done. Where no hard link can be made, the shard is uploaded before
+        the writer goes on.
         """
-        handle = path.open("rb")
-        if delete:
-            path.unlink()
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="paramdelta-upload")
-            self._handles.append(handle)
             previous, self._pending = self._pending, None
         if previous is not None:
             previous.result()  # bounds disk to ~one shard uploading + one being written
-        self._pending = self._executor.submit(self._upload, handle, shard.filename)
+        staged = self._stage(path)
+        if staged is None:
+            self._upload(path, shard.filename, remove=delete)
+            return
+        if delete:
+            path.unlink()
+        self._pending = self._executor.submit(self._upload, staged, shard.filename, remove=True)
 
-    def _upload(self, handle: BinaryIO, path_in_repo: str) -> None:
-        operation = CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=handle)
+    def _stage(self, path: Path) -> Path | None:
+        try:
+            if self._staging is None:
+                self._staging = Path(
+                    tempfile.mkdtemp(prefix=".paramdelta-upload-", dir=path.parent.parent)
+                )
+            staged = self._staging / path.name
+            os.link(path, staged)
+        except OSError:
+            return None
+        return staged
+
+    def _upload(self, path: Path, path_in_repo: str, *, remove: bool) -> None:
+        operation = CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=str(path))
         self.hub.preupload(
             self.repo_id, [operation], revision=self.revision, create_pr=self.create_pr
         )
-        # preupload drops the content once it is stored as LFS; the commit then needs
-        # only its hash. A regular (non-LFS) file keeps its handle for the commit.
-        if operation.path_or_fileobj == b"":
-            handle.close()
         self._uploaded[path_in_repo] = operation
+        # Stored as a large file: the commit names it by sha256 and size, without reading it
+        # again. A small one (regular upload mode) goes into the commit itself: keep it.
+        if remove and operation._is_uploaded:
+            path.unlink()
 
     def finish(
         self, directory: Path, extra_files: Mapping[str, bytes] | None = None
@@ -181,6 +202,14 @@ class Publisher:
             operations.setdefault(relpath, CommitOperationAdd(relpath, str(path)))
         for relpath, data in (extra_files or {}).items():  # the bot's own text: card, lineage
             operations[relpath] = CommitOperationAdd(relpath, redact(data.decode()).encode())
+        # Shards not uploaded yet (`publish` of a directory) go one by one: each upload
+        # then sends the token of its moment, as the commit does (trusted publishing renews
+        # tokens hourly; one create_commit would send one token for every upload and the commit).
+        for relpath, operation in operations.items():
+            if relpath.endswith(".safetensors") and not operation._is_uploaded:
+                self.hub.preupload(
+                    self.repo_id, [operation], revision=self.revision, create_pr=self.create_pr
+                )
         # Weights of an earlier merge that this one does not overwrite (another shard
         # layout) would linger beside the new index: remove them in the same commit.
         # A lineage record left beside other weights would describe what is no longer there.
@@ -210,22 +239,13 @@ class Publisher:
             pr_number=info.pr_num,
         )
 
-    def weight_ids(self, directory: Path) -> dict[str, dict[str, str]]:
-        """The content of each weight file `finish` will commit: what the lineage names.
-
-        An uploaded shard's sha256 was computed for its upload; other weight files (the
-        index, the shards of `publish DIR`) are hashed here.
-        """
+    def uploaded_ids(self) -> dict[str, list[str]]:
+        """The content id of each file uploaded so far: the sha256 computed for its upload."""
         self._wait()
-        ids = {
-            path: {"sha256": op.upload_info.sha256.hex()}
-            for path, op in self._uploaded.items()
-            if is_weights_file(path)
+        return {
+            path: [content_ids.SHA256 + op.upload_info.sha256.hex()]
+            for path, op in sorted(self._uploaded.items())
         }
-        for relpath in local_files(directory):
-            if is_weights_file(relpath) and relpath not in ids:
-                ids[relpath] = content_ids(directory / relpath)
-        return dict(sorted(ids.items()))
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -261,6 +281,8 @@ def publishable(directory: Path) -> tuple[dict[str, Path], list[str]]:
             path = here / name
             relpath = path.relative_to(root).as_posix()
             real = path.resolve()
+            if relpath == OUTPUT_MARKER:
+                continue  # the writer's own mark of a merged folder: never published, no news
             if name.startswith(".") or not real.is_relative_to(root) or not real.is_file():
                 skipped.append(relpath)
             else:
@@ -268,28 +290,14 @@ def publishable(directory: Path) -> tuple[dict[str, Path], list[str]]:
     return dict(sorted(files.items())), sorted(skipped)
 
 
-def local_files(directory: Path) -> list[str]:
-    """The files under ``directory`` that a publish commits, as repo paths."""
-    return list(publishable(directory)[0])
-
-
-def content_ids(path: Path) -> dict[str, str]:
-    """What the Hub's listing will say of a file: its sha256 and, as a regular git file, blob id.
-
-    A .safetensors file always goes to LFS (the Hub's .gitattributes): its sha256 suffices.
-    """
-    size = path.stat().st_size
-    sha256 = hashlib.sha256()
-    git = None if path.name.endswith(".safetensors") else hashlib.sha1(b"blob %d\0" % size)  # noqa: S324
-    with path.open("rb") as f:
-        while chunk := f.read(HASH_PIECE):
-            sha256.update(chunk)
-            if git is not None:
-                git.update(chunk)
-    ids = {"sha256": sha256.hexdigest()}
-    if git is not None:
-        ids["git_oid"] = git.hexdigest()
-    return ids
+def weight_ids(directory: Path) -> dict[str, list[str]]:
+    """The content ids of each weight file a publish of ``directory`` commits (each hashed)."""
+    files, _ = publishable(directory)
+    return {
+        relpath: content_ids.of_file(path, relpath)
+        for relpath, path in files.items()
+        if is_weights_file(relpath)
+    }
 
 
 def dry_run(

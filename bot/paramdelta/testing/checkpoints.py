@@ -140,6 +140,7 @@ def save_checkpoint(
         (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     for name, content in (extra_files or {}).items():
         path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, bytes):
             path.write_bytes(content)
         else:
@@ -147,12 +148,53 @@ def save_checkpoint(
     return directory
 
 
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2: llama_config's bos and eos
+
+
+def tokenizer_json(vocab_size: int = 256) -> str:
+    """A word-level tokenizer.json that transformers loads: special tokens, words, fillers."""
+    words = [*SPECIAL_TOKENS, "<|user|>", "<|assistant|>", "Hello", "!", "?", ".", ","]
+    words += [f"w{i}" for i in range(vocab_size - len(words))]
+    added = [
+        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False}
+        | {"normalized": False, "special": True}
+        for i, t in enumerate(words[:5])
+    ]
+    return json.dumps(
+        {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": added,
+            "normalizer": None,
+            "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": None,
+            "decoder": None,
+            "model": {"type": "WordLevel", "vocab": {w: i for i, w in enumerate(words)}}
+            | {"unk_token": "<unk>"},
+        }
+    )
+
+
 def donor_files(role: str) -> dict[str, str]:
-    """Small non-weight files that say which checkpoint they came from."""
-    chat = "{% for m in messages %}<|" + role + "|>{{ m['content'] }}{% endfor %}"
+    """Small non-weight files that say which checkpoint they came from; a working tokenizer."""
+    chat = (
+        "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}{# " + role + " #}"
+    )
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": 256,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "origin": role,
+    }
+    generation = {"bos_token_id": 1, "eos_token_id": 2, "do_sample": role == "post", "origin": role}
     return {
-        "tokenizer_config.json": json.dumps({"model_max_length": 256, "origin": role}) + "\n",
-        "generation_config.json": json.dumps({"do_sample": role == "post", "origin": role}) + "\n",
+        "tokenizer.json": tokenizer_json(),
+        "tokenizer_config.json": json.dumps(tokenizer_config) + "\n",
+        "generation_config.json": json.dumps(generation) + "\n",
         "chat_template.jinja": chat,
         "LICENSE": f"licence of the {role} model\n",
     }
