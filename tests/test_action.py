@@ -13,6 +13,7 @@ so the story is one test.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -79,9 +80,17 @@ class WorkflowRun:
         return [self.plan, *self.legs.values(), self.report]
 
     def result(self, target: str) -> dict[str, Any]:
-        """The one record of a leg's downloaded result artifact."""
+        """The one record of a leg's downloaded result artifact, else what the plan's says."""
         path = self.results / f"paramdelta-result-{target}" / "result.json"
-        [record] = json.loads(path.read_text(encoding="utf-8"))["results"]
+        if path.exists():
+            [record] = json.loads(path.read_text(encoding="utf-8"))["results"]
+            return record
+        plan = self.results / "paramdelta-result-plan" / "plan.json"
+        [record] = [
+            r
+            for r in json.loads(plan.read_text(encoding="utf-8"))["results"]
+            if r["target"] == target
+        ]
         return record
 
 
@@ -102,6 +111,10 @@ class Repository:
         if plan.outputs["pending-count"] != "0":  # the merge job's `if:`
             matrix = json.loads(plan.outputs["pending"])
         artifacts = self.root / f"run-{run_id}" / "artifacts"
+        # upload-artifact: the plan job's results/ (what is up to date, and what is planned)
+        shutil.copytree(
+            self.root / f"run-{run_id}" / "plan" / "results", artifacts / "paramdelta-result-plan"
+        )
         legs = {}
         for entry in matrix:  # fail-fast: false, so every leg runs
             legs[entry["target"]] = self.merge(run_id, entry)
@@ -277,8 +290,9 @@ def report_summary(run: WorkflowRun, targets: list[str], counts: str) -> str:
             errors.append(f"- **{target}**: {r['error']}")
         else:
             new_base = f"{r['new_base_repo']}@{r['new_base_sha'][:7]}"
-            link = f"[commit]({r['url']})"
-            lines.append(f"| {target} | {new_base} | {r['status']} | {link} | {duration} |")
+            link = f"[commit]({r['url']})" if r["url"] else "-"
+            status = r["status"].replace("-", " ")  # up-to-date: "up to date"
+            lines.append(f"| {target} | {new_base} | {status} | {link} | {duration} |")
     lines.append("")
     if errors:
         lines += ["Errors:", "", *errors, ""]
@@ -363,6 +377,11 @@ def check_published(hub: FakeHub, local: dict[str, Path], run: WorkflowRun, targ
         "tensors": 21,
         "bytes": sum(t.numel() * t.element_size() for t in wanted.values()),
         "shards": ["model.safetensors"],
+        "files": {
+            "model.safetensors": [
+                f"sha256:{hashlib.sha256(hub.read_file(repo, 'model.safetensors')).hexdigest()}"
+            ]
+        },
     }
 
     card = hub.read_file(repo, "README.md").decode()
@@ -396,7 +415,7 @@ def check_report(run: WorkflowRun, summary: str, issue_actions: list[str]) -> No
     assert report.outputs["summary"] == summary
     assert report.step("paramdelta").summary == summary
     assert printed(report) == (
-        "paramdelta report results --github --issues\n"
+        "paramdelta report results --watchlist watchlist.yaml --github --issues\n"
         + summary
         + "".join(f"\n{action}" for action in issue_actions)
     )
@@ -449,7 +468,7 @@ def test_the_workflow_publishes_and_keeps_one_issue_for_a_broken_target_until_fi
     check_failed(hub, second)
     check_report(
         second,
-        report_summary(second, ["broken"], "1 target: 1 failed."),
+        report_summary(second, ["broken", "good"], "2 targets: 1 up to date, 1 failed."),
         [f"commented on issue #1 for broken: {issue_url}"],
     )
     [issue] = github.issues(REPO)  # the same issue, no duplicate
@@ -468,7 +487,7 @@ def test_the_workflow_publishes_and_keeps_one_issue_for_a_broken_target_until_fi
     check_published(hub, local, third, "broken")
     check_report(
         third,
-        report_summary(third, ["broken"], "1 target: 1 published."),
+        report_summary(third, ["broken", "good"], "2 targets: 1 published, 1 up to date."),
         [f"closed issue #1 for broken: {issue_url}"],
     )
     [issue] = github.issues(REPO)

@@ -3,7 +3,8 @@
 Commands live in `paramdelta.commands.<name>`; this module only wires them up
 and is the one place that prints an error. A `ParamDeltaError` becomes one line
 on stderr and its class's exit code; anything else is a bug: exit 1, with the
-traceback only when PARAMDELTA_DEBUG is set.
+traceback only when PARAMDELTA_DEBUG is set. SIGINT and SIGTERM exit 130 and
+143 once what they interrupted is cleaned up.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from paramdelta import __version__
-from paramdelta.errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, LocalFileError, ParamDeltaError
+from paramdelta.errors import Interrupted, UnexpectedError, as_error, interruption
 from paramdelta.tokens import redact
 
 # name -> (module, one-line help)
@@ -60,24 +64,35 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
-    except ParamDeltaError as e:
-        _print_error(str(e))
-        return e.exit_code
-    except KeyboardInterrupt:
-        _print_error("interrupted")
-        return EXIT_INTERRUPTED
-    except OSError as e:  # a local file the code above did not name (network errors are typed)
-        error = LocalFileError.from_os_error(e)
+        with _terminate_as_interrupt():
+            return args.handler(args)
+    except KeyboardInterrupt as e:
+        interrupted = interruption(e)
+        _print_error(str(interrupted))
+        return interrupted.exit_code
+    except Exception as e:
+        error = as_error(e)
+        if isinstance(error, UnexpectedError) and os.environ.get("PARAMDELTA_DEBUG"):
+            raise
         _print_error(str(error))
         return error.exit_code
-    except Exception as e:
-        if os.environ.get("PARAMDELTA_DEBUG"):
-            raise
-        _print_error(
-            f"unexpected {type(e).__name__}: {e} (a bug; set PARAMDELTA_DEBUG=1 for a traceback)"
-        )
-        return EXIT_UNEXPECTED
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cancelled job, `docker stop`) unwinds like Ctrl-C: nothing half-written stays."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread (a caller embedding main())
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_error(message: str) -> None:

@@ -3,7 +3,10 @@
 Tokens come only from the environment, a token file, or huggingface_hub's
 saved login; never from a command-line value (that would land in shell
 history and process lists). Every token we load is registered so `redact`
-can scrub it from error messages and JSON output as a last line of defence.
+can scrub it from everything the bot prints, writes or commits (errors, JSON
+output, result files, step outputs, job summaries, issues, cards, lineage).
+Redaction comes before any truncation (`shorten`): a token cut in two by a
+length limit would no longer match, and its first part would leak.
 """
 
 from __future__ import annotations
@@ -13,7 +16,15 @@ from pathlib import Path
 
 from paramdelta.errors import UsageError
 
-TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GITHUB_TOKEN", "GH_TOKEN")
+TOKEN_ENV_VARS = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "GITHUB_TOKEN",
+    "GH_TOKEN",
+    # What a job with `id-token: write` holds to mint OIDC tokens (trusted publishing).
+    "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+    "ACTIONS_RUNTIME_TOKEN",
+)
 _MIN_SECRET = 6  # shorter values would redact ordinary words
 _registered: set[str] = set()
 
@@ -32,6 +43,14 @@ def redact(text: str) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
+
+
+def shorten(text: str, limit: int, *, keep: str = "start") -> str:
+    """``text`` redacted, then cut to ``limit`` characters (its start, or its end), marked by …."""
+    text = redact(text)
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…" if keep == "start" else "…" + text[-(limit - 1) :]
 
 
 def read_token_file(path: str | os.PathLike[str]) -> str:

@@ -66,12 +66,36 @@ def test_custom_licence_keeps_its_name_and_link():
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "link"),
+    [("Acme Licence", "javascript:alert(1)"), ("acme`\n# x", "https://acme.test/a b"), (3, "../x")],
+)
+def test_a_custom_licence_name_and_link_must_follow_the_hub_grammar(name, link):
+    data = {"license": "other", "license_name": name, "license_link": link}
+    card = ModelCard(render_card(_record({"new_base": data})))
+    assert card.data.license == "other"
+    assert card.data.license_name is None and card.data.license_link is None
+
+
 def test_values_are_text_not_template_or_html():
     name = "org/{{ 7*7 }}<script>x</script>"
     card = ModelCard(render_card(_record(post=name)))
     assert "org/{{ 7*7 }}" in card.text and "org/49" not in card.text
     assert "<script>" not in card.text and "&lt;script&gt;" in card.text
     assert card.data.base_model[1] == name  # front matter is data, kept exactly
+
+
+def test_upstream_file_names_stay_inline_code_whatever_they_hold():
+    record = _record()
+    hostile = "x` ![img](https://evil.test/i.png) `y"
+    record["recipe"]["skipped_files"] = {hostile: "no rule for this file: not copied"}
+    record["recipe"]["file_donors"]["NOTICE|a`b"] = "new_base"
+    record["recipe"]["config_changes"] = {"eos_token_id": "`<|end|>`"}
+    body = ModelCard(render_card(record)).text
+    # A fence longer than any run of backticks inside: the span ends where it should.
+    assert f"\n- ``{hostile}``: no rule for this file: not copied\n" in body
+    assert "\n| ``NOTICE\\|a`b`` | new base |\n" in body  # one cell, one code span
+    assert "`eos_token_id` = ``&#34;`&lt;|end|&gt;`&#34;``:" in body
 
 
 def test_custom_template(tmp_path):

@@ -178,3 +178,13 @@ def test_issue_text_is_scrubbed_and_fenced(fake_github):
     [issue] = fake_github.issues(REPO)
     assert secret not in issue.body
     assert "\n````text\nbad token ***\n```\ninjected\n````\n" in issue.body
+
+
+def test_a_long_error_is_redacted_before_it_is_cut(fake_github):
+    secret = register("hf_straddling-the-cut-secret")
+    # The error's last 5000 characters begin inside the token: cut first, its tail leaked.
+    error = f"refused {secret}{'y' * (5000 - 8)}"
+    sync(fake_github, [failed(error=error)])
+    [issue] = fake_github.issues(REPO)
+    assert not any(secret[i:] in issue.body for i in range(len(secret) - 4))
+    assert f"\n```text\n…sed ***{'y' * 4992}\n```\n" in issue.body  # redacted, then cut

@@ -2,7 +2,14 @@ import json
 from dataclasses import replace
 from datetime import datetime, timezone
 
-from paramdelta.bot.lineage import build_record, compare, decode, encode, hub_entry
+from paramdelta.bot.lineage import (
+    build_record,
+    compare,
+    decode,
+    encode,
+    hub_entry,
+    output_differences,
+)
 from paramdelta.hub.client import RepoFiles
 
 SHAS = {"base": "a" * 40, "post": "b" * 40, "new_base": "c" * 40}
@@ -160,3 +167,27 @@ def test_renames_and_recipe_changes():
     del before_requested_dtype["recipe"]["requested_dtype"]
     before_requested_dtype["recipe"]["dtype"] = "auto"
     assert compare(before_requested_dtype, LISTINGS, RECIPE) == ([], [])
+
+
+def test_the_output_weights_must_be_the_ones_the_record_names():
+    record = _record()
+    record["output"]["files"] = {
+        "model.safetensors": ["sha256:" + "1" * 64],
+        "model.safetensors.index.json": ["sha256:" + "2" * 64, "blob:" + "3" * 40],
+    }
+    listed = {
+        "model.safetensors": "sha256:" + "1" * 64,
+        "model.safetensors.index.json": "blob:" + "3" * 40,
+        "README.md": "blob:" + "4" * 40,
+    }
+    listing = RepoFiles("me/out", "main", "f" * 40, dict.fromkeys(listed, 1), {}, listed)
+    assert output_differences(record, listing) == []
+    assert output_differences(None, listing) == []  # `compare` says it
+    older = _record()
+    assert output_differences(older, listing) == [
+        "the lineage record does not name the output's weights (an older record?)"
+    ]
+    other = replace(listing, content={**listed, "model.safetensors": "sha256:" + "9" * 64})
+    assert output_differences(record, other) == [
+        "model.safetensors in the output is not the file its lineage record names"
+    ]

@@ -191,11 +191,16 @@ def test_plan_is_a_few_requests_per_target_and_no_weights(world, fake_hub):
     plans = plan_watchlist(hub, watchlist())
     assert [p.status for p in plans] == ["pending", "pending"]
     api = [r for r in fake_hub.requests if r.server == "hub"]
-    # branch: 3 model infos + the lineage record; family: a listing, its newest member and the
-    # record (base and post were resolved once for both).
+    # branch: 3 model infos + the output repo's; family: a listing, its newest member and the
+    # output repo's (base and post were resolved once for both). No output repo exists yet, so
+    # there is no lineage record to read.
     assert len(api) == 7
     assert fake_hub.weight_bytes_served() == 0
-    # The model infos list content ids (blobs=true): still one request each.
-    assert [r.query.get("blobs") for r in api if r.path.startswith("/api/models/org/")] == [
-        "true"
-    ] * 3
+    # Every model info lists content ids (blobs=true), still one request each: the inputs'
+    # for the lineage, the output repos' for their weights, checked against the record.
+    infos = [r for r in api if "/revision/" in r.path]
+    assert [r.query.get("blobs") for r in infos] == ["true"] * 6
+    assert [r.path for r in infos if r.path.startswith("/api/models/me/")] == [
+        "/api/models/me/new-base-instruct/revision/main",
+        "/api/models/me/Fam-2-7B-instruct/revision/main",
+    ]

@@ -56,8 +56,8 @@ def test_load_results_reads_every_json_below_a_directory(tmp_path):
         ({"url": 3}, "field 'url' must be a string or null, not 3"),
         (
             {"status": "ok"},
-            "field 'status' must be one of published, pr-opened, up-to-date, dry-run, failed,"
-            " not 'ok'",
+            "field 'status' must be one of published, pr-opened, in-review, up-to-date, dry-run,"
+            " failed, planned, not 'ok'",
         ),
         ({"error": None}, "field 'error' must be set when status is 'failed'"),
     ],

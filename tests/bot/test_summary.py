@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from paramdelta.bot.results import TargetResult
 from paramdelta.bot.summary import summary_markdown
 
@@ -54,3 +56,14 @@ def test_summary_markdown():
 
 def test_summary_markdown_of_nothing():
     assert summary_markdown([]) == "### ParamΔ merges\n\n0 targets.\n"
+
+
+def test_untrusted_text_shows_as_text():
+    hostile = failed(error="tensor 'w<img src=x onerror=alert(1)>' [click](https://evil.test) `x`")
+    link = replace(published("gemma"), url="javascript:alert(1)//https://x")
+    text = summary_markdown([hostile, link])
+    assert (
+        "- **llama-3.1-8b-instruct**: tensor 'w\\<img src=x onerror=alert(1)\\>'"
+        " \\[click\\](https://evil.test) \\`x\\`\n"
+    ) in text
+    assert "| gemma | meta-llama/Llama-3.1-8B@bbbbbbb | published | commit | 2m 05s |" in text

@@ -1,4 +1,5 @@
 import contextlib
+import hashlib
 import io
 import json
 import time
@@ -23,6 +24,11 @@ def merged(tmp_path):
     return out
 
 
+def _published(merged):
+    """What a publish of a merged folder commits: all but the writer's output marker."""
+    return sorted(p.name for p in merged.iterdir() if p.name != ".paramdelta-output")
+
+
 @pytest.fixture
 def token(hub_token, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", hub_token)
@@ -34,8 +40,8 @@ def test_publish_is_one_commit_of_every_file(merged, fake_hub, token, capsys):
         main(["publish", str(merged), "--repo", "me/model", "--private", "--format", "json"]) == 0
     )
     result = json.loads(capsys.readouterr().out)
-    files = sorted(p.name for p in merged.iterdir())
-    assert result["files"] == files
+    files = _published(merged)
+    assert (result["files"], result["skipped"]) == (files, [])  # the output marker stays local
     (ours, _initial) = fake_hub.commits("me/model")
     assert result["commit_sha"] == ours.oid
     assert ours.title == "Upload ParamΔ merge"
@@ -48,8 +54,21 @@ def test_publish_is_one_commit_of_every_file(merged, fake_hub, token, capsys):
     # The record and card now name the repo they were published to.
     local = json.loads((merged / "paramdelta.json").read_text())
     record = json.loads(fake_hub.read_file("me/model", "paramdelta.json"))
-    assert local["output"]["repo"] is None
-    assert record == {**local, "output": {**local["output"], "repo": "me/model"}}
+    assert local["output"]["repo"] is None and "files" not in local["output"]
+    # ... and the content of the weights committed beside it, as the Hub may list them.
+    weights = {
+        name: [f"sha256:{hashlib.sha256((merged / name).read_bytes()).hexdigest()}"]
+        for name in files
+        if name.endswith(".safetensors")
+    }
+    index = (merged / "model.safetensors.index.json").read_bytes()
+    git_blob = hashlib.sha1(b"blob %d\0" % len(index) + index)  # noqa: S324 - git's blob id
+    weights["model.safetensors.index.json"] = [
+        f"sha256:{hashlib.sha256(index).hexdigest()}",
+        f"blob:{git_blob.hexdigest()}",
+    ]
+    output = {**local["output"], "repo": "me/model", "files": weights}
+    assert record == {**local, "output": output}
     card = ModelCard(fake_hub.read_file("me/model", "README.md").decode())
     assert card.text.lstrip().startswith("# me/model\n")
     assert 'AutoTokenizer.from_pretrained("me/model")' in card.text
@@ -79,7 +98,7 @@ def test_publish_as_pull_request(merged, fake_hub, token, capsys):
     )
     (pr,) = fake_hub.pull_requests("me/model")
     assert capsys.readouterr().out == (
-        f"opened pull request {fake_hub.url}/me/model/discussions/1 ({len(list(merged.iterdir()))} files)\n"
+        f"opened pull request {fake_hub.url}/me/model/discussions/1 ({len(_published(merged))} files)\n"
     )
     assert (pr.ref, pr.title) == ("refs/pr/1", "Try this")
     assert fake_hub.head("me/model") == head
@@ -162,7 +181,7 @@ def test_a_publish_outliving_its_trusted_publishing_token_still_commits(
     assert main(["publish", str(merged), "--repo", "me/model"]) == 0
     assert time.monotonic() - start > 2 * (1 + fake_hub.credentials.LEEWAY)
     # the weights and donated files as merged (card and record are rendered again for the repo)
-    for name in {p.name for p in merged.iterdir()} - {"README.md", "paramdelta.json"}:
+    for name in set(_published(merged)) - {"README.md", "paramdelta.json"}:
         assert fake_hub.read_file("me/model", name) == (merged / name).read_bytes()
     exchanges = [r.status for r in fake_hub.requests if r.path == "/oauth/token"]
     assert len(exchanges) >= 3 and set(exchanges) == {200}

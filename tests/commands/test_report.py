@@ -52,6 +52,17 @@ SUMMARY = (
 
 
 @pytest.fixture(autouse=True)
+def _watchlist(tmp_path, monkeypatch):
+    """watchlist.yaml, where `report` looks for it: the targets the results are for."""
+    targets = "".join(
+        f"  - {{name: {name}, base: org/base, post: org/post, new_base: org/new, output: me/{name}}}\n"
+        for name in (FAILED.target, PUBLISHED.target, "other")
+    )
+    (tmp_path / "watchlist.yaml").write_text(f"targets:\n{targets}")
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
 def _no_runner(monkeypatch):
     # CI for this project runs in Actions: start every test outside it.
     for name in ("GITHUB_REPOSITORY", "GITHUB_API_URL", "GITHUB_SERVER_URL", "GITHUB_RUN_ID"):

@@ -84,6 +84,13 @@ def test_missing_things_are_none_not_errors(hub, repo):
     assert hub.read_small_file("org/model", "config.json", "main") == b'{"a": 1}'
 
 
+def test_a_small_file_is_read_no_further_than_its_limit(hub, fake_hub, repo):
+    fake_hub.commit("org/model", {"paramdelta.json": b"x" * 100_000})
+    assert len(hub.read_small_file("org/model", "paramdelta.json", "main")) == 100_000
+    with pytest.raises(HubError, match=r"^org/model@main/paramdelta.json: larger than 1000 bytes$"):
+        hub.read_small_file("org/model", "paramdelta.json", "main", limit=1000)
+
+
 def test_read_into_reads_exact_ranges(hub, repo):
     view = memoryview(bytearray(1000))
     hub.read_into("org/model", repo, "w.bin", 5000, view)
@@ -261,6 +268,27 @@ def test_xet_failures_are_classified(error, transient):
         if transient
         else "Xet storage failed (not retried)"
     )
+
+
+@pytest.mark.parametrize(
+    ("message", "local"),
+    [
+        ("I/O error: No space left on device", "I/O error: No space left on device"),
+        (  # a full disk under hf_xet's cache database: an "Internal error" of another kind
+            "Internal error: Global shard dedup database error: Storage(Io(Os { code: 27,"
+            ' kind: FileTooLarge, message: "File too large" }))',
+            "File too large",
+        ),
+        (  # ... and once that database has failed a write, every later one
+            "Internal error: Global shard dedup database error: Storage(PreviousIo)",
+            "a write to the local disk failed (is it full?)",
+        ),
+        ('Internal error: Io(Os { code: 111, kind: ConnectionRefused, message: "no" })', None),
+        ("Internal error: lock poisoned", None),
+    ],
+)
+def test_a_xet_failure_of_the_local_disk_is_told_apart(message, local):
+    assert xet.local_failure(RuntimeError(message)) == local
     assert not xet.is_xet_failure(RuntimeError("something else entirely"))
 
 

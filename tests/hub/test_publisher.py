@@ -101,3 +101,12 @@ def test_a_new_layout_removes_the_old_shards_in_the_same_commit(fake_hub, hub_to
     assert "model.safetensors.index.json" not in files
     assert {"model.safetensors", "eval-results.md", "config.json"} <= files
     assert fake_hub.commits("me/out")[0].title == f"shards of {10**9}"
+
+
+def test_the_bots_own_files_are_redacted_before_they_are_committed(fake_hub, hub_token, tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with Publisher(Hub(token=hub_token), "me/out", message="m") as publisher:
+        publisher.finish(folder, {"README.md": f"made with {hub_token}\n".encode()})
+    assert fake_hub.read_file("me/out", "README.md") == b"made with ***\n"

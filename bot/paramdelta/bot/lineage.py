@@ -3,11 +3,17 @@
 It is committed with the weights, in the same commit, so the output repo
 itself says which three commits and which recipe produced it. Beside each
 checkpoint's commit it keeps the content id of every file the merge read
-(``sha256:`` for LFS/Xet files, ``blob:`` for the rest, as the Hub lists them),
-so `plan` can tell a new release from a commit that only touched a README:
-a target is pending when that content, the recipe, or which checkpoint gives
-which file changed. Any runner can therefore run the bot: there is no local
-state file.
+(``sha256:`` for LFS/Xet files, ``blob:`` for the rest, as the Hub lists them;
+see `paramdelta.hub.content_ids`), so `plan` can tell a new release from a
+commit that only touched a README: a target is pending when that content, the
+recipe, or which checkpoint gives which file changed. Any runner can therefore
+run the bot: there is no local state file.
+
+The output section names the content of every weight file the merge committed
+(the ids the Hub may list it under), so that `plan` can tell the record from
+the weights beside it: a record left next to weights the bot did not make
+(another merge pushed by hand, a stranger's pull request) describes nothing,
+and the target is pending.
 """
 
 from __future__ import annotations
@@ -18,13 +24,14 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from paramdelta import __version__
-from paramdelta.engine.files import file_donors
+from paramdelta.engine.files import LINEAGE_FILE, file_donors
 from paramdelta.engine.layout import COMPUTE_DTYPE, FORMULA, ROLE_TITLES, ROLES
-from paramdelta.engine.safetensors_format import INDEX
+from paramdelta.engine.safetensors_format import INDEX, is_weights_file
 from paramdelta.hub.client import RepoFiles
 
-FILENAME = "paramdelta.json"
+FILENAME = LINEAGE_FILE  # the publisher deletes a stale one: a file name of engine.files
 SCHEMA_VERSION = 1
+MAX_BYTES = 1 << 20  # a record is ~3 KB: a bigger paramdelta.json is not one of ours
 TOOL = "paramdelta-bot"
 # The recipe fields that change the merged bytes (compared by `plan`), and where the
 # record keeps each: the record's "dtype" is the dtype written, the option is beside it.
@@ -193,3 +200,21 @@ def _donor_changes(recorded: Any, repos: Mapping[str, RepoFiles]) -> list[str]:
             becomes = ROLE_TITLES.get(str(now.get(path)), "nowhere")
             changes.append(f"{path} would now come from {becomes} (was {was})")
     return changes
+
+
+def output_differences(record: Mapping[str, Any] | None, listing: RepoFiles) -> list[str]:
+    """Why the weights in ``listing`` are not the ones ``record`` names (empty: they are)."""
+    if record is None:
+        return []  # `compare` already says there is no record
+    output = record.get("output")
+    named = output.get("files") if isinstance(output, dict) else None
+    if not isinstance(named, dict):
+        return ["the lineage record does not name the output's weights (an older record?)"]
+    present = sorted(f for f in listing.sizes if is_weights_file(f))
+    if sorted(named) != present:
+        return ["the output's weight files are not the ones its lineage record names"]
+    for path in present:
+        ids = named[path] if isinstance(named[path], list) else []
+        if listing.content.get(path) not in ids:
+            return [f"{path} in the output is not the file its lineage record names"]
+    return []

@@ -9,17 +9,24 @@ the inherited licence and its attribution) and the lineage record
   then commit everything at once (see `paramdelta.hub.publisher`); without a
   local output the merge happens in a scratch directory and each shard is
   deleted once uploaded, so disk holds about one shard uploading and one being
-  written;
+  written (a scratch directory that a killed run left is removed by the next
+  one);
 - `publish DIR --repo REPO` reads the record that `merge` wrote into DIR (the
   inputs are not opened again: the record names them), sets its output repo and
   renders the card again for that repo.
+
+A published record's output section names the content of every weight file of
+the commit (`paramdelta.hub.content_ids`), so that `plan` can tell the record
+from weights that someone else put beside it.
 """
 
 from __future__ import annotations
 
 import functools
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,10 +40,17 @@ from paramdelta.engine.files import CARD_FILE
 from paramdelta.engine.layout import MergePlan
 from paramdelta.engine.merge import MergeResult, Prepare, merge_to_dir
 from paramdelta.engine.options import MergeOptions
+from paramdelta.engine.safetensors_format import INDEX
+from paramdelta.engine.workdirs import OwnedDir, sweep
+from paramdelta.engine.writer import index_json
 from paramdelta.errors import UsageError
+from paramdelta.hub import content_ids
 from paramdelta.hub.client import default_endpoint
-from paramdelta.hub.publisher import Publisher, PublishResult
+from paramdelta.hub.publisher import Publisher, PublishResult, weight_ids
 from paramdelta.hub.sources import HubSource
+from paramdelta.tokens import redact
+
+SCRATCH_PREFIX = "paramdelta-scratch-"
 
 
 class CardSettings(NamedTuple):
@@ -89,8 +103,12 @@ def merge_record(
     output_repo: str | None,
     settings: CardSettings,
     result: MergeResult | None = None,
+    weights: Mapping[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """The lineage record of a merge (``result`` None: planned, not yet computed)."""
+    """The lineage record of a merge (``result`` None: planned, not yet computed).
+
+    ``weights``: the content ids of each weight file committed with the record.
+    """
     output: dict[str, Any] = {"repo": output_repo}
     if result is not None:
         output |= {
@@ -98,6 +116,8 @@ def merge_record(
             "bytes": result.stats.bytes,
             "shards": [s.filename for s in result.shards],
         }
+    if weights is not None:
+        output["files"] = dict(sorted(weights.items()))
     return lineage.build_record(
         target=settings.target,
         checkpoints=provenance(sources, plan),
@@ -115,9 +135,22 @@ def merge_record(
 def card_and_record(
     record: Mapping[str, Any], settings: CardSettings, hub_url: str
 ) -> dict[str, bytes]:
-    """README.md and paramdelta.json for a record: the files every publish commits."""
+    """README.md and paramdelta.json for a record: the files every publish commits.
+
+    Both are redacted: no token the bot holds reaches a file it writes or commits.
+    """
     card = render_card(record, template=settings.template, tags=settings.tags, hub_url=hub_url)
-    return {CARD_FILE: card.encode(), lineage.FILENAME: lineage.encode(record)}
+    files = {CARD_FILE: card.encode(), lineage.FILENAME: lineage.encode(record)}
+    return {path: redact(data.decode()).encode() for path, data in files.items()}
+
+
+def output_ids(result: MergeResult, uploaded: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """The content ids of each weight file a merge commits: each shard's from its upload,
+    the index's from the bytes the writer writes."""
+    ids = {shard.filename: uploaded[shard.filename] for shard in result.shards}
+    if INDEX in result.files:
+        ids[INDEX] = content_ids.of_bytes(index_json(result.shards), INDEX)
+    return ids
 
 
 def _result_files(
@@ -127,8 +160,11 @@ def _result_files(
     settings: CardSettings,
     hub_url: str,
     result: MergeResult,
+    *,
+    publisher: Publisher | None = None,
 ) -> dict[str, bytes]:
-    record = merge_record(sources, plan, output_repo, settings, result)
+    weights = output_ids(result, publisher.uploaded_ids()) if publisher is not None else None
+    record = merge_record(sources, plan, output_repo, settings, result, weights)
     return card_and_record(record, settings, hub_url)
 
 
@@ -165,18 +201,27 @@ def merge_and_publish(
     out_dir: Path | None = None,
     overwrite: bool = False,
     prepare: Prepare | None = None,
+    already_published: Callable[[], PublishResult | None] | None = None,
 ) -> tuple[MergeResult, PublishResult]:
     """Merge while uploading each finished shard; then one commit with weights, card and record.
 
     ``out_dir`` keeps a local copy of the output (card and record included).
+    ``already_published``, asked right before the commit, may say that the same
+    merge was published meanwhile (an open pull request): then nothing is committed.
     """
     result_files = functools.partial(
-        _result_files, sources, plan, publisher.repo_id, settings, publisher.hub.endpoint
+        _result_files,
+        sources,
+        plan,
+        publisher.repo_id,
+        settings,
+        publisher.hub.endpoint,
+        publisher=publisher,
     )
-    with tempfile.TemporaryDirectory(prefix="paramdelta-") as scratch, publisher:
+    with scratch_dir() as scratch, publisher:
         merged = merge_to_dir(
             sources,
-            out_dir or Path(scratch) / "merged",
+            out_dir or scratch / "merged",
             options,
             overwrite=overwrite,
             plan=plan,
@@ -184,8 +229,22 @@ def merge_and_publish(
             on_shard_written=functools.partial(publisher.upload_shard, delete=out_dir is None),
             result_files=result_files,
         )
-        published = publisher.finish(merged.out_dir)
+        done = already_published() if already_published is not None else None
+        published = done or publisher.finish(merged.out_dir)
     return merged, published
+
+
+@contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A scratch directory in the temp dir, removed after; a killed run's are swept first."""
+    parent = Path(tempfile.gettempdir())
+    sweep(parent, SCRATCH_PREFIX)
+    work = OwnedDir(parent, SCRATCH_PREFIX)
+    try:
+        yield work.path
+    finally:
+        shutil.rmtree(work.path, ignore_errors=True)
+        work.release()
 
 
 def read_record(directory: Path) -> dict[str, Any]:
@@ -196,6 +255,8 @@ def read_record(directory: Path) -> dict[str, Any]:
             f"{directory}: no {lineage.FILENAME}; `publish` takes a directory written by"
             " `paramdelta merge --output`, which records the merge's lineage there"
         )
+    if path.stat().st_size > lineage.MAX_BYTES:
+        raise UsageError(f"{path}: larger than {lineage.MAX_BYTES} bytes; not a lineage record")
     record = lineage.decode(path.read_bytes())
     output = record.get("output") if record else None
     if record is None or not isinstance(output, dict):
@@ -210,6 +271,7 @@ def directory_files(directory: Path, repo_id: str, hub_url: str) -> dict[str, by
     """The card and record a publish of ``directory`` to ``repo_id`` commits."""
     record = read_record(directory)
     record["output"]["repo"] = repo_id
+    record["output"]["files"] = weight_ids(directory)
     return card_and_record(record, CardSettings(target=record.get("target")), hub_url)
 
 

@@ -1,18 +1,22 @@
 """`run` for one target: merge a pending plan and publish weights, card and lineage in one commit.
 
-A failing target becomes a failed `TargetResult` (with its error's exit code)
-and never stops the others.
+A failing target becomes a failed `TargetResult` (with its error's exit code:
+a full disk is 7, a bug 1) and never stops the others; only an interruption
+(SIGINT, SIGTERM) ends the run.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from paramdelta.bot.plan import TargetPlan
+from paramdelta.bot.plan import TargetPlan, proposal_for
+from paramdelta.bot.proposals import close_superseded
 from paramdelta.bot.publish import (
     CardSettings,
     card_and_record,
@@ -26,9 +30,9 @@ from paramdelta.engine.files import CARD_FILE
 from paramdelta.engine.layout import MergePlan, VocabularyError
 from paramdelta.engine.merge import preflight
 from paramdelta.engine.options import DEFAULT_MAX_MEMORY, MergeOptions
-from paramdelta.errors import ParamDeltaError
+from paramdelta.errors import Interrupted, ParamDeltaError, as_error
 from paramdelta.hub.client import Hub
-from paramdelta.hub.publisher import Publisher, PublishResult
+from paramdelta.hub.publisher import NEW_REPO, Publisher, PublishResult
 from paramdelta.hub.sources import HubSource, download_inputs
 
 VOCAB_FIX = "set `vocab_policy: shared` on the target in the watchlist"
@@ -69,7 +73,7 @@ def card_settings(plan: TargetPlan) -> CardSettings:
 
 
 def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
-    """Merge and publish one planned target; never raises a ParamDeltaError."""
+    """Merge and publish one planned target; raises nothing but an interruption."""
     started = time.perf_counter()
 
     def result(status: Status, **fields: object) -> TargetResult:
@@ -77,6 +81,8 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
 
     if plan.error is not None:
         return result("failed", error=str(plan.error), exit_code=plan.error.exit_code)
+    if plan.status == "in-review":
+        return result("in-review", url=plan.review_url)
     if not plan.pending:
         return result("up-to-date")
     try:
@@ -92,11 +98,31 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
             return result("dry-run", url=dry_run_card(hub, plan, sources, merge_plan, options))
         published = publish_merge(hub, plan, sources, merge_plan, merge_opts, options)
     except VocabularyError as e:  # the fix is the watchlist's, not a flag `run` does not take
-        error = e.with_fix(VOCAB_FIX)
+        fixed = e.with_fix(VOCAB_FIX)
+        return result("failed", error=str(fixed), exit_code=fixed.exit_code)
+    except Exception as e:  # whatever it is, it is this target's failure, not the run's
+        if os.environ.get("PARAMDELTA_DEBUG"):
+            traceback.print_exc()
+        error = as_error(e)
         return result("failed", error=str(error), exit_code=error.exit_code)
-    except ParamDeltaError as e:
-        return result("failed", error=str(e), exit_code=e.exit_code)
+    if published.in_review:
+        return result("in-review", url=published.url)
     return result("pr-opened" if published.pr_url else "published", url=published.url)
+
+
+def not_run(
+    name: str, plan: TargetPlan | None, error: ParamDeltaError | Interrupted
+) -> TargetResult:
+    """The result of a target that ``error`` kept from running or from finishing."""
+    if plan is None:  # the watchlist or the plan itself failed
+        return TargetResult(
+            target=name,
+            status="failed",
+            error=str(error),
+            exit_code=error.exit_code,
+            duration_s=0.0,
+        )
+    return plan.result("failed", error=str(error), exit_code=error.exit_code)
 
 
 def dry_run_card(
@@ -133,7 +159,16 @@ def publish_merge(
         description=f"Made by paramdelta-bot for target `{plan.target.name}`.",
         private=plan.target.private,
         create_pr=plan.target.publish == "pr",
+        parent=plan.output_head or NEW_REPO,  # what the plan saw, not what is there hours later
     )
+
+    def already_proposed() -> PublishResult | None:
+        """Right before opening a pull request: is the same merge in one of ours by now?"""
+        if not publisher.create_pr or (proposal := proposal_for(hub, plan)) is None:
+            return None
+        url = proposal.url(hub, publisher.repo_id)
+        return PublishResult(publisher.repo_id, "main", [], pr_url=url, in_review=True)
+
     _, published = merge_and_publish(
         publisher,
         sources,
@@ -141,5 +176,8 @@ def publish_merge(
         plan=merge_plan,
         settings=card_settings(plan),
         prepare=None if options.stream else download_inputs,
+        already_published=already_proposed,
     )
+    if published.pr_number is not None:
+        close_superseded(hub, publisher.repo_id, plan.target.name, published)
     return published

@@ -455,9 +455,31 @@ def _options(
             report.add(_set_at(raw, index, key), str(e))
             options[key] = convert(DEFAULT_OPTIONS[key])
     if options["card_template"] is not None:
-        options["card_template"] = (folder / options["card_template"]).resolve()
+        try:
+            options["card_template"] = _card_template(options["card_template"], folder)
+        except ValueError as e:
+            report.add(_set_at(raw, index, "card_template"), str(e))
+            options["card_template"] = None
     options["tags"] = tuple(options["tags"])
     return options
+
+
+def _card_template(value: str, folder: Path) -> Path:
+    """The template's real path, which must lie inside the watchlist's folder.
+
+    The card is published: a template outside the repository (``../../``,
+    ``/proc/self/environ``, a symlink leading out) would publish what it reads.
+    """
+    relative = Path(value)
+    if relative.is_absolute():
+        raise ValueError(f"{value!r} must be a path relative to the watchlist, not absolute")
+    if ".." in relative.parts:
+        raise ValueError(f"{value!r} must not leave the watchlist's folder ('..')")
+    root = folder.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"{value!r} leads out of the watchlist's folder (through a symlink)")
+    return path
 
 
 def _alpha(value: float) -> float:

@@ -36,7 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="directory to write (created atomically); optional with --push-to",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --output if it holds an earlier paramdelta output (never anything else)",
+    )
     parser.add_argument(
         "--stream",
         action="store_true",

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from paramdelta.bot.plan import TargetPlan
     from paramdelta.bot.results import TargetResult
 
-# What a target with nothing to merge is, in words: its plan's status, not its result's.
+# A target with nothing to merge, in words: an up-to-date result says its plan's status.
+IDLE = ("up-to-date", "in-review")
 IDLE_WORDS = {"up-to-date": "up to date", "in-review": "in review", "skipped": "skipped"}
 
 
@@ -43,45 +44,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def human_results(plans: list[TargetPlan], results: list[TargetResult]) -> str:
     """One line per target; a single line when none had anything to merge."""
-    idle = [p.status for p, r in zip(plans, results, strict=True) if r.status == "up-to-date"]
+    planned = {p.target.name: p.status for p in plans}
+
+    def status(r: TargetResult) -> str:
+        return planned.get(r.target, r.status) if r.status == "up-to-date" else r.status
+
+    idle = [status(r) for r in results if r.status in IDLE]
     if results and len(idle) == len(results):
-        counts = Counter(IDLE_WORDS.get(status, status) for status in idle)
+        counts = Counter(IDLE_WORDS.get(s, s) for s in idle)
         return "nothing to do: " + ", ".join(f"{n} target(s) {w}" for w, n in counts.items())
     lines = []
-    for plan, r in zip(plans, results, strict=True):
-        status = IDLE_WORDS.get(plan.status, r.status) if r.status == "up-to-date" else r.status
+    for r in results:
+        word = IDLE_WORDS.get(status(r), status(r)) if r.status == "up-to-date" else r.status
         detail = r.error if r.status == "failed" else r.url
-        lines.append(f"{r.target}: {status}{f' ({detail})' if detail else ''}")
+        lines.append(f"{r.target}: {word}{f' ({detail})' if detail else ''}")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     from paramdelta.bot import github_actions
-    from paramdelta.bot.plan import plan_watchlist
     from paramdelta.bot.results import SUCCEEDED, write_results
-    from paramdelta.bot.run_target import RunOptions, run_target  # torch: only when running
     from paramdelta.bot.summary import summary_markdown
-    from paramdelta.hub.sources import HubFactory
 
-    if args.github:
-        github_actions.require_runner_files()
-    device, max_memory = arguments.device_options(args)
-    watchlist = load_watchlist(args.watchlist)
-    options = RunOptions(
-        device=device,
-        max_memory=max_memory,
-        stream=args.stream,
-        dry_run=args.dry_run,
-        progress=args.format == "human",
-        workdir=args.workdir,
-        log=lambda line: print(line, file=sys.stderr),
-    )
-    hub = HubFactory(args.token_file)()
-    # A disabled target is neither run nor reported (its issue, if any, stays as it is).
-    plans = [p for p in plan_watchlist(hub, watchlist, args.target) if p.status != "disabled"]
-    results = [run_target(hub, plan, options) for plan in plans]
-    if args.result_file:
-        write_results(args.result_file, results)
+    results: list[TargetResult] = []
+    plans: list[TargetPlan] = []
+    try:
+        _run_targets(args, plans, results)
+    finally:  # whatever ends the run, the report job gets a result for every target
+        if args.result_file:
+            write_results(args.result_file, results)
     if args.github:
         published = [r.to_dict() for r in results if r.status in SUCCEEDED]
         summary = summary_markdown(results, github_actions.run_url())
@@ -91,3 +82,50 @@ def run(args: argparse.Namespace) -> int:
     emit(args.format, {"results": [r.to_dict() for r in results]}, human_results(plans, results))
     failed = [r for r in results if r.status == "failed"]
     return failed[0].exit_code if failed else 0
+
+
+def _run_targets(
+    args: argparse.Namespace, plans: list[TargetPlan], results: list[TargetResult]
+) -> None:
+    """Plan into ``plans``, run each target into ``results``; on the way out, the ones left
+    get its error."""
+    from paramdelta.bot import github_actions
+    from paramdelta.bot.plan import plan_watchlist
+    from paramdelta.bot.run_target import RunOptions, not_run, run_target  # torch: only here
+    from paramdelta.errors import as_error, interruption
+    from paramdelta.hub.sources import HubFactory
+
+    planned: dict[str, TargetPlan | None] = {args.target: None} if args.target else {}
+    try:
+        if args.github:
+            github_actions.require_runner_files()
+        device, max_memory = arguments.device_options(args)
+        watchlist = load_watchlist(args.watchlist)
+        options = RunOptions(
+            device=device,
+            max_memory=max_memory,
+            stream=args.stream,
+            dry_run=args.dry_run,
+            progress=args.format == "human",
+            workdir=args.workdir,
+            log=lambda line: print(line, file=sys.stderr),
+        )
+        hub = HubFactory(args.token_file)()
+        # A disabled target is neither run nor reported (its issue, if any, stays as it is).
+        planned_all = plan_watchlist(hub, watchlist, args.target)
+        plans.extend(p for p in planned_all if p.status != "disabled")
+        planned = {p.target.name: p for p in plans}
+        for plan in plans:
+            results.append(run_target(hub, plan, options))
+    except KeyboardInterrupt as e:
+        stop = interruption(e)
+        results += [not_run(n, p, stop) for n, p in planned.items() if n not in _names(results)]
+        raise stop from None
+    except Exception as e:
+        error = as_error(e)
+        results += [not_run(n, p, error) for n, p in planned.items() if n not in _names(results)]
+        raise
+
+
+def _names(results: list[TargetResult]) -> set[str]:
+    return {r.target for r in results}

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
-from paramdelta.engine.checkpoint import CONFIG, Checkpoint, Source, TensorRef, load_json
+from paramdelta.engine.checkpoint import CONFIG, Checkpoint, Source, TensorRef, read_json
 from paramdelta.engine.files import GENERATION_CONFIG, file_donors, skipped_files
+from paramdelta.engine.limits import MAX_CONFIG_BYTES, MAX_DONATED_BYTES, check_size
 from paramdelta.engine.safetensors_format import INDEX, ITEMSIZE
 from paramdelta.errors import CheckpointError, UsageError
 
@@ -291,6 +292,11 @@ def plan_merge(
 
     listings = {c.role: c.files for c in trio}
     files = file_donors(listings)
+    for path, role in files.items():
+        donor = next(c for c in trio if c.role == role)
+        check_size(
+            donor.source.size(path), MAX_DONATED_BYTES, f"{donor.where}/{path}", "a copied file"
+        )
     read = _files_read(trio, items, files)
     return MergePlan(
         items=items,
@@ -338,10 +344,8 @@ def _token_ids(post: Checkpoint) -> dict[str, Any]:
     """The post model's special token ids: generation_config.json's, else its config.json's."""
     generation: Any = {}
     if GENERATION_CONFIG in post.files:
-        size = post.source.size(GENERATION_CONFIG)
-        generation = load_json(
-            post.source.read(GENERATION_CONFIG, 0, size), f"{post.where}/{GENERATION_CONFIG}"
-        )
+        where = f"{post.where}/{GENERATION_CONFIG}"
+        generation = read_json(post.source, GENERATION_CONFIG, MAX_CONFIG_BYTES, where)
     ids = {}
     for key in TOKEN_ID_KEYS:
         if isinstance(generation, dict) and key in generation:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from paramdelta.engine.checkpoint import Checkpoint, Source, open_checkpoint
+from paramdelta.engine.checkpoint import Checkpoint, LocalSource, Source, open_checkpoint
 from paramdelta.engine.files import RESULT_FILES
 from paramdelta.engine.layout import CONFIG, ROLES, MergePlan, plan_merge
 from paramdelta.engine.options import MergeOptions
@@ -20,6 +20,7 @@ from paramdelta.engine.writer import (
     OutputWriter,
     ShardHook,
     ShardPlan,
+    check_not_an_input,
     check_output_dir,
     plan_shards,
 )
@@ -80,6 +81,7 @@ def merge_to_dir(
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)
+    check_not_an_input(out_dir, (s.root for s in sources.values() if isinstance(s, LocalSource)))
     if plan is None:
         plan = preflight(sources, options)
     if prepare is not None:
@@ -101,12 +103,10 @@ def merge_to_dir(
             files[INDEX] = "merge"
         for path, role in plan.files.items():
             source = sources[role]
-            data = (
-                plan.config_bytes(source)
-                if path == CONFIG
-                else source.read(path, 0, source.size(path))
-            )
-            writer.add_file(path, data)
+            if path == CONFIG:
+                writer.add_file(path, plan.config_bytes(source))
+            else:
+                writer.copy_file(path, source)
             files[path] = role
         result = MergeResult(writer.out_dir, plan, shards, stats, files)
         for path, data in (result_files(result) if result_files else {}).items():

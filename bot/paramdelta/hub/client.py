@@ -10,8 +10,8 @@ hf_xet download streams (`paramdelta.hub.xet`); other files by HTTP.
 Retries: huggingface_hub already retries its listings, downloads and uploads
 (snapshot_download, preupload_lfs_files, list_models) with `http_backoff`; those
 calls are not wrapped again, except for hf_xet's transient failures. The bot's
-own requests (model_info, list_repo_refs, create_repo, its ranged and small-file
-GETs and Xet streams) follow one policy, the same as `http_backoff`'s:
+own requests (model_info, whoami, the discussions API, create_repo, its ranged
+and small-file GETs and Xet streams) follow one policy, the same as `http_backoff`'s:
 429/5xx, timeouts and dropped connections are retried after 1, 2, 4, 8, 8...
 seconds, or, for a spent rate limit, until its window resets (see
 `paramdelta.hub.rate_limits`, which also keeps every request out of a spent
@@ -60,11 +60,10 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.hf_api import RepoFile, RepoSibling
+from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import (
     build_hf_headers,
     hf_raise_for_status,
-    http_backoff,
     http_stream_backoff,
     parse_ratelimit_headers,
     set_client_factory,
@@ -78,9 +77,9 @@ from paramdelta.errors import (
     PublishConflictError,
     UsageError,
 )
-from paramdelta.hub import xet
+from paramdelta.hub import content_ids, xet
 from paramdelta.hub.rate_limits import Pacer
-from paramdelta.tokens import redact, register
+from paramdelta.tokens import redact, register, shorten
 
 # The one retry policy, huggingface_hub's defaults spelled out: handed to http_backoff
 # for the GETs the bot builds, applied by Hub._retry to the HfApi calls it cannot wrap.
@@ -92,6 +91,8 @@ MAX_WAIT = 8.0
 # file errors (of the cache, of a file to upload), a failed trusted-publishing exchange.
 HUB_FAILURES = (httpx2.HTTPError, OSError, OIDCError)
 UPLOAD_FAILURES = (*HUB_FAILURES, ValueError)  # LFS batch errors arrive as ValueError
+
+SMALL_FILE_LIMIT = 1 << 20  # read_small_file's default cap (a lineage record is ~2 KB)
 
 T = TypeVar("T")
 
@@ -118,9 +119,9 @@ def default_endpoint() -> str:
 class RepoFiles:
     """A repo pinned to one commit: its sha, every file's size and content id, its card data.
 
-    A content id names a file's bytes whatever commit holds them: ``sha256:<hex>``
-    for an LFS or Xet file (the Hub's listing gives the sha256 of both), else
-    ``blob:<git blob id>``. Empty when listed without file metadata.
+    A content id (`paramdelta.hub.content_ids`) names a file's bytes whatever commit
+    holds them: ``sha256:<hex>`` for an LFS or Xet file, else ``blob:<git blob id>``.
+    Empty when listed without file metadata.
     """
 
     repo_id: str
@@ -140,7 +141,9 @@ class Hub:
 
     def __init__(self, token: str | bool | None = None, endpoint: str | None = None) -> None:
         self.endpoint = endpoint.rstrip("/") if endpoint else default_endpoint()
-        self._token = token
+        # Redacted from everything the bot writes (a renewed token: as it is sent).
+        self._token = register(token) if isinstance(token, str) else token
+        self._account: str | None = None  # whoami, once asked
         self.timeout = _env_number("PARAMDELTA_HUB_TIMEOUT", 60.0)
         self.retries = int(_env_number("PARAMDELTA_HUB_RETRIES", 5))
         self.max_rate_wait = _env_number("PARAMDELTA_HUB_MAX_RATE_WAIT", 900.0)
@@ -168,8 +171,17 @@ class Hub:
         siblings = info.siblings or []
         sizes = {s.rfilename: s.size or 0 for s in siblings}
         card = info.card_data.to_dict() if info.card_data else {}
-        content = {s.rfilename: cid for s in siblings if (cid := _content_id(s))}
+        content = {s.rfilename: cid for s in siblings if (cid := content_ids.listed(s))}
         return RepoFiles(repo_id, revision, info.sha or "", sizes, card, content)
+
+    def find_repo_files(self, repo_id: str, revision: str) -> RepoFiles | None:
+        """`repo_files` with file metadata, or None if the repo or the revision does not exist."""
+        try:
+            return self.repo_files(repo_id, revision)
+        except HubError as e:
+            if is_missing(e) or isinstance(e.__cause__, RevisionNotFoundError):
+                return None
+            raise
 
     def read(self, repo_id: str, sha: str, path: str, offset: int, length: int) -> bytes:
         buf = bytearray(length)
@@ -261,31 +273,74 @@ class Hub:
             )
         )
 
-    def read_small_file(self, repo_id: str, path: str, revision: str) -> bytes | None:
-        """A small file's content, or None if the repo or file does not exist."""
+    def read_small_file(
+        self, repo_id: str, path: str, revision: str, *, limit: int = SMALL_FILE_LIMIT
+    ) -> bytes | None:
+        """A small file's content, or None if the repo or file does not exist.
+
+        Read as a stream and refused beyond ``limit`` bytes, whatever the repo holds.
+        """
         url = self._file_url(repo_id, revision, path)
-        try:
-            with self._failures(f"{repo_id}@{revision}/{path}"):
-                response = http_backoff("GET", url, headers=self._headers(), **self._backoff)
+        what = f"{repo_id}@{revision}/{path}"
+
+        def attempt() -> bytes:
+            backoff = {**self._backoff, "retry_on_exceptions": ()}  # see read_into
+            with http_stream_backoff("GET", url, headers=self._headers(), **backoff) as response:
                 hf_raise_for_status(response)
+                data = bytearray()
+                for chunk in response.iter_bytes():
+                    data += chunk
+                    if len(data) > limit:
+                        raise HubError(f"{what}: larger than {limit} bytes")
+                return bytes(data)
+
+        try:
+            return self._retry(what, attempt, statuses=())
         except HubError as e:
             if is_missing(e):
                 return None
             raise
-        return response.content
 
-    def open_pr_refs(self, repo_id: str) -> list[str]:
-        """The repo's pull request refs, newest first (``refs/pr/N``); none if no such repo."""
-        try:
-            refs = self._retry(
-                repo_id, lambda: self.api.list_repo_refs(repo_id, include_pull_requests=True)
+    def whoami(self) -> str | None:
+        """The account of the token (asked once); None without a token."""
+        if self._token is None:
+            return None
+        if self._account is None:
+            self._account = str(self._retry("whoami", lambda: self.api.whoami())["name"])
+        return self._account
+
+    def own_open_prs(self, repo_id: str) -> list[int]:
+        """The numbers of the open pull requests that this token's account opened, newest first.
+
+        Anyone may open a pull request on a public repo: only the bot's own are its work.
+        Without a token, none (the account is unknown); none if there is no such repo.
+        """
+        me = self.whoami()
+        if me is None:
+            return []
+
+        def listed() -> list[int]:
+            found = self.api.get_repo_discussions(
+                repo_id, author=me, discussion_type="pull_request", discussion_status="open"
             )
+            # Filtered again: the answer is the Hub's, the decision ours.
+            return [
+                d.num for d in found if d.is_pull_request and d.author == me and d.status == "open"
+            ]
+
+        try:
+            return sorted(self._retry(repo_id, listed), reverse=True)
         except HubError as e:
             if is_missing(e):
                 return []
             raise
-        prs = sorted(refs.pull_requests or [], key=lambda r: int(r.ref.rsplit("/", 1)[-1]))
-        return [r.ref for r in reversed(prs)]
+
+    def close_pr(self, repo_id: str, number: int, comment: str) -> None:
+        """Close a pull request with a comment (one request; closing twice is harmless)."""
+        self._retry(
+            f"{repo_id}#{number}",
+            lambda: self.api.change_discussion_status(repo_id, number, "closed", comment=comment),
+        )
 
     def newest_repo(self, author: str, pattern: str) -> tuple[str, datetime] | None:
         """The most recently created repo of ``author`` whose name matches the glob ``pattern``."""
@@ -430,20 +485,14 @@ class Hub:
             raise
         except Exception as e:  # anything else is a bug and propagates as one
             if xet.is_xet_failure(e):
-                if str(e).startswith("I/O error: "):  # the local disk, in hf_xet's words
-                    raise LocalFileError(redact(f"{where or what}: {e}")) from e
+                if (local := xet.local_failure(e)) is not None:  # the local disk
+                    raise LocalFileError(redact(f"{where or what}: {local}")) from e
                 raise HubError(redact(f"{what}: {xet.describe(e)}")) from e
             if not isinstance(e, caught):
                 raise
             if _is_local(e):
                 raise LocalFileError.from_os_error(e, e.filename or where) from e
             raise HubError(redact(f"{what}: {_describe(e)}")) from e
-
-
-def _content_id(sibling: RepoSibling) -> str | None:
-    if sibling.lfs is not None:
-        return f"sha256:{sibling.lfs.sha256}"
-    return f"blob:{sibling.blob_id}" if sibling.blob_id else None
 
 
 def is_missing(e: HubError) -> bool:
@@ -513,7 +562,7 @@ def _describe(e: Exception) -> str:
     if isinstance(e, OIDCError):
         return f"trusted publishing failed: {e}"
     if isinstance(e, HfHubHTTPError) and e.response is not None and _is_exchange(e.response):
-        detail = " ".join((e.server_message or "").split())[:300]
+        detail = shorten(" ".join((e.server_message or "").split()), 300)
         resource = os.environ.get("HF_OIDC_RESOURCE", "")
         return (
             f"trusted publishing (HF_OIDC_RESOURCE={resource}): the Hub refused the token"
@@ -525,7 +574,9 @@ def _describe(e: Exception) -> str:
         status = e.response.status_code
         if status in (401, 403):
             return f"HTTP {status}: not authorised (check HF_TOKEN or --token-file)"
-        detail = " ".join((e.server_message or "").split())[:300] or str(e).splitlines()[0]
+        # Redacted before it is cut: a token straddling the cut would leak its first part.
+        detail = shorten(" ".join((e.server_message or "").split()), 300)
+        detail = detail or redact(str(e).splitlines()[0])
         return f"HTTP {status}: {detail}"
     if isinstance(e, RETRY_EXCEPTIONS):
         return f"network error: {type(e).__name__}: {e}"

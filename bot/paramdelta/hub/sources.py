@@ -14,18 +14,19 @@ Remote checkpoints are first opened with reads of config.json, the index and
 the safetensors headers only (the preflight): one request per shard for its
 first 100 kB, which holds the header of any ordinary checkpoint, all shards at
 once. Then either `download_inputs` fetches the weight files into the Hugging
-Face cache and reads them locally (the default: a persistent runner keeps base
-and post cached), or the engine keeps reading byte ranges straight from the Hub
-(``--stream``: no input is stored, disk holds only the output): Xet-backed files
-through hf_xet download streams (no `/resolve/` request per range: the Hub's
-"resolvers" quota is spent on the preflight only), others by HTTP ranges.
+Face cache and reads them locally, once checked against the Hub's listing (the
+default: a persistent runner keeps base and post cached), or the engine keeps
+reading byte ranges straight from the Hub (``--stream``: no input is stored,
+disk holds only the output): Xet-backed files through hf_xet download streams
+(no `/resolve/` request per range: the Hub's "resolvers" quota is spent on the
+preflight only), others by HTTP ranges.
 """
 
 from __future__ import annotations
 
 import difflib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,7 @@ from pathlib import Path
 from paramdelta.engine.checkpoint import LocalSource, Source
 from paramdelta.engine.layout import MergePlan
 from paramdelta.errors import CheckpointError, HubError, UsageError
+from paramdelta.hub.cache import checked_snapshot
 from paramdelta.hub.client import Hub, RepoFiles, is_missing
 from paramdelta.hub.xet import XetReader
 from paramdelta.repo_ids import parse_spec
@@ -191,14 +193,29 @@ def open_sources(
 
 
 def download_inputs(plan: MergePlan, sources: dict[str, Source]) -> dict[str, Source]:
-    """Swap each Hub source for the files the merge reads, fetched into the Hugging Face cache."""
+    """Swap each Hub source for the files the merge reads, fetched into the Hugging Face cache.
+
+    What the cache holds is checked against the Hub's listing before it is used
+    (see `paramdelta.hub.cache`): another job may have tampered with it.
+    """
     local: dict[str, Source] = {}
-    for role, source in sources.items():
-        if isinstance(source, HubSource):
-            repo = source.repo
-            snapshot = source.hub.download(repo.repo_id, repo.sha, plan.read.get(role, []))
-            swapped = LocalSource(snapshot, source.label)
-            local[role] = swapped
-        else:
-            local[role] = source
+    try:
+        for role, source in sources.items():
+            if isinstance(source, HubSource):
+                local[role] = _checked_download(source, plan.read.get(role, []))
+            else:
+                local[role] = source
+    except BaseException:
+        for done in local.values():
+            done.close()
+        raise
     return local
+
+
+def _checked_download(source: HubSource, paths: list[str]) -> Source:
+    repo, hub = source.repo, source.hub
+
+    def download(which: Iterable[str]) -> Path:
+        return hub.download(repo.repo_id, repo.sha, sorted(which))
+
+    return checked_snapshot(repo, download(paths), paths, download)

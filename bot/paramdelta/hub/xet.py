@@ -15,6 +15,7 @@ internal errors are final, and become one-line Hub errors.
 
 from __future__ import annotations
 
+import errno
 import re
 import threading
 from typing import Any
@@ -43,6 +44,31 @@ def is_xet_failure(e: BaseException) -> bool:
         return True
     message = str(e)
     return bool(_TRANSIENT.match(message) or _FINAL.match(message))
+
+
+# An OS error that xet-core wraps in another kind (its cache database's, say): Rust's Debug form.
+_OS_ERROR = re.compile(r'Os \{ code: (\d+), kind: \w+, message: "([^"]*)" \}')
+# The errors of a full, read-only or unusable local disk (what LocalFileError stands for).
+_LOCAL_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+)
+
+
+def local_failure(e: BaseException) -> str | None:
+    """What a Xet failure of the local disk says; None for a failure of anything else.
+
+    hf_xet's own I/O errors, and an OS error of the local disk inside another kind: a full
+    disk under its chunk cache surfaces as an "Internal error" of its dedup database.
+    """
+    message = str(e)
+    if message.startswith("I/O error: "):
+        return message
+    found = _OS_ERROR.search(message)
+    if found and int(found.group(1)) in _LOCAL_ERRNOS:
+        return found.group(2)
+    if "Storage(PreviousIo)" in message:  # the database refuses writes after a failed one
+        return "a write to the local disk failed (is it full?)"
+    return None
 
 
 def is_transient(e: BaseException) -> bool:

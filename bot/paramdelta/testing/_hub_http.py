@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import yaml
 
+from paramdelta.testing._hub_discussions import discussion_json, event_json
 from paramdelta.testing._hub_store import (
     AUTHOR,
     CHUNK,
@@ -93,6 +94,9 @@ class RequestLog:
 class Credentials:
     """The write token, and tokens issued by the OIDC exchange (each scoped to one repo).
 
+    Tokens belong to users (`whoami`): the write token and the issued ones to AUTHOR, the
+    account the bot runs as; `add_user` adds accounts that may read and comment only.
+
     An issued token lasts `lifetime` whole seconds (the Hub's: one hour) and cannot be
     refreshed; the exchange issues one only for a repo with a trusted publisher (`trusted`).
     Expiry allows `LEEWAY` for clock skew, as token validators do: a client that caches a token
@@ -110,6 +114,22 @@ class Credentials:
         self.trusted: set[str] = set()
         self._lock = threading.Lock()
         self._issued: dict[str, tuple[str, float]] = {}  # token -> (repo id, expiry)
+        self._users: dict[str, str] = {}  # token -> user name, for the other accounts
+
+    def add_user(self, name: str, token: str) -> None:
+        with self._lock:
+            self._users[token] = name
+
+    def user(self, authorization: str | None) -> str | None:
+        """The account a request comes from; None when it carries no token."""
+        scope = self.scope(authorization)
+        if scope is None or (self.token is None and authorization is None):
+            return None
+        if scope == "":
+            _, _, value = (authorization or "").partition(" ")
+            with self._lock:
+                return self._users[value]
+        return AUTHOR
 
     def scope(self, authorization: str | None) -> str | None:
         """'*' for full access, a repo id for an OIDC-issued token, None for no token at all."""
@@ -123,8 +143,11 @@ class Credentials:
                 return "*"
             with self._lock:
                 resource, expiry = self._issued.get(value, (None, 0.0))
+                other_user = value in self._users
             if resource is not None and time.monotonic() < expiry + self.LEEWAY:
                 return resource
+            if other_user:
+                return ""  # authenticated, with no repo to write to
         raise HubError(401, None, INVALID_CREDENTIALS)
 
     def exchange(self, subject_token: str, resource: str) -> tuple[str, int]:
@@ -144,6 +167,7 @@ class Credentials:
     def clear(self) -> None:
         with self._lock:
             self._issued.clear()
+            self._users.clear()
             self.trusted.clear()
 
 
@@ -424,6 +448,14 @@ class HubHandler(_Handler):
                 self._create_repo()
             case "DELETE", ["api", "repos", "delete"]:
                 self._delete_repo()
+            case "GET", ["api", "whoami-v2"]:
+                self._whoami()
+            case "GET", ["api", "models", ns, name, "discussions"]:
+                self._discussions(f"{ns}/{name}")
+            case "POST", ["api", "models", ns, name, "discussions", num, "comment"]:
+                self._comment(f"{ns}/{name}", _int(num))
+            case "POST", ["api", "models", ns, name, "discussions", num, "status"]:
+                self._change_status(f"{ns}/{name}", _int(num))
             case "POST", ["api", "validate-yaml"]:
                 self._send_json(200, {"errors": [], "warnings": []})
             case "POST", ["oauth", "token"]:
@@ -710,6 +742,9 @@ class HubHandler(_Handler):
             create_pr=self._flag("create_pr"),
         )
         self.hub.xet_commits.extend(through_xet)
+        if pr:
+            author = self.hub.credentials.user(self.headers.get("Authorization")) or AUTHOR
+            self.hub.discussions.opened(repo_id, pr, commit.title, author, pull_request=True)
         url = f"{self.hub.url}/{repo_id}"
         self._send_json(
             200,
@@ -752,6 +787,52 @@ class HubHandler(_Handler):
                 raise HubError(400, None, f"{path}: LFS object {oid} does not have that size")
             return Put(path, FileEntry.large(oid, size, xet_hash))
         raise HubError(400, None, f"Unknown commit operation: {key!r}")
+
+    # Accounts and discussions (pull requests are discussions too)
+
+    def _user(self) -> str:
+        user = self.hub.credentials.user(self.headers.get("Authorization"))
+        if user is None:
+            raise HubError(401, None, "You must be authenticated to do this")
+        return user
+
+    def _whoami(self) -> None:
+        name = self._user()
+        self._send_json(200, {"type": "user", "name": name, "fullname": name, "orgs": []})
+
+    def _discussions(self, repo_id: str) -> None:
+        self._readable(repo_id)
+        found = self.hub.discussions.list(
+            repo_id,
+            author=self._param("author"),
+            kind=self._param("type"),
+            status=self._param("status"),
+        )
+        size = self.hub.page_size
+        start = _int(self._param("p") or "0") * size
+        page = [discussion_json(d, _timestamp(d.created_at)) for d in found[start : start + size]]
+        self._send_json(200, {"discussions": page, "count": len(found), "start": start})
+
+    def _comment(self, repo_id: str, num: int) -> None:
+        self._readable(repo_id)
+        text = _field(self._read_json(), "comment", str)
+        event = self.hub.discussions.comment(repo_id, num, self._user(), text)
+        self._send_json(200, {"newMessage": event_json(event, _timestamp(event.created_at))})
+
+    def _change_status(self, repo_id: str, num: int) -> None:
+        """Its author or whoever may write to the repo can close or reopen a discussion."""
+        self._readable(repo_id)
+        body = self._read_json()
+        user, discussion = self._user(), self.hub.discussions.get(repo_id, num)
+        if user != discussion.author:
+            self._require_write(repo_id)
+        reply: dict[str, Any] = {}
+        if isinstance(body.get("comment"), str) and body["comment"].strip():
+            event = self.hub.discussions.comment(repo_id, num, user, body["comment"])
+            reply["newMessage"] = event_json(event, _timestamp(event.created_at))
+        status = self.hub.discussions.change_status(repo_id, num, user, _field(body, "status", str))
+        reply["newStatus"] = event_json(status, _timestamp(status.created_at))
+        self._send_json(200, reply)
 
     def _exchange_token(self) -> None:
         body = self._read_json()

@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
+from paramdelta.testing._hub_discussions import Discussion, Discussions
 from paramdelta.testing._hub_http import (
     BlobHandler,
     Credentials,
@@ -40,6 +41,7 @@ from paramdelta.testing._hub_http import (
 )
 from paramdelta.testing._hub_limits import RateLimits
 from paramdelta.testing._hub_store import (
+    AUTHOR,
     Commit,
     Delete,
     FileEntry,
@@ -53,7 +55,16 @@ from paramdelta.testing._hub_store import (
 from paramdelta.testing._xet_cas import XetCas
 from paramdelta.testing.faults import Faults
 
-__all__ = ["Commit", "FakeHub", "HubError", "PullRequest", "RequestRecord", "main"]
+__all__ = [
+    "AUTHOR",
+    "Commit",
+    "Discussion",
+    "FakeHub",
+    "HubError",
+    "PullRequest",
+    "RequestRecord",
+    "main",
+]
 
 
 class FakeHub:
@@ -94,6 +105,7 @@ class FakeHub:
         self.cas = XetCas(Path(data_dir) / "xet-cas")
         self.store = RepoStore(self.objects)
         self.credentials = Credentials(token, oidc_subject_token)
+        self.discussions = Discussions()
         self.rate_limits = RateLimits()
         self.xet_token_lifetime = 3600.0
         self.xet_commits: list[str] = []  # sha256 of each file a commit took from Xet storage
@@ -169,6 +181,7 @@ class FakeHub:
         """Forget all repos, blobs, issued tokens, quotas, faults and recorded requests."""
         self.store.clear()
         self.credentials.clear()
+        self.discussions.clear()
         self.rate_limits.clear()
         self.xet_commits.clear()
         self.cdn_ignores_range = None
@@ -206,26 +219,36 @@ class FakeHub:
         from before Xet). A path in `delete` ending in "/" deletes a folder. A missing branch
         starts from main.
         """
-        large = {p: s for p, s in files.items() if xet and wants_lfs(p, _size(s))}
-        uploaded = self.cas.upload(list(large.values())) if large else []
-        stored = dict(zip(large, uploaded, strict=True))
-        ops: list[Put | Delete] = [
-            Put(path, FileEntry.large(f.sha256, f.size, f.xet_hash))
-            if (f := stored.get(path))
-            else Put(path, self._store(path, src))
-            for path, src in files.items()
-        ]
-        ops += [Delete(path, folder=path.endswith("/")) for path in delete]
         title, _, body = message.partition("\n")
         commit, _ = self.store.commit(
             repo_id,
-            ops,
+            self._operations(files, delete, xet=xet),
             title=title,
             message=body.strip(),
             revision=branch,
             create_branch=create_branch_ok,
         )
         return commit.oid
+
+    def open_pull_request(
+        self,
+        repo_id: str,
+        files: Mapping[str, bytes | os.PathLike[str]],
+        *,
+        author: str,
+        title: str = "Update files",
+        delete: Iterable[str] = (),
+    ) -> int:
+        """Open a pull request on main as ``author`` (any Hub user may); returns its number."""
+        ops = self._operations(files, delete)
+        _, pr = self.store.commit(repo_id, ops, title=title, message="", create_pr=True)
+        assert pr is not None
+        self.discussions.opened(repo_id, pr, title, author, pull_request=True)
+        return pr
+
+    def add_user(self, name: str, token: str) -> None:
+        """An account that may read and comment but write to no repo (`whoami` says ``name``)."""
+        self.credentials.add_user(name, token)
 
     def upload_folder(
         self,
@@ -248,6 +271,25 @@ class FakeHub:
     def create_tag(self, repo_id: str, tag: str, *, revision: str = "main") -> str:
         """Tag a revision; returns the tagged sha."""
         return self.store.tag(repo_id, tag, revision)
+
+    def _operations(
+        self,
+        files: Mapping[str, bytes | os.PathLike[str]],
+        delete: Iterable[str],
+        *,
+        xet: bool = True,
+    ) -> list[Put | Delete]:
+        """What a commit of ``files`` and deletions does (large files go to Xet, if ``xet``)."""
+        large = {p: s for p, s in files.items() if xet and wants_lfs(p, _size(s))}
+        uploaded = self.cas.upload(list(large.values())) if large else []
+        stored = dict(zip(large, uploaded, strict=True))
+        ops: list[Put | Delete] = [
+            Put(path, FileEntry.large(f.sha256, f.size, f.xet_hash))
+            if (f := stored.get(path))
+            else Put(path, self._store(path, src))
+            for path, src in files.items()
+        ]
+        return ops + [Delete(path, folder=path.endswith("/")) for path in delete]
 
     def _store(self, path: str, source: bytes | os.PathLike[str]) -> FileEntry:
         """Into the object store: a regular file, or a legacy LFS object."""
@@ -291,6 +333,10 @@ class FakeHub:
     def commits(self, repo_id: str, revision: str = "main") -> list[Commit]:
         """First-parent history of a revision, newest first."""
         return self.store.get(repo_id).history(revision)
+
+    def discussion(self, repo_id: str, num: int) -> Discussion:
+        """A pull request's (or discussion's) author, status and events."""
+        return self.discussions.get(repo_id, num)
 
     def pull_requests(self, repo_id: str) -> list[PullRequest]:
         """The repo's pull requests, oldest first."""
