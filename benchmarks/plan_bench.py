@@ -66,7 +66,7 @@ def seed(hub: FakeHub, targets: int) -> str:
                 },
                 recipe={"alpha": 1.0, "dtype": "auto", "vocab_policy": "error"},
                 files={},
-                output={"repo": output},
+                output={"repo": output, "files": {}},  # a record of no weights: none there
             )
             hub.create_repo(output)
             hub.commit(output, {lineage.FILENAME: lineage.encode(record)})

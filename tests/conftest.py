@@ -31,7 +31,6 @@ os.environ.update(
         "HF_ENDPOINT": _HUB.url,
         "HF_HOME": _HF_HOME,
         "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_XET": "1",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
         "NO_PROXY": "127.0.0.1,localhost",

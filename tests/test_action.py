@@ -13,6 +13,7 @@ so the story is one test.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -81,9 +82,17 @@ class WorkflowRun:
         return [self.plan, *self.legs.values(), self.report]
 
     def result(self, target: str) -> dict[str, Any]:
-        """The one record of a leg's downloaded result artifact."""
+        """The one record of a leg's downloaded result artifact, else what the plan's says."""
         path = self.results / f"paramdelta-result-{target}" / "result.json"
-        [record] = json.loads(path.read_text(encoding="utf-8"))["results"]
+        if path.exists():
+            [record] = json.loads(path.read_text(encoding="utf-8"))["results"]
+            return record
+        plan = self.results / "paramdelta-result-plan" / "plan.json"
+        [record] = [
+            r
+            for r in json.loads(plan.read_text(encoding="utf-8"))["results"]
+            if r["target"] == target
+        ]
         return record
 
 
@@ -104,6 +113,10 @@ class Repository:
         if plan.outputs["pending-count"] != "0":  # the merge job's `if:`
             matrix = json.loads(plan.outputs["pending"])
         artifacts = self.root / f"run-{run_id}" / "artifacts"
+        # upload-artifact: the plan job's results/ (what is up to date, and what is planned)
+        shutil.copytree(
+            self.root / f"run-{run_id}" / "plan" / "results", artifacts / "paramdelta-result-plan"
+        )
         legs = {}
         for entry in matrix:  # fail-fast: false, so every leg runs
             legs[entry["target"]] = self.merge(run_id, entry)
@@ -172,7 +185,6 @@ class Repository:
                 "GITHUB_EVENT_NAME": "schedule",
                 "HF_ENDPOINT": self.hub.url,
                 "HF_HOME": str(workspace.parent / f"{job}-hf-home"),
-                "HF_HUB_DISABLE_XET": "1",
                 "PARAMDELTA_ACTION_SKIP_INSTALL": "true",
                 "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
                 **env,
@@ -283,8 +295,9 @@ def report_summary(run: WorkflowRun, targets: list[str], counts: str) -> str:
             errors.append(f"- **{target}**: {r['error']}")
         else:
             new_base = f"{r['new_base_repo']}@{r['new_base_sha'][:7]}"
-            link = f"[commit]({r['url']})"
-            lines.append(f"| {target} | {new_base} | {r['status']} | {link} | {duration} |")
+            link = f"[commit]({r['url']})" if r["url"] else "-"
+            status = r["status"].replace("-", " ")  # up-to-date: "up to date"
+            lines.append(f"| {target} | {new_base} | {status} | {link} | {duration} |")
     lines.append("")
     if errors:
         lines += ["Errors:", "", *errors, ""]
@@ -318,7 +331,12 @@ def check_plan(run: WorkflowRun, matrix: list[dict[str, Any]], summary: str) -> 
 def check_published(hub: FakeHub, local: dict[str, Path], run: WorkflowRun, target: str) -> None:
     """The leg created the target's output repo and published one right commit to it."""
     leg = run.legs[target]
-    assert (leg.ok, leg.returncode, leg.stderr) == (True, 0, ""), printed(leg)
+    logged = (
+        f"{target}: vocabulary: 256 rows in all three: 256 merged, 0 kept from the post model,"
+        f" 0 dropped from the new base (vocab policy error)\n{target}: left out: .gitattributes"
+        " (the Hub keeps its own), README.md (replaced by the model card)\n"
+    )
+    assert (leg.ok, leg.returncode, leg.stderr) == (True, 0, logged), printed(leg)
     expected = published_result(hub, target)
     assert without_duration(run.result(target)) == expected
     assert [without_duration(r) for r in json.loads(leg.outputs["published"])] == [expected]
@@ -347,13 +365,17 @@ def check_published(hub: FakeHub, local: dict[str, Path], run: WorkflowRun, targ
     pins = {"base": BASES[target], "post": "org/post", "new_base": "org/new-base"}
     record = json.loads(hub.read_file(repo, "paramdelta.json"))
     assert (record["target"], record["ci_run_url"]) == (target, run.url)
-    assert record["checkpoints"] == [
+    assert [
+        {k: c[k] for k in ("role", "repo", "revision", "sha")} for c in record["checkpoints"]
+    ] == [
         {"role": role, "repo": name, "revision": "main", "sha": hub.head(name)}
         for role, name in pins.items()
     ]
-    assert {k: record["recipe"][k] for k in ("alpha", "dtype", "vocab_policy", "file_donors")} == {
+    recipe_keys = ("alpha", "dtype", "requested_dtype", "vocab_policy", "file_donors")
+    assert {k: record["recipe"][k] for k in recipe_keys} == {
         "alpha": 1.0,
-        "dtype": "auto",
+        "dtype": "bfloat16",
+        "requested_dtype": "auto",
         "vocab_policy": "error",
         "file_donors": DONORS,
     }
@@ -362,6 +384,11 @@ def check_published(hub: FakeHub, local: dict[str, Path], run: WorkflowRun, targ
         "tensors": 21,
         "bytes": sum(t.numel() * t.element_size() for t in wanted.values()),
         "shards": ["model.safetensors"],
+        "files": {
+            "model.safetensors": [
+                f"sha256:{hashlib.sha256(hub.read_file(repo, 'model.safetensors')).hexdigest()}"
+            ]
+        },
     }
 
     card = hub.read_file(repo, "README.md").decode()
@@ -395,7 +422,7 @@ def check_report(run: WorkflowRun, summary: str, issue_actions: list[str]) -> No
     assert report.outputs["summary"] == summary
     assert report.step("paramdelta").summary == summary
     assert printed(report) == (
-        "paramdelta report results --github --issues\n"
+        "paramdelta report results --watchlist watchlist.yaml --github --issues\n"
         + summary
         + "".join(f"\n{action}" for action in issue_actions)
     )
@@ -448,7 +475,7 @@ def test_the_workflow_publishes_and_keeps_one_issue_for_a_broken_target_until_fi
     check_failed(hub, second)
     check_report(
         second,
-        report_summary(second, ["broken"], "1 target: 1 failed."),
+        report_summary(second, ["broken", "good"], "2 targets: 1 up to date, 1 failed."),
         [f"commented on issue #1 for broken: {issue_url}"],
     )
     [issue] = github.issues(REPO)  # the same issue, no duplicate
@@ -467,7 +494,7 @@ def test_the_workflow_publishes_and_keeps_one_issue_for_a_broken_target_until_fi
     check_published(hub, local, third, "broken")
     check_report(
         third,
-        report_summary(third, ["broken"], "1 target: 1 published."),
+        report_summary(third, ["broken", "good"], "2 targets: 1 published, 1 up to date."),
         [f"closed issue #1 for broken: {issue_url}"],
     )
     [issue] = github.issues(REPO)

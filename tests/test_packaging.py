@@ -44,6 +44,7 @@ def test_the_wheel_ships_its_data(wheel_files):
         "paramdelta/checkdata/conversation.json",
         "paramdelta/checkdata/prompts.json",
         "paramdelta/checkdata/texts.json",
+        "paramdelta/templates/workflow.yml",
         "paramdelta/py.typed",
     } <= set(wheel_files)
 
@@ -67,7 +68,8 @@ def imported_after(argv: list[str], cwd: Path) -> tuple[int, set[str]]:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["merge", "--help"], ["run", "--help"], ["check", "--help"]]
+    "argv",
+    [["--help"], ["merge", "--help"], ["run", "--help"], ["check", "--help"], ["init", "--help"]],
 )
 def test_help_imports_no_heavy_package(argv, tmp_path):
     assert imported_after(argv, tmp_path) == (0, set())
@@ -79,3 +81,27 @@ def test_plan_imports_neither_torch_nor_pygithub(hub_trio, tmp_path):
         "    new_base: org/new-base\n    output: me/out\n"
     )
     assert imported_after(["plan", "--format", "json"], tmp_path) == (0, set())
+
+
+TORCH_FIRST = "pip install torch==2.13.0 && pip install "
+CPU_INDEX = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+
+
+@pytest.mark.parametrize("block", ["demo", "test"])
+def test_the_readme_installs_torch_before_the_bot(block):
+    """The pinned torch first, so `pip install .` never resolves one itself; CI does the same."""
+    text = subprocess.run(
+        [sys.executable, ROOT / ".ci" / "readme_block.py", block, ROOT / "README.md"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert text.splitlines()[1].startswith(TORCH_FIRST)
+    assert ".venv/bin/pip install torch==2.13.0\n" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_readme_says_how_to_get_the_cpu_build():
+    """PyPI's Linux torch is the CUDA build: the README names PyTorch's CPU index for the rest."""
+    readme = (ROOT / "README.md").read_text()
+    assert f"```bash\n{CPU_INDEX}\n```" in readme
+    assert "CUDA build" in readme

@@ -3,7 +3,8 @@
 Commands live in `paramdelta.commands.<name>`; this module only wires them up
 and is the one place that prints an error. A `ParamDeltaError` becomes one line
 on stderr and its class's exit code; anything else is a bug: exit 1, with the
-traceback only when PARAMDELTA_DEBUG is set.
+traceback only when PARAMDELTA_DEBUG is set. SIGINT and SIGTERM exit 130 and
+143 once what they interrupted is cleaned up.
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from paramdelta import __version__
-from paramdelta.errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, LocalFileError, ParamDeltaError
+from paramdelta.errors import Interrupted, UnexpectedError, as_error, interruption
 from paramdelta.tokens import redact
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("paramdelta.commands.demo", "the whole cycle offline, on a loopback fake Hub"),
+    "init": ("paramdelta.commands.init", "write a watchlist and the scheduled workflow"),
     "merge": ("paramdelta.commands.merge", "merge three checkpoints: new_base + (post - base)"),
     "publish": ("paramdelta.commands.publish", "publish a merged directory to the Hub"),
     "watchlist": ("paramdelta.commands.watchlist", "check a watchlist file"),
@@ -27,14 +33,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("paramdelta.commands.run", "plan, then merge and publish every pending target"),
     "check": ("paramdelta.commands.check", "the pre-publish check on a checkpoint dir or Hub repo"),
     "report": ("paramdelta.commands.report", "summarise run results; open or close issues"),
-    "demo": ("paramdelta.commands.demo", "the whole cycle offline, on a loopback fake Hub"),
 }
+FIRST_STEPS = """\
+start here:
+  paramdelta demo      see the whole cycle (plan, merge, publish) offline, in seconds
+  paramdelta init BASE POST NEW_BASE --output ORG/NAME
+                       write watchlist.yaml and the GitHub workflow that keeps it current
+  paramdelta merge --base B --post P --new-base N --output DIR
+                       one merge, from local directories or Hub repos
+
+'paramdelta COMMAND --help' tells more about each command."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paramdelta",
         description="Transfer post-training onto a new base model (ParamΔ) and publish it.",
+        epilog=FIRST_STEPS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"paramdelta {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -49,24 +65,35 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
-    except ParamDeltaError as e:
-        _print_error(str(e))
-        return e.exit_code
-    except KeyboardInterrupt:
-        _print_error("interrupted")
-        return EXIT_INTERRUPTED
-    except OSError as e:  # a local file the code above did not name (network errors are typed)
-        error = LocalFileError.from_os_error(e)
+        with _terminate_as_interrupt():
+            return args.handler(args)
+    except KeyboardInterrupt as e:
+        interrupted = interruption(e)
+        _print_error(str(interrupted))
+        return interrupted.exit_code
+    except Exception as e:
+        error = as_error(e)
+        if isinstance(error, UnexpectedError) and os.environ.get("PARAMDELTA_DEBUG"):
+            raise
         _print_error(str(error))
         return error.exit_code
-    except Exception as e:
-        if os.environ.get("PARAMDELTA_DEBUG"):
-            raise
-        _print_error(
-            f"unexpected {type(e).__name__}: {e} (a bug; set PARAMDELTA_DEBUG=1 for a traceback)"
-        )
-        return EXIT_UNEXPECTED
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cancelled job, `docker stop`) unwinds like Ctrl-C: nothing half-written stays."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread (a caller embedding main())
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_error(message: str) -> None:

@@ -2,11 +2,14 @@
 
 This is the only place that knows exit codes. Every error the bot raises on
 purpose is a `ParamDeltaError`; the CLI prints its message on one line and
-exits with its `exit_code`. Anything else is a bug and exits 1.
+exits with its `exit_code`. `as_error` gives any other exception its class: a
+failure of the file system is a LocalFileError, anything else is a bug (exit 1).
+SIGINT and SIGTERM both raise `Interrupted` (exit 128 + the signal's number).
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -63,25 +66,72 @@ def local_io(path: object) -> Iterator[None]:
         raise LocalFileError.from_os_error(e, path) from e
 
 
-class CheckError(ParamDeltaError):
-    """The pre-publish check failed (or, with --check on, could not run); nothing was published.
-
-    ``details`` holds the check's numbers, for the result file and the report.
-    """
-
-    exit_code = 8
-
-    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.details = details
-
-
 class GitHubError(ParamDeltaError):
     """The GitHub API refused or failed a request while reporting."""
 
     exit_code = 6
 
 
+class MissingResultError(ParamDeltaError):
+    """A planned target's merge job reported nothing (cancelled, timed out, killed)."""
+
+    exit_code = 8
+
+
+class CheckError(ParamDeltaError):
+    """The pre-publish check failed (or, with --check on, could not run); nothing was published.
+
+    ``details`` holds the check's numbers, for the result file and the report.
+    """
+
+    exit_code = 9
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class UnexpectedError(ParamDeltaError):
+    """An exception no code raised on purpose: a bug."""
+
+    exit_code = 1
+
+
+def as_error(e: Exception) -> ParamDeltaError:
+    """Any exception as one of ours, with its exit code and a one-line message."""
+    if isinstance(e, ParamDeltaError):
+        return e
+    if isinstance(e, OSError):  # a local file the code did not name (network errors are typed)
+        return LocalFileError.from_os_error(e)
+    return UnexpectedError(
+        f"unexpected {type(e).__name__}: {e} (a bug; set PARAMDELTA_DEBUG=1 for a traceback)"
+    )
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM (a cancelled job, a stopped container): stop and clean up.
+
+    A KeyboardInterrupt, so that SIGTERM unwinds exactly as Ctrl-C does: workers
+    stop, partial output is removed, scratch directories go.
+    """
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        return f"interrupted ({signal.Signals(self.signum).name})"
+
+
+def interruption(e: KeyboardInterrupt) -> Interrupted:
+    """A Ctrl-C that Python raised itself, or one of ours, as an Interrupted."""
+    return e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+
+
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 128 + signal.SIGINT

@@ -52,7 +52,7 @@ def test_auto_says_why_it_does_not_check_and_on_refuses(monkeypatch):
     assert str(refused.value) == (
         "pre-publish check cannot run (check: on): 16 GB model, 14 GB free on cpu"
     )
-    assert refused.value.exit_code == 8
+    assert refused.value.exit_code == 9
     with pytest.raises(UsageError, match="--check must be one of auto, on, off, not 'maybe'"):
         check.decide("maybe", 1, "cpu")
 
@@ -136,7 +136,7 @@ def test_a_failed_report_is_one_line_with_its_numbers():
         "pre-publish check failed: chat template renders: does not render: TemplateError: no | way"
         " (and 1 more failed step(s))"
     )
-    assert error.exit_code == 8
+    assert error.exit_code == 9
     assert error.details == report.to_dict()
     assert error.details["status"] == "failed"
     assert check_table(error.details) == (

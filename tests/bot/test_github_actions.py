@@ -79,3 +79,13 @@ def test_run_url(monkeypatch, server, attempt, expected):
     assert github_actions.run_url() == expected
     monkeypatch.delenv("GITHUB_RUN_ID")
     assert github_actions.run_url() is None
+
+
+def test_outputs_and_summary_are_redacted(runner, monkeypatch):
+    monkeypatch.setenv("GITHUB_TOKEN", "ghs_runner-secret-token")
+    github_actions.set_output("summary", "failed: ghs_runner-secret-token refused")
+    github_actions.append_summary("| x | ghs_runner-secret-token |")
+    assert (
+        runner["output"].read_text() == f"summary<<{DELIMITER}\nfailed: *** refused\n{DELIMITER}\n"
+    )
+    assert runner["summary"].read_text() == "| x | *** |\n"

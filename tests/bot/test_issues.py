@@ -200,14 +200,14 @@ def test_a_blocked_publish_shows_the_checks_numbers_in_its_issue(fake_github):
     blocked = dataclasses.replace(
         failed(error=f"pre-publish check failed: {check['reason']}"),
         status="check-failed",
-        exit_code=8,
+        exit_code=9,
         check=check,
     )
     assert [a.action for a in sync(fake_github, [blocked])] == ["opened"]
     [issue] = fake_github.issues(REPO)
     assert (
         f"The ParamΔ merge of **{LLAMA}** onto `meta-llama/Llama-3.1-8B@{'a' * 40}` was blocked"
-        " by the pre-publish check with exit code 8"
+        " by the pre-publish check with exit code 9"
     ) in issue.body
     assert (
         "The check's numbers (nothing was published):\n\n"
@@ -221,3 +221,13 @@ def test_a_blocked_publish_shows_the_checks_numbers_in_its_issue(fake_github):
     ) in issue.body
     # a later success closes it like any other failure
     assert [a.action for a in sync(fake_github, [published()])] == ["closed"]
+
+
+def test_a_long_error_is_redacted_before_it_is_cut(fake_github):
+    secret = register("hf_straddling-the-cut-secret")
+    # The error's last 5000 characters begin inside the token: cut first, its tail leaked.
+    error = f"refused {secret}{'y' * (5000 - 8)}"
+    sync(fake_github, [failed(error=error)])
+    [issue] = fake_github.issues(REPO)
+    assert not any(secret[i:] in issue.body for i in range(len(secret) - 4))
+    assert f"\n```text\n…sed ***{'y' * 4992}\n```\n" in issue.body  # redacted, then cut

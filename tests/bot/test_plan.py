@@ -1,3 +1,4 @@
+import json
 from datetime import datetime, timezone
 
 import pytest
@@ -6,6 +7,7 @@ from paramdelta.bot.plan import plan_watchlist
 from paramdelta.bot.run_target import RunOptions, run_target
 from paramdelta.bot.watchlist import load
 from paramdelta.hub.client import Hub
+from paramdelta.testing.checkpoints import load_tensors, perturbed, save_checkpoint
 from paramdelta.testing.seed import publish_folder
 
 WATCHLIST = """\
@@ -67,21 +69,42 @@ def test_new_targets_are_pending_with_resolved_shas(world, hub_trio, fake_hub):
     assert family.output_repo == "me/Fam-2-7B-instruct"
 
 
-def test_published_targets_are_up_to_date_until_something_moves(world, hub_trio, fake_hub):
+def _new_weights(fake_hub, repo, local, tmp_path):
+    """Commit a new release of ``local``'s weights (same config) to ``repo``; its sha."""
+    config = json.loads((local / "config.json").read_text())
+    state = perturbed(load_tensors(local), seed=99)
+    folder = save_checkpoint(tmp_path / f"{repo}-v2", state, config, max_shard_size=60_000)
+    return publish_folder(fake_hub, repo, folder, message="New weights")
+
+
+def test_published_targets_are_up_to_date_until_something_moves(
+    world, hub_trio, fake_hub, tmp_path
+):
     hub, watchlist = world
-    results = _publish_all(hub, plan_watchlist(hub, watchlist(), files=True))
+    results = _publish_all(hub, plan_watchlist(hub, watchlist()))
     assert [r.status for r in results] == ["published", "published"]
     assert _statuses(plan_watchlist(hub, watchlist())) == {
         "branch": "up-to-date",
         "family": "up-to-date",
     }
 
-    # A new commit on the followed branch makes exactly that target pending.
-    new_sha = fake_hub.commit("org/new-base", {"NOTES.md": b"v2"})
+    # A commit that touches no file the merge read is not a new release.
+    readme_sha = fake_hub.commit("org/new-base", {"README.md": b"# typo fixed\n"})
+    branch, family = plan_watchlist(hub, watchlist())
+    assert (branch.status, family.status) == ("up-to-date", "up-to-date")
+    assert branch.reasons == [
+        "upstream moved, content unchanged (new base org/new-base moved"
+        f" {hub_trio.shas['new_base'][:7]} -> {readme_sha[:7]})"
+    ]
+
+    # New weights on the followed branch make exactly that target pending.
+    new_sha = _new_weights(fake_hub, "org/new-base", hub_trio.local["new_base"], tmp_path)
     branch, family = plan_watchlist(hub, watchlist())
     assert (branch.status, family.status) == ("pending", "up-to-date")
     assert branch.reasons == [
-        f"new base org/new-base moved {hub_trio.shas['new_base'][:7]} -> {new_sha[:7]}"
+        f"new base org/new-base moved {hub_trio.shas['new_base'][:7]} -> {new_sha[:7]}:"
+        " model-00001-of-00004.safetensors, model-00002-of-00004.safetensors,"
+        " model-00003-of-00004.safetensors ... changed"
     ]
 
     # A new release in the family makes the family target pending, for a new output repo.
@@ -90,14 +113,16 @@ def test_published_targets_are_up_to_date_until_something_moves(world, hub_trio,
     assert family.status == "pending"
     assert family.output_repo == "me/Fam-4-7B-instruct"
 
-    # So does a moved post model, for every target that uses it.
-    fake_hub.commit("org/post", {"NOTES.md": b"fixed chat template"})
-    assert set(_statuses(plan_watchlist(hub, watchlist())).values()) == {"pending"}
+    # So does a donated file of the post model, for every target that uses it.
+    fake_hub.commit("org/post", {"chat_template.jinja": b"{{ fixed }}"})
+    plans = plan_watchlist(hub, watchlist())
+    assert set(_statuses(plans).values()) == {"pending"}
+    assert plans[0].reasons[0].endswith(": chat_template.jinja changed")
 
 
 def test_a_recipe_change_is_pending(world, tmp_path):
     hub, watchlist = world
-    _publish_all(hub, plan_watchlist(hub, watchlist(), "branch", files=True))
+    _publish_all(hub, plan_watchlist(hub, watchlist(), "branch"))
     changed = tmp_path / "alpha.yaml"
     changed.write_text(
         WATCHLIST.format(publish="commit").replace(
@@ -108,14 +133,14 @@ def test_a_recipe_change_is_pending(world, tmp_path):
     assert branch.reasons == ["recipe alpha changed: 1.0 -> 0.5"]
 
 
-def test_an_open_pull_request_counts_as_in_review(world, fake_hub):
+def test_an_open_pull_request_counts_as_in_review(world, hub_trio, fake_hub, tmp_path):
     hub, watchlist = world
-    (result,) = _publish_all(hub, plan_watchlist(hub, watchlist("pr"), "branch", files=True))
+    (result,) = _publish_all(hub, plan_watchlist(hub, watchlist("pr"), "branch"))
     assert result.status == "pr-opened", result.error
     (branch,) = plan_watchlist(hub, watchlist("pr"), "branch")
     assert branch.status == "in-review"
     assert branch.reasons == ["already proposed in refs/pr/1"]
-    fake_hub.commit("org/new-base", {"NOTES.md": b"v2"})
+    _new_weights(fake_hub, "org/new-base", hub_trio.local["new_base"], tmp_path)
     (branch,) = plan_watchlist(hub, watchlist("pr"), "branch")
     assert branch.status == "pending"
 
@@ -166,8 +191,16 @@ def test_plan_is_a_few_requests_per_target_and_no_weights(world, fake_hub):
     plans = plan_watchlist(hub, watchlist())
     assert [p.status for p in plans] == ["pending", "pending"]
     api = [r for r in fake_hub.requests if r.server == "hub"]
-    # branch: 3 model infos + the lineage record; family: a listing, its newest member and the
-    # record (base and post were resolved once for both).
+    # branch: 3 model infos + the output repo's; family: a listing, its newest member and the
+    # output repo's (base and post were resolved once for both). No output repo exists yet, so
+    # there is no lineage record to read.
     assert len(api) == 7
     assert fake_hub.weight_bytes_served() == 0
-    assert all(r.query.get("blobs") != "true" for r in api)
+    # Every model info lists content ids (blobs=true), still one request each: the inputs'
+    # for the lineage, the output repos' for their weights, checked against the record.
+    infos = [r for r in api if "/revision/" in r.path]
+    assert [r.query.get("blobs") for r in infos] == ["true"] * 6
+    assert [r.path for r in infos if r.path.startswith("/api/models/me/")] == [
+        "/api/models/me/new-base-instruct/revision/main",
+        "/api/models/me/Fam-2-7B-instruct/revision/main",
+    ]

@@ -13,7 +13,7 @@ TOKEN = "ghs_report-test-token"
 
 
 def test_results_round_trip_through_a_file(tmp_path):
-    results = [failed(), published(), quiet("up-to-date")]
+    results = [failed(), published("qwen-2.5-7b-instruct"), quiet("up-to-date")]
     write_results(tmp_path / "results.json", results)
     data = json.loads((tmp_path / "results.json").read_text())
     assert list(data) == ["results"]
@@ -58,9 +58,8 @@ def test_load_results_reads_every_json_below_a_directory(tmp_path):
         ({"url": 3}, "field 'url' must be a string or null, not 3"),
         (
             {"status": "ok"},
-            "field 'status' must be one of published, pr-opened, up-to-date, dry-run, failed,"
-            " check-failed,"
-            " not 'ok'",
+            "field 'status' must be one of published, pr-opened, in-review, up-to-date, dry-run,"
+            " failed, check-failed, planned, not 'ok'",
         ),
         ({"error": None}, "field 'error' must be set when status is 'failed' or 'check-failed'"),
     ],
@@ -129,7 +128,7 @@ def test_a_check_failed_result_keeps_the_checks_numbers(tmp_path):
     result = dataclasses.replace(
         failed(error=f"pre-publish check failed: {check['reason']}"),
         status="check-failed",
-        exit_code=8,
+        exit_code=9,
         check=check,
     )
     write_results(tmp_path / "r.json", [result])

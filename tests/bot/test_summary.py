@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from paramdelta.bot.results import TargetResult
 from paramdelta.bot.summary import summary_markdown
 
@@ -61,10 +63,21 @@ def test_a_blocked_publish_counts_as_a_failure():
         target="t",
         status="check-failed",
         error="pre-publish check failed: perplexity: merged 900 is over 3 x 10",
-        exit_code=8,
+        exit_code=9,
         duration_s=2,
     )
     text = summary_markdown([blocked, published()])
-    assert "| t | - | check failed (exit 8) | - | 2.0s |" in text
+    assert "| t | - | check failed (exit 9) | - | 2.0s |" in text
     assert "- **t**: pre-publish check failed: perplexity: merged 900 is over 3 x 10\n" in text
     assert text.endswith("2 targets: 1 published, 1 check failed.\n")
+
+
+def test_untrusted_text_shows_as_text():
+    hostile = failed(error="tensor 'w<img src=x onerror=alert(1)>' [click](https://evil.test) `x`")
+    link = replace(published("gemma"), url="javascript:alert(1)//https://x")
+    text = summary_markdown([hostile, link])
+    assert (
+        "- **llama-3.1-8b-instruct**: tensor 'w\\<img src=x onerror=alert(1)\\>'"
+        " \\[click\\](https://evil.test) \\`x\\`\n"
+    ) in text
+    assert "| gemma | meta-llama/Llama-3.1-8B@bbbbbbb | published | commit | 2m 05s |" in text

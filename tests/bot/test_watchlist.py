@@ -277,3 +277,41 @@ def test_check_settings_are_validated(tmp_path):
         assert _problems(tmp_path, GOOD + f"    perplexity_factor: {value}\n") == [
             f"7: targets[0].perplexity_factor: {problem}"
         ]
+
+
+LLAMA_TARGET = """\
+  - name: llama
+    base: meta-llama/Meta-Llama-3-8B
+    post: meta-llama/Meta-Llama-3-8B-Instruct
+    new_base: meta-llama/Llama-3.1-8B
+    output: me/My-Instruct
+"""
+
+
+def test_validate_reports_every_problem_in_one_pass_warnings_included(tmp_path, capsys):
+    """A schema error in one target does not hide the rules the others break, nor warnings."""
+    text = (
+        GOOD
+        + "    dtpye: x\n"
+        + LLAMA_TARGET
+        + GOOD.replace("targets:\n", "").replace("name: a", "name: llama")
+        + "defaults: {alpha: .inf, colour: red}\n"
+    )
+    path = _write(tmp_path, text)
+    assert main(["watchlist", "validate", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}:7: targets[0]: unknown key 'dtpye' (did you mean 'dtype'?)",
+        f"{path}:12: warning: targets[1].output: Llama licence: the name of a model built with"
+        " Llama must begin with 'Llama'; 'My-Instruct' does not",
+        f"{path}:13: targets[2].name: duplicate target name 'llama' (first on line 8)",
+        f"{path}:18: defaults: unknown key 'colour'",
+        f"{path}:18: defaults.alpha: must be a finite number",
+    ]
+
+
+def test_validate_shows_the_warnings_of_a_valid_file(tmp_path, capsys):
+    path = _write(tmp_path, "targets:\n" + LLAMA_TARGET)
+    assert main(["watchlist", "validate", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"{path}: valid, 1 targets (1 enabled), 1 warning(s)\n"
+    assert captured.err.startswith(f"{path}:6: warning: targets[0].output: Llama licence")

@@ -51,7 +51,7 @@ def test_a_good_checkpoint_passes(trio, capsys):
 def test_a_failing_checkpoint_exits_8_with_one_line(trio, capsys):
     local, _, broken = trio
     argv = ["check", str(broken), "--post", str(local["post"]), "--format", "json"]
-    assert main(argv) == 8
+    assert main(argv) == 9
     captured = capsys.readouterr()
     report = json.loads(captured.out)
     assert report["status"] == "failed"
@@ -97,7 +97,7 @@ def test_a_checkpoint_with_no_references_is_measured_not_compared(trio, capsys):
 
 def test_without_transformers_the_check_cannot_run(trio, monkeypatch, capsys):
     monkeypatch.setattr(pre_publish, "transformers_installed", lambda: False)
-    assert main(["check", str(trio[1])]) == 8
+    assert main(["check", str(trio[1])]) == 9
     assert capsys.readouterr().err == (
         "paramdelta: error: pre-publish check cannot run: transformers is not installed"
         " (pip install 'paramdelta-bot[check]')\n"

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import re
@@ -7,8 +8,10 @@ import sys
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 from paramdelta.cli import main
+from paramdelta.hub.sources import HEAD_BYTES
 from paramdelta.testing.checkpoints import (
     llama_config,
     load_tensors,
@@ -18,6 +21,7 @@ from paramdelta.testing.checkpoints import (
     reference_merge,
     save_checkpoint,
 )
+from paramdelta.testing.seed import seed_trio
 
 
 @pytest.fixture
@@ -43,7 +47,8 @@ def test_merge_json_output(trio, tmp_path, capsys):
     assert summary["output"] == str(tmp_path / "out")
     assert summary["tensors"] == 21
     assert summary["bytes"] == sum(t.nbytes for t in load_tensors(tmp_path / "out").values())
-    assert summary["dtype"] == "auto" and summary["alpha"] == 1.0 and summary["device"] == "cpu"
+    assert (summary["dtype"], summary["requested_dtype"]) == ("bfloat16", "auto")
+    assert summary["alpha"] == 1.0 and summary["device"] == "cpu"
     assert summary["peak_rss_bytes"] > 0 and summary["seconds"] >= 0
     assert summary["shards"] == ["model.safetensors"]
     assert summary["files"]["tokenizer_config.json"] == "post"
@@ -56,6 +61,9 @@ def test_merge_json_output(trio, tmp_path, capsys):
         "other",
         "lm_head",
     ]
+    assert {
+        summary["files"][f] for f in ("README.md", "paramdelta.json", "paramdelta-delta.png")
+    } == {"result"}
     assert captured.err == ""
     expected = reference_merge(*(load_tensors(trio[r]) for r in ("base", "post", "new_base")))
     assert mismatched_tensors(load_tensors(tmp_path / "out"), expected) == []
@@ -64,13 +72,50 @@ def test_merge_json_output(trio, tmp_path, capsys):
 def test_merge_human_output(trio, tmp_path, capsys):
     assert main(_argv(trio, tmp_path / "out", "--alpha", "0.5")) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"merged 21 tensors (208.62 KiB) into {tmp_path / 'out'} in ")
+    assert out.startswith(f"merged 21 tensors (208.62 KiB, bfloat16) into {tmp_path / 'out'} in ")
     assert "files from the inputs: LICENSE (new_base), chat_template.jinja (post)," in out
     assert re.search(
         r"^delta: \|post - base\| 0\.65\d*, \|new base - base\| 0\.65\d*, cosine 0\.00\d\d$",
         out,
         re.M,
     )
+    assert "written for this merge: README.md, paramdelta-delta.png, paramdelta.json\n" in out
+    assert (
+        "vocabulary: 256 rows in all three: 256 merged, 0 kept from the post model,"
+        " 0 dropped from the new base (vocab policy error)\n"
+    ) in out
+
+
+def test_the_output_directory_holds_its_card_and_lineage(trio, tmp_path, capsys):
+    """`merge --output` alone makes a complete model folder: `publish` needs nothing else."""
+    (trio["new_base"] / "README.md").write_text("---\nlicense: llama3.1\n---\n# a base\n")
+    (trio["post"] / "README.md").write_text("---\nlicense: [not, a, string]\n---\n")
+    assert main(_argv(trio, tmp_path / "out", "--dtype", "float16")) == 0
+    record = json.loads((tmp_path / "out" / "paramdelta.json").read_text())
+    by_role = {c["role"]: c for c in record["checkpoints"]}
+    assert by_role["post"] == {
+        "role": "post",
+        "repo": None,
+        "revision": None,
+        "sha": None,
+        "path": str(trio["post"]),
+        "files": {},
+    }
+    assert (record["recipe"]["dtype"], record["recipe"]["requested_dtype"]) == (
+        "float16",
+        "float16",
+    )
+    assert record["recipe"]["config_changes"] == {"torch_dtype": "float16"}
+    assert record["output"] == {
+        "repo": None,
+        "tensors": 21,
+        "bytes": 213632,
+        "shards": ["model.safetensors"],
+    }
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"| post | `{trio['post']}` (a local directory) | local | - |" in card
+    assert "rounded once to the output dtype, float16" in card
+    assert f"--post {trio['post']}" in card and "--dtype float16" in card
 
 
 def _cli(argv):
@@ -239,10 +284,35 @@ def test_usage_errors_exit_2(trio, tmp_path, capsys, extra, message):
 def test_missing_input_directory_exit_2(trio, tmp_path, capsys):
     trio["post"] = tmp_path / "nope"
     assert main(_argv(trio, tmp_path / "out")) == 2
+    assert (
+        capsys.readouterr().err
+        == f"paramdelta: error: --post {tmp_path / 'nope'}: no such directory\n"
+    )
+    trio["post"] = "not a repo"
+    assert main(_argv(trio, tmp_path / "out")) == 2
     assert capsys.readouterr().err == (
-        f"paramdelta: error: --post '{tmp_path / 'nope'}' is neither a directory"
+        "paramdelta: error: --post 'not a repo' is neither a directory"
         " nor a Hub repo id like org/name[@revision]\n"
     )
+
+
+def test_a_local_path_with_a_typo_is_no_such_directory_not_a_hub_lookup(
+    trio, tmp_path, fake_hub, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    fake_hub.clear_requests()
+    trio["post"] = "./in/postt"
+    assert main(_argv(trio, tmp_path / "out")) == 2
+    assert capsys.readouterr().err == (
+        "paramdelta: error: --post ./in/postt: no such directory (did you mean in/post?)\n"
+    )
+    # `in/postt` could be a Hub repo id: the Hub is asked, and the error says both.
+    trio["post"] = "in/postt"
+    assert main(_argv(trio, tmp_path / "out")) == 2
+    assert capsys.readouterr().err == (
+        "paramdelta: error: --post in/postt: no such directory (did you mean in/post?), and no Hub repo in/postt\n"
+    )
+    assert [r.path for r in fake_hub.requests] == ["/api/models/in/postt/revision/main"]
 
 
 def test_a_full_disk_is_a_file_error_naming_the_file_exit_7(trio, tmp_path, monkeypatch, capsys):
@@ -302,10 +372,6 @@ def _hub_argv(repos, *extra):
     ]
 
 
-def _header_end(path):
-    return 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]
-
-
 @pytest.mark.parametrize("mode", [[], ["--stream"]], ids=["download", "stream"])
 def test_merge_from_hub_is_bit_exact_with_the_local_merge(hub_trio, tmp_path, capsys, mode):
     assert main(_argv(hub_trio.local, tmp_path / "local")) == 0
@@ -334,11 +400,12 @@ def test_download_mode_fills_the_hf_cache_once(hub_trio, fake_hub, tmp_path, mon
     assert len(cached) == len(
         {p.name for d in hub_trio.local.values() for p in d.glob("*.safetensors")}
     )
+    blobs = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("blobs/*")}
     fake_hub.clear_requests()
     assert main(_hub_argv(hub_trio.repos, "--output", str(tmp_path / "b"))) == 0
-    assert fake_hub.weight_bytes_served() <= sum(
-        _header_end(p) for d in hub_trio.local.values() for p in d.glob("*.safetensors")
-    )
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("blobs/*")} == blobs
+    shards = [p for d in hub_trio.local.values() for p in d.glob("*.safetensors")]
+    assert fake_hub.weight_bytes_served() == sum(min(p.stat().st_size, HEAD_BYTES) for p in shards)
 
 
 def test_revisions_are_pinned_before_reading(hub_trio, fake_hub, tmp_path, monkeypatch):
@@ -384,17 +451,17 @@ def test_preflight_fails_before_any_weight_bytes(fake_hub, tmp_path, capsys):
         "paramdelta: error: shape mismatch for tensor 'model.norm.weight':"
         " base [64], post [64], new base [32]\n"
     )
-    header_ends = {role: _header_end(tmp_path / role / "model.safetensors") for role in repos}
     asked = [
-        r
+        (r.path.split("/")[2], r.range)
         for r in fake_hub.requests
         if r.server == "hub" and r.method == "GET" and r.path.endswith(".safetensors")
     ]
-    assert {r.path.split("/")[2] for r in asked} == set(repos), "each header was read remotely"
-    for r in asked:
-        last = int(r.range.removeprefix("bytes=").split("-")[1])
-        assert last < header_ends[r.path.split("/")[2]], r
-    assert fake_hub.weight_bytes_served() <= sum(header_ends.values())
+    sizes = {role: (tmp_path / role / "model.safetensors").stat().st_size for role in repos}
+    # Each header read remotely, in one request for its first 100 kB; nothing more.
+    assert sorted(asked) == sorted(
+        (role, f"bytes=0-{min(size, HEAD_BYTES) - 1}") for role, size in sizes.items()
+    )
+    assert fake_hub.weight_bytes_served() == sum(min(s, HEAD_BYTES) for s in sizes.values())
     assert not (tmp_path / "out").exists()
 
 
@@ -421,6 +488,66 @@ def test_merge_and_push_makes_one_commit(hub_trio, fake_hub, tmp_path, capsys):
     )
     assert mismatched_tensors(with_index, expected) == []
     assert len(fake_hub.commits(hub_trio.repos["base"])) == before
+
+
+def _content_id(data: bytes, lfs: bool) -> str:
+    """The id the Hub lists: an LFS file's sha256, else the git blob id (computed here)."""
+    if lfs:
+        return f"sha256:{hashlib.sha256(data).hexdigest()}"
+    blob = hashlib.sha1(b"blob %d\0" % len(data) + data)  # noqa: S324 - git's id, not security
+    return f"blob:{blob.hexdigest()}"
+
+
+def test_push_to_commits_the_card_and_lineage_with_the_weights(
+    fake_hub, hub_token, tmp_path, monkeypatch, capsys
+):
+    """merge --push-to is a complete publish: licence, attribution, record; `plan` reads it."""
+    monkeypatch.setenv("HF_TOKEN", hub_token)
+    repos = {
+        "base": "meta-llama/Meta-Llama-3-8B",
+        "post": "meta-llama/Meta-Llama-3-8B-Instruct",
+        "new_base": "meta-llama/Llama-3.1-8B",
+    }
+    licences = {"base": "llama3", "post": "llama3", "new_base": "llama3.1"}
+    shas = seed_trio(fake_hub, tmp_path / "trio", repos, licenses=licences, max_shard_size=60_000)
+    out = "me/Llama-3.1-8B-Instruct-ParamDelta"
+    assert main(_hub_argv(repos, "--push-to", out)) == 0
+    capsys.readouterr()
+    (ours, _) = fake_hub.commits(out)
+    assert set(ours.changed) == {
+        "README.md", "paramdelta.json", "paramdelta-delta.png", "model.safetensors", "config.json",
+        "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+        "LICENSE",
+    }  # fmt: skip
+
+    card = ModelCard(fake_hub.read_file(out, "README.md").decode())
+    assert card.data.license == "llama3.1"
+    assert card.data.base_model == [repos["new_base"], repos["post"], repos["base"]]
+    assert card.text.rstrip().endswith("Built with Llama.")
+
+    record = json.loads(fake_hub.read_file(out, "paramdelta.json"))
+    assert (record["target"], record["output"]["repo"]) == (None, out)
+    for checkpoint in record["checkpoints"]:
+        repo = repos[checkpoint["role"]]
+        assert checkpoint["sha"] == shas[checkpoint["role"]]
+        assert checkpoint["license"] == licences[checkpoint["role"]]
+        for path, cid in checkpoint["files"].items():
+            data = fake_hub.read_file(repo, path)
+            assert cid == _content_id(data, path.endswith(".safetensors")), path
+    by_role = {c["role"]: sorted(c["files"]) for c in record["checkpoints"]}
+    shards = [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]
+    assert by_role["base"] == sorted(["config.json", "model.safetensors.index.json", *shards])
+    assert "chat_template.jinja" in by_role["post"] and "LICENSE" in by_role["new_base"]
+    assert "README.md" in record["recipe"]["skipped_files"]
+
+    # A watchlist pointed at this repo finds the record and nothing to do.
+    watchlist = tmp_path / "w.yaml"
+    watchlist.write_text(
+        f"targets:\n  - {{name: t, base: {repos['base']}, post: {repos['post']},"
+        f" new_base: {repos['new_base']}, output: {out}}}\n"
+    )
+    assert main(["plan", "--watchlist", str(watchlist)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "0 of 1 targets pending"
 
 
 def test_push_as_pull_request_leaves_main_alone(hub_trio, fake_hub, capsys):
@@ -462,10 +589,10 @@ def test_a_failure_before_the_commit_changes_nothing_and_a_rerun_completes(
     assert main(argv) == 4
     assert "me/merged: HTTP 500" in capsys.readouterr().err
     assert fake_hub.list_files("me/merged") == [".gitattributes"]
-    uploads = fake_hub.lfs_uploads
-    assert uploads >= 4
+    stored = fake_hub.xet_stored_bytes
     assert main(argv) == 0
-    assert fake_hub.lfs_uploads == uploads  # every shard was already stored: nothing re-sent
+    assert fake_hub.xet_stored_bytes == stored  # every shard was already stored: nothing re-sent
+    assert fake_hub.xet_uploads >= 4 and fake_hub.lfs_bytes_uploaded == 0
     assert "model-00001-of-00004.safetensors" in fake_hub.list_files("me/merged")
 
 
@@ -521,3 +648,22 @@ def test_the_token_never_appears_in_any_output(
     captured = capfd.readouterr()
     assert hub_token not in captured.out + captured.err
     assert "***" in captured.err
+
+
+def test_config_and_generation_config_agree_on_token_ids_in_the_output(trio, tmp_path, capsys):
+    """An instruct model stops on more tokens than its base: config.json follows it."""
+    generation = {"bos_token_id": 1, "eos_token_id": [2, 9], "do_sample": True}
+    (trio["post"] / "generation_config.json").write_text(json.dumps(generation))
+    assert main(_argv(trio, tmp_path / "out")) == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    shipped = json.loads((tmp_path / "out" / "generation_config.json").read_text())
+    assert shipped == generation
+    assert (config["bos_token_id"], config["eos_token_id"]) == (1, [2, 9])
+    assert (
+        config["hidden_size"]
+        == json.loads((trio["new_base"] / "config.json").read_text())["hidden_size"]
+    )
+    record = json.loads((tmp_path / "out" / "paramdelta.json").read_text())
+    assert record["recipe"]["config_changes"] == {"eos_token_id": [2, 9]}
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "`config.json` is the new base's, with `eos_token_id` = `[2, 9]`:" in card

@@ -95,15 +95,17 @@ def test_unknown_target_and_bad_watchlist(watchlist, tmp_path, capsys):
     assert capsys.readouterr().err == f"paramdelta: error: {bad}:1: targets: must not be empty\n"
 
 
-def test_result_file_lists_the_up_to_date_targets(watchlist, hub_trio, tmp_path, capsys):
+def test_result_file_says_what_is_done_and_what_is_planned(watchlist, hub_trio, tmp_path, capsys):
     from paramdelta.bot.results import load_results
 
     assert main(["run", "--watchlist", str(watchlist), "--target", "good"]) == 0
     results = tmp_path / "results" / "plan.json"
     assert main(["plan", "--watchlist", str(watchlist), "--result-file", str(results)]) == 0
-    (good,) = load_results([results])
+    good, broken = load_results([results])  # the disabled target has none
     assert (good.target, good.status, good.output_repo) == ("good", "up-to-date", "me/good")
     assert good.new_base_sha == hub_trio.shas["new_base"]
+    # Its matrix leg will report on it; if none does, `report` says so.
+    assert (broken.target, broken.status) == ("broken", "planned")
     assert capsys.readouterr().out.endswith("0 of 3 targets pending, 1 could not be resolved\n")
 
 

@@ -52,6 +52,17 @@ SUMMARY = (
 
 
 @pytest.fixture(autouse=True)
+def _watchlist(tmp_path, monkeypatch):
+    """watchlist.yaml, where `report` looks for it: the targets the results are for."""
+    targets = "".join(
+        f"  - {{name: {name}, base: org/base, post: org/post, new_base: org/new, output: me/{name}}}\n"
+        for name in (FAILED.target, PUBLISHED.target, "other")
+    )
+    (tmp_path / "watchlist.yaml").write_text(f"targets:\n{targets}")
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
 def _no_runner(monkeypatch):
     # CI for this project runs in Actions: start every test outside it.
     for name in ("GITHUB_REPOSITORY", "GITHUB_API_URL", "GITHUB_SERVER_URL", "GITHUB_RUN_ID"):
@@ -186,3 +197,22 @@ def test_a_github_failure_exits_6_without_the_token(results_dir, fake_github, mo
     captured = capfd.readouterr()
     assert captured.err == "paramdelta: error: GitHub acme/models: HTTP 401: Bad credentials\n"
     assert "ghs_revoked-token" not in captured.out + captured.err
+
+
+def test_a_target_in_a_plan_file_and_a_result_file_counts_once(tmp_path, capsys):
+    """plan recorded it up to date, then run published it: one row, what run did."""
+    up_to_date = TargetResult(
+        target=PUBLISHED.target, status="up-to-date", exit_code=0, duration_s=0.5
+    )
+    other = TargetResult(target="other", status="up-to-date", exit_code=0, duration_s=0.1)
+    write_results(tmp_path / "plan.json", [up_to_date, other])
+    write_results(tmp_path / "result.json", [PUBLISHED])
+    assert main(["report", str(tmp_path / "plan.json"), str(tmp_path / "result.json")]) == 0
+    out = capsys.readouterr().out
+    assert out.count(PUBLISHED.target) == 1
+    assert out.endswith("2 targets: 1 published, 1 up to date.\n")
+    # The same file twice, or the results in the other order: still one each.
+    assert load_results([tmp_path / "result.json", tmp_path / "plan.json"] * 2) == [
+        PUBLISHED,
+        other,
+    ]

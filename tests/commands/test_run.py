@@ -2,11 +2,21 @@ import json
 import re
 
 import pytest
+import torch
 from huggingface_hub import ModelCard
 
 from paramdelta.bot.results import load_results
 from paramdelta.cli import main
-from paramdelta.testing.checkpoints import load_tensors, mismatched_tensors, reference_merge
+from paramdelta.testing.checkpoints import (
+    donor_files,
+    llama_config,
+    load_tensors,
+    mismatched_tensors,
+    random_state_dict,
+    reference_merge,
+    save_checkpoint,
+)
+from paramdelta.testing.seed import publish_folder
 
 WATCHLIST = """\
 targets:
@@ -101,6 +111,25 @@ def test_a_second_run_with_nothing_changed_does_nothing(watchlist, fake_hub, cap
     assert fake_hub.weight_bytes_served() == 0
 
 
+def test_a_readme_only_commit_upstream_is_not_merged_again(watchlist, hub_trio, fake_hub, capsys):
+    assert main(["run", "--watchlist", str(watchlist), "--target", "good"]) == 0
+    commits = len(fake_hub.commits("me/good"))
+    moved = fake_hub.commit("org/new-base", {"README.md": b"# new wording\n"})
+    fake_hub.commit("org/post", {"README.md": b"# post, reworded\n"})
+    capsys.readouterr()
+    fake_hub.clear_requests()
+    assert main(["plan", "--watchlist", str(watchlist), "--target", "good"]) == 0
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[0]
+        .endswith(f"(new base org/new-base moved {hub_trio.shas['new_base'][:7]} -> {moved[:7]})")
+    )
+    assert main(["run", "--watchlist", str(watchlist), "--target", "good"]) == 0
+    assert capsys.readouterr().out == "nothing to do: 1 target(s) up to date\n"
+    assert len(fake_hub.commits("me/good")) == commits
+    assert fake_hub.weight_bytes_served() == 0
+
+
 def test_dry_run_renders_the_card_and_publishes_nothing(watchlist, fake_hub, tmp_path, capsys):
     workdir = tmp_path / "dry"
     assert (
@@ -126,7 +155,11 @@ def test_dry_run_renders_the_card_and_publishes_nothing(watchlist, fake_hub, tmp
     assert result["url"] == card.as_uri()
     assert ModelCard(card.read_text()).data.base_model_relation == "merge"
     assert not fake_hub.repo_exists("me/good")
-    assert fake_hub.weight_bytes_served() < 10_000  # headers only
+    # Headers only: one read of each shard's first bytes, nothing else of the weights.
+    reads = [r for r in fake_hub.requests if r.server == "hub" and r.path.endswith(".safetensors")]
+    assert reads and all(r.range.startswith("bytes=0-") for r in reads)
+    assert len(reads) == len({r.path for r in reads})
+    assert fake_hub.xet_token_requests() == 0
 
 
 def test_github_outputs(watchlist, hub_trio, fake_hub, tmp_path, monkeypatch, capsys):
@@ -143,3 +176,85 @@ def test_github_outputs(watchlist, hub_trio, fake_hub, tmp_path, monkeypatch, ca
     assert "| good |" in (tmp_path / "summary.md").read_text()
     record = json.loads(fake_hub.read_file("me/good", "paramdelta.json"))
     assert record["ci_run_url"] == "https://github.test/o/r/actions/runs/42"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_device_and_memory_are_checked_before_the_watchlist_is_read(tmp_path, capsys):
+    missing = str(tmp_path / "no-such-watchlist.yaml")
+    assert main(["run", "--watchlist", missing, "--device", "cuda"]) == 2
+    assert capsys.readouterr().err == (
+        "paramdelta: error: --device cuda: no CUDA device is available (use --device cpu)\n"
+    )
+    assert main(["run", "--watchlist", missing, "--max-memory", "lots"]) == 2
+    assert "--max-memory: expected a size like 5GB or 512MiB, not 'lots'" in capsys.readouterr().err
+
+
+def test_a_target_in_review_is_said_to_be_in_review(hub_trio, fake_hub, tmp_path, capsys):
+    path = tmp_path / "pr.yaml"
+    path.write_text(WATCHLIST.split("  - name: broken")[0].replace("tags: [chat]", "publish: pr"))
+    assert main(["run", "--watchlist", str(path)]) == 0
+    assert capsys.readouterr().out.startswith(
+        f"good: pr-opened ({fake_hub.url}/me/good/discussions/1"
+    )
+    assert main(["run", "--watchlist", str(path)]) == 0
+    assert capsys.readouterr().out == "nothing to do: 1 target(s) in review\n"
+    assert len(fake_hub.pull_requests("me/good")) == 1
+
+
+GROWN = """\
+targets:
+  - name: grown
+    base: org/base
+    post: org/post
+    new_base: org/new-grown
+    output: me/grown
+"""
+
+
+@pytest.fixture
+def grown_vocabulary(hub_trio, fake_hub, tmp_path):
+    """A new base whose vocabulary grew (Mistral 32000 -> 32768, in miniature: 256 -> 260)."""
+    config = llama_config(vocab_size=260)
+    state = random_state_dict(config, seed=5)
+    folder = save_checkpoint(tmp_path / "grown", state, config, extra_files=donor_files("new_base"))
+    publish_folder(fake_hub, "org/new-grown", folder)
+    path = tmp_path / "grown.yaml"
+    path.write_text(GROWN)
+    return path
+
+
+def test_a_vocabulary_mismatch_names_the_watchlist_key(grown_vocabulary, fake_hub, capsys):
+    assert main(["run", "--watchlist", str(grown_vocabulary)]) == 3
+    assert capsys.readouterr().out == (
+        "grown: failed (vocabulary size differs in tensor 'lm_head.weight' (base 256, post 256,"
+        " new base 260 rows); set `vocab_policy: shared` on the target in the watchlist to merge"
+        " the 256 rows all three share and drop the new base's 4 extra rows)\n"
+    )
+    assert not fake_hub.repo_exists("me/grown")
+
+
+def test_the_rows_dropped_are_stated_in_log_lineage_and_card(grown_vocabulary, fake_hub, capsys):
+    grown_vocabulary.write_text(GROWN + "    vocab_policy: shared\n")
+    assert main(["run", "--watchlist", str(grown_vocabulary)]) == 0
+    stated = (
+        "base 256, post 256, new base 260 rows; output 256 rows: 256 merged, 0 kept from the post model,"
+        " 4 dropped from the new base (vocab policy shared)"
+    )
+    err = capsys.readouterr().err.splitlines()
+    assert f"grown: vocabulary: {stated}" in err
+    assert (
+        "grown: left out: .gitattributes (the Hub keeps its own), README.md (replaced by the model card)"
+        in err
+    )
+    record = json.loads(fake_hub.read_file("me/grown", "paramdelta.json"))
+    assert record["vocabulary"]["dropped_from_new_base"] == 4
+    assert record["recipe"]["config_changes"] == {"vocab_size": 256}
+    assert record["recipe"]["skipped_files"] == {
+        ".gitattributes": "the Hub keeps its own",
+        "README.md": "replaced by the model card",
+    }
+    card = fake_hub.read_file("me/grown", "README.md").decode()
+    assert f"- Vocabulary: {stated}" in card
+    assert "- `README.md`: replaced by the model card" in card
+    config = json.loads(fake_hub.read_file("me/grown", "config.json"))
+    assert config["vocab_size"] == 256

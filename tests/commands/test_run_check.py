@@ -13,6 +13,7 @@ from paramdelta.bot import chart
 from paramdelta.bot import check as pre_publish
 from paramdelta.bot.results import load_results
 from paramdelta.cli import main
+from paramdelta.hub.sources import HEAD_BYTES
 from paramdelta.testing.checkpoints import load_tensors, make_trio, save_checkpoint
 from paramdelta.testing.seed import publish_folder
 
@@ -117,7 +118,7 @@ def _only_the_initial_commit(fake_hub):
 def test_a_huge_alpha_is_blocked_with_its_numbers(trio_dirs, fake_hub, tmp_path, capsys):
     trio_dirs[1]()
     code, result = _run(tmp_path, alpha=1000)
-    assert (code, result.status, result.exit_code) == (8, "check-failed", 8)
+    assert (code, result.status, result.exit_code) == (9, "check-failed", 9)
     out = capsys.readouterr().out
     assert re.fullmatch(
         r"t: check-failed \(pre-publish check failed: perplexity: merged \S+ is over 3 x 2\d\d\.\d,"
@@ -135,7 +136,7 @@ def test_a_chat_template_that_does_not_render_blocks_the_publish(trio_dirs, fake
     (local["post"] / "chat_template.jinja").write_text("{{ raise_exception('no chat here') }}")
     seed()
     code, result = _run(tmp_path)
-    assert (code, result.status) == (8, "check-failed")
+    assert (code, result.status) == (9, "check-failed")
     assert result.error == (
         "pre-publish check failed: chat template renders: does not render: TemplateError:"
         " no chat here"
@@ -193,12 +194,13 @@ def test_check_on_fails_before_merging_when_it_cannot_run(
     monkeypatch.setattr(pre_publish, "transformers_installed", lambda: False)
     fake_hub.clear_requests()
     code, result = _run(tmp_path, check="on")
-    assert (code, result.status) == (8, "check-failed")
+    assert (code, result.status) == (9, "check-failed")
     assert result.error == (
         "pre-publish check cannot run (check: on): transformers is not installed"
         " (pip install 'paramdelta-bot[check]')"
     )
-    assert fake_hub.weight_bytes_served() < 10_000  # headers only: nothing was merged
+    # headers only (the first HEAD_BYTES of each input, as `plan` reads them): nothing merged
+    assert fake_hub.weight_bytes_served() == 3 * HEAD_BYTES
     assert not fake_hub.repo_exists("me/out")
 
 
@@ -218,7 +220,7 @@ def test_the_watchlist_turns_it_off_and_the_command_line_wins(trio_dirs, fake_hu
 def test_a_perplexity_factor_in_the_watchlist_sets_the_threshold(trio_dirs, fake_hub, tmp_path):
     trio_dirs[1]()
     code, result = _run(tmp_path, perplexity_factor=0.5)
-    assert (code, result.status) == (8, "check-failed")
+    assert (code, result.status) == (9, "check-failed")
     assert result.check["perplexity"]["factor"] == 0.5
     assert " is over 0.5 x " in result.error
 

@@ -450,11 +450,15 @@ def fakes(tmp_path: Path) -> Fakes:
         ),
         (
             {"command": "report", "results": "a.json  dir"},
-            ["report", "a.json", "dir", "--github"],
+            ["report", "a.json", "dir", "--watchlist", "watchlist.yaml", "--github"],
+        ),
+        (
+            {"command": "report", "results": "plan/\nlegs/a.json\n  legs/b\n", "watchlist": "w.yaml"},
+            ["report", "plan/", "legs/a.json", "legs/b", "--watchlist", "w.yaml", "--github"],
         ),
         (
             {"command": "report", "github-token": "ghs_0123456789abcdef"},
-            ["report", "results", "--github", "--issues"],
+            ["report", "results", "--watchlist", "watchlist.yaml", "--github", "--issues"],
         ),
     ],
 )  # fmt: skip
@@ -526,6 +530,7 @@ def test_trusted_publishing_sets_the_oidc_resource(fakes: Fakes) -> None:
         ({"command": "validate", "target": "x"}, "target applies to plan and run only"),
         ({"command": "report", "dry-run": "true"}, "dry-run applies to run and publish only"),
         ({"command": "run", "results": "a b"}, "run: results must name one directory"),
+        ({"command": "plan", "results": "a\nb"}, "plan: results must name one directory"),
         (
             {"hf-token": "hf_abcdefgh", "hf-oidc-resource": "o/n"},
             "give hf-token or hf-oidc-resource, not both",
@@ -597,6 +602,9 @@ def test_validate_rejects_a_broken_watchlist(tmp_path: Path) -> None:
 
 
 def test_report_writes_the_summary(tmp_path: Path) -> None:
+    (tmp_path / "watchlist.yaml").write_text(
+        "targets:\n  - {name: llama-3.1, base: o/b, post: o/p, new_base: o/n, output: o/out}\n"
+    )
     write_results(
         tmp_path / "results" / "leg-1" / "result.json",
         [

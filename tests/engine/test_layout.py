@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from paramdelta.engine.checkpoint import LocalSource, open_checkpoint
-from paramdelta.engine.layout import plan_merge
+from paramdelta.engine.layout import VocabularyError, plan_merge
 from paramdelta.errors import CheckpointError, UsageError
 from paramdelta.testing.checkpoints import (
     donor_files,
@@ -55,6 +55,64 @@ def test_non_weight_files_come_from_the_documented_donor(tmp_path):
         "chat_template.jinja": "post",
         "LICENSE": "new_base",
     }
+
+
+def test_every_other_file_is_left_out_with_its_reason(tmp_path):
+    """Mistral- and Llama-style extras: each file gets a donor or a stated reason."""
+    extras = {
+        "preprocessor_config.json": "{}",
+        "processor_config.json": "{}",
+        "tokenizer.model.v3": "spm",
+        "tekken.json": "{}",
+        "params.json": "{}",
+        "consolidated.safetensors": "not read",
+        "original/params.json": "{}",
+        "README.md": "# card",
+        "pytorch_model.bin": "pickle",
+        "figure.png": "png",
+    }
+    files = {role: {**donor_files(role), **extras} for role in ("base", "post", "new_base")}
+    plan = plan_merge(*_trio(tmp_path, files=files))
+    for name in ("preprocessor_config.json", "processor_config.json", "tokenizer.model.v3"):
+        assert plan.files[name] == "post"
+    assert plan.files["tekken.json"] == "post"
+    assert plan.skipped == {
+        "README.md": "replaced by the model card",
+        "consolidated.safetensors": "weights the merge does not read (not in the index)",
+        "figure.png": "no rule for this file: not copied",
+        "original/params.json": "the native-format release, not produced",
+        "params.json": "Mistral's native-format config, for weights not produced",
+        "pytorch_model.bin": "pickle: never read or copied",
+    }
+    assert plan.read["base"] == ["config.json", "model.safetensors"]
+    assert "tekken.json" in plan.read["post"] and "config.json" in plan.read["new_base"]
+
+
+def test_a_file_only_the_base_has_is_left_out_saying_so(tmp_path):
+    files = {role: donor_files(role) for role in ("base", "post", "new_base")}
+    files["base"] = {**files["base"], "tokenizer.model": "spm"}
+    plan = plan_merge(*_trio(tmp_path, files=files))
+    assert plan.skipped["tokenizer.model"] == (
+        "the post model's tokenizer: taken from the post only, which has none"
+    )
+
+
+def test_config_token_ids_follow_the_post_models_generation_config(tmp_path):
+    """config.json is the new base's, but its special token ids must be the shipped tokenizer's."""
+    files = {role: donor_files(role) for role in ("base", "post", "new_base")}
+    files["post"]["generation_config.json"] = json.dumps(
+        {"bos_token_id": 1, "eos_token_id": [2, 9]}
+    )
+    post_config = dict(llama_config(), pad_token_id=5)
+    plan = plan_merge(*_trio(tmp_path, files=files, configs={"post": post_config}))
+    assert plan.config_changes == {"eos_token_id": [2, 9], "pad_token_id": 5}
+    assert (plan.config["bos_token_id"], plan.config["eos_token_id"]) == (1, [2, 9])
+
+
+def test_the_written_dtype_is_named(tmp_path):
+    trio = _trio(tmp_path)
+    assert plan_merge(*trio).written_dtype == "bfloat16"
+    assert plan_merge(*trio, dtype="float16").written_dtype == "float16"
 
 
 def test_licence_falls_back_to_the_post_model(tmp_path):
@@ -109,8 +167,56 @@ def test_vocab_mismatch_is_an_error_by_default(tmp_path):
     big = llama_config(vocab_size=260)
     assert _error(tmp_path, configs={"post": big}) == (
         "vocabulary size differs in tensor 'lm_head.weight' (base 256, post 260,"
-        " new base 256 rows); pass --vocab-policy shared to merge the shared rows and keep"
-        " the post model's extra rows"
+        " new base 256 rows); pass --vocab-policy shared to merge the 256 rows all three"
+        " share and keep the post model's 4 extra rows"
+    )
+
+
+def test_a_grown_new_base_vocabulary_names_the_rows_it_would_drop(tmp_path):
+    """Mistral 32000 -> 32768: the post model has no extra rows; the new base's are dropped."""
+    grown = {"new_base": llama_config(vocab_size=260)}
+    message = _error(tmp_path / "error", configs=grown)
+    assert message == (
+        "vocabulary size differs in tensor 'lm_head.weight' (base 256, post 256,"
+        " new base 260 rows); pass --vocab-policy shared to merge the 256 rows all three"
+        " share and drop the new base's 4 extra rows"
+    )
+    plan = plan_merge(*_trio(tmp_path / "shared", configs=grown), vocab_policy="shared")
+    embed = next(i for i in plan.items if i.name == "model.embed_tokens.weight")
+    assert embed.shape == (256, 64)
+    assert [(s.op, s.count) for s in embed.segments] == [("merge", 256 * 64)]
+    assert plan.vocabulary is not None
+    assert plan.vocabulary.to_dict() == {
+        "policy": "shared",
+        "rows": {"base": 256, "post": 256, "new_base": 260, "output": 256},
+        "merged": 256,
+        "kept_from_post": 0,
+        "dropped_from_new_base": 4,
+        "dropped_from_base": 0,
+    }
+    assert plan.vocabulary.describe() == (
+        "base 256, post 256, new base 260 rows; output 256 rows: 256 merged, 0 kept from the post model,"
+        " 4 dropped from the new base (vocab policy shared)"
+    )
+    assert plan.config_changes == {"vocab_size": 256}
+
+
+def test_the_vocabulary_is_stated_when_nothing_differs(tmp_path):
+    plan = plan_merge(*_trio(tmp_path))
+    assert plan.vocabulary is not None
+    assert plan.vocabulary.describe() == (
+        "256 rows in all three: 256 merged, 0 kept from the post model,"
+        " 0 dropped from the new base (vocab policy error)"
+    )
+
+
+def test_the_vocabulary_error_speaks_the_callers_terms(tmp_path):
+    with pytest.raises(VocabularyError) as e:
+        plan_merge(*_trio(tmp_path, configs={"new_base": llama_config(vocab_size=260)}))
+    fix = "set `vocab_policy: shared` on the target in the watchlist"
+    assert str(e.value.with_fix(fix)).endswith(
+        f"new base 260 rows); {fix} to merge the 256 rows all three share and drop the new"
+        " base's 4 extra rows"
     )
 
 
@@ -125,6 +231,8 @@ def test_vocab_policy_shared_plans_merge_then_copy(tmp_path):
     ]
     assert embed.segments[1].inputs[0][0] == "post"
     assert plan.config_changes == {"vocab_size": 260}
+    assert plan.vocabulary is not None
+    assert (plan.vocabulary.kept_from_post, plan.vocabulary.dropped_from_new_base) == (4, 0)
 
 
 def test_quantized_tensors_are_refused(tmp_path):

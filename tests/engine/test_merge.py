@@ -17,7 +17,9 @@ def test_output_files_and_their_donors(tmp_path):
     trio = make_trio(tmp_path / "in")
     result = _merge(trio, tmp_path / "out")
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == sorted(result.files)
+    # Besides the files: the marker that lets --overwrite replace this output later.
+    assert sorted(p.name for p in out.iterdir()) == sorted([*result.files, ".paramdelta-output"])
+    assert json.loads((out / ".paramdelta-output").read_text())["tool"] == "paramdelta-bot"
     assert result.files["model.safetensors"] == "merge"
     assert (out / "config.json").read_bytes() == (trio["new_base"] / "config.json").read_bytes()
     for name in ("tokenizer_config.json", "generation_config.json", "chat_template.jinja"):

@@ -72,24 +72,28 @@ def test_a_failed_merge_leaves_no_output(tmp_path, trio, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
-def test_a_failed_overwrite_keeps_the_old_output(tmp_path, trio, monkeypatch):
+def _earlier_output(tmp_path, trio):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("keep me")
+    merge_to_dir(_sources(trio), out, MergeOptions(progress=False))
+    (out / "old.txt").write_text("stale")
+    return out
+
+
+def test_a_failed_overwrite_keeps_the_old_output(tmp_path, trio, monkeypatch):
+    out = _earlier_output(tmp_path, trio)
+    before = sorted(p.name for p in out.iterdir())
     monkeypatch.setattr(LocalSource, "read_into", lambda *a: (_ for _ in ()).throw(OSError("EIO")))
     with pytest.raises(OSError, match="EIO"):
         merge_to_dir(_sources(trio), out, MergeOptions(progress=False), overwrite=True)
-    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
 
 
 def test_overwrite_replaces_the_old_output(tmp_path, trio):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("stale")
+    out = _earlier_output(tmp_path, trio)
     merge_to_dir(_sources(trio), out, MergeOptions(progress=False), overwrite=True)
     assert not (out / "old.txt").exists()
-    assert (out / "model.safetensors").exists()
+    assert (out / "model.safetensors").exists() and (out / ".paramdelta-output").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
 
 
@@ -103,9 +107,9 @@ def test_refuses_a_non_empty_output(tmp_path, trio):
     )
 
 
-def test_killed_merge_leaves_nothing_that_looks_complete(tmp_path):
+def _merge_killed_midway(tmp_path, signum):
+    """A merge into tmp_path/out, sent ``signum`` once a shard is finished; (argv, process)."""
     trio = make_trio(tmp_path / "in", config=llama_config(hidden_size=512, intermediate_size=1024))
-    out = tmp_path / "out"
     argv = [
         sys.executable,
         "-m",
@@ -118,13 +122,13 @@ def test_killed_merge_leaves_nothing_that_looks_complete(tmp_path):
         "--new-base",
         str(trio["new_base"]),
         "--output",
-        str(out),
+        str(tmp_path / "out"),
         "--max-memory",
         "1KB",
         "--shard-size",
         "1MB",
     ]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     # Kill it once the first shard is finished inside the hidden work directory.
     while time.monotonic() < deadline and proc.poll() is None:
@@ -133,11 +137,25 @@ def test_killed_merge_leaves_nothing_that_looks_complete(tmp_path):
             break
         time.sleep(0.005)
     assert proc.poll() is None, "merge finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, signum)
+    proc.wait(timeout=60)
+    return argv, proc
+
+
+def test_killed_merge_leaves_nothing_that_looks_complete(tmp_path):
+    argv, _ = _merge_killed_midway(tmp_path, signal.SIGKILL)
+    out = tmp_path / "out"
     assert not out.exists()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "in"]
     assert len(leftovers) == 1 and leftovers[0].startswith(".out.partial-")
-    # The same command then succeeds.
+    # The same command then succeeds, and removes what the killed one left.
     subprocess.run(argv[:-4], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert load_tensors(out).keys() == load_tensors(trio["new_base"]).keys()
+    assert load_tensors(out).keys() == load_tensors(tmp_path / "in" / "new_base").keys()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
+
+
+def test_sigterm_removes_the_partial_output_and_says_interrupted(tmp_path):
+    _, proc = _merge_killed_midway(tmp_path, signal.SIGTERM)
+    err = proc.stderr.read()
+    assert (proc.returncode, err) == (143, "paramdelta: error: interrupted (SIGTERM)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]

@@ -9,6 +9,7 @@ from huggingface_hub.utils import close_session, get_session, set_client_factory
 from huggingface_hub.utils._http import default_client_factory, hf_request_event_hook
 
 from paramdelta.errors import HubError, LocalFileError, PublishConflictError, UsageError
+from paramdelta.hub import xet
 from paramdelta.hub.client import Hub
 
 DATA = bytes(range(256)) * 40
@@ -34,6 +35,13 @@ def repo(fake_hub):
     fake_hub.create_repo("org/model")
     sha = fake_hub.commit("org/model", {"config.json": b'{"a": 1}', "w.bin": DATA})
     return sha
+
+
+@pytest.fixture
+def lfs_repo(fake_hub):
+    """The same files, with w.bin a legacy LFS object: downloads of it go over HTTP."""
+    fake_hub.create_repo("org/model")
+    return fake_hub.commit("org/model", {"config.json": b'{"a": 1}', "w.bin": DATA}, xet=False)
 
 
 def test_repo_files_resolves_to_the_commit_sha(hub, fake_hub, repo):
@@ -74,6 +82,13 @@ def test_missing_things_are_none_not_errors(hub, repo):
     assert hub.read_small_file("org/none", "x.json", "main") is None
     assert hub.read_small_file("org/model", "x.json", "main") is None
     assert hub.read_small_file("org/model", "config.json", "main") == b'{"a": 1}'
+
+
+def test_a_small_file_is_read_no_further_than_its_limit(hub, fake_hub, repo):
+    fake_hub.commit("org/model", {"paramdelta.json": b"x" * 100_000})
+    assert len(hub.read_small_file("org/model", "paramdelta.json", "main")) == 100_000
+    with pytest.raises(HubError, match=r"^org/model@main/paramdelta.json: larger than 1000 bytes$"):
+        hub.read_small_file("org/model", "paramdelta.json", "main", limit=1000)
 
 
 def test_read_into_reads_exact_ranges(hub, repo):
@@ -157,7 +172,7 @@ def test_the_timeout_survives_a_session_reset(
     ],
 )
 def test_a_local_file_failure_during_a_download_is_not_a_hub_error(
-    hub, repo, tmp_path, monkeypatch, error, where
+    hub, lfs_repo, tmp_path, monkeypatch, error, where
 ):
     def failing_http_get(*args, **kwargs):
         raise error
@@ -165,7 +180,7 @@ def test_a_local_file_failure_during_a_download_is_not_a_hub_error(
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setattr(file_download, "http_get", failing_http_get)
     with pytest.raises(LocalFileError) as e:
-        hub.download("org/model", repo, ["w.bin"])
+        hub.download("org/model", lfs_repo, ["w.bin"])
     assert str(e.value) == f"{where or tmp_path / 'hf-cache'}: {error.strerror}"
     assert e.value.exit_code == 7
 
@@ -178,12 +193,12 @@ def test_an_unusable_cache_dir_is_a_local_file_error(hub, repo, tmp_path, monkey
 
 
 def test_a_hub_failure_during_a_download_stays_a_hub_error(
-    hub, fake_hub, repo, tmp_path, monkeypatch
+    hub, fake_hub, lfs_repo, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     fake_hub.faults.add(method="GET", path="w.bin", server="blobs", status=500, times=10)
     with pytest.raises(HubError, match=r"^org/model@\w{7}: HTTP 500"):
-        hub.download("org/model", repo, ["w.bin"])
+        hub.download("org/model", lfs_repo, ["w.bin"])
 
 
 def test_bad_settings(monkeypatch):
@@ -229,3 +244,116 @@ def test_unauthorised_writes(fake_hub, repo):
         hub.create_repo("org/new", private=False)
     assert str(e.value) == "org/new: HTTP 401: not authorised (check HF_TOKEN or --token-file)"
     assert "hf_wrong_token_value" not in repr(hub)
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (ConnectionError("Network error: connection reset by peer"), True),
+        (ConnectionError("Rate limited: 429 Too Many Requests"), True),
+        (ConnectionError("Server error: 503"), True),
+        (TimeoutError("Timeout: no answer in 60 s"), True),
+        (RuntimeError("Task error: Network error: broken pipe"), True),
+        (RuntimeError("Data integrity error: hash mismatch"), False),
+        (RuntimeError("Internal error: lock poisoned"), False),
+        (PermissionError("Authentication error: token refresh failed"), False),
+        (FileNotFoundError("Not found: xorb abc"), False),
+    ],
+)
+def test_xet_failures_are_classified(error, transient):
+    assert xet.is_xet_failure(error)
+    assert xet.is_transient(error) is transient
+    assert xet.describe(error).startswith(
+        "Xet storage failed (transient, retried)"
+        if transient
+        else "Xet storage failed (not retried)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("message", "local"),
+    [
+        ("I/O error: No space left on device", "I/O error: No space left on device"),
+        (  # a full disk under hf_xet's cache database: an "Internal error" of another kind
+            "Internal error: Global shard dedup database error: Storage(Io(Os { code: 27,"
+            ' kind: FileTooLarge, message: "File too large" }))',
+            "File too large",
+        ),
+        (  # ... and once that database has failed a write, every later one
+            "Internal error: Global shard dedup database error: Storage(PreviousIo)",
+            "a write to the local disk failed (is it full?)",
+        ),
+        ('Internal error: Io(Os { code: 111, kind: ConnectionRefused, message: "no" })', None),
+        ("Internal error: lock poisoned", None),
+    ],
+)
+def test_a_xet_failure_of_the_local_disk_is_told_apart(message, local):
+    assert xet.local_failure(RuntimeError(message)) == local
+    assert not xet.is_xet_failure(RuntimeError("something else entirely"))
+
+
+def test_a_broken_xet_stream_resumes_and_a_final_failure_is_a_one_liner(
+    hub, fake_hub, repo, monkeypatch
+):
+    reader = hub.xet_reader("org/model", repo)
+    assert reader.has("w.bin") and not reader.has("config.json")
+    real = xet.XetReader.read_into
+    failures = [ConnectionError("Network error: reset")]
+
+    def flaky(self, path, size, offset, view):
+        if failures:
+            real(self, path, size, offset, view[:100])  # some bytes arrive, then it breaks
+            raise failures.pop()
+        return real(self, path, size, offset, view)
+
+    monkeypatch.setattr(xet.XetReader, "read_into", flaky)
+    buf = bytearray(5000)
+    hub.read_xet(reader, "w.bin", len(DATA), 17, memoryview(buf))
+    assert bytes(buf) == DATA[17:5017]
+
+    def corrupt(self, *args):
+        raise RuntimeError("Data integrity error: chunk hash mismatch")
+
+    monkeypatch.setattr(xet.XetReader, "read_into", corrupt)
+    with pytest.raises(HubError) as e:
+        hub.read_xet(reader, "w.bin", len(DATA), 0, memoryview(buf))
+    assert str(e.value) == (
+        f"org/model@{repo[:7]}/w.bin: Xet storage failed (not retried):"
+        " Data integrity error: chunk hash mismatch"
+    )
+
+
+def test_xet_upload_failures_are_retried_or_typed(hub, fake_hub, repo, monkeypatch):
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    real = HfApi.preupload_lfs_files
+    failures = [RuntimeError("Task error: Network error: timed out")]
+
+    def flaky(self, *args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(HfApi, "preupload_lfs_files", flaky)
+    op = CommitOperationAdd("x.safetensors", DATA)
+    hub.preupload("org/model", [op], revision="main", create_pr=False)
+    assert op._is_uploaded
+    failures.append(RuntimeError("Internal error: the runtime is gone"))
+    failures.append(RuntimeError("Internal error: the runtime is gone"))
+    with pytest.raises(HubError, match=r"^org/model: Xet storage failed \(not retried\): Internal"):
+        hub.preupload(
+            "org/model",
+            [CommitOperationAdd("y.safetensors", DATA)],
+            revision="main",
+            create_pr=False,
+        )
+    assert len(failures) == 1  # not retried
+    failures.clear()
+    failures.append(OSError("I/O error: No space left on device"))
+    with pytest.raises(LocalFileError, match="No space left on device"):
+        hub.preupload(
+            "org/model",
+            [CommitOperationAdd("z.safetensors", DATA)],
+            revision="main",
+            create_pr=False,
+        )

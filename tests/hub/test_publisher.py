@@ -1,8 +1,10 @@
 import contextlib
-import os
 import tempfile
 import threading
 import time
+from pathlib import Path
+
+from huggingface_hub import HfApi
 
 from paramdelta.bot.publish import merge_and_publish
 from paramdelta.engine.checkpoint import LocalSource
@@ -13,8 +15,10 @@ from paramdelta.hub.publisher import Publisher
 from paramdelta.testing.checkpoints import llama_config, make_trio
 
 
-def test_disk_holds_at_most_two_shards_while_pushing(fake_hub, hub_token, tmp_path, monkeypatch):
-    """One shard uploading plus the one being written: never the whole model."""
+def test_disk_holds_at_most_two_shards_while_pushing(
+    fake_hub, hub_token, tmp_path, monkeypatch, caplog
+):
+    """One shard uploading plus the one being written: never the whole model; all through Xet."""
     trio = make_trio(tmp_path / "in", config=llama_config(hidden_size=128, vocab_size=512))
     hub = Hub(token=hub_token)
     publisher = Publisher(hub, "me/out", message="m")
@@ -33,16 +37,17 @@ def test_disk_holds_at_most_two_shards_while_pushing(fake_hub, hub_token, tmp_pa
         return stat.st_dev, stat.st_ino
 
     def sample():
-        # Distinct inodes, so that a shard seen both in the directory and as an open handle
-        # (between the open and the unlink) counts once.
+        # Distinct inodes, so that a shard seen both in the writer's directory and as the
+        # upload's hard link (between the link and the unlink) counts once.
         while not done.is_set():
             files = set()
-            for path in tmp_path.glob("paramdelta-*/.merged.partial-*/*.safetensors*"):
-                with contextlib.suppress(FileNotFoundError):
-                    files.add(inode(path.stat()))
-            for handle in list(publisher._handles):
-                with contextlib.suppress(ValueError):  # closed meanwhile
-                    files.add(inode(os.fstat(handle.fileno())))
+            for pattern in (
+                "paramdelta-*/.merged.partial-*/*.safetensors*",
+                "paramdelta-*/.paramdelta-upload-*/*",
+            ):
+                for path in tmp_path.glob(pattern):
+                    with contextlib.suppress(FileNotFoundError):
+                        files.add(inode(path.stat()))
             alive.append(len(files))
             time.sleep(0.001)
 
@@ -63,6 +68,13 @@ def test_disk_holds_at_most_two_shards_while_pushing(fake_hub, hub_token, tmp_pa
     assert not list(tmp_path.glob("paramdelta-*"))  # uploaded, then removed with the scratch dir
     assert {s.filename for s in result.shards} <= set(published.files)
     assert set(fake_hub.list_files("me/out")) >= {s.filename for s in result.shards}
+    assert (fake_hub.lfs_bytes_uploaded, fake_hub.xet_uploads) == (0, len(result.shards))
+    assert "Falling back to HTTP upload" not in caplog.text
+    api = HfApi(endpoint=fake_hub.url, token=hub_token)
+    folder = Path(api.snapshot_download("me/out", cache_dir=tmp_path / "hf-cache"))
+    local = merge_to_dir(sources, tmp_path / "local", options).out_dir  # the same merge, on disk
+    for shard in result.shards:  # downloaded back through hf_xet: bit-exact
+        assert (folder / shard.filename).read_bytes() == (local / shard.filename).read_bytes()
 
 
 def test_a_new_layout_removes_the_old_shards_in_the_same_commit(fake_hub, hub_token, tmp_path):
@@ -89,3 +101,12 @@ def test_a_new_layout_removes_the_old_shards_in_the_same_commit(fake_hub, hub_to
     assert "model.safetensors.index.json" not in files
     assert {"model.safetensors", "eval-results.md", "config.json"} <= files
     assert fake_hub.commits("me/out")[0].title == f"shards of {10**9}"
+
+
+def test_the_bots_own_files_are_redacted_before_they_are_committed(fake_hub, hub_token, tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with Publisher(Hub(token=hub_token), "me/out", message="m") as publisher:
+        publisher.finish(folder, {"README.md": f"made with {hub_token}\n".encode()})
+    assert fake_hub.read_file("me/out", "README.md") == b"made with ***\n"

@@ -1,14 +1,17 @@
+import time
+
 import pytest
 
 from paramdelta.engine.checkpoint import LocalSource
 from paramdelta.engine.merge import preflight
 from paramdelta.engine.options import MergeOptions
 from paramdelta.errors import UsageError
+from paramdelta.hub.client import Hub
 from paramdelta.hub.sources import (
+    HEAD_BYTES,
     HubFactory,
     HubSource,
     download_inputs,
-    files_needed,
     open_sources,
 )
 from paramdelta.repo_ids import parse_spec
@@ -49,9 +52,9 @@ def test_download_fetches_only_what_the_merge_reads(hub_trio, fake_hub):
     specs = {role: hub_trio.repos[role] for role in ("base", "post", "new_base")}
     with open_sources(HubFactory(), **specs) as sources:
         plan = preflight(sources, MergeOptions())
-        needed = files_needed(plan)
-        assert needed["post"] >= {"tokenizer_config.json", "chat_template.jinja"}
-        assert "config.json" not in needed["post"] and "config.json" in needed["new_base"]
+        needed = {role: set(paths) for role, paths in plan.read.items()}
+        assert needed["post"] >= {"tokenizer_config.json", "chat_template.jinja", "config.json"}
+        assert "unrelated/big.bin" not in needed["post"]
         local = download_inputs(plan, sources)
     for role, source in local.items():
         assert isinstance(source, LocalSource)
@@ -61,3 +64,69 @@ def test_download_fetches_only_what_the_merge_reads(hub_trio, fake_hub):
         # the cached snapshot of the pinned commit, under the same label
         assert source.root.name == fake_hub.head(hub_trio.repos[role])
         assert source.label == f"{hub_trio.repos[role]}@{source.root.name[:7]}"
+
+
+def test_stream_reads_xet_files_through_hf_xet_and_stays_within_the_resolver_quota(
+    hub_trio, fake_hub
+):
+    """No /resolve/ request per range: one per file read (config, index, each header)."""
+    specs = {role: hub_trio.repos[role] for role in ("base", "post", "new_base")}
+    files = sum(len(fake_hub.list_files(repo)) for repo in specs.values())
+    fake_hub.rate_limits.configure(resolvers=files)
+    fake_hub.clear_requests()
+    with open_sources(HubFactory(), **specs) as sources:
+        plan = preflight(sources, MergeOptions())
+        for role, source in sources.items():
+            for shard in (p for p in source.list_files() if p.endswith(".safetensors")):
+                size = source.size(shard)
+                buf = bytearray(size - 3)
+                source.read_into(shard, 3, memoryview(buf))
+                assert bytes(buf) == (hub_trio.local[role] / shard).read_bytes()[3:], shard
+    assert plan.items
+    resolves = [r.path for r in fake_hub.requests if "/resolve/" in r.path]
+    assert len(resolves) == len(set(resolves))  # each file once at most
+    assert fake_hub.rate_limits.refused == 0
+    assert fake_hub.weight_bytes_served() == sum(
+        min(p.stat().st_size, HEAD_BYTES)
+        for d in hub_trio.local.values()
+        for p in d.glob("*.safetensors")
+    )
+    for repo in specs.values():  # one read token per repo revision
+        assert fake_hub.xet_token_requests("read", repo) == 1
+
+
+def test_the_preflight_reads_each_header_with_one_request_all_at_once(hub_trio, fake_hub):
+    specs = {role: hub_trio.repos[role] for role in ("base", "post", "new_base")}
+    fake_hub.faults.add(server="blobs", path=".safetensors", status=None, delay=0.2, times=100)
+    with open_sources(HubFactory(), **specs) as sources:
+        shards = len([p for p in sources["base"].list_files() if p.endswith(".safetensors")])
+        assert shards >= 3
+        fake_hub.clear_requests()
+        start = time.monotonic()
+        preflight(sources, MergeOptions())
+        elapsed = time.monotonic() - start
+    heads = [r for r in fake_hub.requests if r.server == "blobs"]
+    assert len(heads) == 3 * shards and all(r.range.startswith("bytes=0-") for r in heads)
+    assert elapsed < 3 * 0.2 * shards / 2  # the shards of a repo are read concurrently
+
+
+def test_other_files_stream_by_http_ranges_even_when_the_cdn_sends_everything(
+    fake_hub, hub_token, tmp_path
+):
+    """A legacy LFS file: ranges sent with Accept-Encoding: identity; a 200 is read anyway."""
+    data = bytes(range(256)) * 1000
+    fake_hub.create_repo("org/old")
+    sha = fake_hub.commit("org/old", {"w.safetensors": data}, xet=False)
+    hub = Hub(token=hub_token, endpoint=fake_hub.url)
+    source = HubSource(hub, hub.repo_files("org/old", sha))
+    for mode in ("gzip", "always"):
+        fake_hub.cdn_ignores_range = mode
+        fake_hub.clear_requests()
+        buf = bytearray(5000)
+        source.read_into("w.safetensors", 123_456, memoryview(buf))
+        assert bytes(buf) == data[123_456:128_456]
+        [blob] = [r for r in fake_hub.requests if r.server == "blobs"]
+        assert (blob.range, blob.status) == (
+            "bytes=123456-128455",
+            206 if mode == "gzip" else 200,
+        )

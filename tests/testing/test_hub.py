@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from http.client import HTTPConnection, HTTPMessage
 from pathlib import Path
 
+import huggingface_hub.constants
 import huggingface_hub.utils._auth
 import pytest
 import torch
@@ -90,6 +91,20 @@ def seeded(fake_hub: FakeHub, weights: Path) -> str:
 
 
 @pytest.fixture
+def legacy_lfs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub as with HF_HUB_DISABLE_XET=1: the legacy LFS protocol, both ways."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+
+
+@pytest.fixture
+def seeded_lfs(fake_hub: FakeHub, weights: Path) -> str:
+    """REPO as `seeded`, but its weights are a legacy LFS object (a repo from before Xet)."""
+    fake_hub.create_repo(REPO)
+    files = {"config.json": CONFIG, "model.safetensors": weights}
+    return fake_hub.commit(REPO, files, message="Add model", xet=False)
+
+
+@pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The client's backoff sleeps, recorded instead of slept."""
     slept: list[float] = []
@@ -124,7 +139,7 @@ def test_model_info_reports_files_card_and_dates(fake_hub, hf_api, seeded, weigh
     assert hf_api.model_info(REPO, revision=first).sha == first
 
 
-def test_downloads_go_direct_for_regular_files_and_via_the_blob_server_for_lfs(
+def test_downloads_go_direct_for_regular_files_and_through_xet_for_large_ones(
     fake_hub, hf_api, seeded, weights, tmp_path
 ):
     fake_hub.clear_requests()
@@ -134,19 +149,48 @@ def test_downloads_go_direct_for_regular_files_and_via_the_blob_server_for_lfs(
     model = hf_api.hf_hub_download(REPO, "model.safetensors", cache_dir=tmp_path / "c")
     size = weights.stat().st_size
     assert Path(model).read_bytes() == weights.read_bytes()
-    blob_path = f"/lfs/{sha256(weights.read_bytes())}/model.safetensors"
     assert calls(fake_hub) == [
         ("hub", "HEAD", f"/{REPO}/resolve/main/config.json", 200),
         ("hub", "GET", f"/{REPO}/resolve/main/config.json", 200),
         ("hub", "HEAD", f"/{REPO}/resolve/main/model.safetensors", 302),
-        ("blobs", "GET", blob_path, 200),
+        ("hub", "GET", f"/api/models/{REPO}/xet-read-token/{seeded}", 200),
     ]
-    assert [r.auth for r in fake_hub.requests] == [True, True, True, False]
-    assert fake_hub.weight_bytes_served() == fake_hub.requests[-1].sent == size
+    assert fake_hub.weight_bytes_served() == 0  # hf_xet read the CAS, not the blob server
+    assert fake_hub.xet_token_requests("read", REPO) == 1
 
+    xet_hash = fake_hub.xet_hash(REPO, "model.safetensors")
     meta = hf_api.get_hf_file_metadata(url=f"{fake_hub.url}/{REPO}/resolve/main/model.safetensors")
     assert (meta.commit_hash, meta.etag, meta.size) == (seeded, sha256(weights.read_bytes()), size)
-    assert meta.location == fake_hub.blob_url + blob_path
+    assert meta.location == f"{fake_hub.blob_url}/xet/{xet_hash}/model.safetensors"
+    assert meta.xet_file_data.file_hash == xet_hash
+    token_url = f"{fake_hub.url}/api/models/{REPO}/xet-read-token/{seeded}"
+    assert meta.xet_file_data.refresh_route == token_url
+
+
+def test_legacy_lfs_downloads_go_through_the_blob_server(
+    fake_hub, hf_api, seeded_lfs, weights, tmp_path, legacy_lfs
+):
+    fake_hub.clear_requests()
+    model = hf_api.hf_hub_download(REPO, "model.safetensors", cache_dir=tmp_path / "c")
+    assert Path(model).read_bytes() == weights.read_bytes()
+    blob_path = f"/lfs/{sha256(weights.read_bytes())}/model.safetensors"
+    assert calls(fake_hub) == [
+        ("hub", "HEAD", f"/{REPO}/resolve/main/model.safetensors", 302),
+        ("blobs", "GET", blob_path, 200),
+    ]
+    assert [r.auth for r in fake_hub.requests] == [True, False]
+    assert fake_hub.weight_bytes_served() == fake_hub.requests[-1].sent == weights.stat().st_size
+    assert fake_hub.xet_hash(REPO, "model.safetensors") is None
+
+
+def test_xet_backed_files_still_serve_http_ranges_without_xet(
+    fake_hub, hf_api, seeded, weights, tmp_path, legacy_lfs
+):
+    """With Xet off the client follows the redirect: the CDN reassembles the file."""
+    model = hf_api.hf_hub_download(REPO, "model.safetensors", cache_dir=tmp_path / "c")
+    assert Path(model).read_bytes() == weights.read_bytes()
+    assert fake_hub.weight_bytes_served() == weights.stat().st_size
+    assert fake_hub.xet_token_requests() == 0
 
 
 def test_snapshot_download_gets_every_file_of_a_revision(
@@ -176,10 +220,11 @@ def test_safetensors_metadata_reads_only_the_header_range(fake_hub, hf_api, seed
     tensors = meta.files_metadata["model.safetensors"].tensors
     assert (tensors["a"].dtype, tensors["a"].shape) == ("F32", [256, 256])
     assert (tensors["b"].dtype, tensors["b"].shape) == ("BF16", [3])
-    ranged = [r for r in fake_hub.requests if r.range]
-    assert [(r.server, r.range, r.status, r.sent) for r in ranged] == [
-        ("hub", "bytes=0-100000", 302, 0),
-        ("blobs", "bytes=0-100000", 206, 100_001),
+    ranged = [(r.server, r.path, r.range, r.status, r.sent) for r in fake_hub.requests if r.range]
+    xet_hash = fake_hub.xet_hash(REPO, "model.safetensors")
+    assert ranged == [
+        ("hub", f"/{REPO}/resolve/main/model.safetensors", "bytes=0-100000", 302, 0),
+        ("blobs", f"/xet/{xet_hash}/model.safetensors", "bytes=0-100000", 206, 100_001),
     ]
     assert fake_hub.weight_bytes_served() == 100_001
 
@@ -211,7 +256,7 @@ def test_byte_ranges_on_both_servers(fake_hub, hf_api, seeded, weights):
     assert headers["ETag"] == f'"{git_oid(CONFIG)}"'
 
 
-def test_upload_folder_uploads_lfs_once_and_skips_unchanged_files(
+def test_upload_folder_sends_large_files_through_xet_and_skips_unchanged_ones(
     fake_hub, hf_api, weights, tmp_path
 ):
     folder = weights.parent
@@ -222,34 +267,57 @@ def test_upload_folder_uploads_lfs_once_and_skips_unchanged_files(
     info = hf_api.upload_folder(repo_id=REPO, folder_path=folder, commit_message="Upload model")
     head = fake_hub.commits(REPO)[0]
     assert info.oid == head.oid == fake_hub.head(REPO)
-    assert info.commit_url == f"{fake_hub.url}/{REPO}/commit/{head.oid}"
     assert (head.title, head.changed) == (
         "Upload model",
         ("README.md", "config.json", "model.safetensors"),
     )
     assert fake_hub.read_file(REPO, "model.safetensors") == weights.read_bytes()
-    assert fake_hub.read_file(REPO, "README.md") == README
+    assert calls(fake_hub) == [
+        ("hub", "POST", "/api/validate-yaml", 200),
+        ("hub", "POST", f"/api/models/{REPO}/preupload/main", 200),
+        ("hub", "GET", f"/api/models/{REPO}/xet-write-token/main", 200),
+        ("hub", "POST", f"/api/models/{REPO}/commit/main", 200),
+    ]
+    assert (fake_hub.xet_uploads, fake_hub.lfs_uploads, fake_hub.lfs_bytes_uploaded) == (1, 0, 0)
+    [entry] = [e for e in hf_api.list_repo_tree(REPO) if e.path == "model.safetensors"]
+    assert entry.xet_hash == fake_hub.xet_hash(REPO, "model.safetensors")
+    assert entry.lfs.sha256 == sha256(weights.read_bytes())
+
+    again = hf_api.upload_folder(repo_id=REPO, folder_path=folder, commit_message="Again")
+    assert again.oid == head.oid  # nothing changed: the client skips the commit
+    copy = hf_api.upload_file(
+        path_or_fileobj=weights, path_in_repo="copy.safetensors", repo_id=REPO
+    )
+    assert fake_hub.head(REPO) == copy.oid != head.oid
+    assert fake_hub.read_file(REPO, "copy.safetensors") == weights.read_bytes()
+    assert fake_hub.xet_uploads == 1  # the same content: already in the repo's storage
+
+
+def test_legacy_lfs_uploads_go_to_the_blob_server_once(
+    fake_hub, hf_api, weights, tmp_path, legacy_lfs
+):
+    folder = weights.parent
+    (folder / "config.json").write_bytes(CONFIG)
+    assert hf_api.create_repo(REPO).repo_id == REPO
+    fake_hub.clear_requests()
+    info = hf_api.upload_folder(repo_id=REPO, folder_path=folder, commit_message="Upload model")
+    assert info.commit_url == f"{fake_hub.url}/{REPO}/commit/{info.oid}"
+    assert fake_hub.read_file(REPO, "model.safetensors") == weights.read_bytes()
     oid = sha256(weights.read_bytes())
     assert calls(fake_hub) == [
-        ("hub", "POST", "/api/validate-yaml", 200),  # upload_folder checks the card early,
-        ("hub", "POST", "/api/validate-yaml", 200),  # then create_commit checks it again
         ("hub", "POST", f"/api/models/{REPO}/preupload/main", 200),
         ("hub", "POST", f"/{REPO}.git/info/lfs/objects/batch", 200),
         ("blobs", "PUT", f"/upload/{REPO}/{oid}", 200),
         ("hub", "POST", f"/{REPO}.git/info/lfs/objects/verify", 200),
         ("hub", "POST", f"/api/models/{REPO}/commit/main", 200),
     ]
-    assert fake_hub.requests[4].received == weights.stat().st_size
-    assert fake_hub.lfs_uploads == 1
-
-    again = hf_api.upload_folder(repo_id=REPO, folder_path=folder, commit_message="Again")
-    assert again.oid == head.oid  # nothing changed: the client skips the commit
-    assert fake_hub.lfs_uploads == 1
+    assert fake_hub.lfs_bytes_uploaded == weights.stat().st_size
+    assert (fake_hub.lfs_uploads, fake_hub.xet_uploads) == (1, 0)
     copy = hf_api.upload_file(
         path_or_fileobj=weights, path_in_repo="copy.safetensors", repo_id=REPO
     )
     assert fake_hub.lfs_uploads == 1  # the batch API knew the object: no second PUT
-    assert fake_hub.head(REPO) == copy.oid != head.oid
+    assert fake_hub.head(REPO) == copy.oid != info.oid
     assert fake_hub.read_file(REPO, "copy.safetensors") == weights.read_bytes()
 
 
@@ -282,9 +350,10 @@ def test_create_commit_with_preuploaded_lfs_files_and_deletions(fake_hub, hf_api
         CommitOperationAdd("w/notes.txt", b"notes"),
     ]
     hf_api.preupload_lfs_files(REPO, additions=ops)
-    assert (fake_hub.lfs_uploads, fake_hub.head(REPO)) == (1, initial)
+    assert (fake_hub.xet_uploads, fake_hub.head(REPO)) == (0, initial)
     info = hf_api.create_commit(REPO, ops, commit_message="Add weights", commit_description="Why")
-    assert fake_hub.lfs_uploads == 1
+    assert (fake_hub.xet_uploads, fake_hub.lfs_uploads) == (1, 0)
+    assert fake_hub.read_file(REPO, "w/model.safetensors") == weights.read_bytes()
     assert fake_hub.list_files(REPO) == [".gitattributes", "w/model.safetensors", "w/notes.txt"]
     [latest, *_] = hf_api.list_repo_commits(REPO)
     assert (latest.commit_id, latest.title, latest.message) == (info.oid, "Add weights", "Why")
@@ -437,6 +506,7 @@ def test_create_pr_opens_numbered_prs_and_leaves_the_branch_alone(fake_hub, hf_a
 
 
 def test_a_stale_parent_commit_gets_412_and_changes_nothing(fake_hub, hf_api):
+    """A direct commit; a pull request from a stale parent is opened (next test)."""
     fake_hub.create_repo(REPO)
     stale = fake_hub.commit(REPO, {"a.txt": b"1"})
     current = fake_hub.commit(REPO, {"a.txt": b"2"})
@@ -450,6 +520,100 @@ def test_a_stale_parent_commit_gets_412_and_changes_nothing(fake_hub, hf_api):
     info = hf_api.create_commit(REPO, add, commit_message="On time", parent_commit=current)
     assert fake_hub.commits(REPO)[0].parents == (current,)
     assert fake_hub.head(REPO) == info.oid
+
+
+def test_a_pull_request_starts_from_its_parent_however_far_the_branch_moved(fake_hub, hf_api):
+    fake_hub.create_repo(REPO)
+    stale = fake_hub.commit(REPO, {"a.txt": b"1"})
+    current = fake_hub.commit(REPO, {"a.txt": b"2", "b.txt": b"b"})
+    info = hf_api.create_commit(
+        REPO,
+        [CommitOperationAdd("c.txt", b"c")],
+        commit_message="Late PR",
+        parent_commit=stale,
+        create_pr=True,
+    )
+    assert info.pr_revision == "refs/pr/1" and fake_hub.head(REPO) == current
+    assert fake_hub.commits(REPO, "refs/pr/1")[0].parents == (stale,)
+    assert fake_hub.list_files(REPO, "refs/pr/1") == [".gitattributes", "a.txt", "c.txt"]
+    assert fake_hub.read_file(REPO, "a.txt", revision="refs/pr/1") == b"1"
+    with pytest.raises(RevisionNotFoundError):
+        hf_api.create_commit(
+            REPO,
+            [CommitOperationAdd("c.txt", b"c")],
+            commit_message="No such parent",
+            parent_commit="f" * 40,
+            create_pr=True,
+        )
+
+
+def test_xet_token_endpoints_hand_out_the_local_cas(fake_hub, hf_api, hub_token, seeded):
+    auth = {"Authorization": f"Bearer {hub_token}"}
+    before = time.time()
+    for kind in ("read", "write"):
+        url = f"{fake_hub.url}/api/models/{REPO}/xet-{kind}-token/main"
+        status, headers, body = http(url, headers=auth)
+        answer = json.loads(body)
+        assert status == 200 and answer["casUrl"] == fake_hub.cas.url
+        assert answer["casUrl"].startswith("local:///")
+        assert before + 3599 <= answer["exp"] <= time.time() + 3600
+        assert (
+            headers["X-Xet-Cas-Url"],
+            headers["X-Xet-Access-Token"],
+            int(headers["X-Xet-Token-Expiration"]),
+        ) == (answer["casUrl"], answer["accessToken"], answer["exp"])
+    assert http(f"{fake_hub.url}/api/models/{REPO}/xet-write-token/main")[0] == 401
+    assert http(f"{fake_hub.url}/api/models/{REPO}/xet-read-token/nope", headers=auth)[0] == 404
+    fake_hub.create_repo("org/secret", private=True)
+    assert http(f"{fake_hub.url}/api/models/org/secret/xet-read-token/main")[0] == 404
+    assert fake_hub.xet_token_requests("read") == 1
+    assert fake_hub.xet_token_requests("write", REPO) == 1
+
+
+def test_a_commit_naming_content_uploaded_nowhere_is_refused(fake_hub, hf_api):
+    fake_hub.create_repo(REPO)
+    line = {"path": "w.bin", "algo": "sha256", "oid": sha256(b"never sent"), "size": 10}
+    body = "\n".join(
+        json.dumps(x)
+        for x in ({"key": "header", "value": {"summary": "x"}}, {"key": "lfsFile", "value": line})
+    )
+    status, _, answer = http(
+        f"{fake_hub.url}/api/models/{REPO}/commit/main",
+        method="POST",
+        headers={"Authorization": f"Bearer {hf_api.token}", "Content-Type": "application/x-ndjson"},
+        data=body.encode(),
+    )
+    assert (status, json.loads(answer)["error"]) == (
+        400,
+        f"w.bin: LFS object {line['oid']} was never uploaded",
+    )
+
+
+def test_rate_limits_count_each_token_per_bucket_and_window(fake_hub, hf_api, seeded, monkeypatch):
+    fake_hub.rate_limits.configure(api=2, resolvers=1, window=0.5)
+    info = HfApi(endpoint=fake_hub.url, token=hf_api.token)
+    assert info.model_info(REPO).sha == seeded
+    status, headers, _ = http(
+        f"{fake_hub.url}/api/models/{REPO}", headers={"Authorization": f"Bearer {hf_api.token}"}
+    )
+    limit = huggingface_hub.utils.parse_ratelimit_headers(headers)
+    assert (status, limit.resource_type, limit.remaining, limit.limit) == (200, "api", 0, 2)
+    assert limit.reset_in_seconds == 1 and limit.window_seconds == 1
+    with pytest.raises(HfHubHTTPError) as e:
+        info.model_info(REPO)
+    assert e.value.response.status_code == 429
+    assert "you have reached your 'api' rate limit" in str(e.value)
+    assert e.value.response.json() == {
+        "error": "you have reached your 'api' rate limit. Retry after 1 seconds"
+    }
+    # Another bucket, another token: counted apart.
+    assert hf_api.file_exists(REPO, "config.json")
+    assert HfApi(endpoint=fake_hub.url, token=False).repo_exists(REPO)
+    status, headers, _ = http(f"{fake_hub.url}/{REPO}/resolve/main/config.json")
+    assert (status, headers["RateLimit"]) == (200, '"resolvers";r=0;t=1')
+    time.sleep(0.5)
+    assert info.model_info(REPO).sha == seeded  # a new window
+    assert fake_hub.rate_limits.refused == 1
 
 
 def test_a_gated_repo_shows_its_info_but_not_its_files(fake_hub, hf_api, tmp_path):
@@ -507,7 +671,9 @@ def test_writes_need_the_token_and_the_log_never_holds_it(fake_hub, hf_api, hub_
     assert hub_token not in repr(fake_hub.requests)
 
 
-def test_retried_endpoints_recover_from_503_429_and_drops(fake_hub, hf_api, seeded, sleeps):
+def test_retried_endpoints_recover_from_503_429_and_drops(
+    fake_hub, hf_api, seeded, sleeps, legacy_lfs
+):
     fake_hub.faults.add(path="/tree/", status=503)
     fake_hub.faults.add(path="/tree/", status=429, headers={"Retry-After": "0"})
     fake_hub.faults.add(path="/tree/", drop=True)
@@ -537,7 +703,7 @@ def test_retried_endpoints_recover_from_503_429_and_drops(fake_hub, hf_api, seed
 
 
 def test_downloads_resume_after_a_dropped_blob_connection(
-    fake_hub, hf_api, seeded, weights, sleeps, tmp_path
+    fake_hub, hf_api, seeded_lfs, weights, sleeps, tmp_path, legacy_lfs
 ):
     fake_hub.faults.add(server="blobs", method="GET", drop=True)
     fake_hub.clear_requests()
@@ -570,6 +736,7 @@ def test_faults_can_fake_any_answer_or_slow_one_down(fake_hub, hf_api, seeded):
 
 def test_oidc_exchange_issues_a_token_for_one_repo(fake_hub, hub_token, oidc_id_token, monkeypatch):
     fake_hub.create_repo(REPO)
+    fake_hub.trust_publisher(REPO)
     fake_hub.create_repo("org/other")
     monkeypatch.setattr(huggingface_hub.utils._auth, "_OIDC_TOKEN_CACHE", None)
     monkeypatch.setenv("HF_OIDC_RESOURCE", REPO)
@@ -586,11 +753,41 @@ def test_oidc_exchange_issues_a_token_for_one_repo(fake_hub, hub_token, oidc_id_
     assert e.value.response.status_code == 403
     assert token not in repr(fake_hub.requests) and oidc_id_token not in repr(fake_hub.requests)
 
+    for resource, id_token, why in [
+        (REPO, "forged", "invalid_grant: the OIDC id token is not trusted"),
+        ("org/other", oidc_id_token, "invalid_grant: no trusted publisher is configured for"),
+        ("org/missing", oidc_id_token, "invalid_grant: repository org/missing does not exist"),
+    ]:
+        monkeypatch.setattr(huggingface_hub.utils._auth, "_OIDC_TOKEN_CACHE", None)
+        monkeypatch.setenv("HF_OIDC_RESOURCE", resource)
+        monkeypatch.setenv("HF_OIDC_ID_TOKEN", id_token)
+        with pytest.raises(HfHubHTTPError) as e:
+            get_token()
+        assert e.value.response.status_code == 400
+        assert e.value.response.json()["error"] == "invalid_grant"
+        assert why in e.value.server_message
+
+
+def test_oidc_tokens_expire_after_their_lifetime(fake_hub, oidc_id_token, monkeypatch):
+    fake_hub.create_repo(REPO)
+    fake_hub.trust_publisher(REPO)
+    monkeypatch.setattr(fake_hub.credentials, "lifetime", 1)
     monkeypatch.setattr(huggingface_hub.utils._auth, "_OIDC_TOKEN_CACHE", None)
-    monkeypatch.setenv("HF_OIDC_ID_TOKEN", "forged")
+    monkeypatch.setenv("HF_OIDC_RESOURCE", REPO)
+    monkeypatch.setenv("HF_OIDC_ID_TOKEN", oidc_id_token)
+    token = get_token()
+    api = HfApi(endpoint=fake_hub.url, token=token)
+    api.upload_file(path_or_fileobj=b"1", path_in_repo="a.txt", repo_id=REPO)
+    time.sleep(1 + fake_hub.credentials.LEEWAY)
     with pytest.raises(HfHubHTTPError) as e:
-        get_token()
+        api.upload_file(path_or_fileobj=b"2", path_in_repo="a.txt", repo_id=REPO)
     assert e.value.response.status_code == 401
+    # Fetched per request (token=True), the token is exchanged again once it has expired.
+    HfApi(endpoint=fake_hub.url, token=True).upload_file(
+        path_or_fileobj=b"3", path_in_repo="a.txt", repo_id=REPO
+    )
+    assert fake_hub.read_file(REPO, "a.txt") == b"3"
+    assert [r.status for r in fake_hub.requests if r.path == "/oauth/token"] == [200, 200]
 
 
 def test_seeding_api(fake_hub, tmp_path):

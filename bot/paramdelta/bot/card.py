@@ -5,10 +5,21 @@ SandboxedEnvironment: a template cannot reach Python internals, and every
 value is HTML-escaped, so a repo name holding ``{{ }}`` or markup shows as
 text. huggingface_hub's own `ModelCard.from_template` renders unsandboxed,
 which is why only the front matter goes through it.
+
+Upstream card data is untrusted: a licence is inherited only if it is a Hub
+licence id (lowercase letters and digits joined by '-' or '.'), so a licence
+string holding backticks and newlines cannot write Markdown into the card. A
+template is a regular file of at most MAX_TEMPLATE_BYTES, read without
+following a symlink (the watchlist checks that it lies inside its folder).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shlex
+import stat
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -19,14 +30,21 @@ from huggingface_hub import ModelCard, ModelCardData
 from jinja2.sandbox import SandboxedEnvironment
 
 from paramdelta import PROJECT_URL
-from paramdelta.bot import chart
+from paramdelta.bot import chart, markdown
 from paramdelta.bot.check_rules import STEP_TITLES
-from paramdelta.bot.lineage import build_record
-from paramdelta.engine.layout import ROLE_TITLES, ROLES
+from paramdelta.bot.lineage import build_record, checkpoint_entry
+from paramdelta.engine.layout import ROLE_TITLES, ROLES, Vocabulary
+from paramdelta.errors import UsageError
 
 DEFAULT_TEMPLATE = "templates/model_card.md.j2"
 BASE_TAGS = ("merge", "paramdelta")
 HF_URL = "https://huggingface.co"
+MAX_TEMPLATE_BYTES = 64 * 1024  # the default card is 3 KB
+# The Hub's licence ids (apache-2.0, llama3.1, cc-by-nc-4.0, other) and custom licence names.
+LICENCE_ID = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*")
+MAX_LICENCE_CHARS = 64
+# What a custom licence may link to: a web page, or a file of the repo (LICENSE.md).
+LICENCE_LINK = re.compile(r"https://[\w.-]+(?::\d+)?(?:/[\w.~%/+-]*)?|[\w-]+(?:\.[\w-]+)*")
 
 
 def _environment() -> SandboxedEnvironment:
@@ -39,27 +57,64 @@ def _environment() -> SandboxedEnvironment:
 
 
 def load_template(path: Path | None) -> str:
+    """A card template's text: the default one, or a regular UTF-8 file under the size cap."""
     if path is None:
         return resources.files("paramdelta").joinpath(DEFAULT_TEMPLATE).read_text()
-    return path.read_text()
+    # O_NOFOLLOW: a symlink swapped in after the watchlist was checked is not followed;
+    # O_NONBLOCK: a FIFO does not hang the run.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"card template {path}: not a regular file")
+        data = f.read(MAX_TEMPLATE_BYTES + 1)
+    if len(data) > MAX_TEMPLATE_BYTES:
+        raise UsageError(f"card template {path}: larger than {MAX_TEMPLATE_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"card template {path}: not UTF-8 text") from None
 
 
-def licence(
-    card_data: Mapping[str, Mapping[str, Any]],
-) -> tuple[str | None, str | None, str | None]:
-    """(licence id, the role it came from, a note if new base and post disagree)."""
-    new = card_data.get("new_base", {}).get("license")
-    post = card_data.get("post", {}).get("license")
-    note = None
+def is_licence_id(value: object) -> bool:
+    """Whether ``value`` follows the Hub's licence id grammar."""
+    return (
+        isinstance(value, str)
+        and len(value) <= MAX_LICENCE_CHARS
+        and LICENCE_ID.fullmatch(value) is not None
+    )
+
+
+def _by_role(record: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {c["role"]: c for c in record["checkpoints"]}
+
+
+def licence(record: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(licence id, the role it came from, a note on disagreeing or unusable licences).
+
+    The lineage record keeps each checkpoint's declared licence at its pinned
+    commit, so `publish DIR` renders the same card as the merge would have.
+    """
+    by_role = _by_role(record)
+    declared = {role: by_role[role].get("license") for role in ("new_base", "post")}
+    valid = {role: str(value) for role, value in declared.items() if is_licence_id(value)}
+    notes = [
+        f"the card of the {ROLE_TITLES[role]} declares a licence that is not a Hub licence id,"
+        " so it is not inherited: check its terms before use."
+        for role, value in declared.items()
+        if value is not None and role not in valid
+    ]
+    new, post = valid.get("new_base"), valid.get("post")
     if new and post and new != post:
-        note = (
+        notes.insert(
+            0,
             f"the new base is licensed `{new}` and the post-trained model `{post}`;"
-            " this merge is derived from both, so both sets of terms may apply."
+            " this merge is derived from both, so both sets of terms may apply.",
         )
+    note = " Also, ".join(notes) or None
     if new:
-        return str(new), "new_base", note
+        return new, "new_base", note
     if post:
-        return str(post), "post", note
+        return post, "post", note
     return None, None, note
 
 
@@ -67,37 +122,46 @@ def is_llama_licence(licence_id: str | None) -> bool:
     return bool(licence_id) and str(licence_id).lower().startswith("llama")
 
 
+def _spec(checkpoint: Mapping[str, Any]) -> str:
+    """How a command line names a checkpoint: repo@sha, or the local path it was read from."""
+    if checkpoint.get("repo") is None:
+        return str(checkpoint.get("path"))
+    return f"{checkpoint['repo']}@{checkpoint['sha']}"
+
+
 def reproduce_command(record: Mapping[str, Any], output: str) -> str:
-    by_role = {c["role"]: c for c in record["checkpoints"]}
+    by_role = _by_role(record)
     recipe = record["recipe"]
     parts = ["paramdelta merge"]
     for role in ROLES:
-        c = by_role[role]
-        parts.append(f"--{role.replace('_', '-')} {c['repo']}@{c['sha']}")
+        parts.append(f"--{role.replace('_', '-')} {shlex.quote(_spec(by_role[role]))}")
     if recipe["alpha"] != 1.0:
         parts.append(f"--alpha {recipe['alpha']}")
-    if recipe["dtype"] != "auto":
-        parts.append(f"--dtype {recipe['dtype']}")
+    requested = recipe.get("requested_dtype", recipe["dtype"])
+    if requested != "auto":
+        parts.append(f"--dtype {requested}")
     if recipe["vocab_policy"] != "error":
         parts.append(f"--vocab-policy {recipe['vocab_policy']}")
     parts.append(f"--output {output.partition('/')[2] or output}")
     return " \\\n  ".join(parts)
 
 
-def card_context(
-    record: Mapping[str, Any], card_data: Mapping[str, Mapping[str, Any]], hub_url: str
-) -> dict[str, Any]:
+def card_context(record: Mapping[str, Any], hub_url: str) -> dict[str, Any]:
     output = record["output"].get("repo") or "merged-model"
-    lic, lic_from, note = licence(card_data)
+    lic, lic_from, note = licence(record)
     checkpoints = []
     for c in record["checkpoints"]:
-        url = f"{hub_url}/{c['repo']}"
+        local = c.get("repo") is None  # merged from a local directory: no links
+        url = None if local else f"{hub_url}/{c['repo']}"
         checkpoints.append(
             {
                 **c,
+                "repo": c.get("path") if local else c["repo"],
+                "revision": c.get("revision") or "local",
+                "sha": c.get("sha") or "",
                 "title": ROLE_TITLES[c["role"]],
                 "url": url,
-                "commit_url": f"{url}/commit/{c['sha']}",
+                "commit_url": None if local else f"{url}/commit/{c['sha']}",
             }
         )
     by_role = {c["role"]: c for c in checkpoints}
@@ -113,10 +177,21 @@ def card_context(
         "license_note": note,
         "llama": is_llama_licence(lic) or "llama" in repos.lower(),
         "reproduce": reproduce_command(record, output),
-        "files": sorted(
-            (path, ROLE_TITLES.get(role, role))
-            for path, role in record["recipe"]["file_donors"].items()
-        ),
+        # Upstream's file names and values, as inline code whatever backticks they hold
+        # (and, in a table cell, whatever pipes).
+        "files": [
+            (markdown.code(path).replace("|", "\\|"), ROLE_TITLES.get(role, role))
+            for path, role in sorted(record["recipe"]["file_donors"].items())
+        ],
+        "skipped": [
+            (markdown.code(path), why)
+            for path, why in sorted(record["recipe"].get("skipped_files", {}).items())
+        ],
+        "config_changes": [
+            (markdown.code(key), markdown.code(json.dumps(value)))
+            for key, value in sorted(record["recipe"].get("config_changes", {}).items())
+        ],
+        "vocabulary": _vocabulary_line(record),
         "delta": delta_rows(record.get("delta")),
         "chart": chart.FILENAME if record.get("delta") else None,
         "check": check_rows(record.get("check")),
@@ -164,17 +239,28 @@ def check_rows(check: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {**check, "steps": steps}
 
 
-def front_matter(
-    record: Mapping[str, Any], card_data: Mapping[str, Mapping[str, Any]], tags: Sequence[str]
-) -> ModelCardData:
-    by_role = {c["role"]: c["repo"] for c in record["checkpoints"]}
-    lic, lic_from, _ = licence(card_data)
+def _vocabulary_line(record: Mapping[str, Any]) -> str | None:
+    """The record's vocabulary as the log states it; None if it has none."""
+    try:
+        return Vocabulary(**record["vocabulary"]).describe()
+    except (TypeError, KeyError):  # no vocabulary (or a record of another version)
+        return None
+
+
+def front_matter(record: Mapping[str, Any], tags: Sequence[str]) -> ModelCardData:
+    by_role = _by_role(record)
+    lic, lic_from, _ = licence(record)
     extra: dict[str, Any] = {}
-    donor = card_data.get(lic_from or "", {})
+    donor = by_role.get(lic_from or "", {})
     if lic == "other":  # a custom licence is named and linked, not identified
-        extra = {k: donor[k] for k in ("license_name", "license_link") if donor.get(k)}
+        name, link = donor.get("license_name"), donor.get("license_link")
+        if is_licence_id(name):
+            extra["license_name"] = name
+        if isinstance(link, str) and ".." not in link and LICENCE_LINK.fullmatch(link):
+            extra["license_link"] = link
+    hub_models = [by_role[r]["repo"] for r in ("new_base", "post", "base") if by_role[r]["repo"]]
     return ModelCardData(
-        base_model=[by_role["new_base"], by_role["post"], by_role["base"]],
+        base_model=hub_models or None,
         base_model_relation="merge",
         library_name="transformers",
         pipeline_tag="text-generation",
@@ -187,24 +273,22 @@ def front_matter(
 def render_card(
     record: Mapping[str, Any],
     *,
-    card_data: Mapping[str, Mapping[str, Any]] | None = None,
     template: Path | None = None,
     tags: Sequence[str] = (),
     hub_url: str = HF_URL,
 ) -> str:
     """README.md for a merge: YAML front matter, then the rendered template."""
-    card_data = card_data or {}
     body = (
         _environment()
         .from_string(load_template(template))
         .render(
             lineage=record,
-            card=card_context(record, card_data, hub_url),
+            card=card_context(record, hub_url),
             hub_url=hub_url,
             project_url=PROJECT_URL,
         )
     )
-    meta = front_matter(record, card_data, tags)
+    meta = front_matter(record, tags)
     return str(ModelCard(f"---\n{meta.to_yaml()}\n---\n\n{body.lstrip()}"))
 
 
@@ -232,11 +316,20 @@ def sample_record() -> dict[str, Any]:
     record = build_record(
         target="example",
         checkpoints={
-            role: {"repo": f"example-org/{role}-model", "revision": "main", "sha": sha}
-            for role in ROLES
+            role: checkpoint_entry(role, f"example-org/{role}-model", "main", sha) for role in ROLES
         },
         recipe={"alpha": 1.0, "dtype": "auto", "vocab_policy": "error"},
         files={"config.json": "new_base", "tokenizer.json": "post"},
+        written_dtype="bfloat16",
+        skipped={"params.json": "Mistral's native-format config, for weights not produced"},
+        vocabulary={
+            "policy": "error",
+            "rows": {"base": 2, "post": 2, "new_base": 2, "output": 2},
+            "merged": 2,
+            "kept_from_post": 0,
+            "dropped_from_new_base": 0,
+            "dropped_from_base": 0,
+        },
         output={
             "repo": "example-org/merged",
             "tensors": 1,
@@ -259,6 +352,8 @@ def check_template(path: Path) -> str | None:
         render_card(sample_record(), template=path)
     except OSError as e:
         return f"cannot read {path}: {e.strerror}"
+    except UsageError as e:
+        return str(e)
     except jinja2.TemplateSyntaxError as e:
         return f"{path}:{e.lineno}: template syntax error: {e.message}"
     except jinja2.TemplateError as e:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from paramdelta.bot import markdown
 from paramdelta.engine.layout import MergePlan
 from paramdelta.errors import CheckError
 
@@ -173,7 +174,7 @@ def check_table(check: Mapping[str, Any]) -> str:
     lines = ["| check | result | detail |", "| --- | --- | --- |"]
     for step in check.get("steps", []):
         result = "pass" if step["passed"] else "**fail**"
-        detail = " ".join(str(step["detail"]).split()).replace("|", "\\|")
+        detail = markdown.text(str(step["detail"]))  # may quote what the model wrote
         lines.append(f"| {STEP_TITLES.get(step['step'], step['step'])} | {result} | {detail} |")
     perplexity = check.get("perplexity")
     if perplexity:

@@ -4,8 +4,9 @@ A loopback fake Hub (paramdelta.testing.hub) is seeded with three tiny
 Llama-shaped checkpoints under realistic repo ids; then the real CLI runs
 against it, each step in its own process exactly as a user or the GitHub
 Action would run it: plan (1 pending) -> run (merge + publish) -> plan
-(nothing pending) -> a new commit lands on the followed base -> plan (pending
-again) -> run. Finally the published weights are checked against the formula
+(nothing pending) -> a README-only commit lands on the followed base -> plan
+(still nothing pending: no file the merge reads changed) -> new weights land
+-> plan (pending again) -> run. Finally the published weights are checked against the formula
 and the lineage record against the fake Hub's commits, and the pre-publish
 check's verdict and the delta report that the run recorded are shown.
 """
@@ -36,7 +37,7 @@ from paramdelta.testing.checkpoints import (
     save_checkpoint,
 )
 from paramdelta.testing.hub import FakeHub
-from paramdelta.testing.seed import publish_folder
+from paramdelta.testing.seed import model_readme, publish_folder
 
 REPOS = {
     "base": "meta-llama/Meta-Llama-3-8B",
@@ -72,6 +73,7 @@ class DemoReport:
     workdir: Path
     hub_url: str = ""
     seeded: dict[str, str] = field(default_factory=dict)  # role -> sha
+    readme_commit: str = ""
     new_base_v2: str = ""
     output_commits: list[str] = field(default_factory=list)  # newest first
     output_files: list[str] = field(default_factory=list)
@@ -106,6 +108,16 @@ def run_demo(workdir: Path, say: Callable[[str], None] = print) -> DemoReport:
             expect="0 of 1 targets pending",
         )
 
+        report.readme_commit = hub.commit(
+            REPOS["new_base"], {"README.md": model_readme(LICENSES["new_base"], "Fixed a typo")}
+        )
+        say(f"\n==> A README-only commit lands on {REPOS['new_base']}: {report.readme_commit[:12]}")
+        step(
+            "4. plan: the branch moved, but no file the merge reads changed",
+            ["plan", "--watchlist", str(watchlist)],
+            expect="upstream moved, content unchanged",
+        )
+
         new_base_v2 = perturbed(load_tensors(local["new_base"]), seed=7)
         v2_dir = save_checkpoint(
             workdir / "checkpoints" / "new_base_v2",
@@ -123,8 +135,8 @@ def run_demo(workdir: Path, say: Callable[[str], None] = print) -> DemoReport:
         say(f"\n==> A new commit lands on {REPOS['new_base']}: {report.new_base_v2[:12]}")
 
         plan_and_run(
-            "4. plan: the followed branch moved, so the target is pending again",
-            "5. run: merge onto the new base and publish",
+            "5. plan: new weights on the followed branch, so the target is pending again",
+            "6. run: merge onto the new base and publish",
         )
 
         _inspect(hub, report, {**local, "new_base": v2_dir}, say)
@@ -143,7 +155,6 @@ def _environment(hub_url: str, workdir: Path) -> dict[str, str]:
         HF_ENDPOINT=hub_url,
         HF_TOKEN=TOKEN,
         HF_HOME=str(workdir / "hf-home"),  # the demo never touches your real cache
-        HF_HUB_DISABLE_XET="1",
         HF_HUB_DISABLE_TELEMETRY="1",
         HF_HUB_DISABLE_PROGRESS_BARS="1",
         NO_PROXY="127.0.0.1,localhost",
@@ -186,6 +197,13 @@ def _inspect(
     report.output_files = hub.list_files(OUTPUT)
     say(f"\n==> {OUTPUT} now has {len(report.output_commits)} commits; its files:")
     say("\n".join(f"  {name}" for name in report.output_files))
+    weights = [f for f in report.output_files if hub.xet_hash(OUTPUT, f)]
+    say(
+        f"Uploaded through Xet storage (hf_xet): {', '.join(weights) or 'nothing'};"
+        f" legacy LFS bytes: {hub.lfs_bytes_uploaded}"
+    )
+    if not weights or hub.lfs_bytes_uploaded:
+        raise DemoError("demo: the weights did not go through Xet storage")
 
     record = json.loads(hub.read_file(OUTPUT, "paramdelta.json"))
     report.lineage = record
@@ -208,7 +226,6 @@ def _inspect(
     for name in report.output_files:
         (published / name).write_bytes(hub.read_file(OUTPUT, name))
     report.card_path = published / "README.md"
-    say(f"\nThe model card is in {report.card_path}")
 
     expected = reference_merge(*(load_tensors(inputs[role]) for role in ROLES))
     report.mismatched = mismatched_tensors(load_tensors(published), expected)

@@ -2,7 +2,8 @@
 
 The only module that knows the runner's environment variables and file
 formats; everything else asks it. Outputs always use the heredoc form, so a
-value may hold newlines (JSON, Markdown) without breaking the file.
+value may hold newlines (JSON, Markdown) without breaking the file. Whatever
+goes into either file is redacted first: both end up on the run's page.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from uuid import uuid4
 
 from paramdelta.errors import UsageError
+from paramdelta.tokens import redact
 
 OUTPUT_FILE = "GITHUB_OUTPUT"
 SUMMARY_FILE = "GITHUB_STEP_SUMMARY"
@@ -27,6 +29,7 @@ def set_output(name: str, value: str) -> None:
     """Set the step output ``name``; read it as ``steps.<id>.outputs.<name>``."""
     # The runner's own delimiter form (as in @actions/core); a fresh random delimiter
     # cannot be forged by a value, but check anyway, as the toolkit does.
+    value = redact(value)
     delimiter = f"ghadelimiter_{uuid4()}"
     if delimiter in name or delimiter in value:
         raise ValueError(f"output {name!r}: value contains the delimiter {delimiter}")
@@ -35,6 +38,7 @@ def set_output(name: str, value: str) -> None:
 
 def append_summary(markdown: str) -> None:
     """Add Markdown to the job summary page."""
+    markdown = redact(markdown)
     _append(SUMMARY_FILE, markdown if markdown.endswith("\n") else markdown + "\n")
 
 

@@ -1,7 +1,10 @@
 """GitHub issues for a run's results: one per failing target, closed once it succeeds.
 
-Issues are found again by a hidden marker in their body, so a rerun comments
-on the open issue instead of opening a duplicate.
+Issues are found again by a hidden marker on the first line of their body, so
+a rerun comments on the open issue instead of opening a duplicate. Only that
+line counts, and the target in it is percent-encoded: an error message quoted
+further down cannot plant a second marker. What comes from a result file is
+shown as Markdown text (see `markdown`).
 """
 
 from __future__ import annotations
@@ -10,16 +13,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+from urllib.parse import quote, unquote
 
 import requests
 from github import Auth, Github, GithubException, GithubRetry, UnknownObjectException
 from github.Issue import Issue
 from github.Repository import Repository
 
+from paramdelta.bot import markdown
 from paramdelta.bot.check_rules import check_table
 from paramdelta.bot.results import FAILED, TargetResult
 from paramdelta.errors import GitHubError
-from paramdelta.tokens import redact
+from paramdelta.tokens import redact, shorten
 
 
 @dataclass(frozen=True)
@@ -49,8 +54,7 @@ LABEL_DESCRIPTION = "Opened and closed by paramdelta-bot"
 _MAX_ERROR_CHARS = 5000  # GitHub refuses issue bodies over 65536 characters
 _FAILING_MARKER = "<!-- paramdelta:target={} -->"
 _PUBLISHED_MARKER = "<!-- paramdelta:published={} -->"
-_FAILING_RE = re.compile(r"<!-- paramdelta:target=(.+?) -->")
-_PUBLISHED_RE = re.compile(r"<!-- paramdelta:published=(.+?) -->")
+_MARKER_RE = re.compile(r"<!-- paramdelta:(target|published)=([\w.~%@-]+) -->")
 
 
 def sync_issues(
@@ -71,7 +75,7 @@ def sync_issues(
     plan). With ``notify_success`` each publish also gets one announcement
     issue. Dry runs change nothing.
     """
-    relevant = [r for r in results if r.status != "dry-run"]
+    relevant = [r for r in results if r.status not in ("dry-run", "planned")]
     if not relevant:
         return []
     client = Github(
@@ -113,11 +117,14 @@ class _IssueTracker:
         self._announced: set[str] = set()  # "target@sha" already announced, open or closed
         # Announcements must not repeat even once closed; failures only matter while open.
         for issue in repo.get_issues(state="all" if with_closed else "open", labels=[label]):
-            body = issue.body or ""
-            self._announced.update(_PUBLISHED_RE.findall(body))
-            if issue.state == "open":
-                for target in _FAILING_RE.findall(body):
-                    self._open.setdefault(target, issue)
+            marker = _marker(issue.body or "")
+            if marker is None:
+                continue
+            kind, key = marker
+            if kind == "published":
+                self._announced.add(key)
+            elif issue.state == "open":
+                self._open.setdefault(key, issue)
 
     def update(self, r: TargetResult) -> IssueAction | None:
         if r.status in FAILED:
@@ -151,29 +158,37 @@ class _IssueTracker:
             except UnknownObjectException:
                 self._repo.create_label(self._label, LABEL_COLOR, LABEL_DESCRIPTION)
             self._label_exists = True
-        return self._repo.create_issue(title=title, body=redact(body), labels=[self._label])
+        return self._repo.create_issue(title=redact(title), body=redact(body), labels=[self._label])
 
     @staticmethod
     def _comment(issue: Issue, body: str) -> None:
         issue.create_comment(redact(body))
 
 
+def _marker(body: str) -> tuple[str, str] | None:
+    """(kind, target or target@sha) of the marker that opens ``body``; None without one."""
+    match = _MARKER_RE.fullmatch(body.partition("\n")[0].strip())
+    return (match[1], unquote(match[2])) if match else None
+
+
+def _key(text: str) -> str:
+    return quote(text, safe="@")
+
+
 def _where(run_url: str | None) -> str:
-    return f"[this run]({run_url})" if run_url else "a run outside GitHub Actions"
+    return markdown.link("this run", run_url) if run_url else "a run outside GitHub Actions"
 
 
 def _failure_text(r: TargetResult, run_url: str | None) -> str:
-    error = r.error or ""
-    if len(error) > _MAX_ERROR_CHARS:
-        error = "…" + error[-_MAX_ERROR_CHARS:]  # the end of a long error says the most
+    error = shorten(r.error or "", _MAX_ERROR_CHARS, keep="end")  # its end says the most
     fence = "```"
     while fence in error:
         fence += "`"
-    onto = f" onto `{base}`" if (base := r.new_base_ref(short=False)) else ""
+    onto = f" onto {markdown.code(base)}" if (base := r.new_base_ref(short=False)) else ""
     what = "was blocked by the pre-publish check" if r.status == "check-failed" else "failed"
     text = (
-        f"The ParamΔ merge of **{r.target}**{onto} {what} with exit code {r.exit_code}"
-        f" in {_where(run_url)}:\n\n"
+        f"The ParamΔ merge of **{markdown.text(r.target)}**{onto} {what} with exit code"
+        f" {r.exit_code} in {_where(run_url)}:\n\n"
         f"{fence}text\n{error}\n{fence}\n"
     )
     if r.check and r.check.get("steps"):
@@ -183,28 +198,40 @@ def _failure_text(r: TargetResult, run_url: str | None) -> str:
 
 def _failure_body(r: TargetResult, run_url: str | None) -> str:
     return (
-        f"{_FAILING_MARKER.format(r.target)}\n{_failure_text(r, run_url)}\n"
+        f"{_FAILING_MARKER.format(_key(r.target))}\n{_failure_text(r, run_url)}\n"
         "paramdelta-bot keeps this issue up to date: each new failure adds a comment,"
         " and the issue is closed when the target succeeds again.\n"
     )
 
 
 def _fixed_text(r: TargetResult, run_url: str | None) -> str:
+    target, output, onto = _names(r)
     if r.status == "up-to-date":
         return (
-            f"Resolved as of {_where(run_url)}: `{r.output_repo}` is up to date with"
-            f" `{r.new_base_ref(short=False)}`.\n\nClosing.\n"
+            f"Resolved as of {_where(run_url)}: {output} is up to date with {onto}.\n\nClosing.\n"
         )
-    done = "published to" if r.status == "published" else "opened a pull request on"
+    done = {"published": "published to", "in-review": "is in review in a pull request on"}.get(
+        r.status, "opened a pull request on"
+    )
     return (
-        f"Fixed by {_where(run_url)}: **{r.target}** merged onto `{r.new_base_ref(short=False)}`"
-        f" and {done} `{r.output_repo}`: {r.url}\n\nClosing.\n"
+        f"Fixed by {_where(run_url)}: **{target}** merged onto {onto}"
+        f" and {done} {output}: {markdown.url(r.url)}\n\nClosing.\n"
     )
 
 
 def _announcement_body(r: TargetResult, key: str, run_url: str | None) -> str:
+    target, output, onto = _names(r)
     return (
-        f"{_PUBLISHED_MARKER.format(key)}\n"
-        f"**{r.target}** was merged onto `{r.new_base_ref(short=False)}` by {_where(run_url)}"
-        f" and published to `{r.output_repo}`: {r.url}\n"
+        f"{_PUBLISHED_MARKER.format(_key(key))}\n"
+        f"**{target}** was merged onto {onto} by {_where(run_url)}"
+        f" and published to {output}: {markdown.url(r.url)}\n"
+    )
+
+
+def _names(r: TargetResult) -> tuple[str, str, str]:
+    """The target, output repo and new base of a result, as Markdown text."""
+    return (
+        markdown.text(r.target),
+        markdown.code(r.output_repo),
+        markdown.code(r.new_base_ref(short=False)),
     )

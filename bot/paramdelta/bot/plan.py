@@ -1,11 +1,16 @@
 """Which watchlist targets need a new merge: a few API calls per target, no weight bytes.
 
 For each enabled target: resolve the base, post and new base to commit shas
-(for a family, find its newest member first), read the output repo's
-paramdelta.json, and compare. A target is pending when any sha or the recipe
-differs, or there is no record. With `publish: pr`, an open pull request that
-already carries the wanted record counts as done (in review), so a schedule
-does not open the same PR every few hours. A target that fails to resolve is
+with their file listings (for a family, find its newest member first), read
+the output repo's paramdelta.json, and compare (`lineage.compare`). A target is
+pending when the content of a file the merge read, the recipe, or which
+checkpoint gives which file differs, or there is no record, or the weights
+beside it are not the ones it names; a commit upstream that changed none of
+these ("upstream moved, content unchanged", a README edit say) leaves it up to
+date. With `publish: pr`, an open pull request of the bot's own account that
+already carries the wanted merge counts as done (in review, a status of its
+own), so a schedule does not open the same PR every few hours; a stranger's
+pull request never counts. A target that fails to resolve is
 reported as such and does not stop the others.
 """
 
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paramdelta.bot import lineage
+from paramdelta.bot.proposals import Proposal, own_proposals
 from paramdelta.bot.results import Status, TargetResult
 from paramdelta.bot.watchlist import Family, Target, Watchlist
 from paramdelta.errors import HubError, ParamDeltaError
@@ -35,6 +41,8 @@ class TargetPlan:
     output_repo: str | None = None
     error: ParamDeltaError | None = None
     seconds: float = 0.0
+    output_head: str | None = None  # the output branch's commit when planned (None: no repo)
+    review_url: str | None = None  # in review: the bot's pull request that carries the merge
 
     @property
     def pending(self) -> bool:
@@ -76,10 +84,8 @@ class TargetPlan:
 Resolved = dict[tuple[str, str], RepoFiles]  # (repo, revision) -> its commit, once per plan
 
 
-def resolve(
-    hub: Hub, target: Target, *, files: bool, seen: Resolved | None = None
-) -> dict[str, RepoFiles]:
-    """The target's three checkpoints pinned to commit shas (``files``: with file sizes).
+def resolve(hub: Hub, target: Target, *, seen: Resolved | None = None) -> dict[str, RepoFiles]:
+    """The target's three checkpoints pinned to commit shas, with file sizes and content ids.
 
     ``seen`` shares resolutions between the targets of one plan: a base used by
     ten targets costs one request, and all ten see the same commit.
@@ -100,18 +106,16 @@ def resolve(
     }
     for ref in refs.values():
         if ref not in seen:
-            seen[ref] = hub.repo_files(*ref, files=files)
+            seen[ref] = hub.repo_files(*ref)
     return {role: seen[ref] for role, ref in refs.items()}
 
 
-def plan_target(
-    hub: Hub, target: Target, *, files: bool = False, seen: Resolved | None = None
-) -> TargetPlan:
+def plan_target(hub: Hub, target: Target, *, seen: Resolved | None = None) -> TargetPlan:
     started = time.perf_counter()
     if not target.enabled:
         return TargetPlan(target, "disabled", ["enabled: false"])
     try:
-        checkpoints = resolve(hub, target, files=files, seen=seen)
+        checkpoints = resolve(hub, target, seen=seen)
         plan = TargetPlan(target, PENDING, checkpoints=checkpoints)
         plan.output_repo = target.output_repo(checkpoints["new_base"].repo_id)
         if checkpoints["new_base"].repo_id == checkpoints["base"].repo_id and (
@@ -128,24 +132,49 @@ def plan_target(
 
 def _compare(hub: Hub, plan: TargetPlan) -> None:
     assert plan.output_repo is not None
-    pins, recipe = plan.pins(), plan.target.recipe()
-    record = lineage.decode(hub.read_small_file(plan.output_repo, lineage.FILENAME, "main"))
-    reasons = lineage.differences(record, pins, recipe)
+    output = hub.find_repo_files(plan.output_repo, "main")
+    plan.output_head = output.sha if output else None  # the parent of the commit, if any
+    reasons, notes = published_differences(hub, plan, output)
     if not reasons:
-        plan.status = "up-to-date"
+        plan.status, plan.reasons = "up-to-date", notes
         return
-    if plan.target.publish == "pr":
-        for ref in hub.open_pr_refs(plan.output_repo)[:MAX_REVIEWED_PRS]:
-            proposed = lineage.decode(hub.read_small_file(plan.output_repo, lineage.FILENAME, ref))
-            if not lineage.differences(proposed, pins, recipe):
-                plan.status, plan.reasons = "in-review", [f"already proposed in {ref}"]
-                return
+    if plan.target.publish == "pr" and (proposal := proposal_for(hub, plan)) is not None:
+        plan.status, plan.reasons = "in-review", [f"already proposed in {proposal.ref}"]
+        plan.review_url = proposal.url(hub, plan.output_repo)
+        return
     plan.reasons = reasons
 
 
-def plan_watchlist(
-    hub: Hub, watchlist: Watchlist, only: str | None = None, *, files: bool = False
-) -> list[TargetPlan]:
+def proposal_for(hub: Hub, plan: TargetPlan) -> Proposal | None:
+    """The bot's own open pull request that carries exactly this merge, if there is one."""
+    assert plan.output_repo is not None
+    for proposal in own_proposals(hub, plan.output_repo, MAX_REVIEWED_PRS):
+        if proposal.files is not None and not published_differences(hub, plan, proposal.files)[0]:
+            return proposal
+    return None
+
+
+def published_differences(
+    hub: Hub, plan: TargetPlan, output: RepoFiles | None
+) -> lineage.Comparison:
+    """Why ``output`` (the output repo at a commit) is not what the target should publish.
+
+    Its lineage record must describe a merge of the target's checkpoints as they are
+    now, with its recipe (`lineage.compare`), and the weights beside it must be the
+    ones it names.
+    """
+    assert plan.output_repo is not None
+    record = None
+    if output is not None and output.sizes.get(lineage.FILENAME, 0) <= lineage.MAX_BYTES:
+        data = hub.read_small_file(plan.output_repo, lineage.FILENAME, output.sha)
+        record = lineage.decode(data)
+    reasons, notes = lineage.compare(record, plan.checkpoints, plan.target.recipe())
+    if output is not None and (mismatch := lineage.output_differences(record, output)):
+        return lineage.Comparison([*reasons, *mismatch], [])
+    return lineage.Comparison(reasons, notes)
+
+
+def plan_watchlist(hub: Hub, watchlist: Watchlist, only: str | None = None) -> list[TargetPlan]:
     targets = [watchlist.target(only)] if only else watchlist.targets
     seen: Resolved = {}
-    return [plan_target(hub, target, files=files, seen=seen) for target in targets]
+    return [plan_target(hub, target, seen=seen) for target in targets]

@@ -24,7 +24,18 @@ from paramdelta.errors import LocalFileError, UsageError
 from paramdelta.tokens import redact
 
 SCHEMA_RESOURCE = "schemas/results.schema.json"
-Status = Literal["published", "pr-opened", "up-to-date", "dry-run", "failed", "check-failed"]
+# "in-review": the bot's own pull request with this merge is open. "planned": written by
+# `plan` for a target its merge job will report on (see `report`).
+Status = Literal[
+    "published",
+    "pr-opened",
+    "in-review",
+    "up-to-date",
+    "dry-run",
+    "failed",
+    "check-failed",
+    "planned",
+]
 STATUSES: tuple[Status, ...] = get_args(Status)
 SUCCEEDED = frozenset({"published", "pr-opened"})
 # check-failed: merged, but the pre-publish check blocked the publish (`check` has its numbers)
@@ -73,7 +84,32 @@ def write_results(path: str | os.PathLike[str], results: Iterable[TargetResult])
 
 
 def load_results(paths: Iterable[str | os.PathLike[str]]) -> list[TargetResult]:
-    """Read result files; a directory stands for every *.json below it (downloaded artifacts)."""
+    """Read result files, one result per target; a directory stands for every *.json below it.
+
+    A target may be in several files: `plan` records it up to date and a later
+    `run` records what it did, or one file is passed twice. What a merge job did
+    wins over what the plan said (`outranks`); otherwise the last file read wins.
+    """
+    by_target: dict[str, TargetResult] = {}
+    for result in _read_all(paths):
+        if outranks(result, by_target.get(result.target)):
+            by_target[result.target] = result
+    return list(by_target.values())
+
+
+# What a plan says of a target, below what a merge job did (a result file read after another
+# does not take it back); planned, below what the leg itself said.
+_PLAN_RANKS = {"planned": 0, "up-to-date": 1, "in-review": 1}
+
+
+def outranks(result: TargetResult, kept: TargetResult | None) -> bool:
+    """Whether ``result`` replaces ``kept``, a result for the same target read earlier."""
+    if kept is None:
+        return True
+    return _PLAN_RANKS.get(result.status, 2) >= _PLAN_RANKS.get(kept.status, 2)
+
+
+def _read_all(paths: Iterable[str | os.PathLike[str]]) -> list[TargetResult]:
     results: list[TargetResult] = []
     for path in map(Path, paths):
         if path.is_dir():

@@ -5,17 +5,20 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from paramdelta.bot import markdown
 from paramdelta.bot.results import FAILED, STATUSES, TargetResult
 
 _STATUS_WORDS = {
     "published": "published",
     "pr-opened": "PR opened",
+    "in-review": "in review",
     "up-to-date": "up to date",
     "dry-run": "dry run",
     "failed": "failed",
     "check-failed": "check failed",
+    "planned": "planned",
 }
-_LINK_WORDS = {"published": "commit", "pr-opened": "pull request"}
+_LINK_WORDS = {"published": "commit", "pr-opened": "pull request", "in-review": "pull request"}
 
 
 def summary_markdown(results: Sequence[TargetResult], run_url: str | None = None) -> str:
@@ -26,21 +29,32 @@ def summary_markdown(results: Sequence[TargetResult], run_url: str | None = None
             "| target | new base | status | link | duration |",
             "| --- | --- | --- | --- | --- |",
         ]
-        lines += ["| " + " | ".join(map(_cell, _row(r))) + " |" for r in results]
+        lines += ["| " + " | ".join(_row(r)) + " |" for r in results]
         lines.append("")
-    failures = [f"- **{_cell(r.target)}**: {_cell(r.error)}" for r in results if r.status in FAILED]
+    failures = [
+        f"- **{markdown.text(r.target)}**: {markdown.text(r.error)}"
+        for r in results
+        if r.status in FAILED
+    ]
     if failures:
         lines += ["Errors:", "", *failures, ""]
-    lines.append(_counts(results) + (f" [Workflow run]({run_url})" if run_url else ""))
+    run_link = f" {markdown.link('Workflow run', run_url)}" if run_url else ""
+    lines.append(_counts(results) + run_link)
     return "\n".join(lines) + "\n"
 
 
 def _row(r: TargetResult) -> tuple[str, ...]:
+    """The table cells of one result, every one of them escaped."""
     status = _STATUS_WORDS[r.status]
     if r.status in FAILED:
         status += f" (exit {r.exit_code})"
-    link = f"[{_LINK_WORDS.get(r.status, 'link')}]({r.url})" if r.url else ""
-    return (r.target, r.new_base_ref(short=True), status, link, _duration(r.duration_s))
+    return (
+        markdown.text(r.target),
+        markdown.text(r.new_base_ref(short=True)),
+        status,
+        markdown.link(_LINK_WORDS.get(r.status, "link"), r.url),
+        _duration(r.duration_s),
+    )
 
 
 def _counts(results: Sequence[TargetResult]) -> str:
@@ -48,11 +62,6 @@ def _counts(results: Sequence[TargetResult]) -> str:
     parts = [f"{by_status[s]} {_STATUS_WORDS[s]}" for s in STATUSES if by_status[s]]
     noun = "target" if len(results) == 1 else "targets"
     return f"{len(results)} {noun}" + (": " + ", ".join(parts) if parts else "") + "."
-
-
-def _cell(text: str | None) -> str:
-    # A table cell is one line, and a bare | would end it.
-    return " ".join((text or "-").split()).replace("|", "\\|")
 
 
 def _duration(seconds: float) -> str:

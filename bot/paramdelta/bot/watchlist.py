@@ -15,7 +15,7 @@ import itertools
 import json
 import math
 import string
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -164,27 +164,29 @@ def schema() -> dict[str, Any]:
 def load(path: str | Path) -> Watchlist:
     """Load and fully validate a watchlist; WatchlistError lists every problem."""
     watchlist, problems = check(path)
-    if problems:
-        raise WatchlistError(problems)
-    assert watchlist is not None
+    if watchlist is None:
+        raise WatchlistError([p for p in problems if not p.warning])
     return watchlist
 
 
 def check(path: str | Path) -> tuple[Watchlist | None, list[Problem]]:
-    """Validate; returns the watchlist (None if invalid) and the problems found."""
+    """Validate in one pass; the watchlist (None if invalid) and every problem, warnings too.
+
+    The rules a schema cannot express run on every target the schema accepts, so
+    a file with a typo in one target still has its other targets checked.
+    """
     path = Path(path)
     try:
         doc, root = _parse(path)
     except WatchlistError as e:
         return None, e.problems
     report = _Report(str(path), root)
-    _check_schema(doc, report)
-    if report.problems:  # the rules below rely on the structure the schema ensures
-        return None, report.errors()
-    targets = _targets(doc, path.parent, report)
-    if errors := report.errors():
-        return None, errors
-    return Watchlist(path, targets, report.warnings()), []
+    rejected = _check_schema(doc, report)
+    targets = {} if rejected is None else _targets(doc, path.parent, report, rejected)
+    errors, warnings = report.errors(), report.warnings()
+    if errors:
+        return None, sorted([*errors, *warnings])
+    return Watchlist(path, list(targets.values()), warnings), warnings
 
 
 # -- YAML with line numbers --------------------------------------------------------
@@ -301,13 +303,33 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema())
 
 
-def _check_schema(doc: Any, report: _Report) -> None:
+class _Rejected(NamedTuple):
+    """What the schema refused: these targets and these defaults are left out of the rules."""
+
+    targets: set[int]
+    defaults: set[str]
+
+
+def _check_schema(doc: Any, report: _Report) -> _Rejected | None:
+    """Report every schema error; None if the document's shape leaves no target to check."""
+    rejected = _Rejected(set(), set())
+    usable = True
     for error in _validator().iter_errors(doc):
         error = _meant(error)
         if error.validator in _UNKNOWN_KEY:
             _report_unknown_key(error, report)
         else:
             report.add(error.absolute_path, _message(error))
+        where = list(error.absolute_path)
+        if len(where) >= 2 and where[0] == "targets" and isinstance(where[1], int):
+            rejected.targets.add(where[1])
+        elif len(where) >= 2 and where[0] == "defaults":
+            rejected.defaults.add(str(where[1]))
+        elif where == ["defaults"] and error.validator in _UNKNOWN_KEY:
+            pass  # an unknown default is reported, and only known ones are ever used
+        else:  # the document, its targets list, or the defaults as a whole
+            usable = False
+    return rejected if usable else None
 
 
 def _meant(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
@@ -395,15 +417,23 @@ def _message(error: jsonschema.ValidationError) -> str:
 # -- targets and the rules a schema cannot express ---------------------------------
 
 
-def _targets(doc: dict[str, Any], folder: Path, report: _Report) -> list[Target]:
-    """The targets of a schema-valid document, reporting every rule they break."""
-    defaults = {**DEFAULT_OPTIONS, **doc.get("defaults", {})}
+def _targets(
+    doc: dict[str, Any], folder: Path, report: _Report, rejected: _Rejected
+) -> dict[int, Target]:
+    """The targets the schema accepts, by index, reporting every rule they break."""
+    given = {
+        k: v
+        for k, v in doc.get("defaults", {}).items()
+        if k in DEFAULT_OPTIONS and k not in rejected.defaults
+    }
+    defaults = {**DEFAULT_OPTIONS, **given}
     raws = doc["targets"]
-    targets = [
-        _target(raw, _options(raw, defaults, index, folder, report))
+    targets = {
+        index: _target(raw, _options(raw, defaults, index, folder, report))
         for index, raw in enumerate(raws)
-    ]
-    names = [(index, t.name, t.name) for index, t in enumerate(targets)]
+        if index not in rejected.targets
+    }
+    names = [(index, t.name, t.name) for index, t in targets.items()]
     _report_repeats(report, "name", "target name", names)
     usable = _check_output_templates(targets, report)
     outputs = [(i, targets[i].output, _output_identity(targets[i])) for i in usable]
@@ -436,9 +466,31 @@ def _options(
     if isinstance(options["check"], bool):  # YAML 1.1 reads a bare on/off as a boolean
         options["check"] = "on" if options["check"] else "off"
     if options["card_template"] is not None:
-        options["card_template"] = (folder / options["card_template"]).resolve()
+        try:
+            options["card_template"] = _card_template(options["card_template"], folder)
+        except ValueError as e:
+            report.add(_set_at(raw, index, "card_template"), str(e))
+            options["card_template"] = None
     options["tags"] = tuple(options["tags"])
     return options
+
+
+def _card_template(value: str, folder: Path) -> Path:
+    """The template's real path, which must lie inside the watchlist's folder.
+
+    The card is published: a template outside the repository (``../../``,
+    ``/proc/self/environ``, a symlink leading out) would publish what it reads.
+    """
+    relative = Path(value)
+    if relative.is_absolute():
+        raise ValueError(f"{value!r} must be a path relative to the watchlist, not absolute")
+    if ".." in relative.parts:
+        raise ValueError(f"{value!r} must not leave the watchlist's folder ('..')")
+    root = folder.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"{value!r} leads out of the watchlist's folder (through a symlink)")
+    return path
 
 
 def _alpha(value: float) -> float:
@@ -505,10 +557,10 @@ def _output_identity(target: Target) -> Hashable:
     return (target.output, target.base, target.post, target.new_base)
 
 
-def _check_output_templates(targets: Sequence[Target], report: _Report) -> list[int]:
+def _check_output_templates(targets: Mapping[int, Target], report: _Report) -> list[int]:
     """Report unusable output templates; the indexes of the targets with usable ones."""
     usable = []
-    for index, target in enumerate(targets):
+    for index, target in targets.items():
         error = _output_template_error(target.output)
         if error:
             report.add(["targets", index, "output"], error)
@@ -534,7 +586,7 @@ def _output_template_error(output: str) -> str | None:
     return None
 
 
-def _warn_llama_names(targets: Sequence[Target], among: Iterable[int], report: _Report) -> None:
+def _warn_llama_names(targets: Mapping[int, Target], among: Iterable[int], report: _Report) -> None:
     for index in among:
         warning = llama_naming_warning(targets[index])
         if warning:
@@ -561,11 +613,11 @@ def llama_naming_warning(target: Target) -> str | None:
 
 
 def _check_card_templates(
-    targets: Sequence[Target], raws: Sequence[dict[str, Any]], report: _Report
+    targets: Mapping[int, Target], raws: Sequence[dict[str, Any]], report: _Report
 ) -> None:
     """Render each card template once against a sample; report it where it is set."""
     verdicts: dict[Path, str | None] = {}
-    for index, target in enumerate(targets):
+    for index, target in targets.items():
         template = target.card_template
         if template is None:
             continue

@@ -50,7 +50,11 @@ def add_token_file_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_watchlist_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--watchlist", default=DEFAULT_WATCHLIST, help="default: watchlist.yaml")
+    parser.add_argument(
+        "--watchlist",
+        default=DEFAULT_WATCHLIST,
+        help="the watchlist of targets to keep current (default: watchlist.yaml)",
+    )
     parser.add_argument("--target", metavar="NAME", help="only this target")
     add_token_file_argument(parser)
 

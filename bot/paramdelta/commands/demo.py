@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,10 +28,13 @@ def run(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     keep = args.keep or args.workdir is not None
     try:
-        run_demo(workdir)
+        card = run_demo(workdir).card_path
+        if not keep and card is not None:  # the rest goes; the card it points to stays
+            card = Path(shutil.move(card, tempfile.mkdtemp(prefix="paramdelta-demo-card-")))
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    where = f"Everything is in {workdir}" if keep else "Pass --keep to look at the files"
-    print(f"\nDemo finished in {time.perf_counter() - started:.0f}s. {where}.")
+    where = f"Everything is in {workdir}" if keep else "Pass --keep to keep all the files"
+    print(f"\nThe model card it published: {card}")
+    print(f"Demo finished in {time.perf_counter() - started:.0f}s. {where}.")
     return 0

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from paramdelta.commands import arguments
 from paramdelta.commands.output import emit, human_bytes
+from paramdelta.engine.files import RESULT_FILES
 from paramdelta.engine.layout import FORMULA
 from paramdelta.errors import UsageError
 from paramdelta.repo_ids import check_repo_id
@@ -35,7 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="directory to write (created atomically); optional with --push-to",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --output if it holds an earlier paramdelta output (never anything else)",
+    )
     parser.add_argument(
         "--stream",
         action="store_true",
@@ -58,7 +63,8 @@ def result_summary(result: MergeResult) -> dict[str, object]:
         "output": str(result.out_dir),
         "formula": FORMULA,
         "alpha": result.plan.alpha,
-        "dtype": result.plan.dtype,
+        "dtype": result.plan.written_dtype,
+        "requested_dtype": result.plan.dtype,
         "tensors": stats.tensors,
         "bytes": stats.bytes,
         "seconds": round(stats.seconds, 3),
@@ -72,15 +78,23 @@ def result_summary(result: MergeResult) -> dict[str, object]:
 
 
 def human_summary(result: MergeResult) -> str:
+    from paramdelta.bot.publish import plan_notes
+    from paramdelta.engine.layout import ROLES
+
     stats = result.stats
     rate = f"{human_bytes(stats.bytes / stats.seconds)}/s" if stats.seconds > 0 else "-"
-    donors = ", ".join(f"{f} ({role})" for f, role in result.files.items() if role != "merge")
-    return (
-        f"merged {stats.tensors} tensors ({human_bytes(stats.bytes)}) into {result.out_dir}"
-        f" in {stats.seconds:.1f}s ({rate}, {stats.device}, peak RSS"
-        f" {human_bytes(stats.peak_rss_bytes)})\n"
-        f"{delta_line(stats.delta.summary()['overall'])}\n"
-        f"files from the inputs: {donors or 'none'}"
+    donors = ", ".join(f"{f} ({role})" for f, role in result.files.items() if role in ROLES)
+    made = [f for f, origin in result.files.items() if origin == RESULT_FILES]
+    return "\n".join(
+        [
+            f"merged {stats.tensors} tensors ({human_bytes(stats.bytes)}, "
+            f"{result.plan.written_dtype}) into {result.out_dir} in {stats.seconds:.1f}s"
+            f" ({rate}, {stats.device}, peak RSS {human_bytes(stats.peak_rss_bytes)})",
+            delta_line(stats.delta.summary()["overall"]),
+            f"files from the inputs: {donors or 'none'}",
+            f"written for this merge: {', '.join(made) or 'none'}",
+            *plan_notes(result.plan),
+        ]
     )
 
 
@@ -94,8 +108,8 @@ def delta_line(overall: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paramdelta.bot.publish import merge_and_publish
-    from paramdelta.engine.merge import merge_to_dir, preflight
+    from paramdelta.bot.publish import merge_and_publish, merge_to_directory
+    from paramdelta.engine.merge import preflight
     from paramdelta.engine.writer import check_output_dir
     from paramdelta.hub.sources import HubFactory, download_inputs, open_sources
 
@@ -113,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         plan = preflight(sources, options)  # fails here, before a weight byte moves
         if args.push_to is None:
             assert output is not None
-            result = merge_to_dir(
+            result = merge_to_directory(
                 sources, output, options, overwrite=args.overwrite, plan=plan, prepare=prepare
             )
             emit(args.format, result_summary(result), human_summary(result))

@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from paramdelta.bot import markdown
 from paramdelta.commands import arguments
 from paramdelta.commands.output import emit
 
 if TYPE_CHECKING:
     from paramdelta.bot.plan import TargetPlan
+    from paramdelta.bot.results import TargetResult
     from paramdelta.bot.watchlist import Watchlist
 
 
@@ -28,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--result-file",
         type=Path,
-        help="write the up-to-date targets as results (so `report` can close their issues)",
+        help="write a result per target: up to date or in review (so `report` can close their"
+        " issues), or planned (so `report` can tell a merge job that never reported)",
     )
     arguments.add_format_argument(parser)
 
@@ -70,15 +73,24 @@ def summary_table(plans: list[TargetPlan]) -> str:
     ]
     for p in plans:
         new = p.checkpoints.get("new_base")
-        base = f"`{new.repo_id}@{new.sha[:7]}`" if new else "-"
-        why = "; ".join(p.reasons).replace("|", "\\|")
-        rows.append(f"| {p.target.name} | {p.status} | {base} | {p.output_repo or '-'} | {why} |")
+        base = markdown.code(f"{new.repo_id}@{new.sha[:7]}") if new else "-"
+        cells = [markdown.text(p.target.name), p.status, base, markdown.text(p.output_repo)]
+        rows.append("| " + " | ".join([*cells, markdown.text("; ".join(p.reasons), "")]) + " |")
     return "\n".join(rows) + "\n"
+
+
+def plan_result(plan: TargetPlan) -> TargetResult:
+    """What the plan says of a target for `report`: done already, or planned for a merge job."""
+    if plan.status == "in-review":
+        return plan.result("in-review", url=plan.review_url)
+    if plan.status in ("up-to-date", "skipped"):
+        return plan.result("up-to-date")
+    return plan.result("planned")  # pending or error: its matrix leg reports on it
 
 
 def run(args: argparse.Namespace) -> int:
     from paramdelta.bot import github_actions
-    from paramdelta.bot.plan import CURRENT, plan_watchlist
+    from paramdelta.bot.plan import plan_watchlist
     from paramdelta.bot.results import write_results
     from paramdelta.hub.sources import HubFactory
 
@@ -89,9 +101,7 @@ def run(args: argparse.Namespace) -> int:
     plans = plan_watchlist(hub, watchlist, args.target)
     pending = matrix(plans)
     if args.result_file:
-        write_results(
-            args.result_file, [p.result("up-to-date") for p in plans if p.status in CURRENT]
-        )
+        write_results(args.result_file, [plan_result(p) for p in plans if p.status != "disabled"])
     if args.github:
         github_actions.set_output("pending", json.dumps(pending))
         github_actions.set_output("pending-count", str(len(pending)))

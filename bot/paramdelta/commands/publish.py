@@ -1,4 +1,8 @@
-"""`paramdelta publish DIR --repo org/name`: one atomic commit of a merged directory."""
+"""`paramdelta publish DIR --repo org/name`: one atomic commit of a merged directory.
+
+DIR is what `paramdelta merge --output DIR` wrote: its paramdelta.json names the
+inputs, so the card is rendered again for the repo and committed with the weights.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ from paramdelta.repo_ids import check_repo_id
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", type=Path, help="merged checkpoint directory")
+    parser.add_argument(
+        "directory", type=Path, help="a directory written by `paramdelta merge --output`"
+    )
     parser.add_argument("--repo", required=True, help="output repo id, org/name")
     arguments.add_publish_options(parser)
     parser.add_argument(
@@ -22,15 +28,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paramdelta.bot.publish import publish_directory
+    from paramdelta.bot.publish import directory_files, publish_directory
+    from paramdelta.hub.client import default_endpoint
     from paramdelta.hub.publisher import dry_run
 
     repo_id = check_repo_id(args.repo, "--repo")
     directory: Path = args.directory
     if not directory.is_dir() or not any(directory.iterdir()):
         raise UsageError(f"{directory}: not a directory with files to publish")
-    if args.dry_run:
-        result = dry_run(repo_id, args.revision, directory)
+    if args.dry_run:  # the card and record are checked and rendered, nothing is sent
+        files = directory_files(directory, repo_id, default_endpoint())
+        result = dry_run(repo_id, args.revision, directory, files)
     else:
         result = publish_directory(arguments.publisher(args, repo_id), directory)
     emit(args.format, result.to_dict(), result.describe())

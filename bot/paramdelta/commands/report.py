@@ -1,7 +1,9 @@
 """`paramdelta report`: summarise result files; in Actions, the job summary and issues.
 
 Failing targets are reported, not failed again: the exit code says whether
-reporting worked.
+reporting worked. Result files are taken only for the watchlist's targets, and a
+target the plan planned that no merge job reported on counts as failed (see
+`paramdelta.bot.collect`).
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 from typing import Any
 
 from paramdelta.commands import arguments
 from paramdelta.commands.output import emit
+from paramdelta.commands.plan import load_watchlist
 from paramdelta.errors import UsageError
 from paramdelta.tokens import register
 
@@ -32,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="RESULTS",
         help="result files from `paramdelta run --result-file`, or directories of them",
+    )
+    parser.add_argument(
+        "--watchlist",
+        default=arguments.DEFAULT_WATCHLIST,
+        help="the watchlist: results are taken for its targets only (default: watchlist.yaml)",
     )
     parser.add_argument(
         "--github",
@@ -60,8 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from paramdelta.bot import github_actions
+    from paramdelta.bot.collect import collect
     from paramdelta.bot.issues import sync_issues
-    from paramdelta.bot.results import load_results
     from paramdelta.bot.summary import summary_markdown
 
     # Check every setting before the first side effect.
@@ -70,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
     if args.github:
         github_actions.require_runner_files()
     issue_settings = _issue_settings(args) if args.issues else None
-    results = load_results(args.results)
+    watchlist = load_watchlist(args.watchlist)
+    results, ignored = collect(args.results, {t.name for t in watchlist.targets})
+    for line in ignored:
+        print(f"paramdelta: warning: {line}", file=sys.stderr)
     run_url = github_actions.run_url()
     summary = summary_markdown(results, run_url=run_url)
     if args.github:

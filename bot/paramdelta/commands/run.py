@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +19,12 @@ from paramdelta.commands.output import emit
 from paramdelta.commands.plan import load_watchlist
 
 if TYPE_CHECKING:
+    from paramdelta.bot.plan import TargetPlan
     from paramdelta.bot.results import TargetResult
+
+# A target with nothing to merge, in words: an up-to-date result says its plan's status.
+IDLE = ("up-to-date", "in-review")
+IDLE_WORDS = {"up-to-date": "up to date", "in-review": "in review", "skipped": "skipped"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,13 +49,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arguments.add_format_argument(parser)
 
 
-def human_results(results: list[TargetResult]) -> str:
-    if results and all(r.status == "up-to-date" for r in results):
-        return f"nothing to do: {len(results)} target(s) up to date"
+def human_results(plans: list[TargetPlan], results: list[TargetResult]) -> str:
+    """One line per target; a single line when none had anything to merge."""
+    planned = {p.target.name: p.status for p in plans}
+
+    def status(r: TargetResult) -> str:
+        return planned.get(r.target, r.status) if r.status == "up-to-date" else r.status
+
+    idle = [status(r) for r in results if r.status in IDLE]
+    if results and len(idle) == len(results):
+        counts = Counter(IDLE_WORDS.get(s, s) for s in idle)
+        return "nothing to do: " + ", ".join(f"{n} target(s) {w}" for w, n in counts.items())
     lines = []
     for r in results:
+        word = IDLE_WORDS.get(status(r), status(r)) if r.status == "up-to-date" else r.status
         detail = r.error if r.error else r.url
-        lines.append(f"{r.target}: {r.status}{f' ({detail})' if detail else ''}")
+        lines.append(f"{r.target}: {word}{f' ({detail})' if detail else ''}")
         if r.check and not r.error:
             lines.append(f"  {check_line(r.check)}")
     return "\n".join(lines)
@@ -69,39 +85,70 @@ def check_line(check: dict[str, object]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from paramdelta.bot import github_actions
-    from paramdelta.bot.plan import plan_watchlist
     from paramdelta.bot.results import FAILED, SUCCEEDED, write_results
-    from paramdelta.bot.run_target import RunOptions, run_target  # torch: only when running
     from paramdelta.bot.summary import summary_markdown
-    from paramdelta.hub.sources import HubFactory
 
-    if args.github:
-        github_actions.require_runner_files()
-    device, max_memory = arguments.device_options(args)
-    watchlist = load_watchlist(args.watchlist)
-    options = RunOptions(
-        device=device,
-        max_memory=max_memory,
-        stream=args.stream,
-        dry_run=args.dry_run,
-        progress=args.format == "human",
-        workdir=args.workdir,
-        check=args.check,
-    )
-    hub = HubFactory(args.token_file)()
-    # A disabled target is neither run nor reported (its issue, if any, stays as it is).
-    plans = [
-        p for p in plan_watchlist(hub, watchlist, args.target, files=True) if p.status != "disabled"
-    ]
-    results = [run_target(hub, plan, options) for plan in plans]
-    if args.result_file:
-        write_results(args.result_file, results)
+    results: list[TargetResult] = []
+    plans: list[TargetPlan] = []
+    try:
+        _run_targets(args, plans, results)
+    finally:  # whatever ends the run, the report job gets a result for every target
+        if args.result_file:
+            write_results(args.result_file, results)
     if args.github:
         published = [r.to_dict() for r in results if r.status in SUCCEEDED]
         summary = summary_markdown(results, github_actions.run_url())
         github_actions.set_output("published", json.dumps(published))
         github_actions.set_output("summary", summary)
         github_actions.append_summary(summary)
-    emit(args.format, {"results": [r.to_dict() for r in results]}, human_results(results))
+    emit(args.format, {"results": [r.to_dict() for r in results]}, human_results(plans, results))
     failed = [r for r in results if r.status in FAILED]
     return failed[0].exit_code if failed else 0
+
+
+def _run_targets(
+    args: argparse.Namespace, plans: list[TargetPlan], results: list[TargetResult]
+) -> None:
+    """Plan into ``plans``, run each target into ``results``; on the way out, the ones left
+    get its error."""
+    from paramdelta.bot import github_actions
+    from paramdelta.bot.plan import plan_watchlist
+    from paramdelta.bot.run_target import RunOptions, not_run, run_target  # torch: only here
+    from paramdelta.errors import as_error, interruption
+    from paramdelta.hub.sources import HubFactory
+
+    planned: dict[str, TargetPlan | None] = {args.target: None} if args.target else {}
+    try:
+        if args.github:
+            github_actions.require_runner_files()
+        device, max_memory = arguments.device_options(args)
+        watchlist = load_watchlist(args.watchlist)
+        options = RunOptions(
+            device=device,
+            max_memory=max_memory,
+            stream=args.stream,
+            dry_run=args.dry_run,
+            progress=args.format == "human",
+            workdir=args.workdir,
+            log=lambda line: print(line, file=sys.stderr),
+            check=args.check,
+        )
+        hub = HubFactory(args.token_file)()
+        # A disabled target is neither run nor reported (its issue, if any, stays as it is).
+        planned_all = plan_watchlist(hub, watchlist, args.target)
+        plans.extend(p for p in planned_all if p.status != "disabled")
+        planned = {p.target.name: p for p in plans}
+        for plan in plans:
+            results.append(run_target(hub, plan, options))
+    except KeyboardInterrupt as e:
+        stop = interruption(e)
+        results += [not_run(n, p, stop) for n, p in planned.items() if n not in _names(results)]
+        raise stop from None
+    except Exception as e:
+        error = as_error(e)
+        results += [not_run(n, p, error) for n, p in planned.items() if n not in _names(results)]
+        raise
+
+
+def _names(results: list[TargetResult]) -> set[str]:
+    return {r.target for r in results}

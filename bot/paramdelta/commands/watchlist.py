@@ -1,4 +1,4 @@
-"""`paramdelta watchlist validate [FILE]`: every problem on its own line, with file and line."""
+"""`paramdelta watchlist validate [FILE]`: every problem and warning, one a line, in one pass."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "validate", help="check a watchlist against the schema and the rules"
     )
     validate.add_argument(
-        "file", nargs="?", default=arguments.DEFAULT_WATCHLIST, help="default: watchlist.yaml"
+        "file",
+        nargs="?",
+        default=arguments.DEFAULT_WATCHLIST,
+        help="the watchlist to check (default: watchlist.yaml)",
     )
     arguments.add_format_argument(validate)
 
@@ -24,28 +27,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from paramdelta.bot.watchlist import check
 
-    watchlist, problems = check(args.file)
-    warnings = watchlist.warnings if watchlist else []
-    for warning in warnings:
-        print(warning, file=sys.stderr)
+    watchlist, problems = check(args.file)  # errors and warnings, by line
     data = {
         "file": args.file,
-        "valid": not problems,
+        "valid": watchlist is not None,
         "targets": [t.name for t in watchlist.targets] if watchlist else [],
-        "problems": [p._asdict() for p in [*problems, *warnings]],
+        "problems": [p._asdict() for p in problems],
     }
-    if problems:
+    if args.format == "human":
+        for problem in problems:
+            print(problem, file=sys.stderr)
+    if watchlist is None:
         if args.format == "json":
             emit("json", data, "")
-        else:
-            for problem in problems:
-                print(problem, file=sys.stderr)
         return UsageError.exit_code
-    assert watchlist is not None
     enabled = sum(t.enabled for t in watchlist.targets)
+    warned = f", {len(problems)} warning(s)" if problems else ""
     emit(
         args.format,
         data,
-        f"{args.file}: valid, {len(watchlist.targets)} targets ({enabled} enabled)",
+        f"{args.file}: valid, {len(watchlist.targets)} targets ({enabled} enabled){warned}",
     )
     return 0

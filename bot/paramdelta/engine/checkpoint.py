@@ -12,10 +12,20 @@ import functools
 import json
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
+from paramdelta.engine.limits import (
+    MAX_CONFIG_BYTES,
+    MAX_INDEX_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_SHARDS,
+    MAX_TOTAL_HEADER_BYTES,
+    check_size,
+    json_depth,
+)
 from paramdelta.engine.safetensors_format import (
     INDEX,
     SINGLE_FILE,
@@ -49,6 +59,9 @@ class Source(Protocol):
 
     def read_into(self, path: str, offset: int, view: memoryview) -> None:
         """Fill ``view`` with the bytes at ``offset``; the bulk data path."""
+
+    def prefetch(self, paths: Sequence[str]) -> None:
+        """A hint: the headers of these files are read next (a remote source reads them at once)."""
 
     def close(self) -> None: ...
 
@@ -104,6 +117,9 @@ class LocalSource:
                 )
             done += n
 
+    def prefetch(self, paths: Sequence[str]) -> None:
+        pass  # local reads are cheap one at a time
+
     def close(self) -> None:
         with self._lock:
             for fd in self._fds.values():
@@ -141,13 +157,28 @@ class Checkpoint:
 
 
 def load_json(data: bytes, where: str) -> Any:
-    """Parse JSON strictly: a duplicated key is an error, not a silent overwrite."""
+    """Parse JSON strictly: a duplicated key is an error, not a silent overwrite.
+
+    Nesting is bounded too: a config nested 200,000 deep would otherwise end in a
+    RecursionError here or in whatever walks it later.
+    """
     try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=reject_duplicate_keys)
+        doc = json.loads(data.decode("utf-8"), object_pairs_hook=reject_duplicate_keys)
     except DuplicateKeyError as e:
         raise CheckpointError(f"{where}: key {e.args[0]!r} appears twice") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{where}: not valid JSON ({e})") from None
+    except RecursionError:
+        doc = None  # deeper than the interpreter's stack: far over the limit below
+    if doc is None or json_depth(doc) > MAX_JSON_DEPTH:
+        raise CheckpointError(f"{where}: nested more than {MAX_JSON_DEPTH} levels deep")
+    return doc
+
+
+def read_json(source: Source, path: str, limit: int, where: str) -> Any:
+    """A JSON file of a checkpoint, its size checked against ``limit`` before it is read."""
+    size = check_size(source.size(path), limit, where, path)
+    return load_json(source.read(path, 0, size), where)
 
 
 def open_checkpoint(source: Source, role: str) -> Checkpoint:
@@ -157,7 +188,7 @@ def open_checkpoint(source: Source, role: str) -> Checkpoint:
     top_level = {f for f in files if "/" not in f}
     if CONFIG not in top_level:
         raise CheckpointError(f"{where}: config.json is missing")
-    config = load_json(source.read(CONFIG, 0, source.size(CONFIG)), f"{where}/{CONFIG}")
+    config = read_json(source, CONFIG, MAX_CONFIG_BYTES, f"{where}/{CONFIG}")
     if not isinstance(config, dict):
         raise CheckpointError(f"{where}/{CONFIG}: not a JSON object")
 
@@ -171,9 +202,16 @@ def open_checkpoint(source: Source, role: str) -> Checkpoint:
         _explain_missing_weights(top_level, where)
 
     tensors: dict[str, TensorRef] = {}
+    header_bytes = 0
+    source.prefetch(shards)
     for shard in shards:
         shard_where = f"{where}/{shard}"
         header = read_header(functools.partial(source.read, shard), source.size(shard), shard_where)
+        header_bytes += header.data_start
+        if header_bytes > MAX_TOTAL_HEADER_BYTES:
+            raise CheckpointError(
+                f"{where}: its safetensors headers hold more than {MAX_TOTAL_HEADER_BYTES} bytes"
+            )
         for entry in header.tensors:
             if entry.name in tensors:
                 raise CheckpointError(
@@ -199,10 +237,12 @@ def open_checkpoint(source: Source, role: str) -> Checkpoint:
 
 def _read_index(source: Source, top_level: set[str], where: str) -> dict[str, str]:
     index_where = f"{where}/{INDEX}"
-    doc = load_json(source.read(INDEX, 0, source.size(INDEX)), index_where)
+    doc = read_json(source, INDEX, MAX_INDEX_BYTES, index_where)
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{index_where}: 'weight_map' must map tensor names to shard files")
+    if (shards := len(set(weight_map.values()))) > MAX_SHARDS:
+        raise CheckpointError(f"{index_where}: {shards} shards, more than {MAX_SHARDS}")
     for name, shard in weight_map.items():
         if "/" in shard or "\\" in shard or not shard.endswith(".safetensors"):
             raise CheckpointError(

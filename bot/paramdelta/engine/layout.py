@@ -3,8 +3,10 @@
 `plan_merge` turns three opened checkpoints into a `MergePlan`: for every
 output tensor, its dtype, shape and the segments of elements that are merged
 (``new_base + alpha * (post - base)``) or copied from one checkpoint. It also
-decides which non-weight files come from which checkpoint. It reads no tensor
-data: every incompatibility is reported here, before the first byte moves.
+decides which non-weight files come from which checkpoint (`paramdelta.engine.files`),
+what happens to each vocabulary row, and which token ids the output's config.json
+carries. It reads no tensor data: every incompatibility is reported here, before
+the first byte moves.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
-from paramdelta.engine.checkpoint import CONFIG, Checkpoint, Source, TensorRef
-from paramdelta.engine.safetensors_format import ITEMSIZE
+from paramdelta.engine.checkpoint import CONFIG, Checkpoint, Source, TensorRef, read_json
+from paramdelta.engine.files import GENERATION_CONFIG, file_donors, skipped_files
+from paramdelta.engine.limits import MAX_CONFIG_BYTES, MAX_DONATED_BYTES, check_size
+from paramdelta.engine.safetensors_format import INDEX, ITEMSIZE
 from paramdelta.errors import CheckpointError, UsageError
 
 FORMULA = "new_base + alpha * (post - base)"
@@ -50,28 +54,27 @@ CONFIG_KEYS = (
     "head_dim",
 )
 
-# Which checkpoint gives each non-weight file, first role that has it wins.
-# config.json describes the architecture being produced: the new base's.
-# Tokenizer, chat template and generation defaults are the instruct behaviour
-# being transferred: the post model's. Licence files follow the new base.
-FILE_DONORS: dict[str, tuple[str, ...]] = {
-    CONFIG: ("new_base",),
-    "generation_config.json": ("post",),
-    "tokenizer.json": ("post",),
-    "tokenizer_config.json": ("post",),
-    "special_tokens_map.json": ("post",),
-    "added_tokens.json": ("post",),
-    "tokenizer.model": ("post",),
-    "vocab.json": ("post",),
-    "merges.txt": ("post",),
-    "chat_template.jinja": ("post",),
-    "chat_template.json": ("post",),
-    "LICENSE": ("new_base", "post"),
-    "LICENSE.txt": ("new_base", "post"),
-    "LICENSE.md": ("new_base", "post"),
-    "USE_POLICY.md": ("new_base", "post"),
-    "NOTICE": ("new_base", "post"),
-}
+# The special token ids the output's config.json takes from the post model: they
+# belong to the tokenizer the output ships (the post model's), and generate() reads
+# them from generation_config.json (also the post model's), so both files agree.
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+class VocabularyError(CheckpointError):
+    """The vocabulary sizes differ and the policy is `error`; the fix in the caller's terms."""
+
+    FLAG = "pass --vocab-policy shared"
+
+    def __init__(self, tensor: str, shared: Vocabulary, fix: str = FLAG) -> None:
+        self.tensor, self.shared, self.fix = tensor, shared, fix
+        rows = ", ".join(f"{ROLE_TITLES[r]} {shared.rows[r]}" for r in ROLES)
+        super().__init__(
+            f"vocabulary size differs in tensor {tensor!r} ({rows} rows); {fix}"
+            f" to {shared.consequences()}"
+        )
+
+    def with_fix(self, fix: str) -> VocabularyError:
+        return VocabularyError(self.tensor, self.shared, fix)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,68 @@ class MergeItem:
         return n
 
 
+@dataclass(frozen=True)
+class Vocabulary:
+    """What happens to the embedding and LM-head rows: merged, kept from post, or dropped."""
+
+    policy: str
+    rows: dict[str, int]  # role -> rows, and "output"
+    merged: int
+    kept_from_post: int = 0
+    dropped_from_new_base: int = 0
+    dropped_from_base: int = 0
+
+    @classmethod
+    def shared_rows(cls, policy: str, rows: tuple[int, int, int]) -> Vocabulary:
+        """The rows all three share are merged; the output has the post model's rows."""
+        base, post, new = rows
+        shared = min(rows)
+        return cls(
+            policy,
+            {"base": base, "post": post, "new_base": new, "output": post},
+            merged=shared,
+            kept_from_post=post - shared,
+            dropped_from_new_base=new - shared,
+            dropped_from_base=base - shared,
+        )
+
+    def consequences(self) -> str:
+        """What the rows become, as a sentence fragment ("merge the 256 rows ...")."""
+        parts = [f"merge the {self.merged} rows all three share"]
+        if self.kept_from_post:
+            parts.append(f"keep the post model's {self.kept_from_post} extra rows")
+        if self.dropped_from_new_base:
+            parts.append(f"drop the new base's {self.dropped_from_new_base} extra rows")
+        if self.dropped_from_base:
+            parts.append(f"drop the base's {self.dropped_from_base} extra rows")
+        return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+
+    def describe(self) -> str:
+        """One line for the log and the card."""
+        sizes = {self.rows[r] for r in ROLES}
+        if len(sizes) == 1:
+            head = f"{self.rows['output']} rows in all three"
+        else:
+            shown = ", ".join(f"{ROLE_TITLES[r]} {self.rows[r]}" for r in ROLES)
+            head = f"{shown} rows; output {self.rows['output']} rows"
+        dropped = f", {self.dropped_from_base} dropped from the base" * bool(self.dropped_from_base)
+        return (
+            f"{head}: {self.merged} merged, {self.kept_from_post} kept from the post model,"
+            f" {self.dropped_from_new_base} dropped from the new base{dropped}"
+            f" (vocab policy {self.policy})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "rows": dict(self.rows),
+            "merged": self.merged,
+            "kept_from_post": self.kept_from_post,
+            "dropped_from_new_base": self.dropped_from_new_base,
+            "dropped_from_base": self.dropped_from_base,
+        }
+
+
 @dataclass
 class MergePlan:
     items: list[MergeItem]
@@ -113,10 +178,19 @@ class MergePlan:
     files: dict[str, str]  # path -> donor role
     config: dict[str, Any]
     config_changes: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # input path -> why not in the output
+    vocabulary: Vocabulary | None = None
+    read: dict[str, list[str]] = field(default_factory=dict)  # role -> every file the merge reads
 
     @property
     def nbytes(self) -> int:
         return sum(item.nbytes for item in self.items)
+
+    @property
+    def written_dtype(self) -> str:
+        """The dtype the float tensors are written in ("bfloat16"; several, comma-separated)."""
+        names = sorted({TORCH_DTYPE_NAMES[i.dtype] for i in self.items if i.dtype in FLOAT_DTYPES})
+        return ", ".join(names) or "none"
 
     def config_bytes(self, new_base: Source) -> bytes:
         """config.json for the output: the new base's, verbatim unless we had to change it."""
@@ -192,15 +266,22 @@ def plan_merge(
     config = json.loads(json.dumps(new_base.config))
     changes: dict[str, Any] = {}
     items = []
+    vocabularies: list[Vocabulary] = []
     # Output follows the new base's file order: reads then stream forward.
     order = sorted(new_base.tensors.values(), key=lambda r: (r.file, r.entry.offset))
     for ref_new in order:
         name = ref_new.entry.name
         refs = (base.tensors[name], post.tensors[name], ref_new)
-        items.append(_plan_tensor(name, refs, trio, forced, vocab_policy, changes))
+        items.append(_plan_tensor(name, refs, trio, forced, vocab_policy, vocabularies))
 
-    if "vocab_size" in changes:
+    vocabulary = _vocabulary(vocabularies, trio, vocab_policy)
+    if vocabulary is not None and vocabulary.rows["output"] != vocab_size(new_base.config):
+        changes["vocab_size"] = vocabulary.rows["output"]
         _set_config(config, "vocab_size", changes["vocab_size"])
+    for key, value in _token_ids(post).items():
+        if _get_config(config, key) != value:
+            changes[key] = value
+            _set_config(config, key, value)
     out_dtypes = {item.dtype for item in items if item.dtype in FLOAT_DTYPES}
     if forced is not None and len(out_dtypes) == 1:
         torch_name = TORCH_DTYPE_NAMES[forced]
@@ -209,12 +290,14 @@ def plan_merge(
                 config[key] = torch_name
                 changes[key] = torch_name
 
-    files = {}
-    for path, roles in FILE_DONORS.items():
-        for role in roles:
-            if path in next(c for c in trio if c.role == role).files:
-                files[path] = role
-                break
+    listings = {c.role: c.files for c in trio}
+    files = file_donors(listings)
+    for path, role in files.items():
+        donor = next(c for c in trio if c.role == role)
+        check_size(
+            donor.source.size(path), MAX_DONATED_BYTES, f"{donor.where}/{path}", "a copied file"
+        )
+    read = _files_read(trio, items, files)
     return MergePlan(
         items=items,
         alpha=alpha,
@@ -223,7 +306,60 @@ def plan_merge(
         files=files,
         config=config,
         config_changes=changes,
+        skipped=skipped_files(listings, files, {p for paths in read.values() for p in paths}),
+        vocabulary=vocabulary,
+        read=read,
     )
+
+
+def _files_read(
+    trio: Sequence[Checkpoint], items: Sequence[MergeItem], donors: dict[str, str]
+) -> dict[str, list[str]]:
+    """Per role, every file the merge reads: config, index, shards and donated files."""
+    read = {c.role: {CONFIG, *({INDEX} & set(c.files))} for c in trio}
+    for item in items:
+        for segment in item.segments:
+            for role, ref, _ in segment.inputs:
+                read[role].add(ref.file)
+    for path, role in donors.items():
+        read[role].add(path)
+    return {role: sorted(paths) for role, paths in read.items()}
+
+
+def _vocabulary(
+    seen: list[Vocabulary], trio: tuple[Checkpoint, ...], policy: str
+) -> Vocabulary | None:
+    """The rows' fate: from the tensors whose rows differ, else every row is merged."""
+    if any(v != seen[0] for v in seen):  # cannot happen: each tensor's rows are its config's
+        raise CheckpointError(f"vocabulary rows differ between tensors: {seen[0]} != {seen[-1]}")
+    if seen:
+        return seen[0]
+    rows = vocab_size(trio[2].config)
+    if rows is None:
+        return None
+    return Vocabulary(policy, {**dict.fromkeys(ROLES, rows), "output": rows}, merged=rows)
+
+
+def _token_ids(post: Checkpoint) -> dict[str, Any]:
+    """The post model's special token ids: generation_config.json's, else its config.json's."""
+    generation: Any = {}
+    if GENERATION_CONFIG in post.files:
+        where = f"{post.where}/{GENERATION_CONFIG}"
+        generation = read_json(post.source, GENERATION_CONFIG, MAX_CONFIG_BYTES, where)
+    ids = {}
+    for key in TOKEN_ID_KEYS:
+        if isinstance(generation, dict) and key in generation:
+            ids[key] = generation[key]
+        elif (value := _get_config(post.config, key)) is not None:
+            ids[key] = value
+    return ids
+
+
+def _get_config(config: dict[str, Any], key: str) -> Any:
+    text = config.get("text_config")
+    if key not in config and isinstance(text, dict):
+        return text.get(key)
+    return config.get(key)
 
 
 def _set_config(config: dict[str, Any], key: str, value: Any) -> None:
@@ -240,7 +376,7 @@ def _plan_tensor(
     trio: tuple[Checkpoint, Checkpoint, Checkpoint],
     forced: str | None,
     vocab_policy: str,
-    changes: dict[str, Any],
+    vocabularies: list[Vocabulary],
 ) -> MergeItem:
     base, post, new = refs
     dtypes = [r.dtype for r in refs]
@@ -265,18 +401,15 @@ def _plan_tensor(
     rows = _vocab_rows(refs, trio)
     if rows is None:
         _shape_mismatch(name, refs, trio)
+    vocabulary = Vocabulary.shared_rows(vocab_policy, rows)
     if vocab_policy == "error":
-        shown = ", ".join(f"{_title(c.role)} {n}" for c, n in zip(trio, rows, strict=True))
-        raise CheckpointError(
-            f"vocabulary size differs in tensor {name!r} ({shown} rows); pass"
-            " --vocab-policy shared to merge the shared rows and keep the post model's extra rows"
-        )
+        raise VocabularyError(name, Vocabulary.shared_rows("shared", rows))
+    vocabularies.append(vocabulary)
     # "shared": the output serves the post model's tokenizer, so it has the
     # post model's rows; rows all three share are merged, the rest come from post.
     row = new.entry.numel // rows[2]
-    shared = min(rows)
-    out_rows = rows[1]
-    changes["vocab_size"] = out_rows
+    shared = vocabulary.merged
+    out_rows = vocabulary.rows["output"]
     segments = [Segment("merge", 0, shared * row, _merge_inputs(refs, 0))]
     if out_rows > shared:
         extra = (out_rows - shared) * row

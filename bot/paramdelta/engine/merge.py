@@ -6,11 +6,12 @@ the Hub beyond the `Source` objects it is given and the optional shard hook.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from paramdelta.engine.checkpoint import Checkpoint, Source, open_checkpoint
+from paramdelta.engine.checkpoint import Checkpoint, LocalSource, Source, open_checkpoint
+from paramdelta.engine.files import RESULT_FILES
 from paramdelta.engine.layout import CONFIG, ROLES, MergePlan, plan_merge
 from paramdelta.engine.options import MergeOptions
 from paramdelta.engine.safetensors_format import INDEX
@@ -19,6 +20,7 @@ from paramdelta.engine.writer import (
     OutputWriter,
     ShardHook,
     ShardPlan,
+    check_not_an_input,
     check_output_dir,
     plan_shards,
 )
@@ -35,8 +37,12 @@ class MergeResult:
     plan: MergePlan
     shards: list[ShardPlan]
     stats: MergeStats
-    files: dict[str, str]  # every output file -> where it came from ("merge" or a role)
+    files: dict[str, str]  # every output file -> where it came from ("merge", a role, "result")
     sources: dict[str, Source] = field(default_factory=dict)  # what was read (after prepare)
+
+
+# Files made from a finished merge (the card, the lineage record), added to its output.
+ResultFiles = Callable[[MergeResult], Mapping[str, bytes]]
 
 
 def open_trio(sources: dict[str, Source]) -> dict[str, Checkpoint]:
@@ -66,14 +72,18 @@ def merge_to_dir(
     on_shard_written: ShardHook | None = None,
     plan: MergePlan | None = None,
     prepare: Prepare | None = None,
+    result_files: ResultFiles | None = None,
 ) -> MergeResult:
     """Merge the checkpoints behind ``sources`` into ``out_dir`` (created atomically).
 
     ``prepare`` may swap sources once the plan is known (e.g. download Hub files);
-    ``on_shard_written`` receives each finished shard (e.g. to upload it).
+    ``on_shard_written`` receives each finished shard (e.g. to upload it);
+    ``result_files`` makes files from the result, written before the output appears
+    (the result it gets has ``out_dir`` the staging directory, where the files are).
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)
+    check_not_an_input(out_dir, (s.root for s in sources.values() if isinstance(s, LocalSource)))
     if plan is None:
         plan = preflight(sources, options)
     if prepare is not None:
@@ -95,12 +105,17 @@ def merge_to_dir(
             files[INDEX] = "merge"
         for path, role in plan.files.items():
             source = sources[role]
-            data = (
-                plan.config_bytes(source)
-                if path == CONFIG
-                else source.read(path, 0, source.size(path))
-            )
-            writer.add_file(path, data)
+            if path == CONFIG:
+                writer.add_file(path, plan.config_bytes(source))
+            else:
+                writer.copy_file(path, source)
             files[path] = role
+        # The staged output, complete but for the result's files: ``result_files`` may load
+        # it as a model (the pre-publish check does), so a sharded one has its index.
+        writer.write_index()
+        staged = MergeResult(writer.tmp_dir, plan, shards, stats, files, sources)
+        for path, data in (result_files(staged) if result_files else {}).items():
+            writer.add_file(path, data)
+            files[path] = RESULT_FILES
         writer.commit()
-    return MergeResult(writer.out_dir, plan, shards, stats, dict(sorted(files.items())), sources)
+    return replace(staged, out_dir=writer.out_dir, files=dict(sorted(files.items())))

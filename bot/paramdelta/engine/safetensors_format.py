@@ -141,6 +141,8 @@ def parse_header(raw: bytes, *, file_size: int, where: str) -> Header:
         raise CheckpointError(f"{where}: key {e.args[0]!r} appears twice in the header") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{where}: header is not valid JSON ({e.msg} at {e.pos})") from None
+    except RecursionError:  # valid headers nest three levels: tensor, field, list
+        raise CheckpointError(f"{where}: header nests too deeply") from None
     if not isinstance(doc, dict):
         raise CheckpointError(f"{where}: header is not a JSON object")
 

@@ -397,7 +397,8 @@ def execute(
         except BaseException:  # Ctrl-C lands here: let the workers stop at a unit boundary
             schedule.abort()
             for thread in threads:
-                thread.join()
+                if thread.ident is not None:  # it may land before every worker has started
+                    thread.join()
             raise
         finally:
             bar.close()

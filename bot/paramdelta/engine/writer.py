@@ -4,7 +4,8 @@ Each shard's header is known before any tensor is computed (`plan_shards`),
 so the engine writes every chunk straight to its final offset with `pwrite`.
 Everything goes into a hidden sibling directory; only `commit` renames it to
 the requested name, so an interrupted merge never leaves an output that looks
-complete. A finished shard can be handed to a hook at once (the publisher
+complete, and the next merge into the same place removes what a killed one
+left (see `workdirs`). A finished shard can be handed to a hook at once (the publisher
 uploads it, then deletes it, so disk holds about one shard).
 """
 
@@ -15,13 +16,24 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from paramdelta import __version__
+from paramdelta.engine.checkpoint import Source
 from paramdelta.engine.layout import MergeItem
 from paramdelta.engine.safetensors_format import INDEX, SINGLE_FILE, encode_header, shard_filename
+from paramdelta.engine.workdirs import OwnedDir, sweep
 from paramdelta.errors import UsageError, local_io
+
+COPY_PIECE = 8 << 20  # bytes per read when copying a donated file
+# In every output directory: what --overwrite may replace. A dotfile: `publish` skips it.
+OUTPUT_MARKER = ".paramdelta-output"
+
+
+def _marker() -> bytes:
+    return (json.dumps({"tool": "paramdelta-bot", "version": __version__}) + "\n").encode()
 
 
 @dataclass(frozen=True)
@@ -67,13 +79,33 @@ def index_json(shards: Sequence[ShardPlan]) -> bytes:
 
 
 def check_output_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to clobber a non-empty directory unless asked to (checked before merging)."""
+    """Refuse to clobber a non-empty directory (checked before merging, and again at the end).
+
+    ``overwrite`` replaces only an earlier paramdelta output (it holds the OUTPUT_MARKER):
+    a typo in --output must not delete a checkpoint, a home folder or the merge's inputs.
+    """
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--output {out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
         raise UsageError(
             f"--output {out_dir}: directory is not empty (pass --overwrite to replace it)"
         )
+    if not (out_dir / OUTPUT_MARKER).is_file():
+        raise UsageError(
+            f"--output {out_dir}: not an earlier paramdelta output (it has no {OUTPUT_MARKER}):"
+            " --overwrite replaces nothing else"
+        )
+
+
+def check_not_an_input(out_dir: Path, roots: Iterable[Path]) -> None:
+    """The output must be neither a folder the merge reads nor inside or around one."""
+    out = out_dir.resolve()
+    for root in roots:
+        root = root.resolve()
+        if out == root or out.is_relative_to(root) or root.is_relative_to(out):
+            raise UsageError(f"--output {out_dir}: is (or holds) {root}, an input of the merge")
 
 
 ShardHook = Callable[[Path, ShardPlan], None]
@@ -95,17 +127,26 @@ class OutputWriter:
         self.overwrite = overwrite
         self.on_shard_written = on_shard_written
         check_output_dir(self.out_dir, overwrite)
-        tag = uuid.uuid4().hex[:8]
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.partial-{tag}"
+        self._work: OwnedDir | None = None
         self._fds: dict[int, int] = {}
         self._written = [0] * len(self.shards)
         self._lock = threading.Lock()  # workers write concurrently
 
     def __enter__(self) -> OutputWriter:
-        with local_io(self.tmp_dir):
-            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp_dir.mkdir()
+        parent, name = self.out_dir.parent, self.out_dir.name
+        with local_io(parent):
+            parent.mkdir(parents=True, exist_ok=True)
+            # What a killed merge into the same place left behind (its owner is dead).
+            sweep(parent, f".{name}.partial-")
+            sweep(parent, f".{name}.old-")
+            self._work = OwnedDir(parent, f".{name}.partial-")
         return self
+
+    @property
+    def tmp_dir(self) -> Path:
+        """The hidden directory the output is written in, until `commit` renames it."""
+        assert self._work is not None, "use OutputWriter as a context manager"
+        return self._work.path
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:
@@ -159,10 +200,25 @@ class OutputWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
 
-    def commit(self) -> Path:
-        """Write the index and move the finished directory into place."""
+    def copy_file(self, relpath: str, source: Source) -> None:
+        """Copy a file of ``source`` in pieces: memory holds one piece, whatever its size."""
+        path = self.tmp_dir / relpath
+        size = source.size(relpath)
+        with local_io(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as f:
+                for offset in range(0, size, COPY_PIECE):
+                    f.write(source.read(relpath, offset, min(COPY_PIECE, size - offset)))
+
+    def write_index(self) -> None:
+        """Write the index of a sharded output (again at `commit`: it is small)."""
         if len(self.shards) > 1:
             self.add_file(INDEX, index_json(self.shards))
+
+    def commit(self) -> Path:
+        """Write the index and move the finished directory into place."""
+        self.write_index()
+        self.add_file(OUTPUT_MARKER, _marker())
         old = None
         with local_io(self.out_dir):
             if self.out_dir.exists():
@@ -172,10 +228,17 @@ class OutputWriter:
             self.tmp_dir.rename(self.out_dir)
             if old is not None:
                 shutil.rmtree(old)
+        self._release()
         return self.out_dir
 
     def abort(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        if self._work is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self._release()
+
+    def _release(self) -> None:
+        if self._work is not None:
+            self._work.release()

@@ -3,25 +3,37 @@
 Every request has a timeout, set through huggingface_hub's client factory so that
 it survives the shared client being replaced (after a connection error, on fork).
 
+Large files move through Xet storage (hf_xet), as huggingface_hub moves them:
+uploads by path, downloads into the cache, and for `--stream` byte ranges from
+hf_xet download streams (`paramdelta.hub.xet`); other files by HTTP.
+
 Retries: huggingface_hub already retries its listings, downloads and uploads
 (snapshot_download, preupload_lfs_files, list_models) with `http_backoff`; those
-calls are not wrapped again. The bot's own requests (model_info, list_repo_refs,
-create_repo and its ranged and small-file GETs) follow one policy, the same as
-`http_backoff`'s: 429/5xx, timeouts and dropped connections are retried after 1,
-2, 4, 8, 8... seconds, or what Retry-After asks plus one second. A ranged read
-cut short resumes from the last byte received. Commits are never retried
-blindly: a failed commit is re-planned by the caller.
+calls are not wrapped again, except for hf_xet's transient failures. The bot's
+own requests (model_info, whoami, the discussions API, create_repo, its ranged
+and small-file GETs and Xet streams) follow one policy, the same as `http_backoff`'s:
+429/5xx, timeouts and dropped connections are retried after 1, 2, 4, 8, 8...
+seconds, or, for a spent rate limit, until its window resets (see
+`paramdelta.hub.rate_limits`, which also keeps every request out of a spent
+quota). A ranged read cut short resumes from the last byte received. Commits are
+never retried blindly: a failed commit is re-planned by the caller.
 
-huggingface_hub's errors become the bot's typed errors (exit code 4, or 5 for a
-commit whose parent moved) with one-line messages that never hold a token; a
-failure of the local disk (a full HF cache, an unreadable upload) is a
-LocalFileError (exit code 7) naming the path.
+Tokens: HF_TOKEN, --token-file or the saved login; or, with HF_OIDC_RESOURCE
+(trusted publishing), a short-lived token that huggingface_hub exchanges for
+and renews before it expires, fetched per request. Every token sent is
+registered for redaction.
+
+huggingface_hub's and hf_xet's errors become the bot's typed errors (exit code
+4, or 5 for a commit whose parent moved) with one-line messages that never hold
+a token; a failure of the local disk (a full HF cache, an unreadable upload) is
+a LocalFileError (exit code 7) naming the path.
 
 Settings come from the environment: HF_ENDPOINT (read per client, so tests and
-the demo can point at a loopback Hub), HF_TOKEN or --token-file,
-PARAMDELTA_HUB_TIMEOUT (seconds per network operation, default 60) and
-PARAMDELTA_HUB_RETRIES (retries of the bot's own requests, default 5;
-huggingface_hub's internal retries keep its own count).
+the demo can point at a loopback Hub), PARAMDELTA_HUB_TIMEOUT (seconds per
+network operation, default 60), PARAMDELTA_HUB_RETRIES (retries of the bot's
+own requests, default 5; huggingface_hub's internal retries keep its own count)
+and PARAMDELTA_HUB_MAX_RATE_WAIT (the longest wait for a rate-limit window to
+reset, default 900 s).
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeGuard, TypeVar
@@ -48,10 +60,10 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import (
     build_hf_headers,
     hf_raise_for_status,
-    http_backoff,
     http_stream_backoff,
     parse_ratelimit_headers,
     set_client_factory,
@@ -65,7 +77,9 @@ from paramdelta.errors import (
     PublishConflictError,
     UsageError,
 )
-from paramdelta.tokens import redact
+from paramdelta.hub import content_ids, xet
+from paramdelta.hub.rate_limits import Pacer
+from paramdelta.tokens import redact, register, shorten
 
 # The one retry policy, huggingface_hub's defaults spelled out: handed to http_backoff
 # for the GETs the bot builds, applied by Hub._retry to the HfApi calls it cannot wrap.
@@ -77,6 +91,8 @@ MAX_WAIT = 8.0
 # file errors (of the cache, of a file to upload), a failed trusted-publishing exchange.
 HUB_FAILURES = (httpx2.HTTPError, OSError, OIDCError)
 UPLOAD_FAILURES = (*HUB_FAILURES, ValueError)  # LFS batch errors arrive as ValueError
+
+SMALL_FILE_LIMIT = 1 << 20  # read_small_file's default cap (a lineage record is ~2 KB)
 
 T = TypeVar("T")
 
@@ -94,31 +110,49 @@ def _env_number(name: str, default: float) -> float:
     return number
 
 
+def default_endpoint() -> str:
+    """The Hub's URL: HF_ENDPOINT (read now, not at import), else huggingface_hub's."""
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
 @dataclass(frozen=True)
 class RepoFiles:
-    """A repo pinned to one commit: its sha and every file's size."""
+    """A repo pinned to one commit: its sha, every file's size and content id, its card data.
+
+    A content id (`paramdelta.hub.content_ids`) names a file's bytes whatever commit
+    holds them: ``sha256:<hex>`` for an LFS or Xet file, else ``blob:<git blob id>``.
+    Empty when listed without file metadata.
+    """
 
     repo_id: str
     revision: str
     sha: str
     sizes: dict[str, int]
     card_data: dict[str, Any]
+    content: dict[str, str] = field(default_factory=dict)
 
 
 class Hub:
-    """A Hub client for one endpoint and token (the token is never shown)."""
+    """A Hub client for one endpoint and token (the token is never shown).
 
-    def __init__(self, token: str | None = None, endpoint: str | None = None) -> None:
-        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip(
-            "/"
-        )
-        self._token = token
+    ``token``: a token; True to fetch it per request (trusted publishing renews it);
+    None for huggingface_hub's default (HF_TOKEN or the saved login, if allowed).
+    """
+
+    def __init__(self, token: str | bool | None = None, endpoint: str | None = None) -> None:
+        self.endpoint = endpoint.rstrip("/") if endpoint else default_endpoint()
+        # Redacted from everything the bot writes (a renewed token: as it is sent).
+        self._token = register(token) if isinstance(token, str) else token
+        self._account: str | None = None  # whoami, once asked
         self.timeout = _env_number("PARAMDELTA_HUB_TIMEOUT", 60.0)
         self.retries = int(_env_number("PARAMDELTA_HUB_RETRIES", 5))
+        self.max_rate_wait = _env_number("PARAMDELTA_HUB_MAX_RATE_WAIT", 900.0)
         self.api = HfApi(endpoint=self.endpoint, token=token)
-        # The waits of Hub._retry (tests replace it); http_backoff waits with time.sleep.
+        # The waits of Hub._retry and of the pacer (tests replace it); http_backoff waits
+        # with time.sleep.
         self.sleep: Callable[[float], None] = time.sleep
-        _use_timeout(self.timeout)
+        self.pacer = Pacer(self.max_rate_wait, sleep=lambda seconds: self.sleep(seconds))
+        _use_client(self.timeout, self.pacer)
 
     def __repr__(self) -> str:
         return f"Hub(endpoint={self.endpoint!r}, token={'***' if self._token else None})"
@@ -128,15 +162,26 @@ class Hub:
     def repo_files(self, repo_id: str, revision: str = "main", *, files: bool = True) -> RepoFiles:
         """Resolve ``revision`` to a commit sha and list the files there, in one request.
 
-        ``files=False`` skips file sizes (cheaper for the Hub: what `plan` needs).
+        ``files=False`` skips file sizes and content ids (what a publish needs of its output repo).
         """
         info = self._retry(
             f"{repo_id}@{revision}",
             lambda: self.api.model_info(repo_id, revision=revision, files_metadata=files),
         )
-        sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
+        siblings = info.siblings or []
+        sizes = {s.rfilename: s.size or 0 for s in siblings}
         card = info.card_data.to_dict() if info.card_data else {}
-        return RepoFiles(repo_id, revision, info.sha or "", sizes, card)
+        content = {s.rfilename: cid for s in siblings if (cid := content_ids.listed(s))}
+        return RepoFiles(repo_id, revision, info.sha or "", sizes, card, content)
+
+    def find_repo_files(self, repo_id: str, revision: str) -> RepoFiles | None:
+        """`repo_files` with file metadata, or None if the repo or the revision does not exist."""
+        try:
+            return self.repo_files(repo_id, revision)
+        except HubError as e:
+            if is_missing(e) or isinstance(e.__cause__, RevisionNotFoundError):
+                return None
+            raise
 
     def read(self, repo_id: str, sha: str, path: str, offset: int, length: int) -> bytes:
         buf = bytearray(length)
@@ -146,8 +191,10 @@ class Hub:
     def read_into(self, repo_id: str, sha: str, path: str, offset: int, view: memoryview) -> None:
         """Fill ``view`` with bytes [offset, offset+len) of a file, by HTTP Range requests.
 
-        http_stream_backoff retries the statuses; a dropped connection (before or
-        during the body) resumes from the last byte received, by Hub._retry.
+        Sent with ``Accept-Encoding: identity``: a CDN may ignore the range of a request
+        that accepts gzip and answer 200 with the whole file, which is then read up to
+        the range (slow, but right). http_stream_backoff retries the statuses; a dropped
+        connection (before or during the body) resumes from the last byte received.
         """
         url = self._file_url(repo_id, sha, path)
         what = f"{repo_id}@{sha[:7]}/{path}"
@@ -156,17 +203,27 @@ class Hub:
         def attempt() -> None:
             nonlocal filled
             first, last = offset + filled, offset + len(view) - 1
-            headers = {**self._headers(), "Range": f"bytes={first}-{last}"}
+            headers = {
+                **self._headers(),
+                "Range": f"bytes={first}-{last}",
+                "Accept-Encoding": "identity",
+            }
             # retry_on_exceptions=(): an error raised while we read the body must reach
             # Hub._retry, not the backoff generator (which cannot yield a second response).
             backoff = {**self._backoff, "retry_on_exceptions": ()}
             with http_stream_backoff("GET", url, headers=headers, **backoff) as response:
                 hf_raise_for_status(response)
-                if response.status_code != 206 and not (first == 0 and response.status_code == 200):
-                    raise HubError(f"{what}: the server ignored the byte range request")
+                if response.status_code not in (200, 206):
+                    raise HubError(f"{what}: unexpected HTTP {response.status_code} to a range")
+                skip = first if response.status_code == 200 else 0  # the whole file came
                 for chunk in response.iter_bytes():
-                    take = min(len(chunk), len(view) - filled)
-                    view[filled : filled + take] = chunk[:take]
+                    if skip >= len(chunk):
+                        skip -= len(chunk)
+                        continue
+                    data = memoryview(chunk)[skip:]
+                    skip = 0
+                    take = min(len(data), len(view) - filled)
+                    view[filled : filled + take] = data[:take]
                     filled += take
                     if filled == len(view):
                         break
@@ -176,40 +233,114 @@ class Hub:
         if view:  # an empty range is not a valid Range header
             self._retry(what, attempt, statuses=())
 
+    def xet_reader(self, repo_id: str, sha: str) -> xet.XetReader:
+        """Stream access to the Xet-backed files of a revision (their hashes: one listing)."""
+        what = f"{repo_id}@{sha[:7]}"
+        with self._failures(what):  # pages are fetched (and retried) lazily
+            hashes = {
+                entry.path: entry.xet_hash
+                for entry in self.api.list_repo_tree(repo_id, revision=sha, recursive=True)
+                if isinstance(entry, RepoFile) and entry.xet_hash
+            }
+        return xet.XetReader(self.endpoint, repo_id, sha, self._headers, hashes)
+
+    def read_xet(
+        self, reader: xet.XetReader, path: str, size: int, offset: int, view: memoryview
+    ) -> None:
+        """Fill ``view`` from a Xet download stream; a broken stream resumes where it broke."""
+        what = f"{reader.label}/{path}"
+        filled = 0
+
+        def attempt() -> None:
+            nonlocal filled
+            filled += reader.read_into(path, size, offset + filled, view[filled:])
+            if filled != len(view):
+                raise httpx2.RemoteProtocolError(f"{path}: Xet stream ended early")
+
+        if view:
+            self._retry(what, attempt, statuses=())
+
     def download(self, repo_id: str, sha: str, paths: Sequence[str]) -> Path:
         """Fetch files into the HF cache (HF_HOME), pinned to ``sha``; returns the snapshot dir."""
-        with self._failures(f"{repo_id}@{sha[:7]}", where=constants.HF_HUB_CACHE):
-            return Path(
-                self.api.snapshot_download(
+        return Path(
+            self._retry(
+                f"{repo_id}@{sha[:7]}",
+                lambda: self.api.snapshot_download(
                     repo_id, revision=sha, allow_patterns=list(paths), etag_timeout=self.timeout
-                )
+                ),
+                http=False,  # snapshot_download retries HTTP itself; hf_xet's failures: here
+                where=constants.HF_HUB_CACHE,
             )
+        )
 
-    def read_small_file(self, repo_id: str, path: str, revision: str) -> bytes | None:
-        """A small file's content, or None if the repo or file does not exist."""
+    def read_small_file(
+        self, repo_id: str, path: str, revision: str, *, limit: int = SMALL_FILE_LIMIT
+    ) -> bytes | None:
+        """A small file's content, or None if the repo or file does not exist.
+
+        Read as a stream and refused beyond ``limit`` bytes, whatever the repo holds.
+        """
         url = self._file_url(repo_id, revision, path)
-        try:
-            with self._failures(f"{repo_id}@{revision}/{path}"):
-                response = http_backoff("GET", url, headers=self._headers(), **self._backoff)
+        what = f"{repo_id}@{revision}/{path}"
+
+        def attempt() -> bytes:
+            backoff = {**self._backoff, "retry_on_exceptions": ()}  # see read_into
+            with http_stream_backoff("GET", url, headers=self._headers(), **backoff) as response:
                 hf_raise_for_status(response)
+                data = bytearray()
+                for chunk in response.iter_bytes():
+                    data += chunk
+                    if len(data) > limit:
+                        raise HubError(f"{what}: larger than {limit} bytes")
+                return bytes(data)
+
+        try:
+            return self._retry(what, attempt, statuses=())
         except HubError as e:
-            if _is_missing(e):
+            if is_missing(e):
                 return None
             raise
-        return response.content
 
-    def open_pr_refs(self, repo_id: str) -> list[str]:
-        """The repo's pull request refs, newest first (``refs/pr/N``); none if no such repo."""
-        try:
-            refs = self._retry(
-                repo_id, lambda: self.api.list_repo_refs(repo_id, include_pull_requests=True)
+    def whoami(self) -> str | None:
+        """The account of the token (asked once); None without a token."""
+        if self._token is None:
+            return None
+        if self._account is None:
+            self._account = str(self._retry("whoami", lambda: self.api.whoami())["name"])
+        return self._account
+
+    def own_open_prs(self, repo_id: str) -> list[int]:
+        """The numbers of the open pull requests that this token's account opened, newest first.
+
+        Anyone may open a pull request on a public repo: only the bot's own are its work.
+        Without a token, none (the account is unknown); none if there is no such repo.
+        """
+        me = self.whoami()
+        if me is None:
+            return []
+
+        def listed() -> list[int]:
+            found = self.api.get_repo_discussions(
+                repo_id, author=me, discussion_type="pull_request", discussion_status="open"
             )
+            # Filtered again: the answer is the Hub's, the decision ours.
+            return [
+                d.num for d in found if d.is_pull_request and d.author == me and d.status == "open"
+            ]
+
+        try:
+            return sorted(self._retry(repo_id, listed), reverse=True)
         except HubError as e:
-            if _is_missing(e):
+            if is_missing(e):
                 return []
             raise
-        prs = sorted(refs.pull_requests or [], key=lambda r: int(r.ref.rsplit("/", 1)[-1]))
-        return [r.ref for r in reversed(prs)]
+
+    def close_pr(self, repo_id: str, number: int, comment: str) -> None:
+        """Close a pull request with a comment (one request; closing twice is harmless)."""
+        self._retry(
+            f"{repo_id}#{number}",
+            lambda: self.api.change_discussion_status(repo_id, number, "closed", comment=comment),
+        )
 
     def newest_repo(self, author: str, pattern: str) -> tuple[str, datetime] | None:
         """The most recently created repo of ``author`` whose name matches the glob ``pattern``."""
@@ -236,11 +367,20 @@ class Hub:
         revision: str,
         create_pr: bool,
     ) -> None:
-        """Upload LFS content ahead of the commit (huggingface_hub retries each request)."""
-        with self._failures(repo_id, caught=UPLOAD_FAILURES):
-            self.api.preupload_lfs_files(
-                repo_id, additions=operations, revision=revision, create_pr=create_pr
-            )
+        """Upload large files ahead of the commit, through Xet when the operations hold paths.
+
+        huggingface_hub retries each HTTP request; a transient hf_xet failure retries the
+        upload (what is already stored is deduplicated, not sent again).
+        """
+        additions = list(operations)
+        self._retry(
+            repo_id,
+            lambda: self.api.preupload_lfs_files(
+                repo_id, additions=additions, revision=revision, create_pr=create_pr
+            ),
+            http=False,
+            caught=UPLOAD_FAILURES,
+        )
 
     def commit(
         self,
@@ -282,6 +422,7 @@ class Hub:
         return hf_hub_url(repo_id, path, revision=revision, endpoint=self.endpoint)
 
     def _headers(self) -> dict[str, str]:
+        """Headers for a request sent now: with trusted publishing, the token of the moment."""
         return build_hf_headers(token=self._token)
 
     @property
@@ -296,19 +437,36 @@ class Hub:
         }
 
     def _retry(
-        self, what: str, call: Callable[[], T], *, statuses: Collection[int] = RETRY_STATUS
+        self,
+        what: str,
+        call: Callable[[], T],
+        *,
+        statuses: Collection[int] = RETRY_STATUS,
+        http: bool = True,
+        where: str | None = None,
+        caught: tuple[type[Exception], ...] = HUB_FAILURES,
     ) -> T:
-        """Run an idempotent call that huggingface_hub does not retry, under the retry policy."""
+        """Run an idempotent call under the retry policy.
+
+        ``http=False``: for calls that huggingface_hub retries itself, retry only hf_xet's
+        transient failures.
+        """
         backoff = FIRST_WAIT
-        with self._failures(what):
+        with self._failures(what, where=where, caught=caught):
             for _ in range(self.retries):
                 try:
                     return call()
-                except httpx2.HTTPError as e:  # HfHubHTTPError included
-                    wait = _wait(e, backoff, statuses)
+                except Exception as e:
+                    if xet.is_xet_failure(e):
+                        wait = backoff if xet.is_transient(e) else None
+                    elif http and isinstance(e, httpx2.HTTPError):  # HfHubHTTPError included
+                        wait = _wait(e, backoff, statuses, self.max_rate_wait)
+                    else:
+                        wait = None
                     if wait is None:
                         raise
-                self.sleep(wait)
+                if wait:
+                    self.sleep(wait)
                 backoff = min(2 * backoff, MAX_WAIT)
             return call()
 
@@ -325,13 +483,19 @@ class Hub:
             yield
         except ParamDeltaError:
             raise
-        except caught as e:  # anything else is a bug and propagates as one
+        except Exception as e:  # anything else is a bug and propagates as one
+            if xet.is_xet_failure(e):
+                if (local := xet.local_failure(e)) is not None:  # the local disk
+                    raise LocalFileError(redact(f"{where or what}: {local}")) from e
+                raise HubError(redact(f"{what}: {xet.describe(e)}")) from e
+            if not isinstance(e, caught):
+                raise
             if _is_local(e):
                 raise LocalFileError.from_os_error(e, e.filename or where) from e
             raise HubError(redact(f"{what}: {_describe(e)}")) from e
 
 
-def _is_missing(e: HubError) -> bool:
+def is_missing(e: HubError) -> bool:
     """The repo or file does not exist (as opposed to: exists, but we may not see it)."""
     cause = e.__cause__
     missing = isinstance(cause, (RepositoryNotFoundError, RemoteEntryNotFoundError))
@@ -348,21 +512,39 @@ def _is_local(e: Exception) -> TypeGuard[OSError]:
     return isinstance(e, OSError) and e.errno is not None and not isinstance(e, network)
 
 
-def _wait(e: httpx2.HTTPError, backoff: float, statuses: Collection[int]) -> float | None:
-    """Seconds to wait before retrying ``e``, as http_backoff would; None if it is not transient."""
+def _wait(
+    e: httpx2.HTTPError, backoff: float, statuses: Collection[int], max_rate_wait: float
+) -> float | None:
+    """Seconds to wait before retrying ``e``, as http_backoff would; None if it is not transient.
+
+    A spent rate limit is retried at once: the pacer, which has read the same headers,
+    holds the request until the window resets (and logs it), if that is within the bound.
+    """
     if isinstance(e, RETRY_EXCEPTIONS):
         return backoff
     response = e.response if isinstance(e, HfHubHTTPError) else None
     if response is None or response.status_code not in statuses:
         return None
     asked = _asked_wait(response)
-    return backoff if asked is None else asked + 1.0  # http_backoff's margin for rounding
+    if asked is None:
+        return backoff
+    if asked > max_rate_wait:
+        return None
+    if _spent(response):
+        return 0.0
+    return asked + 1.0  # http_backoff's margin for rounding
+
+
+def _spent(response: httpx2.Response) -> bool:
+    """A 429 because the rate limit's quota is spent (the headers say when it resets)."""
+    limit = parse_ratelimit_headers(response.headers)
+    return response.status_code == 429 and limit is not None and limit.remaining == 0
 
 
 def _asked_wait(response: httpx2.Response) -> int | None:
     """The wait the server asks for: an exhausted rate limit's reset, or Retry-After seconds."""
     limit = parse_ratelimit_headers(response.headers)
-    if response.status_code == 429 and limit is not None and limit.remaining == 0:
+    if _spent(response) and limit is not None:
         return limit.reset_in_seconds
     after = response.headers.get("Retry-After", "").strip()
     return int(after) if after.isdigit() else None
@@ -379,30 +561,45 @@ def _describe(e: Exception) -> str:
         return "file not found"
     if isinstance(e, OIDCError):
         return f"trusted publishing failed: {e}"
+    if isinstance(e, HfHubHTTPError) and e.response is not None and _is_exchange(e.response):
+        detail = shorten(" ".join((e.server_message or "").split()), 300)
+        resource = os.environ.get("HF_OIDC_RESOURCE", "")
+        return (
+            f"trusted publishing (HF_OIDC_RESOURCE={resource}): the Hub refused the token"
+            f" exchange (HTTP {e.response.status_code}: {detail or 'no reason given'})"
+        )
     if isinstance(e, LocalEntryNotFoundError):
         return "download failed (network unreachable?)"
     if isinstance(e, HfHubHTTPError) and e.response is not None:
         status = e.response.status_code
         if status in (401, 403):
             return f"HTTP {status}: not authorised (check HF_TOKEN or --token-file)"
-        detail = " ".join((e.server_message or "").split())[:300] or str(e).splitlines()[0]
+        # Redacted before it is cut: a token straddling the cut would leak its first part.
+        detail = shorten(" ".join((e.server_message or "").split()), 300)
+        detail = detail or redact(str(e).splitlines()[0])
         return f"HTTP {status}: {detail}"
     if isinstance(e, RETRY_EXCEPTIONS):
         return f"network error: {type(e).__name__}: {e}"
     return f"{type(e).__name__}: {e}"
 
 
-def _use_timeout(seconds: float) -> None:
-    """Make huggingface_hub's shared client, and every one it replaces it with, time out.
+def _is_exchange(response: httpx2.Response) -> bool:
+    """An answer of the trusted-publishing token exchange (huggingface_hub's `_oidc`)."""
+    return response.request.url.path.endswith("/oauth/token")
+
+
+def _use_client(seconds: float, pacer: Pacer) -> None:
+    """Make huggingface_hub's shared client, and every one it replaces it with, time out,
+    pace itself within the rate limits and register the tokens it sends.
 
     Its default client has no timeout at all; the factory survives `close_session`,
     which huggingface_hub calls after a connection error and on fork.
     """
     timeout = httpx2.Timeout(seconds, connect=min(seconds, 30.0))
-    set_client_factory(functools.partial(_client_with_timeout, timeout))
+    set_client_factory(functools.partial(_client_with_hooks, timeout, pacer))
 
 
-def _client_with_timeout(timeout: httpx2.Timeout) -> httpx2.Client:
+def _client_with_hooks(timeout: httpx2.Timeout, pacer: Pacer) -> httpx2.Client:
     """huggingface_hub's default client (its event hooks, redirects) with ``timeout``.
 
     The request hook also bounds the requests that huggingface_hub sends with an explicit
@@ -416,5 +613,16 @@ def _client_with_timeout(timeout: httpx2.Timeout) -> httpx2.Client:
     client = default_client_factory()
     client.timeout = timeout
     hooks = client.event_hooks
-    client.event_hooks = {**hooks, "request": [*hooks.get("request", []), bound]}
+    client.event_hooks = {
+        **hooks,
+        "request": [*hooks.get("request", []), bound, _register_token, pacer.before],
+        "response": [*hooks.get("response", []), pacer.after],
+    }
     return client
+
+
+def _register_token(request: httpx2.Request) -> None:
+    """Every token sent is redacted from what the bot prints (trusted publishing renews them)."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        register(value)

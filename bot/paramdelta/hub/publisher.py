@@ -1,29 +1,42 @@
 """Publish a merged checkpoint to the Hub as ONE commit, never half of one.
 
-Shards are pre-uploaded (LFS) as soon as they are written, one at a time,
-and deleted locally if asked (so disk holds about one shard); nothing is
-visible in the repo until the single `create_commit` at the end, which names
-the branch head read at the start as its parent. If anyone moved the branch
-meanwhile the Hub refuses the commit and nothing changes (exit 5). A crash
-before that commit leaves the repo exactly as it was; a re-run recomputes the
-same bytes, and the Hub already holds their LFS objects, so they are not
-uploaded again.
+Shards are pre-uploaded through Xet as soon as they are written, one at a
+time, by path (huggingface_hub falls back to legacy LFS for an open file
+object, hashing it in Python first): hf_xet chunks, deduplicates and hashes in
+one pass. A shard is uploaded from a hard link in a staging directory, so the
+writer may rename or delete its own name meanwhile; with ``delete`` the disk
+space goes when the upload is done (so disk holds about one shard uploading
+and one being written). Nothing is visible in the repo until the single
+`create_commit` at the end, which names the branch head read at the start as
+its parent. If anyone moved the branch meanwhile the Hub refuses a direct
+commit and nothing changes (exit 5); a pull request is opened from that parent
+whatever the branch did since. A crash before the commit leaves the repo
+exactly as it was; a re-run recomputes the same bytes, and Xet storage already
+holds their chunks, so they are not uploaded again.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
+from paramdelta.engine.files import LINEAGE_FILE
 from paramdelta.engine.safetensors_format import is_weights_file
-from paramdelta.engine.writer import ShardPlan
+from paramdelta.engine.writer import OUTPUT_MARKER, ShardPlan
+from paramdelta.errors import PublishConflictError
+from paramdelta.hub import content_ids
 from paramdelta.hub.client import Hub
+from paramdelta.tokens import redact
+
+NEW_REPO = "new-repo"  # a Publisher's parent when the output repo did not exist at plan time
 
 
 @dataclass
@@ -31,10 +44,13 @@ class PublishResult:
     repo_id: str
     revision: str
     files: list[str]
+    skipped: list[str] = field(default_factory=list)  # in the directory, not committed
     commit_url: str | None = None
     commit_sha: str | None = None
     pr_url: str | None = None
+    pr_number: int | None = None
     dry_run: bool = False
+    in_review: bool = False  # nothing committed: a pull request with the same merge is open
 
     @property
     def url(self) -> str | None:
@@ -44,10 +60,18 @@ class PublishResult:
         """One human line (a list, for a dry run) of what was or would be committed."""
         if self.dry_run:
             files = "".join(f"\n  {f}" for f in self.files)
-            return f"would commit {len(self.files)} files to {self.repo_id}@{self.revision}:{files}"
-        if self.pr_url:
-            return f"opened pull request {self.pr_url} ({len(self.files)} files)"
-        return f"published {len(self.files)} files to {self.repo_id}: {self.commit_url}"
+            text = f"would commit {len(self.files)} files to {self.repo_id}@{self.revision}:{files}"
+        elif self.in_review:
+            text = f"already proposed in pull request {self.pr_url}: nothing committed"
+        elif self.pr_url:
+            text = f"opened pull request {self.pr_url} ({len(self.files)} files)"
+        else:
+            text = f"published {len(self.files)} files to {self.repo_id}: {self.commit_url}"
+        if self.skipped:
+            text += (
+                f"\nskipped (dotfiles, caches, links out of the folder): {', '.join(self.skipped)}"
+            )
+        return text
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -57,6 +81,7 @@ class PublishResult:
             "commit_url": self.commit_url,
             "pr_url": self.pr_url,
             "files": self.files,
+            "skipped": self.skipped,
             "dry_run": self.dry_run,
         }
 
@@ -65,9 +90,11 @@ class Publisher:
     """One commit to ``repo_id``, as a context manager.
 
     Entering creates the repo if needed and reads the branch head the commit will
-    build on (unless ``parent`` pins one seen earlier); `upload_shard` sends shards
-    while the merge goes on; `finish` makes the commit. Leaving waits for nothing
-    and releases every handle, whatever happened.
+    build on, unless ``parent`` pins the one seen when the target was planned (or
+    NEW_REPO: there was no repo then, so the one found must hold no merge yet): of
+    two overlapping runs, the second to commit is refused (exit 5). `upload_shard`
+    sends shards while the merge goes on; `finish` makes the commit. Leaving waits
+    for nothing and releases every handle, whatever happened.
     """
 
     def __init__(
@@ -93,53 +120,76 @@ class Publisher:
         self._uploaded: dict[str, CommitOperationAdd] = {}
         self._pending: Future[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._handles: list[BinaryIO] = []
+        self._staging: Path | None = None
         self._remote_files: set[str] = set()
         self._lock = threading.Lock()
 
     def __enter__(self) -> Publisher:
         self.hub.create_repo(self.repo_id, private=self.private)
-        head = self.hub.repo_files(self.repo_id, self.revision, files=False)
-        if self.parent is None:
-            self.parent = head.sha
+        if self.parent is NEW_REPO:
+            head = self.hub.repo_files(self.repo_id, self.revision, files=False)
+            if any(is_weights_file(f) or f == LINEAGE_FILE for f in head.sizes):
+                raise PublishConflictError(
+                    f"output repo {self.repo_id} was created and published to since this target"
+                    " was planned; nothing was committed; re-run to re-plan"
+                )
+        else:
+            head = self.hub.repo_files(self.repo_id, self.parent or self.revision, files=False)
+        self.parent = head.sha
         self._remote_files = set(head.sizes)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
-        for handle in self._handles:
-            handle.close()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
 
     def upload_shard(self, path: Path, shard: ShardPlan, *, delete: bool = False) -> None:
         """Writer hook: upload this shard in the background once the previous one is done.
 
-        The upload reads from an open handle, so the writer may move its directory
+        The upload reads a hard link of the shard in the staging directory (beside the
+        writer's, so on the same file system), so the writer may move its directory
         meanwhile; with ``delete`` the name goes at once and the disk space when the
-        upload is done and the handle closed.
+        upload is done. Where no hard link can be made, the shard is uploaded before
+        the writer goes on.
         """
-        handle = path.open("rb")
-        if delete:
-            path.unlink()
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="paramdelta-upload")
-            self._handles.append(handle)
             previous, self._pending = self._pending, None
         if previous is not None:
             previous.result()  # bounds disk to ~one shard uploading + one being written
-        self._pending = self._executor.submit(self._upload, handle, shard.filename)
+        staged = self._stage(path)
+        if staged is None:
+            self._upload(path, shard.filename, remove=delete)
+            return
+        if delete:
+            path.unlink()
+        self._pending = self._executor.submit(self._upload, staged, shard.filename, remove=True)
 
-    def _upload(self, handle: BinaryIO, path_in_repo: str) -> None:
-        operation = CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=handle)
+    def _stage(self, path: Path) -> Path | None:
+        try:
+            if self._staging is None:
+                self._staging = Path(
+                    tempfile.mkdtemp(prefix=".paramdelta-upload-", dir=path.parent.parent)
+                )
+            staged = self._staging / path.name
+            os.link(path, staged)
+        except OSError:
+            return None
+        return staged
+
+    def _upload(self, path: Path, path_in_repo: str, *, remove: bool) -> None:
+        operation = CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=str(path))
         self.hub.preupload(
             self.repo_id, [operation], revision=self.revision, create_pr=self.create_pr
         )
-        # preupload drops the content once it is stored as LFS; the commit then needs
-        # only its hash. A regular (non-LFS) file keeps its handle for the commit.
-        if operation.path_or_fileobj == b"":
-            handle.close()
         self._uploaded[path_in_repo] = operation
+        # Stored as a large file: the commit names it by sha256 and size, without reading it
+        # again. A small one (regular upload mode) goes into the commit itself: keep it.
+        if remove and operation._is_uploaded:
+            path.unlink()
 
     def finish(
         self, directory: Path, extra_files: Mapping[str, bytes] | None = None
@@ -147,13 +197,27 @@ class Publisher:
         """Commit every file in ``directory`` (plus ``extra_files``) in one commit."""
         self._wait()
         operations: dict[str, CommitOperationAdd] = dict(self._uploaded)
-        for relpath in local_files(directory):
-            operations.setdefault(relpath, CommitOperationAdd(relpath, str(directory / relpath)))
-        for relpath, data in (extra_files or {}).items():
-            operations[relpath] = CommitOperationAdd(relpath, data)
+        files, skipped = publishable(directory)
+        for relpath, path in files.items():
+            operations.setdefault(relpath, CommitOperationAdd(relpath, str(path)))
+        for relpath, data in (extra_files or {}).items():  # the bot's own text: card, lineage
+            operations[relpath] = CommitOperationAdd(relpath, redact(data.decode()).encode())
+        # Shards not uploaded yet (`publish` of a directory) go one by one: each upload
+        # then sends the token of its moment, as the commit does (trusted publishing renews
+        # tokens hourly; one create_commit would send one token for every upload and the commit).
+        for relpath, operation in operations.items():
+            if relpath.endswith(".safetensors") and not operation._is_uploaded:
+                self.hub.preupload(
+                    self.repo_id, [operation], revision=self.revision, create_pr=self.create_pr
+                )
         # Weights of an earlier merge that this one does not overwrite (another shard
         # layout) would linger beside the new index: remove them in the same commit.
-        stale = sorted(f for f in self._remote_files if is_weights_file(f) and f not in operations)
+        # A lineage record left beside other weights would describe what is no longer there.
+        stale = sorted(
+            f
+            for f in self._remote_files
+            if (is_weights_file(f) or f == LINEAGE_FILE) and f not in operations
+        )
         deletions = [CommitOperationDelete(path_in_repo=f) for f in stale]
         info = self.hub.commit(
             self.repo_id,
@@ -168,10 +232,20 @@ class Publisher:
             self.repo_id,
             self.revision,
             sorted(operations),
+            skipped=skipped,
             commit_url=info.commit_url,
             commit_sha=info.oid,
             pr_url=info.pr_url,
+            pr_number=info.pr_num,
         )
+
+    def uploaded_ids(self) -> dict[str, list[str]]:
+        """The content id of each file uploaded so far: the sha256 computed for its upload."""
+        self._wait()
+        return {
+            path: [content_ids.SHA256 + op.upload_info.sha256.hex()]
+            for path, op in sorted(self._uploaded.items())
+        }
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -179,14 +253,57 @@ class Publisher:
             pending.result()
 
 
-def local_files(directory: Path) -> list[str]:
-    """The files under ``directory`` that a publish commits, as repo paths."""
-    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+# Folders of tools, never of a model: byte-code and download caches.
+SKIPPED_FOLDERS = frozenset({"__pycache__"})
+
+
+def publishable(directory: Path) -> tuple[dict[str, Path], list[str]]:
+    """What a publish of ``directory`` commits (repo path -> the file), and what it skips.
+
+    Skipped: dotfiles and dot-folders (.env, .git, .cache, .huggingface), caches, links to
+    folders (not followed), symlinks leading out of ``directory``, and anything that is
+    not a regular file. A skipped folder is listed with a trailing "/".
+    """
+    root = directory.resolve()
+    files: dict[str, Path] = {}
+    skipped: list[str] = []
+    for folder, subfolders, names in os.walk(root):  # does not follow links to folders
+        here = Path(folder)
+        for name in sorted(subfolders):
+            if name.startswith(".") or name in SKIPPED_FOLDERS or (here / name).is_symlink():
+                skipped.append(f"{(here / name).relative_to(root).as_posix()}/")
+        subfolders[:] = [
+            n
+            for n in subfolders
+            if not n.startswith(".") and n not in SKIPPED_FOLDERS and not (here / n).is_symlink()
+        ]
+        for name in sorted(names):
+            path = here / name
+            relpath = path.relative_to(root).as_posix()
+            real = path.resolve()
+            if relpath == OUTPUT_MARKER:
+                continue  # the writer's own mark of a merged folder: never published, no news
+            if name.startswith(".") or not real.is_relative_to(root) or not real.is_file():
+                skipped.append(relpath)
+            else:
+                files[relpath] = real
+    return dict(sorted(files.items())), sorted(skipped)
+
+
+def weight_ids(directory: Path) -> dict[str, list[str]]:
+    """The content ids of each weight file a publish of ``directory`` commits (each hashed)."""
+    files, _ = publishable(directory)
+    return {
+        relpath: content_ids.of_file(path, relpath)
+        for relpath, path in files.items()
+        if is_weights_file(relpath)
+    }
 
 
 def dry_run(
     repo_id: str, revision: str, directory: Path, extra: Mapping[str, bytes] | None = None
 ) -> PublishResult:
     """What `finish` would commit, without a single request."""
-    files = {*local_files(directory), *(extra or {})}
-    return PublishResult(repo_id, revision, sorted(files), dry_run=True)
+    found, skipped = publishable(directory)
+    files = {*found, *(extra or {})}
+    return PublishResult(repo_id, revision, sorted(files), skipped=skipped, dry_run=True)

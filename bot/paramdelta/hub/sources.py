@@ -1,38 +1,53 @@
 """Checkpoint specs -> `Source`s: a local directory, or a Hub repo pinned to one commit.
 
 A spec is a directory path, or ``org/name[@revision]`` (branch, tag or commit
-sha; default main). A Hub revision is resolved to its commit sha once, here,
-and every later read names that sha, so a push to the source repo during a
-merge cannot mix two revisions.
+sha; default main). A spec that can only be a path (it starts with ./, ../, / or
+~, or has more than one /) and is not a directory is "no such directory", never
+a Hub lookup; one that could be either (``org/name`` where ./org exists) goes to
+the Hub, and if the Hub has no such repo either, the error says both.
 
-Remote checkpoints are first opened with ranged reads of config.json, the
-index and the safetensors headers only (the preflight). Then either
-`download_inputs` fetches the weight files into the Hugging Face cache and
-reads them locally (the default: a persistent runner keeps base and post
-cached), or the engine keeps reading byte ranges straight from the Hub
-(``--stream``: no input is stored, disk holds only the output).
+A Hub revision is resolved to its commit sha once, here, and every later read
+names that sha, so a push to the source repo during a merge cannot mix two
+revisions.
+
+Remote checkpoints are first opened with reads of config.json, the index and
+the safetensors headers only (the preflight): one request per shard for its
+first 100 kB, which holds the header of any ordinary checkpoint, all shards at
+once. Then either `download_inputs` fetches the weight files into the Hugging
+Face cache and reads them locally, once checked against the Hub's listing (the
+default: a persistent runner keeps base and post cached), or the engine keeps
+reading byte ranges straight from the Hub (``--stream``: no input is stored,
+disk holds only the output): Xet-backed files through hf_xet download streams
+(no `/resolve/` request per range: the Hub's "resolvers" quota is spent on the
+preflight only), others by HTTP ranges.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import difflib
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 from paramdelta.engine.checkpoint import CONFIG, LocalSource, Source
 from paramdelta.engine.layout import MergePlan
 from paramdelta.engine.safetensors_format import INDEX
-from paramdelta.errors import CheckpointError, UsageError
-from paramdelta.hub.client import Hub, RepoFiles
+from paramdelta.errors import CheckpointError, HubError, UsageError
+from paramdelta.hub.cache import checked_snapshot
+from paramdelta.hub.client import Hub, RepoFiles, is_missing
+from paramdelta.hub.xet import XetReader
 from paramdelta.repo_ids import parse_spec
 from paramdelta.tokens import hub_token
 
 HUB_READ_SIZE = 16 * 2**20  # bytes per range request: large enough to amortise a round trip
 HUB_PARALLEL_READS = 8
+HEAD_BYTES = 100_000  # what huggingface_hub's get_safetensors_metadata reads first, too
 
 
 class HubSource:
-    """A Hub repo at one commit, read by HTTP Range requests."""
+    """A Hub repo at one commit, read through Xet streams or HTTP Range requests."""
 
     read_size = HUB_READ_SIZE
     parallel_reads = HUB_PARALLEL_READS
@@ -41,6 +56,9 @@ class HubSource:
         self.hub = hub
         self.repo = repo
         self.label = f"{repo.repo_id}@{repo.sha[:7]}"
+        self._lock = threading.Lock()
+        self._heads: dict[str, Future[bytes]] = {}
+        self._xet: XetReader | None = None
 
     def list_files(self) -> list[str]:
         return sorted(self.repo.sizes)
@@ -51,26 +69,100 @@ class HubSource:
         except KeyError:
             raise CheckpointError(f"{self.label}: no file {path!r}") from None
 
+    def prefetch(self, paths: Sequence[str]) -> None:
+        """Read the first bytes (the header) of each safetensors file, all at once."""
+        todo = [p for p in paths if p not in self._heads]
+        if not todo:
+            return
+        with ThreadPoolExecutor(min(len(todo), HUB_PARALLEL_READS)) as pool:
+            for path in todo:
+                self._head(path, pool)
+        for path in todo:
+            self._heads[path].result()  # errors surface here, in the preflight
+
+    def _head(self, path: str, pool: ThreadPoolExecutor | None = None) -> Future[bytes]:
+        """The file's first HEAD_BYTES (or all of it), read once: in ``pool`` if given."""
+        with self._lock:
+            head = self._heads.get(path)
+            if head is not None:
+                return head
+            head = self._heads[path] = Future()
+
+        def fetch() -> None:
+            length = min(self.size(path), HEAD_BYTES)
+            try:
+                head.set_result(self.hub.read(self.repo.repo_id, self.repo.sha, path, 0, length))
+            except BaseException as e:
+                head.set_exception(e)
+
+        if pool is None:
+            fetch()
+        else:
+            pool.submit(fetch)
+        return head
+
     def read(self, path: str, offset: int, length: int) -> bytes:
+        if path.endswith(".safetensors") and offset + length <= HEAD_BYTES:
+            head = self._head(path).result()
+            if offset + length <= len(head):
+                return head[offset : offset + length]
         return self.hub.read(self.repo.repo_id, self.repo.sha, path, offset, length)
 
     def read_into(self, path: str, offset: int, view: memoryview) -> None:
-        self.hub.read_into(self.repo.repo_id, self.repo.sha, path, offset, view)
+        reader = self._xet_reader()
+        if reader.has(path):
+            self.hub.read_xet(reader, path, self.size(path), offset, view)
+        else:
+            self.hub.read_into(self.repo.repo_id, self.repo.sha, path, offset, view)
+
+    def _xet_reader(self) -> XetReader:
+        with self._lock:
+            if self._xet is None:
+                self._xet = self.hub.xet_reader(self.repo.repo_id, self.repo.sha)
+            return self._xet
 
     def close(self) -> None:
-        pass
+        with self._lock:
+            if self._xet is not None:
+                self._xet.close()
+
+
+PATH_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
 
 
 def open_source(spec: str, role: str, hub_factory: HubFactory) -> Source:
+    option = f"--{role.replace('_', '-')}"
     path = Path(spec).expanduser()
     if path.is_dir():
         return LocalSource(path, str(path))
+    if spec.startswith(PATH_PREFIXES) or spec.count("/") > 1:
+        raise UsageError(f"{option} {spec}: no such directory{_nearest(path)}")
     try:
         repo_id, revision = parse_spec(spec)
     except UsageError as e:
-        raise UsageError(f"--{role.replace('_', '-')} {e}") from None
+        raise UsageError(f"{option} {e}") from None
     hub = hub_factory()
-    return HubSource(hub, hub.repo_files(repo_id, revision))
+    try:
+        return HubSource(hub, hub.repo_files(repo_id, revision))
+    except HubError as e:
+        owner = Path(repo_id.partition("/")[0])
+        if owner.is_dir() and is_missing(e):  # a typo in a local path, most likely
+            raise UsageError(
+                f"{option} {spec}: no such directory{_nearest(path)}, and no Hub repo {repo_id}"
+            ) from None
+        raise
+
+
+def _nearest(path: Path) -> str:
+    """The closest directories where the path stops existing (for a typo), if any."""
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return ""
+    names = sorted(p.name for p in parent.iterdir() if p.is_dir())
+    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(str(parent / n) for n in close)}?)" if close else ""
 
 
 # What loading a checkpoint with transformers reads: configs, weights, tokenizer files.
@@ -118,33 +210,33 @@ def open_sources(
             source.close()
 
 
-def files_needed(plan: MergePlan) -> dict[str, set[str]]:
-    """Per role, the files a merge reads: weight shards and donated files."""
-    needed: dict[str, set[str]] = {}
-    for item in plan.items:
-        for segment in item.segments:
-            for role, ref, _ in segment.inputs:
-                needed.setdefault(role, set()).add(ref.file)
-    for path, role in plan.files.items():
-        needed.setdefault(role, set()).add(path)
-    return needed
-
-
 def download_inputs(plan: MergePlan, sources: dict[str, Source]) -> dict[str, Source]:
-    """Swap each Hub source for the same files fetched into the Hugging Face cache.
+    """Swap each Hub source for the files the merge reads, fetched into the Hugging Face cache.
 
     Each snapshot also gets its config.json and index, so that it opens as a
     checkpoint on its own (the pre-publish check loads the post model and new base).
+    What the cache holds is checked against the Hub's listing before it is used
+    (see `paramdelta.hub.cache`): another job may have tampered with it.
     """
-    needed = files_needed(plan)
     local: dict[str, Source] = {}
-    for role, source in sources.items():
-        if isinstance(source, HubSource):
-            repo = source.repo
-            paths = needed.get(role, set()) | ({CONFIG, INDEX} & set(repo.sizes))
-            snapshot = source.hub.download(repo.repo_id, repo.sha, sorted(paths))
-            swapped = LocalSource(snapshot, source.label)
-            local[role] = swapped
-        else:
-            local[role] = source
+    try:
+        for role, source in sources.items():
+            if isinstance(source, HubSource):
+                whole = {CONFIG, INDEX} & set(source.repo.sizes)
+                local[role] = _checked_download(source, sorted({*plan.read.get(role, []), *whole}))
+            else:
+                local[role] = source
+    except BaseException:
+        for done in local.values():
+            done.close()
+        raise
     return local
+
+
+def _checked_download(source: HubSource, paths: list[str]) -> Source:
+    repo, hub = source.repo, source.hub
+
+    def download(which: Iterable[str]) -> Path:
+        return hub.download(repo.repo_id, repo.sha, sorted(which))
+
+    return checked_snapshot(repo, download(paths), paths, download)

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import yaml
 
+from paramdelta.testing._hub_discussions import discussion_json, event_json
 from paramdelta.testing._hub_store import (
     AUTHOR,
     CHUNK,
@@ -91,13 +92,44 @@ class RequestLog:
 
 
 class Credentials:
-    """The write token, and tokens issued by the OIDC exchange (each scoped to one repo)."""
+    """The write token, and tokens issued by the OIDC exchange (each scoped to one repo).
 
-    def __init__(self, token: str | None, oidc_subject_token: str | None) -> None:
+    Tokens belong to users (`whoami`): the write token and the issued ones to AUTHOR, the
+    account the bot runs as; `add_user` adds accounts that may read and comment only.
+
+    An issued token lasts `lifetime` whole seconds (the Hub's: one hour) and cannot be
+    refreshed; the exchange issues one only for a repo with a trusted publisher (`trusted`).
+    Expiry allows `LEEWAY` for clock skew, as token validators do: a client that caches a token
+    for exactly `expires_in` seconds from the answer may send it a little late.
+    """
+
+    LEEWAY = 0.5
+
+    def __init__(
+        self, token: str | None, oidc_subject_token: str | None, lifetime: int = 3600
+    ) -> None:
         self.token = token
         self.oidc_subject_token = oidc_subject_token
+        self.lifetime = lifetime
+        self.trusted: set[str] = set()
         self._lock = threading.Lock()
-        self._issued: dict[str, str] = {}
+        self._issued: dict[str, tuple[str, float]] = {}  # token -> (repo id, expiry)
+        self._users: dict[str, str] = {}  # token -> user name, for the other accounts
+
+    def add_user(self, name: str, token: str) -> None:
+        with self._lock:
+            self._users[token] = name
+
+    def user(self, authorization: str | None) -> str | None:
+        """The account a request comes from; None when it carries no token."""
+        scope = self.scope(authorization)
+        if scope is None or (self.token is None and authorization is None):
+            return None
+        if scope == "":
+            _, _, value = (authorization or "").partition(" ")
+            with self._lock:
+                return self._users[value]
+        return AUTHOR
 
     def scope(self, authorization: str | None) -> str | None:
         """'*' for full access, a repo id for an OIDC-issued token, None for no token at all."""
@@ -110,23 +142,40 @@ class Credentials:
             if _same(value, self.token):
                 return "*"
             with self._lock:
-                resource = self._issued.get(value)
-            if resource is not None:
+                resource, expiry = self._issued.get(value, (None, 0.0))
+                other_user = value in self._users
+            if resource is not None and time.monotonic() < expiry + self.LEEWAY:
                 return resource
+            if other_user:
+                return ""  # authenticated, with no repo to write to
         raise HubError(401, None, INVALID_CREDENTIALS)
 
-    def exchange(self, subject_token: str, resource: str) -> str:
-        """RFC 8693: trade the configured OIDC id token for a write token on `resource`."""
+    def exchange(self, subject_token: str, resource: str) -> tuple[str, int]:
+        """RFC 8693: trade the configured OIDC id token for a write token on `resource`.
+
+        Returns the token and its lifetime in seconds; failures are the OAuth 400s.
+        """
         if self.oidc_subject_token is None or not _same(subject_token, self.oidc_subject_token):
-            raise HubError(401, None, "invalid_grant: the OIDC id token is not trusted")
+            raise oauth_error("invalid_grant", "the OIDC id token is not trusted")
+        if resource not in self.trusted:
+            raise oauth_error("invalid_grant", f"no trusted publisher is configured for {resource}")
         token = f"hf_oidc_{secrets.token_hex(16)}"
         with self._lock:
-            self._issued[token] = resource
-        return token
+            self._issued[token] = (resource, time.monotonic() + self.lifetime)
+        return token, self.lifetime
 
     def clear(self) -> None:
         with self._lock:
             self._issued.clear()
+            self._users.clear()
+            self.trusted.clear()
+
+
+def oauth_error(error: str, description: str) -> HubError:
+    """An RFC 6749 error answer: 400 with `error` and `error_description`."""
+    e = HubError(400, None, f"{error}: {description}")
+    e.body = {"error": error, "error_description": description}
+    return e
 
 
 def _same(a: str, b: str) -> bool:
@@ -199,6 +248,10 @@ class _Handler(BaseHTTPRequestHandler):
     def route(self) -> None:
         raise NotImplementedError
 
+    def limit(self) -> dict[str, str]:
+        """Count the request against a quota; the headers saying what is left. None here."""
+        return {}
+
     def _handle(self) -> None:
         url = urlsplit(self.path)
         self.raw_path = url.path
@@ -214,6 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
         self._body = self._iter_body()
         self._started = False
+        self.extra_headers: dict[str, str] = {}  # sent with every answer to this request
         try:
             fault = self.hub.faults.take(self.role, self.command, self.record.path)
             if fault is not None:
@@ -228,6 +282,7 @@ class _Handler(BaseHTTPRequestHandler):
                     body = body.encode() if isinstance(body, str) else body
                     self._send(fault.status, body, fault.headers)
                     return
+            self.extra_headers = self.limit()
             self.route()
         except HubError as e:
             self._fail(e)
@@ -243,7 +298,7 @@ class _Handler(BaseHTTPRequestHandler):
         if error.code:
             headers["X-Error-Code"] = error.code
         try:
-            self._send_json(error.status, {"error": error.message}, headers)
+            self._send_json(error.status, error.body, headers)
         except (OSError, ValueError):
             self.close_connection = True
 
@@ -292,7 +347,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.hub.log.add(self.record)
         self._started = True
         self.send_response(status)
-        for name, value in headers.items():
+        for name, value in {**self.extra_headers, **headers}.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(length))
         self.end_headers()
@@ -321,7 +376,7 @@ class _Handler(BaseHTTPRequestHandler):
         size = path.stat().st_size
         out = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream", **headers}
         status, start, length = 200, 0, size
-        span = _byte_range(self.headers.get("Range"), size)
+        span = self._range(size)
         if span is not None:
             start, end = span
             status, length = 206, end - start + 1
@@ -334,6 +389,17 @@ class _Handler(BaseHTTPRequestHandler):
         if sent < length:
             self.record.sent = sent
             self.close_connection = True
+
+    def _range(self, size: int) -> tuple[int, int] | None:
+        """The range to serve; the CDN stand-in can ignore it, as CloudFront may (200, whole)."""
+        ignore = self.role == "blobs" and (
+            self.hub.cdn_ignores_range == "always"
+            or (
+                self.hub.cdn_ignores_range == "gzip"
+                and "gzip" in self.headers.get("Accept-Encoding", "")
+            )
+        )
+        return None if ignore else _byte_range(self.headers.get("Range"), size)
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -376,10 +442,20 @@ class HubHandler(_Handler):
                 self._preupload(f"{ns}/{name}", revision)
             case "POST", ["api", "models", ns, name, "commit", revision]:
                 self._commit(f"{ns}/{name}", revision)
+            case "GET", ["api", "models", ns, name, "xet-read-token" | "xet-write-token", revision]:
+                self._xet_token(f"{ns}/{name}", self.segments[4] == "xet-write-token", revision)
             case "POST", ["api", "repos", "create"]:
                 self._create_repo()
             case "DELETE", ["api", "repos", "delete"]:
                 self._delete_repo()
+            case "GET", ["api", "whoami-v2"]:
+                self._whoami()
+            case "GET", ["api", "models", ns, name, "discussions"]:
+                self._discussions(f"{ns}/{name}")
+            case "POST", ["api", "models", ns, name, "discussions", num, "comment"]:
+                self._comment(f"{ns}/{name}", _int(num))
+            case "POST", ["api", "models", ns, name, "discussions", num, "status"]:
+                self._change_status(f"{ns}/{name}", _int(num))
             case "POST", ["api", "validate-yaml"]:
                 self._send_json(200, {"errors": [], "warnings": []})
             case "POST", ["oauth", "token"]:
@@ -392,6 +468,10 @@ class HubHandler(_Handler):
                 self._resolve(f"{ns}/{name}", revision, "/".join(path))
             case _:
                 raise HubError(404, None, f"Not found: {self.command} {self.record.path}")
+
+    def limit(self) -> dict[str, str]:
+        bucket = "resolvers" if self.segments[2:3] == ["resolve"] else "api"
+        return self.hub.rate_limits.take(bucket, self.headers.get("Authorization"))
 
     # Auth: private repos look missing to whoever may not read them, like on the Hub.
 
@@ -535,7 +615,27 @@ class HubHandler(_Handler):
         headers["Location"] = f"{self.hub.blob_url}/lfs/{entry.sha256}/{name}"
         headers["X-Linked-Etag"] = f'"{entry.sha256}"'
         headers["X-Linked-Size"] = str(entry.size)
+        if entry.xet_hash is not None:  # what makes huggingface_hub download through hf_xet
+            headers["Location"] = f"{self.hub.blob_url}/xet/{entry.xet_hash}/{name}"
+            headers["X-Xet-Hash"] = entry.xet_hash
+            token_url = f"{self.hub.url}/api/models/{repo_id}/xet-read-token/{commit.oid}"
+            headers["Link"] = f'<{token_url}>; rel="xet-auth"'
         self._send(302, headers=headers)
+
+    def _xet_token(self, repo_id: str, write: bool, revision: str) -> None:
+        """A short-lived token for the Xet storage, in the body (hf_xet) and headers (the hub)."""
+        if write:
+            self._require_write(repo_id)  # a PR's branch does not exist yet: no revision check
+        else:
+            repo = self._readable(repo_id)
+            if repo.gated:
+                raise HubError(403, "GatedRepo", f"Access to model {repo_id} is restricted.")
+            repo.resolve(revision)
+        cas, token = self.hub.cas.url, f"xet_{secrets.token_hex(16)}"
+        expiry = int(time.time() + self.hub.xet_token_lifetime)
+        headers = {"X-Xet-Cas-Url": cas, "X-Xet-Access-Token": token}
+        headers["X-Xet-Token-Expiration"] = str(expiry)
+        self._send_json(200, {"casUrl": cas, "accessToken": token, "exp": expiry}, headers)
 
     # Writes
 
@@ -626,6 +726,12 @@ class HubHandler(_Handler):
             raise HubError(400, None, "The first ndjson line must be the header")
         header = _field(lines[0], "value", dict)
         ops = [self._operation(repo_id, line) for line in lines[1:]]
+        stored = self.hub.store.get(repo_id).lfs
+        through_xet = [
+            op.entry.sha256
+            for op in ops
+            if isinstance(op, Put) and op.entry.xet_hash and op.entry.sha256 not in stored
+        ]
         commit, pr = self.hub.store.commit(
             repo_id,
             ops,
@@ -635,6 +741,10 @@ class HubHandler(_Handler):
             parent=header.get("parentCommit"),
             create_pr=self._flag("create_pr"),
         )
+        self.hub.xet_commits.extend(through_xet)
+        if pr:
+            author = self.hub.credentials.user(self.headers.get("Authorization")) or AUTHOR
+            self.hub.discussions.opened(repo_id, pr, commit.title, author, pull_request=True)
         url = f"{self.hub.url}/{repo_id}"
         self._send_json(
             200,
@@ -664,29 +774,85 @@ class HubHandler(_Handler):
             return Put(path, FileEntry.regular(sha256, content))
         if key == "lfsFile":
             oid = _field(value, "oid", str)
-            if oid not in self.hub.store.get(repo_id).lfs:
-                raise HubError(400, None, f"{path}: LFS object {oid} was never uploaded")
-            size = self.hub.objects.path(oid).stat().st_size
+            stored = self.hub.store.get(repo_id).lfs
+            xet_hash = None
+            if oid in stored and self.hub.objects.has(oid):  # uploaded through legacy LFS
+                size = self.hub.objects.path(oid).stat().st_size
+            else:  # through Xet: the Hub finds it by sha256 in the shards uploaded
+                found = self.hub.cas.by_sha256(oid) if SHA256.fullmatch(oid) else None
+                if found is None:
+                    raise HubError(400, None, f"{path}: LFS object {oid} was never uploaded")
+                size, xet_hash = found.size, found.xet_hash
             if value.get("size", size) != size:  # copies leave the size out
                 raise HubError(400, None, f"{path}: LFS object {oid} does not have that size")
-            return Put(path, FileEntry.large(oid, size))
+            return Put(path, FileEntry.large(oid, size, xet_hash))
         raise HubError(400, None, f"Unknown commit operation: {key!r}")
+
+    # Accounts and discussions (pull requests are discussions too)
+
+    def _user(self) -> str:
+        user = self.hub.credentials.user(self.headers.get("Authorization"))
+        if user is None:
+            raise HubError(401, None, "You must be authenticated to do this")
+        return user
+
+    def _whoami(self) -> None:
+        name = self._user()
+        self._send_json(200, {"type": "user", "name": name, "fullname": name, "orgs": []})
+
+    def _discussions(self, repo_id: str) -> None:
+        self._readable(repo_id)
+        found = self.hub.discussions.list(
+            repo_id,
+            author=self._param("author"),
+            kind=self._param("type"),
+            status=self._param("status"),
+        )
+        size = self.hub.page_size
+        start = _int(self._param("p") or "0") * size
+        page = [discussion_json(d, _timestamp(d.created_at)) for d in found[start : start + size]]
+        self._send_json(200, {"discussions": page, "count": len(found), "start": start})
+
+    def _comment(self, repo_id: str, num: int) -> None:
+        self._readable(repo_id)
+        text = _field(self._read_json(), "comment", str)
+        event = self.hub.discussions.comment(repo_id, num, self._user(), text)
+        self._send_json(200, {"newMessage": event_json(event, _timestamp(event.created_at))})
+
+    def _change_status(self, repo_id: str, num: int) -> None:
+        """Its author or whoever may write to the repo can close or reopen a discussion."""
+        self._readable(repo_id)
+        body = self._read_json()
+        user, discussion = self._user(), self.hub.discussions.get(repo_id, num)
+        if user != discussion.author:
+            self._require_write(repo_id)
+        reply: dict[str, Any] = {}
+        if isinstance(body.get("comment"), str) and body["comment"].strip():
+            event = self.hub.discussions.comment(repo_id, num, user, body["comment"])
+            reply["newMessage"] = event_json(event, _timestamp(event.created_at))
+        status = self.hub.discussions.change_status(repo_id, num, user, _field(body, "status", str))
+        reply["newStatus"] = event_json(status, _timestamp(status.created_at))
+        self._send_json(200, reply)
 
     def _exchange_token(self) -> None:
         body = self._read_json()
         grant = _field(body, "grant_type", str), _field(body, "subject_token_type", str)
         if grant != (TOKEN_EXCHANGE, ID_TOKEN):
-            raise HubError(400, None, "unsupported_grant_type")
+            raise oauth_error("unsupported_grant_type", "only RFC 8693 id-token exchange")
         resource = _field(body, "resource", str)
         if resource.count("/") != 1:
-            raise HubError(400, None, "invalid_target: the fake Hub issues model repo tokens only")
-        token = self.hub.credentials.exchange(_field(body, "subject_token", str), resource)
+            raise oauth_error("invalid_target", "the fake Hub issues model repo tokens only")
+        if not self.hub.store.exists(resource):
+            raise oauth_error("invalid_grant", f"repository {resource} does not exist")
+        token, lifetime = self.hub.credentials.exchange(
+            _field(body, "subject_token", str), resource
+        )
         self._send_json(
             200,
             {
                 "access_token": token,
                 "token_type": "bearer",
-                "expires_in": 3600,
+                "expires_in": lifetime,
                 "issued_token_type": ACCESS_TOKEN,
             },
         )
@@ -703,10 +869,32 @@ class BlobHandler(_Handler):
                 if not self.hub.objects.has(sha256):
                     raise HubError(404, None, f"No object {sha256}")
                 self._send_blob(sha256, {"ETag": f'"{sha256}"'})
+            case (("GET" | "HEAD"), ["xet", xet_hash, _]):
+                self._send_xet(xet_hash)
             case "PUT", ["upload", ns, name, oid]:
                 self._upload(f"{ns}/{name}", oid)
             case _:
                 raise HubError(404, None, f"Not found: {self.command} {self.record.path}")
+
+    def _send_xet(self, xet_hash: str) -> None:
+        """A file in Xet storage, as the CDN serves it: reassembled, honouring a Range."""
+        file = self.hub.cas.file(xet_hash) if SHA256.fullmatch(xet_hash) else None
+        if file is None:
+            raise HubError(404, None, f"No Xet file {xet_hash}")
+        out = {
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+            "ETag": f'"{file.sha256}"',
+        }
+        status, start, end = 200, 0, file.size - 1
+        span = self._range(file.size)
+        if span is not None:
+            status, (start, end) = 206, span
+            out["Content-Range"] = f"bytes {start}-{end}/{file.size}"
+        self._start(status, end - start + 1, out)
+        if self.command != "HEAD":
+            for data in self.hub.cas.read(file, start, end + 1):
+                self.wfile.write(data)
 
     def _upload(self, repo_id: str, oid: str) -> None:
         self.hub.store.get(repo_id)
@@ -734,6 +922,8 @@ def tree_items(
             items.append({"type": "directory", "oid": _folder_oid(files, item), "path": item})
             continue
         file: dict[str, Any] = {"type": "file", "oid": entry.oid, "size": entry.size, "path": item}
+        if entry.xet_hash is not None:
+            file["xetHash"] = entry.xet_hash
         if entry.lfs:
             file["lfs"] = {
                 "oid": entry.sha256,

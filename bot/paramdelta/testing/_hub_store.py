@@ -53,6 +53,7 @@ class HubError(Exception):
         self.code = code
         self.message = message
         self.headers = dict(headers or {})
+        self.body: dict[str, object] = {"error": message}  # OAuth errors answer other fields
 
 
 def not_found(repo_id: str) -> HubError:
@@ -119,20 +120,25 @@ class ObjectStore:
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One file in a commit's tree; `oid` is the git blob id (of the LFS pointer for LFS files)."""
+    """One file in a commit's tree; `oid` is the git blob id (of the LFS pointer for LFS files).
+
+    A large file's bytes are in Xet storage when it has a `xet_hash`, else in the object store
+    (uploaded through the legacy LFS protocol).
+    """
 
     sha256: str
     size: int
     lfs: bool
     oid: str
+    xet_hash: str | None = None
 
     @classmethod
     def regular(cls, sha256: str, content: bytes) -> FileEntry:
         return cls(sha256, len(content), False, git_blob_oid(content))
 
     @classmethod
-    def large(cls, sha256: str, size: int) -> FileEntry:
-        return cls(sha256, size, True, git_blob_oid(lfs_pointer(sha256, size)))
+    def large(cls, sha256: str, size: int, xet_hash: str | None = None) -> FileEntry:
+        return cls(sha256, size, True, git_blob_oid(lfs_pointer(sha256, size)), xet_hash)
 
     @property
     def pointer_size(self) -> int:
@@ -293,8 +299,9 @@ class RepoStore:
     ) -> tuple[Commit, int | None]:
         """Commit to a branch or PR ref, or open a PR on a branch; returns (commit, PR number).
 
-        Everything is checked before anything changes: a failed commit (e.g. a `parent` that is
-        not the target's head: 412) leaves the repo as it was.
+        A direct commit whose `parent` is not the target's head is refused (412); a new PR starts
+        from `parent` however far the branch moved since, as on the Hub. Everything is checked
+        before anything changes: a failed commit leaves the repo as it was.
         """
         with self.lock:
             repo = self.get(repo_id)
@@ -307,7 +314,11 @@ class RepoStore:
             ):
                 raise HubError(400, None, f"Cannot commit to {revision}")
             head = repo.refs["refs/heads/main" if new_branch else ref]
-            if parent is not None and parent != head:
+            if create_pr and parent is not None:
+                if parent not in repo.commits:
+                    raise HubError(404, "RevisionNotFound", f"Invalid rev id: {parent}")
+                head = parent
+            elif parent is not None and parent != head:
                 raise HubError(
                     412, None, "A commit has happened since. Please refresh and try again."
                 )

@@ -161,6 +161,7 @@ def save_checkpoint(
         (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     for name, content in (extra_files or {}).items():
         path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, bytes):
             path.write_bytes(content)
         else:
@@ -246,10 +247,11 @@ def donor_files(role: str) -> dict[str, str]:
         "model_max_length": 256,
         "origin": role,
     }
+    generation = {"bos_token_id": 1, "eos_token_id": 2, "do_sample": role == "post", "origin": role}
     return {
         "tokenizer.json": tokenizer_json(),
         "tokenizer_config.json": json.dumps(tokenizer_config) + "\n",
-        "generation_config.json": json.dumps({"do_sample": role == "post", "origin": role}) + "\n",
+        "generation_config.json": json.dumps(generation) + "\n",
         "chat_template.jinja": chat_template(role),
         "LICENSE": f"licence of the {role} model\n",
     }

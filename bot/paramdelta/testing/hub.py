@@ -1,10 +1,13 @@
 """A loopback fake Hugging Face Hub, speaking the HTTP protocol of huggingface_hub 2.4.0.
 
-Two servers: the Hub (API, resolve URLs, commits, LFS batch, OIDC token
-exchange) and a blob server standing in for the LFS CDN, which resolve URLs of
-LFS files redirect to. Stdlib (and PyYAML) only; it never imports huggingface_hub: start
-it first, point HF_ENDPOINT at `.url`, then import the client (which reads
-HF_ENDPOINT at import time). Uploads need HF_HUB_DISABLE_XET=1.
+Two servers: the Hub (API, resolve URLs, commits, Xet tokens, LFS batch, OIDC
+token exchange, rate limits) and a blob server standing in for the CDN, which
+resolve URLs of large files redirect to. Large files live in Xet storage, as on
+the Hub: the Xet token endpoints hand out hf_xet's local CAS (a `local://`
+directory), so huggingface_hub uploads and downloads them through the real
+hf_xet; the legacy LFS protocol (HF_HUB_DISABLE_XET=1) works too. It never
+imports huggingface_hub: start it first, point HF_ENDPOINT at `.url`, then import
+the client (which reads HF_ENDPOINT at import time).
 
     with FakeHub(token="hf_test") as hub:
         hub.create_repo("org/model")
@@ -27,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
+from paramdelta.testing._hub_discussions import Discussion, Discussions
 from paramdelta.testing._hub_http import (
     BlobHandler,
     Credentials,
@@ -35,7 +39,9 @@ from paramdelta.testing._hub_http import (
     RequestRecord,
     Server,
 )
+from paramdelta.testing._hub_limits import RateLimits
 from paramdelta.testing._hub_store import (
+    AUTHOR,
     Commit,
     Delete,
     FileEntry,
@@ -46,9 +52,19 @@ from paramdelta.testing._hub_store import (
     RepoStore,
     wants_lfs,
 )
+from paramdelta.testing._xet_cas import XetCas
 from paramdelta.testing.faults import Faults
 
-__all__ = ["Commit", "FakeHub", "HubError", "PullRequest", "RequestRecord", "main"]
+__all__ = [
+    "AUTHOR",
+    "Commit",
+    "Discussion",
+    "FakeHub",
+    "HubError",
+    "PullRequest",
+    "RequestRecord",
+    "main",
+]
 
 
 class FakeHub:
@@ -59,8 +75,9 @@ class FakeHub:
     are invisible without it. Without a token the hub is open. Gated repos list and show their
     info but answer every file request with 403 GatedRepo, as for a user without access.
 
-    `store` (repos) and `objects` (blobs) are the state both servers share; `credentials`, `faults`
-    and `log` are what the request handlers consult and fill.
+    `store` (repos), `objects` (legacy LFS and small files) and `cas` (Xet storage) are the state
+    both servers share; `credentials` (tokens, their `lifetime`, trusted publishers),
+    `rate_limits`, `faults` and `log` are what the request handlers consult and fill.
     """
 
     def __init__(
@@ -84,11 +101,20 @@ class FakeHub:
             self._tmp = tempfile.TemporaryDirectory(prefix="fake-hub-")
             data_dir = self._tmp.name
         self.objects = ObjectStore(Path(data_dir) / "objects")
+        # Content-addressed and kept across reset(): hf_xet clients remember what it holds.
+        self.cas = XetCas(Path(data_dir) / "xet-cas")
         self.store = RepoStore(self.objects)
         self.credentials = Credentials(token, oidc_subject_token)
+        self.discussions = Discussions()
+        self.rate_limits = RateLimits()
+        self.xet_token_lifetime = 3600.0
+        self.xet_commits: list[str] = []  # sha256 of each file a commit took from Xet storage
         self.faults = Faults(servers=("hub", "blobs"))
         self.log = RequestLog()
         self.page_size = page_size  # items per page of list endpoints (the Link header paginates)
+        # The CDN may ignore a Range and send the whole file (200): "gzip" when the request
+        # accepts gzip, as CloudFront can (huggingface_hub PR #3778), "always", or None.
+        self.cdn_ignores_range: str | None = None
         self._address = (host, port)
         self._servers: list[Server] = []
         self._threads: list[threading.Thread] = []
@@ -152,9 +178,13 @@ class FakeHub:
         return self._servers[index]
 
     def reset(self) -> None:
-        """Forget all repos, blobs, issued tokens, faults and recorded requests."""
+        """Forget all repos, blobs, issued tokens, quotas, faults and recorded requests."""
         self.store.clear()
         self.credentials.clear()
+        self.discussions.clear()
+        self.rate_limits.clear()
+        self.xet_commits.clear()
+        self.cdn_ignores_range = None
         self.faults.clear()
         self.log.clear()
 
@@ -180,24 +210,45 @@ class FakeHub:
         branch: str = "main",
         delete: Iterable[str] = (),
         create_branch_ok: bool = True,
+        xet: bool = True,
     ) -> str:
         """Commit contents (bytes, or paths streamed from disk) and deletions; returns the sha.
 
-        Weight-like names and files of 10 MiB or more are stored as LFS, as an upload would.
-        A path in `delete` ending in "/" deletes a folder. A missing branch starts from main.
+        Weight-like names and files of 10 MiB or more are large files, as an upload would make
+        them: stored in Xet (through hf_xet), or with ``xet=False`` as legacy LFS objects (a repo
+        from before Xet). A path in `delete` ending in "/" deletes a folder. A missing branch
+        starts from main.
         """
-        ops: list[Put | Delete] = [Put(path, self._store(path, src)) for path, src in files.items()]
-        ops += [Delete(path, folder=path.endswith("/")) for path in delete]
         title, _, body = message.partition("\n")
         commit, _ = self.store.commit(
             repo_id,
-            ops,
+            self._operations(files, delete, xet=xet),
             title=title,
             message=body.strip(),
             revision=branch,
             create_branch=create_branch_ok,
         )
         return commit.oid
+
+    def open_pull_request(
+        self,
+        repo_id: str,
+        files: Mapping[str, bytes | os.PathLike[str]],
+        *,
+        author: str,
+        title: str = "Update files",
+        delete: Iterable[str] = (),
+    ) -> int:
+        """Open a pull request on main as ``author`` (any Hub user may); returns its number."""
+        ops = self._operations(files, delete)
+        _, pr = self.store.commit(repo_id, ops, title=title, message="", create_pr=True)
+        assert pr is not None
+        self.discussions.opened(repo_id, pr, title, author, pull_request=True)
+        return pr
+
+    def add_user(self, name: str, token: str) -> None:
+        """An account that may read and comment but write to no repo (`whoami` says ``name``)."""
+        self.credentials.add_user(name, token)
 
     def upload_folder(
         self,
@@ -212,11 +263,36 @@ class FakeHub:
         files = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
         return self.commit(repo_id, files, message=message, branch=branch)
 
+    def trust_publisher(self, repo_id: str) -> None:
+        """Configure a trusted publisher on an existing repo: the OIDC exchange may issue for it."""
+        self.store.get(repo_id)
+        self.credentials.trusted.add(repo_id)
+
     def create_tag(self, repo_id: str, tag: str, *, revision: str = "main") -> str:
         """Tag a revision; returns the tagged sha."""
         return self.store.tag(repo_id, tag, revision)
 
+    def _operations(
+        self,
+        files: Mapping[str, bytes | os.PathLike[str]],
+        delete: Iterable[str],
+        *,
+        xet: bool = True,
+    ) -> list[Put | Delete]:
+        """What a commit of ``files`` and deletions does (large files go to Xet, if ``xet``)."""
+        large = {p: s for p, s in files.items() if xet and wants_lfs(p, _size(s))}
+        uploaded = self.cas.upload(list(large.values())) if large else []
+        stored = dict(zip(large, uploaded, strict=True))
+        ops: list[Put | Delete] = [
+            Put(path, FileEntry.large(f.sha256, f.size, f.xet_hash))
+            if (f := stored.get(path))
+            else Put(path, self._store(path, src))
+            for path, src in files.items()
+        ]
+        return ops + [Delete(path, folder=path.endswith("/")) for path in delete]
+
     def _store(self, path: str, source: bytes | os.PathLike[str]) -> FileEntry:
+        """Into the object store: a regular file, or a legacy LFS object."""
         if isinstance(source, bytes):
             sha256, size = self.objects.put([source])
         else:
@@ -244,11 +320,23 @@ class FakeHub:
         entry = self.store.get(repo_id).resolve(revision).files.get(path)
         if entry is None:
             raise HubError(404, "EntryNotFound", f"Entry not found: {path}")
+        xet = self.cas.file(entry.xet_hash) if entry.xet_hash else None
+        if xet is not None:
+            return b"".join(self.cas.read(xet))
         return self.objects.path(entry.sha256).read_bytes()
+
+    def xet_hash(self, repo_id: str, path: str, revision: str = "main") -> str | None:
+        """The Xet hash of a file at a revision; None if it is not in Xet storage."""
+        entry = self.store.get(repo_id).resolve(revision).files.get(path)
+        return entry.xet_hash if entry else None
 
     def commits(self, repo_id: str, revision: str = "main") -> list[Commit]:
         """First-parent history of a revision, newest first."""
         return self.store.get(repo_id).history(revision)
+
+    def discussion(self, repo_id: str, num: int) -> Discussion:
+        """A pull request's (or discussion's) author, status and events."""
+        return self.discussions.get(repo_id, num)
 
     def pull_requests(self, repo_id: str) -> list[PullRequest]:
         """The repo's pull requests, oldest first."""
@@ -274,10 +362,40 @@ class FakeHub:
 
     @property
     def lfs_uploads(self) -> int:
-        """LFS objects uploaded to the blob server (successful PUTs)."""
+        """Legacy LFS objects uploaded to the blob server (successful PUTs)."""
         return sum(
             r.server == "blobs" and r.method == "PUT" and r.status == 200 for r in self.requests
         )
+
+    @property
+    def lfs_bytes_uploaded(self) -> int:
+        """Bytes received by legacy LFS uploads (0: everything went through Xet)."""
+        return sum(r.received for r in self.requests if r.server == "blobs" and r.method == "PUT")
+
+    @property
+    def xet_uploads(self) -> int:
+        """Files that commits took from Xet storage, where a client had uploaded them."""
+        return len(self.xet_commits)
+
+    @property
+    def xet_stored_bytes(self) -> int:
+        """Bytes of the chunk files (xorbs) in Xet storage: what uploads sent, deduplicated."""
+        return self.cas.stored_bytes()
+
+    def xet_token_requests(self, kind: str = "read", repo_id: str | None = None) -> int:
+        """Xet tokens handed out ("read" or "write"), for one repo or all: one per download
+        or upload session, so 0 means no Xet transfer touched the repo."""
+        return sum(
+            r.status == 200
+            and (segments := r.path.split("/"))[5:6] == [f"xet-{kind}-token"]
+            and repo_id in (None, "/".join(segments[3:5]))
+            for r in self.requests
+            if r.server == "hub"
+        )
+
+
+def _size(source: bytes | os.PathLike[str]) -> int:
+    return len(source) if isinstance(source, bytes) else Path(source).stat().st_size
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,78 @@
+"""The Hub's rate limits: requests pace themselves within a quota; a 429 is waited out."""
+
+import logging
+import time
+
+import pytest
+
+from paramdelta.errors import HubError
+from paramdelta.hub.client import Hub
+
+
+@pytest.fixture
+def repo(fake_hub):
+    fake_hub.create_repo("org/model")
+    fake_hub.commit("org/model", {"config.json": b"{}"})
+    return "org/model"
+
+
+def test_requests_wait_for_the_window_instead_of_meeting_429s(fake_hub, hub_token, repo, caplog):
+    """What `plan` over many targets does: more requests than the quota, none refused."""
+    fake_hub.rate_limits.configure(api=3, window=1)
+    hub = Hub(token=hub_token, endpoint=fake_hub.url)
+    waits: list[float] = []
+    hub.sleep = lambda seconds: (waits.append(seconds), time.sleep(seconds))
+    with caplog.at_level(logging.WARNING, "paramdelta.hub"):
+        shas = {hub.repo_files(repo).sha for _ in range(7)}
+    assert shas == {fake_hub.head(repo)}
+    assert fake_hub.rate_limits.refused == 0
+    assert len(waits) == 2 and all(1.0 < w <= 2.0 for w in waits)
+    assert "Hub rate limit: the 'api' quota is spent; the window resets in 1 s: waiting" in (
+        caplog.text
+    )
+    assert hub.pacer.waited == pytest.approx(sum(waits))
+
+
+def test_a_429_with_ratelimit_headers_is_waited_out(fake_hub, hub_token, repo):
+    hub = Hub(token=hub_token, endpoint=fake_hub.url)
+    waits: list[float] = []
+    hub.sleep = waits.append
+    fake_hub.faults.add(
+        path="/api/models/org/model",
+        status=429,
+        headers={
+            "RateLimit": '"api";r=0;t=7',
+            "RateLimit-Policy": '"fixed window";"api";q=5;w=300',
+        },
+    )
+    assert hub.repo_files(repo).sha == fake_hub.head(repo)
+    assert waits == [pytest.approx(8.0, abs=0.1)]  # the reset and a second: not 1, 2, 4 ... s
+
+
+def test_a_reset_beyond_the_bound_fails_at_once(fake_hub, hub_token, repo, monkeypatch):
+    monkeypatch.setenv("PARAMDELTA_HUB_MAX_RATE_WAIT", "60")
+    hub = Hub(token=hub_token, endpoint=fake_hub.url)
+    hub.sleep = lambda seconds: pytest.fail("no wait beyond the bound")
+    fake_hub.faults.add(
+        path="/api/models/org/model",
+        status=429,
+        headers={"RateLimit": '"api";r=0;t=250'},
+        body='{"error": "you have reached your \'api\' rate limit. Retry after 250 seconds"}',
+    )
+    with pytest.raises(HubError) as e:
+        hub.repo_files(repo)
+    assert str(e.value) == (
+        "org/model@main: HTTP 429: you have reached your 'api' rate limit. Retry after 250 seconds"
+    )
+    # Once the quota is known to be spent, the next request is not even sent.
+    hub = Hub(token=hub_token, endpoint=fake_hub.url)
+    fake_hub.rate_limits.configure(api=1, window=200)
+    hub.repo_files(repo)
+    fake_hub.clear_requests()
+    with pytest.raises(HubError) as e:
+        hub.repo_files(repo)
+    assert str(e.value) == (
+        "Hub rate limit: the 'api' quota is spent; the window resets in 200 s,"
+        " more than PARAMDELTA_HUB_MAX_RATE_WAIT=60 s allows; try again later"
+    )
+    assert fake_hub.requests == []
