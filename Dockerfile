@@ -16,8 +16,9 @@ COPY pyproject.toml README.md ./
 COPY bot/ bot/
 COPY templates/ templates/
 # The base image's torch satisfies the dependency, so pip adds only the small pure-Python
-# ones; the smoke test fails the build if the entry point does not start.
-RUN pip install --no-cache-dir . && paramdelta --version
+# ones and transformers (the [check] extra: the pre-publish check loads the merged model);
+# the smoke test fails the build if the entry point does not start.
+RUN pip install --no-cache-dir './[check]' && paramdelta --version
 
 # A high uid that no base image user takes; a job container maps it with `--user`.
 RUN useradd --create-home --uid 10001 --user-group paramdelta \

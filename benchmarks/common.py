@@ -20,6 +20,7 @@ class Measurement(NamedTuple):
     seconds: float
     peak_rss_bytes: int
     stdout: str
+    cpu_seconds: float = 0.0  # user + system: less sensitive than wall time to a busy host
 
 
 def timed(name: str, script: str, env: dict[str, str] | None = None) -> Measurement:
@@ -33,9 +34,10 @@ def timed(name: str, script: str, env: dict[str, str] | None = None) -> Measurem
         r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", proc.stderr
     )
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    assert wall and rss, proc.stderr
+    cpu = re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", proc.stderr)
+    assert wall and rss and len(cpu) == 2, proc.stderr
     seconds = int(wall[1] or 0) * 3600 + int(wall[2]) * 60 + float(wall[3])
-    return Measurement(name, seconds, int(rss[1]) * 1024, proc.stdout)
+    return Measurement(name, seconds, int(rss[1]) * 1024, proc.stdout, sum(map(float, cpu)))
 
 
 def settle() -> None:

@@ -9,14 +9,21 @@ process under ``/usr/bin/time -v``:
 - mergekit:   ``mergekit-yaml`` task_arithmetic in fp32 with bf16 output (only
               with ``--mergekit-bin``, from a separate venv: it pins its own deps)
 - paramdelta: ``paramdelta merge``
+- baseline:   ``paramdelta merge`` of another source tree (``--baseline DIR``, e.g. an
+              earlier commit's ``git archive``): a change's cost, measured side by side
+
+Methods take turns, each repeat running every method once, so that a noisy
+machine slows all of them alike; the best of the repeats counts.
 
     python benchmarks/merge_bench.py --size 1GB [--mergekit-bin /venv/bin/mergekit-yaml]
+    python benchmarks/merge_bench.py --methods paramdelta,baseline --baseline /tmp/old --repeat 5
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -75,8 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--size", default="1GB", help="size of each checkpoint (default 1GB)")
     parser.add_argument("--workdir", type=Path, default=Path("bench-out"))
-    parser.add_argument("--methods", default="startup,floor,naive,mergekit,paramdelta")
+    parser.add_argument("--methods", default="startup,floor,naive,mergekit,paramdelta,baseline")
     parser.add_argument("--mergekit-bin", help="mergekit-yaml from a separate venv")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        action="append",
+        default=[],
+        help="a source tree (with bot/) to compare paramdelta against (repeatable)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per method; the best counts")
     parser.add_argument(
         "paramdelta_args", nargs="*", help="extra args for paramdelta merge (after --)"
@@ -108,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
             [*paramdelta, str(out), *_role_args(dirs), *args.paramdelta_args]
         ),
     }
+    envs: dict[str, dict[str, str]] = {}
+    for tree in args.baseline:
+        name = f"baseline merge ({tree.name})"
+        commands[name] = commands["paramdelta merge"]
+        envs[name] = {**os.environ, "PYTHONPATH": str(tree.resolve() / "bot")}
     if args.mergekit_bin:
         config = scratch / "mergekit.yml"
         config.write_text(MERGEKIT_CONFIG.format(**{r: trio[r] for r in ROLES}))
@@ -117,20 +136,30 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(args.methods.split(","))
     selected = {name: cmd for name, cmd in commands.items() if name.split()[0] in wanted}
 
-    results = []
-    for name, script in selected.items():
-        best = None
-        for _ in range(args.repeat):
+    best: dict[str, Measurement] = {}
+    for _ in range(args.repeat):
+        for name, script in selected.items():  # in turns: noise slows every method alike
             shutil.rmtree(out, ignore_errors=True)
             out.unlink(missing_ok=True)
             settle()
-            m = timed(name, script)
-            best = m if best is None or m.seconds < best.seconds else best
-        results.append(best)
-        if name.startswith("paramdelta"):
+            m = timed(name, script, envs.get(name))
+            if name not in best or m.seconds < best[name].seconds:
+                best[name] = m
+    results = []
+    for name, m in best.items():
+        results.append(m)
+        if name.startswith(("paramdelta", "baseline")):
             # The merge phase alone, without interpreter start and `import torch`.
-            phase = json.loads(best.stdout)["seconds"]
-            results.append(Measurement("  merge phase only", phase, best.peak_rss_bytes, ""))
+            phase = json.loads(m.stdout)
+            results.append(
+                Measurement(
+                    "  merge phase only",
+                    phase["seconds"],
+                    m.peak_rss_bytes,
+                    "",
+                    phase.get("cpu_seconds", 0.0),  # a baseline may predate the field
+                )
+            )
     shutil.rmtree(scratch)
 
     floor = next((m.seconds for m in results if m.name.startswith("floor")), None)
@@ -138,11 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         f"\ninputs: 3 x {in_bytes / 3 / 1e9:.2f} GB ({len(inputs)} files),"
         f" output {out_bytes / 1e9:.2f} GB, warm page cache, best of {args.repeat}"
     )
-    print(f"{'method':<26} {'wall s':>8} {'in GB/s':>8} {'peak RSS':>10} {'x floor':>8}")
+    print(
+        f"{'method':<26} {'wall s':>8} {'cpu s':>8} {'in GB/s':>8} {'peak RSS':>10} {'x floor':>8}"
+    )
     for m in results:
         ratio = f"{m.seconds / floor:.2f}" if floor else "-"
+        cpu = f"{m.cpu_seconds:.2f}" if m.cpu_seconds else "-"
         print(
-            f"{m.name:<26} {m.seconds:>8.2f} {in_bytes / m.seconds / 1e9:>8.2f}"
+            f"{m.name:<26} {m.seconds:>8.2f} {cpu:>8} {in_bytes / m.seconds / 1e9:>8.2f}"
             f" {m.peak_rss_bytes / 2**30:>8.2f} GiB {ratio:>8}"
         )
     return 0

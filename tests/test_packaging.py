@@ -41,6 +41,9 @@ def test_the_wheel_ships_its_data(wheel_files):
         "paramdelta/schemas/watchlist.schema.json",
         "paramdelta/schemas/results.schema.json",
         "paramdelta/templates/model_card.md.j2",
+        "paramdelta/checkdata/conversation.json",
+        "paramdelta/checkdata/prompts.json",
+        "paramdelta/checkdata/texts.json",
         "paramdelta/templates/workflow.yml",
         "paramdelta/py.typed",
     } <= set(wheel_files)
@@ -65,7 +68,8 @@ def imported_after(argv: list[str], cwd: Path) -> tuple[int, set[str]]:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["merge", "--help"], ["run", "--help"], ["init", "--help"]]
+    "argv",
+    [["--help"], ["merge", "--help"], ["run", "--help"], ["check", "--help"], ["init", "--help"]],
 )
 def test_help_imports_no_heavy_package(argv, tmp_path):
     assert imported_after(argv, tmp_path) == (0, set())

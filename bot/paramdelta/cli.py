@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "watchlist": ("paramdelta.commands.watchlist", "check a watchlist file"),
     "plan": ("paramdelta.commands.plan", "list the watchlist targets that need a new merge"),
     "run": ("paramdelta.commands.run", "plan, then merge and publish every pending target"),
+    "check": ("paramdelta.commands.check", "the pre-publish check on a checkpoint dir or Hub repo"),
     "report": ("paramdelta.commands.report", "summarise run results; open or close issues"),
 }
 FIRST_STEPS = """\

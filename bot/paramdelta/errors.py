@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class ParamDeltaError(Exception):
@@ -75,6 +76,19 @@ class MissingResultError(ParamDeltaError):
     """A planned target's merge job reported nothing (cancelled, timed out, killed)."""
 
     exit_code = 8
+
+
+class CheckError(ParamDeltaError):
+    """The pre-publish check failed (or, with --check on, could not run); nothing was published.
+
+    ``details`` holds the check's numbers, for the result file and the report.
+    """
+
+    exit_code = 9
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class UnexpectedError(ParamDeltaError):

@@ -125,3 +125,13 @@ def test_undefined_names_are_errors_not_blanks(tmp_path):
         check_template(template)
         == f"{template}: template error: 'dict object' has no attribute 'modle_name'"
     )
+
+
+def test_a_record_without_check_or_delta_still_renders():
+    from paramdelta.bot.card import render_card, sample_record
+
+    record = sample_record()
+    del record["check"], record["delta"]
+    text = render_card(record)
+    assert "## Pre-publish check\n\nNo pre-publish check was recorded for this merge.\n" in text
+    assert "## Delta report" not in text and "paramdelta-delta.png" not in text

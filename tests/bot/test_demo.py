@@ -60,6 +60,18 @@ def test_the_demo_runs_the_whole_cycle(demo):
     )
     assert f"{OUTPUT} now has 3 commits" in transcript
 
+    # Both runs were checked before they committed; the second one's verdict and delta
+    # report are in the record the demo shows.
+    assert record["check"]["status"] == "passed"
+    assert transcript.count("pre-publish check: passed in ") == 2
+    assert "  pass  perplexity: merged " in transcript
+    assert (
+        f"  all              21 {record['delta']['overall']['post_delta_norm']:>12.4g}"
+        in transcript
+    )
+    assert "## Pre-publish check" in card.text and "## Delta report" in card.text
+    assert "paramdelta-delta.png" in report.output_files
+
 
 def test_the_demo_command_refuses_a_non_empty_workdir(tmp_path, capsys):
     (tmp_path / "x").write_text("")

@@ -180,6 +180,49 @@ def test_issue_text_is_scrubbed_and_fenced(fake_github):
     assert "\n````text\nbad token ***\n```\ninjected\n````\n" in issue.body
 
 
+def test_a_blocked_publish_shows_the_checks_numbers_in_its_issue(fake_github):
+    check = {
+        "status": "failed",
+        "reason": "perplexity: merged 1168 is over 3 x 258.5, the better of post 260.7, new base 258.5",
+        "steps": [
+            {"step": "load", "passed": True, "detail": "LlamaForCausalLM, bfloat16"},
+            {"step": "perplexity", "passed": False, "detail": "merged 1168 is over 3 x 258.5"},
+        ],
+        "perplexity": {
+            "merged": 1168.4,
+            "post": 260.69,
+            "new_base": 258.51,
+            "better": 258.51,
+            "ratio": 4.5195,
+            "factor": 3.0,
+        },
+    }
+    blocked = dataclasses.replace(
+        failed(error=f"pre-publish check failed: {check['reason']}"),
+        status="check-failed",
+        exit_code=9,
+        check=check,
+    )
+    assert [a.action for a in sync(fake_github, [blocked])] == ["opened"]
+    [issue] = fake_github.issues(REPO)
+    assert (
+        f"The ParamΔ merge of **{LLAMA}** onto `meta-llama/Llama-3.1-8B@{'a' * 40}` was blocked"
+        " by the pre-publish check with exit code 9"
+    ) in issue.body
+    assert (
+        "The check's numbers (nothing was published):\n\n"
+        "| check | result | detail |\n"
+        "| --- | --- | --- |\n"
+        "| model loads | pass | LlamaForCausalLM, bfloat16 |\n"
+        "| perplexity | **fail** | merged 1168 is over 3 x 258.5 |\n"
+        "\n"
+        "Perplexity: merged 1168.4, post 260.69, new_base 258.51, better 258.51, ratio 4.5195,"
+        " factor 3.0.\n"
+    ) in issue.body
+    # a later success closes it like any other failure
+    assert [a.action for a in sync(fake_github, [published()])] == ["closed"]
+
+
 def test_a_long_error_is_redacted_before_it_is_cut(fake_github):
     secret = register("hf_straddling-the-cut-secret")
     # The error's last 5000 characters begin inside the token: cut first, its tail leaked.

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -26,6 +27,7 @@ def test_results_round_trip_through_a_file(tmp_path):
         "error": "HubError: 503 from the Hub",
         "exit_code": 4,
         "duration_s": 12.5,
+        "check": None,
     }
     assert load_results([tmp_path / "results.json"]) == results
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary left
@@ -57,9 +59,9 @@ def test_load_results_reads_every_json_below_a_directory(tmp_path):
         (
             {"status": "ok"},
             "field 'status' must be one of published, pr-opened, in-review, up-to-date, dry-run,"
-            " failed, planned, not 'ok'",
+            " failed, check-failed, planned, not 'ok'",
         ),
-        ({"error": None}, "field 'error' must be set when status is 'failed'"),
+        ({"error": None}, "field 'error' must be set when status is 'failed' or 'check-failed'"),
     ],
 )
 def test_bad_records_name_the_file_and_the_field(tmp_path, change, message):
@@ -109,3 +111,36 @@ def test_the_schema_lists_every_status():
     status = _validator().schema["$defs"]["result"]["properties"]["status"]
     assert tuple(status["enum"]) == STATUSES
     assert status["description"] == f"one of {', '.join(STATUSES)}"
+
+
+def test_a_check_failed_result_keeps_the_checks_numbers(tmp_path):
+    check = {
+        "status": "failed",
+        "reason": "perplexity: merged 1168 is over 3 x 258.5, the better of post 260.7, new base 258.5",
+        "device": "cpu",
+        "seconds": 1.2,
+        "steps": [
+            {"step": "perplexity", "passed": False, "detail": "merged 1168 is over 3 x 258.5"}
+        ],
+        "generation": [],
+        "perplexity": {"merged": 1168.4, "post": 260.69, "new_base": 258.51, "ratio": 4.5195},
+    }
+    result = dataclasses.replace(
+        failed(error=f"pre-publish check failed: {check['reason']}"),
+        status="check-failed",
+        exit_code=9,
+        check=check,
+    )
+    write_results(tmp_path / "r.json", [result])
+    assert load_results([tmp_path / "r.json"]) == [result]
+
+
+def test_a_check_of_unknown_status_is_refused(tmp_path):
+    record = {**published().to_dict(), "check": {"status": "maybe"}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"results": [record]}))
+    with pytest.raises(UsageError) as refused:
+        load_results([path])
+    assert str(refused.value) == (
+        f"{path}: results[0]: field 'check' must be one of passed, failed, not-checked, not 'maybe'"
+    )

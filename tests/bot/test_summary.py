@@ -58,6 +58,20 @@ def test_summary_markdown_of_nothing():
     assert summary_markdown([]) == "### ParamΔ merges\n\n0 targets.\n"
 
 
+def test_a_blocked_publish_counts_as_a_failure():
+    blocked = TargetResult(
+        target="t",
+        status="check-failed",
+        error="pre-publish check failed: perplexity: merged 900 is over 3 x 10",
+        exit_code=9,
+        duration_s=2,
+    )
+    text = summary_markdown([blocked, published()])
+    assert "| t | - | check failed (exit 9) | - | 2.0s |" in text
+    assert "- **t**: pre-publish check failed: perplexity: merged 900 is over 3 x 10\n" in text
+    assert text.endswith("2 targets: 1 published, 1 check failed.\n")
+
+
 def test_untrusted_text_shows_as_text():
     hostile = failed(error="tensor 'w<img src=x onerror=alert(1)>' [click](https://evil.test) `x`")
     link = replace(published("gemma"), url="javascript:alert(1)//https://x")

@@ -253,6 +253,32 @@ def test_validate_command(tmp_path, capsys):
     ]
 
 
+@pytest.mark.parametrize(
+    ("line", "mode"),
+    [("", "auto"), ("check: off", "off"), ("check: on", "on"), ("check: 'off'", "off")],
+)
+def test_the_check_is_auto_unless_a_target_says_otherwise(tmp_path, line, mode):
+    (target,) = load(_write(tmp_path, GOOD + (f"    {line}\n" if line else ""))).targets
+    assert target.check == mode  # a bare YAML on/off is a boolean: read as the word
+    assert target.perplexity_factor == 3.0
+    assert "check" not in target.recipe()  # the check does not change the merged bytes
+
+
+def test_check_settings_are_validated(tmp_path):
+    text = "defaults: {perplexity_factor: 1.5}\n" + GOOD + "    check: maybe\n"
+    assert _problems(tmp_path, text) == ["8: targets[0].check: 'maybe' is not auto, on or off"]
+    (target,) = load(_write(tmp_path, "defaults: {perplexity_factor: 1.5}\n" + GOOD)).targets
+    assert target.perplexity_factor == 1.5
+    for value, problem in [
+        ("0", "must be a finite number above 0"),
+        (".inf", "must be a finite number above 0"),
+        ("x", "must be a number, not str"),
+    ]:
+        assert _problems(tmp_path, GOOD + f"    perplexity_factor: {value}\n") == [
+            f"7: targets[0].perplexity_factor: {problem}"
+        ]
+
+
 LLAMA_TARGET = """\
   - name: llama
     base: meta-llama/Meta-Llama-3-8B

@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -51,7 +52,18 @@ def test_merge_json_output(trio, tmp_path, capsys):
     assert summary["peak_rss_bytes"] > 0 and summary["seconds"] >= 0
     assert summary["shards"] == ["model.safetensors"]
     assert summary["files"]["tokenizer_config.json"] == "post"
-    assert summary["files"]["README.md"] == summary["files"]["paramdelta.json"] == "result"
+    assert summary["delta"]["overall"]["tensors"] == 21
+    assert summary["delta"]["overall"]["nonfinite"]["output"] == 0
+    assert [g["layer"] for g in summary["delta"]["layers"]] == [
+        "embeddings",
+        0,
+        1,
+        "other",
+        "lm_head",
+    ]
+    assert {
+        summary["files"][f] for f in ("README.md", "paramdelta.json", "paramdelta-delta.png")
+    } == {"result"}
     assert captured.err == ""
     expected = reference_merge(*(load_tensors(trio[r]) for r in ("base", "post", "new_base")))
     assert mismatched_tensors(load_tensors(tmp_path / "out"), expected) == []
@@ -62,7 +74,12 @@ def test_merge_human_output(trio, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"merged 21 tensors (208.62 KiB, bfloat16) into {tmp_path / 'out'} in ")
     assert "files from the inputs: LICENSE (new_base), chat_template.jinja (post)," in out
-    assert "written for this merge: README.md, paramdelta.json\n" in out
+    assert re.search(
+        r"^delta: \|post - base\| 0\.65\d*, \|new base - base\| 0\.65\d*, cosine 0\.00\d\d$",
+        out,
+        re.M,
+    )
+    assert "written for this merge: README.md, paramdelta-delta.png, paramdelta.json\n" in out
     assert (
         "vocabulary: 256 rows in all three: 256 merged, 0 kept from the post model,"
         " 0 dropped from the new base (vocab policy error)\n"
@@ -498,7 +515,7 @@ def test_push_to_commits_the_card_and_lineage_with_the_weights(
     capsys.readouterr()
     (ours, _) = fake_hub.commits(out)
     assert set(ours.changed) == {
-        "README.md", "paramdelta.json", "model.safetensors", "config.json",
+        "README.md", "paramdelta.json", "paramdelta-delta.png", "model.safetensors", "config.json",
         "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
         "LICENSE",
     }  # fmt: skip

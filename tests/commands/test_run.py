@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -54,8 +55,13 @@ def test_run_publishes_one_commit_and_isolates_failures(
     assert main(["run", "--watchlist", str(watchlist), "--result-file", str(results)]) == 4
     out = capsys.readouterr().out.splitlines()
     commits = fake_hub.commits("me/good")
-    assert out == [
-        f"good: published ({fake_hub.url}/me/good/commit/{commits[0].oid})",
+    assert out[0] == f"good: published ({fake_hub.url}/me/good/commit/{commits[0].oid})"
+    assert re.fullmatch(
+        r"  pre-publish check: passed in [\d.]+ s on cpu \(perplexity 2\d\d\.\d+, 1\.\d+ x the"
+        r" better reference, at most 3\.0\)",
+        out[1],
+    )
+    assert out[2:] == [
         "broken: failed (nobody/missing@main: repository not found (or private, and the token cannot see it))",
     ]
     assert len(commits) == 2  # the repo's initial commit, then ours with everything
@@ -66,6 +72,7 @@ def test_run_publishes_one_commit_and_isolates_failures(
         "config.json",
         "model.safetensors",
         "tokenizer_config.json",
+        "paramdelta-delta.png",
     } <= files
 
     record = json.loads(fake_hub.read_file("me/good", "paramdelta.json"))

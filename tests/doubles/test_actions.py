@@ -567,7 +567,8 @@ def test_install_picks_the_torch_wheel(fakes: Fakes, inputs: dict, cpu_torch: bo
     expected = [f"-m venv {venv}"]
     if cpu_torch:
         expected.append(f"{pip} --index-url https://download.pytorch.org/whl/cpu torch>=2.2,<3")
-    expected.append(f"{pip} {REPO}")
+    extra = "[check]" if inputs["command"] == "run" else ""  # run makes the pre-publish check
+    expected.append(f"{pip} {REPO}{extra}")
     assert fakes.python_log.read_text().splitlines() == expected
     assert fakes.program() == str(venv / "bin" / "paramdelta")  # the venv's, not PATH's
 

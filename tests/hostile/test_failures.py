@@ -131,5 +131,6 @@ def test_a_run_that_fails_before_planning_still_writes_its_result(hub_trio, tmp_
             "error": error,
             "exit_code": 2,
             "duration_s": 0.0,
+            "check": None,
         }
     ]

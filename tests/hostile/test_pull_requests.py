@@ -12,6 +12,7 @@ from paramdelta.bot.run_target import RunOptions, run_target
 from paramdelta.bot.watchlist import load
 from paramdelta.cli import main
 from paramdelta.hub.client import Hub
+from paramdelta.testing.checkpoints import chat_template
 from paramdelta.testing.hub import AUTHOR
 
 from .helpers import target, write_watchlist
@@ -82,7 +83,8 @@ def test_a_new_proposal_closes_the_ones_it_supersedes(hub_trio, fake_hub, tmp_pa
     watchlist = write_watchlist(tmp_path, target("good", "me/good", publish="pr"))
     assert main(["run", "--watchlist", str(watchlist)]) == 0
     stranger = fake_hub.open_pull_request("me/good", {"x.txt": b"x"}, author="mallory")
-    fake_hub.commit("org/post", {"chat_template.jinja": b"{{ a new template }}"})  # a change
+    # a change (one that renders: the pre-publish check renders it)
+    fake_hub.commit("org/post", {"chat_template.jinja": chat_template("new post").encode()})
 
     assert main(["run", "--watchlist", str(watchlist)]) == 0
     old, _, new = fake_hub.pull_requests("me/good")

@@ -58,7 +58,9 @@ def test_download_fetches_only_what_the_merge_reads(hub_trio, fake_hub):
         local = download_inputs(plan, sources)
     for role, source in local.items():
         assert isinstance(source, LocalSource)
-        assert set(source.list_files()) == needed[role]
+        # and its config and index, so that the snapshot opens as a checkpoint on its own
+        extra = {"config.json", "model.safetensors.index.json"}
+        assert set(source.list_files()) == needed[role] | extra
         # the cached snapshot of the pinned commit, under the same label
         assert source.root.name == fake_hub.head(hub_trio.repos[role])
         assert source.label == f"{hub_trio.repos[role]}@{source.root.name[:7]}"

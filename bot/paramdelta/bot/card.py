@@ -30,7 +30,8 @@ from huggingface_hub import ModelCard, ModelCardData
 from jinja2.sandbox import SandboxedEnvironment
 
 from paramdelta import PROJECT_URL
-from paramdelta.bot import markdown
+from paramdelta.bot import chart, markdown
+from paramdelta.bot.check_rules import STEP_TITLES
 from paramdelta.bot.lineage import build_record, checkpoint_entry
 from paramdelta.engine.layout import ROLE_TITLES, ROLES, Vocabulary
 from paramdelta.errors import UsageError
@@ -191,7 +192,51 @@ def card_context(record: Mapping[str, Any], hub_url: str) -> dict[str, Any]:
             for key, value in sorted(record["recipe"].get("config_changes", {}).items())
         ],
         "vocabulary": _vocabulary_line(record),
+        "delta": delta_rows(record.get("delta")),
+        "chart": chart.FILENAME if record.get("delta") else None,
+        "check": check_rows(record.get("check")),
     }
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value != value:  # NaN
+        return "NaN"
+    return f"{value:.{digits}g}"
+
+
+def _delta_row(title: str, group: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "layer": title,
+        "tensors": group["tensors"],
+        "post_delta": _number(group["post_delta_norm"]),
+        "base_update": _number(group["base_update_norm"]),
+        "cosine": _number(group["cosine"], 3),
+        "nonfinite": sum(group["nonfinite"].values()),
+    }
+
+
+def delta_rows(delta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The delta report as the card's table shows it: an overall row, then one per layer."""
+    if not delta:
+        return None
+    layers = [
+        _delta_row(f"layer {g['layer']}" if isinstance(g["layer"], int) else g["layer"], g)
+        for g in delta["layers"]
+    ]
+    return {"overall": _delta_row("all", delta["overall"]), "layers": layers}
+
+
+def check_rows(check: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The pre-publish check as the card shows it: its status, steps and numbers."""
+    if not check:
+        return None
+    steps = [
+        {"title": STEP_TITLES.get(s["step"], s["step"]), "passed": s["passed"], **s}
+        for s in check.get("steps", [])
+    ]
+    return {**check, "steps": steps}
 
 
 def _vocabulary_line(record: Mapping[str, Any]) -> str | None:
@@ -250,7 +295,25 @@ def render_card(
 def sample_record() -> dict[str, Any]:
     """A plausible record to try a template against before any merge happens."""
     sha = "0123456789abcdef0123456789abcdef01234567"
-    return build_record(
+    group = {
+        "tensors": 1,
+        "elements": 2,
+        "post_delta_norm": 0.5,
+        "base_update_norm": 0.25,
+        "cosine": 0.01,
+        "nonfinite": {"post": 0, "base": 0, "new_base": 0, "output": 0},
+    }
+    perplexity = {"merged": 9.5, "post": 9.0, "new_base": 8.0, "better": 8.0, "ratio": 1.19}
+    check = {
+        "status": "passed",
+        "reason": None,
+        "device": "cpu",
+        "seconds": 1.0,
+        "steps": [{"step": "perplexity", "passed": True, "detail": "merged 9.5 is within 3 x 8"}],
+        "generation": [{"prompt": "Hi", "text": "Hello!", "tokens": 3, "problem": None}],
+        "perplexity": perplexity | {"factor": 3.0, "passed": True, "texts": 1, "tokens": 9},
+    }
+    record = build_record(
         target="example",
         checkpoints={
             role: checkpoint_entry(role, f"example-org/{role}-model", "main", sha) for role in ROLES
@@ -274,6 +337,13 @@ def sample_record() -> dict[str, Any]:
             "shards": ["model.safetensors"],
         },
     )
+    record["delta"] = {
+        "overall": group,
+        "layers": [{"layer": 0, **group}],
+        "nonfinite_tensors": [],
+    }
+    record["check"] = check
+    return record
 
 
 def check_template(path: Path) -> str | None:

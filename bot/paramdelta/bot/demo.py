@@ -7,7 +7,8 @@ Action would run it: plan (1 pending) -> run (merge + publish) -> plan
 (nothing pending) -> a README-only commit lands on the followed base -> plan
 (still nothing pending: no file the merge reads changed) -> new weights land
 -> plan (pending again) -> run. Finally the published weights are checked against the formula
-and the lineage record against the fake Hub's commits.
+and the lineage record against the fake Hub's commits, and the pre-publish
+check's verdict and the delta report that the run recorded are shown.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from paramdelta.bot.card import delta_rows
+from paramdelta.bot.check_rules import STEP_TITLES
 from paramdelta.engine.layout import ROLES
 from paramdelta.errors import ParamDeltaError
 from paramdelta.testing.checkpoints import (
@@ -216,6 +219,8 @@ def _inspect(
                 f"demo: lineage names {checkpoint['sha']} for {checkpoint['repo']}, the Hub {head}"
             )
 
+    _show_check_and_delta(record, say)
+
     published = report.workdir / "published"
     published.mkdir(exist_ok=True)
     for name in report.output_files:
@@ -231,6 +236,29 @@ def _inspect(
         f"Weights: all {report.tensors_checked} tensors equal"
         " (post - base + new_base) in float32, rounded once to bfloat16, bit for bit."
     )
+
+
+def _show_check_and_delta(record: dict[str, object], say: Callable[[str], None]) -> None:
+    """The pre-publish check and the delta table, as paramdelta.json records them."""
+    check = record.get("check")
+    assert isinstance(check, dict)
+    if check["status"] == "not-checked":
+        say(f"\nPre-publish check: not checked: {check['reason']}")
+    else:
+        say(f"\nPre-publish check, before the commit ({check['seconds']} s on {check['device']}):")
+        for step in check["steps"]:
+            mark = "pass" if step["passed"] else "FAIL"
+            say(f"  {mark}  {STEP_TITLES[step['step']]}: {step['detail']}")
+    table = delta_rows(record.get("delta"))  # type: ignore[arg-type]
+    assert table is not None
+    say("\nDelta report, measured in the merge pass (also in the card, with a per-layer chart):")
+    header = ("layer", "tensors", "|post-base|", "|new-base|", "cosine", "NaN/Inf")
+    say("  {:<11} {:>7} {:>12} {:>12} {:>8} {:>7}".format(*header))
+    for row in [table["overall"], *table["layers"]]:
+        say(
+            f"  {row['layer']:<11} {row['tensors']:>7} {row['post_delta']:>12}"
+            f" {row['base_update']:>12} {row['cosine']:>8} {row['nonfinite']:>7}"
+        )
 
 
 def default_workdir() -> Path:

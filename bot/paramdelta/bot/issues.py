@@ -21,7 +21,8 @@ from github.Issue import Issue
 from github.Repository import Repository
 
 from paramdelta.bot import markdown
-from paramdelta.bot.results import TargetResult
+from paramdelta.bot.check_rules import check_table
+from paramdelta.bot.results import FAILED, TargetResult
 from paramdelta.errors import GitHubError
 from paramdelta.tokens import redact, shorten
 
@@ -126,7 +127,7 @@ class _IssueTracker:
                 self._open.setdefault(key, issue)
 
     def update(self, r: TargetResult) -> IssueAction | None:
-        if r.status == "failed":
+        if r.status in FAILED:
             if issue := self._open.get(r.target):
                 self._comment(issue, _failure_text(r, self._run_url))
                 return IssueAction(r.target, "commented", issue.number, issue.html_url)
@@ -184,11 +185,15 @@ def _failure_text(r: TargetResult, run_url: str | None) -> str:
     while fence in error:
         fence += "`"
     onto = f" onto {markdown.code(base)}" if (base := r.new_base_ref(short=False)) else ""
-    return (
-        f"The ParamΔ merge of **{markdown.text(r.target)}**{onto} failed with exit code"
+    what = "was blocked by the pre-publish check" if r.status == "check-failed" else "failed"
+    text = (
+        f"The ParamΔ merge of **{markdown.text(r.target)}**{onto} {what} with exit code"
         f" {r.exit_code} in {_where(run_url)}:\n\n"
         f"{fence}text\n{error}\n{fence}\n"
     )
+    if r.check and r.check.get("steps"):
+        text += f"\nThe check's numbers (nothing was published):\n\n{check_table(r.check)}"
+    return text
 
 
 def _failure_body(r: TargetResult, run_url: str | None) -> str:

@@ -1,8 +1,9 @@
 """The one way a merge is written and published: `merge`, `publish` and `run` all come here.
 
 Whatever the command, the output holds the weights, the card (README.md, with
-the inherited licence and its attribution) and the lineage record
-(paramdelta.json), and a publish commits all of them in one commit:
+the inherited licence and its attribution), the lineage record (paramdelta.json)
+with the delta report measured in the merge pass, and the delta chart the card
+shows (paramdelta-delta.png); a publish commits all of them in one commit:
 
 - `merge --output DIR` writes the card and record into DIR with the weights;
 - `merge --push-to REPO` (and `run`) merge while uploading each finished shard,
@@ -10,7 +11,8 @@ the inherited licence and its attribution) and the lineage record
   local output the merge happens in a scratch directory and each shard is
   deleted once uploaded, so disk holds about one shard uploading and one being
   written (a scratch directory that a killed run left is removed by the next
-  one);
+  one); `run` first checks the staged output (`paramdelta.bot.check`), keeping
+  the shards until the commit, and a failing check commits nothing;
 - `publish DIR --repo REPO` reads the record that `merge` wrote into DIR (the
   inputs are not opened again: the record names them), sets its output repo and
   renders the card again for that repo.
@@ -33,8 +35,9 @@ from typing import Any, NamedTuple
 import yaml
 from huggingface_hub import metadata_load
 
-from paramdelta.bot import github_actions, lineage
+from paramdelta.bot import chart, github_actions, lineage
 from paramdelta.bot.card import render_card
+from paramdelta.bot.check_rules import CheckReport
 from paramdelta.engine.checkpoint import LocalSource, Source
 from paramdelta.engine.files import CARD_FILE
 from paramdelta.engine.layout import MergePlan
@@ -51,6 +54,8 @@ from paramdelta.hub.sources import HubSource
 from paramdelta.tokens import redact
 
 SCRATCH_PREFIX = "paramdelta-scratch-"
+# The pre-publish check of a merged (staged) output; raises CheckError when it fails.
+Check = Callable[[MergeResult], CheckReport]
 
 
 class CardSettings(NamedTuple):
@@ -104,10 +109,12 @@ def merge_record(
     settings: CardSettings,
     result: MergeResult | None = None,
     weights: Mapping[str, list[str]] | None = None,
+    check: CheckReport | None = None,
 ) -> dict[str, Any]:
     """The lineage record of a merge (``result`` None: planned, not yet computed).
 
-    ``weights``: the content ids of each weight file committed with the record.
+    ``weights``: the content ids of each weight file committed with the record;
+    ``check``: what the pre-publish check found (or why it did not run).
     """
     output: dict[str, Any] = {"repo": output_repo}
     if result is not None:
@@ -118,7 +125,7 @@ def merge_record(
         }
     if weights is not None:
         output["files"] = dict(sorted(weights.items()))
-    return lineage.build_record(
+    record = lineage.build_record(
         target=settings.target,
         checkpoints=provenance(sources, plan),
         recipe={"alpha": plan.alpha, "dtype": plan.dtype, "vocab_policy": plan.vocab_policy},
@@ -130,6 +137,11 @@ def merge_record(
         output=output,
         ci_run_url=github_actions.run_url(),
     )
+    if result is not None:
+        record["delta"] = result.stats.delta.summary()
+    if check is not None:
+        record["check"] = check.to_dict()
+    return record
 
 
 def card_and_record(
@@ -162,10 +174,14 @@ def _result_files(
     result: MergeResult,
     *,
     publisher: Publisher | None = None,
+    check: Check | None = None,
 ) -> dict[str, bytes]:
+    report = check(result) if check is not None else None
     weights = output_ids(result, publisher.uploaded_ids()) if publisher is not None else None
-    record = merge_record(sources, plan, output_repo, settings, result, weights)
-    return card_and_record(record, settings, hub_url)
+    record = merge_record(sources, plan, output_repo, settings, result, weights, report)
+    # The chart the card shows: made with the weights, so `publish DIR` commits DIR's own.
+    chart_png = {chart.FILENAME: chart.delta_chart(record["delta"]["layers"])}
+    return card_and_record(record, settings, hub_url) | chart_png
 
 
 def merge_to_directory(
@@ -202,12 +218,17 @@ def merge_and_publish(
     overwrite: bool = False,
     prepare: Prepare | None = None,
     already_published: Callable[[], PublishResult | None] | None = None,
+    check: Check | None = None,
+    keep_shards: bool = False,
 ) -> tuple[MergeResult, PublishResult]:
     """Merge while uploading each finished shard; then one commit with weights, card and record.
 
     ``out_dir`` keeps a local copy of the output (card and record included).
     ``already_published``, asked right before the commit, may say that the same
     merge was published meanwhile (an open pull request): then nothing is committed.
+    ``check`` (the pre-publish check) reports on the staged output before the card
+    is made, and may raise to stop the merge and the commit; ``keep_shards`` keeps
+    the scratch copy until the commit (the check loads it: disk then holds the model).
     """
     result_files = functools.partial(
         _result_files,
@@ -217,6 +238,7 @@ def merge_and_publish(
         settings,
         publisher.hub.endpoint,
         publisher=publisher,
+        check=check,
     )
     with scratch_dir() as scratch, publisher:
         merged = merge_to_dir(
@@ -226,7 +248,9 @@ def merge_and_publish(
             overwrite=overwrite,
             plan=plan,
             prepare=prepare,
-            on_shard_written=functools.partial(publisher.upload_shard, delete=out_dir is None),
+            on_shard_written=functools.partial(
+                publisher.upload_shard, delete=out_dir is None and not keep_shards
+            ),
             result_files=result_files,
         )
         done = already_published() if already_published is not None else None

@@ -27,10 +27,19 @@ SCHEMA_RESOURCE = "schemas/results.schema.json"
 # "in-review": the bot's own pull request with this merge is open. "planned": written by
 # `plan` for a target its merge job will report on (see `report`).
 Status = Literal[
-    "published", "pr-opened", "in-review", "up-to-date", "dry-run", "failed", "planned"
+    "published",
+    "pr-opened",
+    "in-review",
+    "up-to-date",
+    "dry-run",
+    "failed",
+    "check-failed",
+    "planned",
 ]
 STATUSES: tuple[Status, ...] = get_args(Status)
 SUCCEEDED = frozenset({"published", "pr-opened"})
+# check-failed: merged, but the pre-publish check blocked the publish (`check` has its numbers)
+FAILED = frozenset({"failed", "check-failed"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +55,7 @@ class TargetResult:
     error: str | None = None
     exit_code: int
     duration_s: float
+    check: dict[str, Any] | None = None  # the pre-publish check's report, when it was decided
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,8 +1,10 @@
 """`run` for one target: merge a pending plan and publish weights, card and lineage in one commit.
 
-A failing target becomes a failed `TargetResult` (with its error's exit code:
-a full disk is 7, a bug 1) and never stops the others; only an interruption
-(SIGINT, SIGTERM) ends the run.
+Before the commit, the pre-publish check (paramdelta.bot.check) loads and uses
+the merged model; a failing check blocks the publish. A failing target becomes
+a failed (or check-failed) `TargetResult` with its error's exit code (a full
+disk is 7, a bug 1) and never stops the others; only an interruption (SIGINT,
+SIGTERM) ends the run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from paramdelta.bot import check as pre_publish
+from paramdelta.bot.check_rules import REFERENCES, CheckReport, model_bytes
 from paramdelta.bot.plan import TargetPlan, proposal_for
 from paramdelta.bot.proposals import close_superseded
 from paramdelta.bot.publish import (
@@ -28,9 +32,9 @@ from paramdelta.bot.results import Status, TargetResult
 from paramdelta.engine.checkpoint import Source
 from paramdelta.engine.files import CARD_FILE
 from paramdelta.engine.layout import MergePlan, VocabularyError
-from paramdelta.engine.merge import preflight
+from paramdelta.engine.merge import MergeResult, preflight
 from paramdelta.engine.options import DEFAULT_MAX_MEMORY, MergeOptions
-from paramdelta.errors import Interrupted, ParamDeltaError, as_error
+from paramdelta.errors import CheckError, Interrupted, ParamDeltaError, as_error
 from paramdelta.hub.client import Hub
 from paramdelta.hub.publisher import NEW_REPO, Publisher, PublishResult
 from paramdelta.hub.sources import HubSource, download_inputs
@@ -46,6 +50,7 @@ class RunOptions(NamedTuple):
     progress: bool = True
     workdir: Path | None = None  # where dry runs leave their card
     log: Callable[[str], None] | None = None  # what each merge does with rows and files
+    check: str | None = None  # --check auto|on|off; None: each target's own (watchlist `check`)
 
 
 def merge_options(plan: TargetPlan, options: RunOptions) -> MergeOptions:
@@ -94,9 +99,16 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
         if options.log is not None:
             for note in plan_notes(merge_plan):
                 options.log(f"{plan.target.name}: {note}")
+        # Decided before merging: with `check: on`, a check that cannot run fails now.
+        mode = options.check or plan.target.check
+        skipped = pre_publish.decide(mode, model_bytes(merge_plan), options.device)
         if options.dry_run:
             return result("dry-run", url=dry_run_card(hub, plan, sources, merge_plan, options))
-        published = publish_merge(hub, plan, sources, merge_plan, merge_opts, options)
+        published, check = publish_merge(
+            hub, plan, sources, merge_plan, merge_opts, options, skipped
+        )
+    except CheckError as e:
+        return result("check-failed", error=str(e), exit_code=e.exit_code, check=e.details)
     except VocabularyError as e:  # the fix is the watchlist's, not a flag `run` does not take
         fixed = e.with_fix(VOCAB_FIX)
         return result("failed", error=str(fixed), exit_code=fixed.exit_code)
@@ -106,8 +118,9 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
         error = as_error(e)
         return result("failed", error=str(error), exit_code=error.exit_code)
     if published.in_review:
-        return result("in-review", url=published.url)
-    return result("pr-opened" if published.pr_url else "published", url=published.url)
+        return result("in-review", url=published.url, check=check.to_dict())
+    status: Status = "pr-opened" if published.pr_url else "published"
+    return result(status, url=published.url, check=check.to_dict())
 
 
 def not_run(
@@ -134,7 +147,13 @@ def dry_run_card(
 ) -> str:
     """Render the card a merge would publish, from the planned record; its file URL."""
     settings = card_settings(plan)
-    record = merge_record(sources, merge_plan, plan.output_repo, settings)
+    record = merge_record(
+        sources,
+        merge_plan,
+        plan.output_repo,
+        settings,
+        check=CheckReport.not_checked("dry run, nothing was merged"),
+    )
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="paramdelta-dry-run-"))
     card_path = workdir / plan.target.name / CARD_FILE
     card_path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,8 +168,14 @@ def publish_merge(
     merge_plan: MergePlan,
     merge_opts: MergeOptions,
     options: RunOptions,
-) -> PublishResult:
-    """Merge, uploading each shard as written; weights, card and lineage in one commit."""
+    skipped: str | None = None,
+) -> tuple[PublishResult, CheckReport]:
+    """Merge, uploading each shard as written; check; weights, card and lineage in one commit.
+
+    ``skipped`` is why the pre-publish check does not run (None: it runs, on the
+    merged files kept on disk until the commit; a failure raises CheckError and
+    nothing is committed).
+    """
     assert plan.output_repo is not None
     publisher = Publisher(
         hub,
@@ -161,6 +186,24 @@ def publish_merge(
         create_pr=plan.target.publish == "pr",
         parent=plan.output_head or NEW_REPO,  # what the plan saw, not what is there hours later
     )
+
+    checks: list[CheckReport] = []
+
+    def check_merge(merged: MergeResult) -> CheckReport:
+        """The pre-publish check of the staged output (or why it does not run)."""
+        if skipped is None:
+            check = pre_publish.run_check(
+                merged.out_dir,
+                {role: merged.sources[role] for role in REFERENCES},
+                device=options.device,
+                perplexity_factor=plan.target.perplexity_factor,
+            )
+            if check.failed:
+                raise check.error()
+        else:
+            check = CheckReport.not_checked(skipped)
+        checks.append(check)
+        return check
 
     def already_proposed() -> PublishResult | None:
         """Right before opening a pull request: is the same merge in one of ours by now?"""
@@ -177,7 +220,9 @@ def publish_merge(
         settings=card_settings(plan),
         prepare=None if options.stream else download_inputs,
         already_published=already_proposed,
+        check=check_merge,
+        keep_shards=skipped is None,
     )
     if published.pr_number is not None:
         close_superseded(hub, publisher.repo_id, plan.target.name, published)
-    return published
+    return published, checks[0]  # the merge ran the check (or said why not)

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from paramdelta.bot import markdown
-from paramdelta.bot.results import STATUSES, TargetResult
+from paramdelta.bot.results import FAILED, STATUSES, TargetResult
 
 _STATUS_WORDS = {
     "published": "published",
@@ -15,6 +15,7 @@ _STATUS_WORDS = {
     "up-to-date": "up to date",
     "dry-run": "dry run",
     "failed": "failed",
+    "check-failed": "check failed",
     "planned": "planned",
 }
 _LINK_WORDS = {"published": "commit", "pr-opened": "pull request", "in-review": "pull request"}
@@ -33,7 +34,7 @@ def summary_markdown(results: Sequence[TargetResult], run_url: str | None = None
     failures = [
         f"- **{markdown.text(r.target)}**: {markdown.text(r.error)}"
         for r in results
-        if r.status == "failed"
+        if r.status in FAILED
     ]
     if failures:
         lines += ["Errors:", "", *failures, ""]
@@ -45,7 +46,7 @@ def summary_markdown(results: Sequence[TargetResult], run_url: str | None = None
 def _row(r: TargetResult) -> tuple[str, ...]:
     """The table cells of one result, every one of them escaped."""
     status = _STATUS_WORDS[r.status]
-    if r.status == "failed":
+    if r.status in FAILED:
         status += f" (exit {r.exit_code})"
     return (
         markdown.text(r.target),

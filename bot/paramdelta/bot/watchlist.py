@@ -25,6 +25,7 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import relevance
 
+from paramdelta.bot.check_rules import DEFAULT_PERPLEXITY_FACTOR
 from paramdelta.engine.options import DEFAULT_SHARD_SIZE, parse_size
 from paramdelta.errors import UsageError
 from paramdelta.repo_ids import parse_spec
@@ -48,6 +49,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "card_template": None,
     "tags": [],
     "enabled": True,
+    "check": "auto",
+    "perplexity_factor": DEFAULT_PERPLEXITY_FACTOR,
 }
 MAX_REPORTED = 50
 
@@ -116,6 +119,8 @@ class Target:
     card_template: Path | None = None
     tags: tuple[str, ...] = ()
     enabled: bool = True
+    check: str = "auto"  # the pre-publish check: auto | on | off (see paramdelta.bot.check)
+    perplexity_factor: float = DEFAULT_PERPLEXITY_FACTOR
 
     def output_repo(self, new_base_repo: str) -> str:
         """The output repo id for a resolved new base."""
@@ -448,12 +453,18 @@ def _options(
 ) -> dict[str, Any]:
     """A target's options, its own over the defaults, as Target's fields."""
     options = {**defaults, **{k: v for k, v in raw.items() if k in DEFAULT_OPTIONS}}
-    for key, convert in (("alpha", _alpha), ("shard_size", _shard_size)):
+    for key, convert in (
+        ("alpha", _alpha),
+        ("shard_size", _shard_size),
+        ("perplexity_factor", _perplexity_factor),
+    ):
         try:
             options[key] = convert(options[key])
         except ValueError as e:
             report.add(_set_at(raw, index, key), str(e))
             options[key] = convert(DEFAULT_OPTIONS[key])
+    if isinstance(options["check"], bool):  # YAML 1.1 reads a bare on/off as a boolean
+        options["check"] = "on" if options["check"] else "off"
     if options["card_template"] is not None:
         try:
             options["card_template"] = _card_template(options["card_template"], folder)
@@ -485,6 +496,12 @@ def _card_template(value: str, folder: Path) -> Path:
 def _alpha(value: float) -> float:
     if not math.isfinite(value):  # .nan and .inf are YAML numbers
         raise ValueError("must be a finite number")
+    return float(value)
+
+
+def _perplexity_factor(value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError("must be a finite number above 0")
     return float(value)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from paramdelta.commands import arguments
 from paramdelta.commands.output import emit, human_bytes
@@ -68,10 +68,12 @@ def result_summary(result: MergeResult) -> dict[str, object]:
         "tensors": stats.tensors,
         "bytes": stats.bytes,
         "seconds": round(stats.seconds, 3),
+        "cpu_seconds": round(stats.cpu_seconds, 3),
         "device": stats.device,
         "peak_rss_bytes": stats.peak_rss_bytes,
         "shards": [s.filename for s in result.shards],
         "files": result.files,
+        "delta": stats.delta.summary(),
     }
 
 
@@ -88,10 +90,20 @@ def human_summary(result: MergeResult) -> str:
             f"merged {stats.tensors} tensors ({human_bytes(stats.bytes)}, "
             f"{result.plan.written_dtype}) into {result.out_dir} in {stats.seconds:.1f}s"
             f" ({rate}, {stats.device}, peak RSS {human_bytes(stats.peak_rss_bytes)})",
+            delta_line(stats.delta.summary()["overall"]),
             f"files from the inputs: {donors or 'none'}",
             f"written for this merge: {', '.join(made) or 'none'}",
             *plan_notes(result.plan),
         ]
+    )
+
+
+def delta_line(overall: dict[str, Any]) -> str:
+    """The delta report in one line: the two norms and their cosine."""
+    cosine = "-" if overall["cosine"] is None else f"{overall['cosine']:.4f}"
+    return (
+        f"delta: |post - base| {overall['post_delta_norm']:.4g},"
+        f" |new base - base| {overall['base_update_norm']:.4g}, cosine {cosine}"
     )
 
 

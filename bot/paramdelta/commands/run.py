@@ -36,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stream", action="store_true", help="read inputs by byte ranges, do not download them"
     )
     arguments.add_device_options(parser)
+    parser.add_argument(
+        "--check",
+        choices=("auto", "on", "off"),
+        help="the pre-publish check, for every target (default: each target's `check`, auto):"
+        " auto runs it when transformers is installed and the model fits in memory,"
+        " on makes a check that cannot run an error, off skips it",
+    )
     parser.add_argument("--workdir", type=Path, help="where --dry-run writes the cards")
     parser.add_argument("--result-file", type=Path, help="write the results as JSON here")
     arguments.add_github_argument(parser)
@@ -56,14 +63,29 @@ def human_results(plans: list[TargetPlan], results: list[TargetResult]) -> str:
     lines = []
     for r in results:
         word = IDLE_WORDS.get(status(r), status(r)) if r.status == "up-to-date" else r.status
-        detail = r.error if r.status == "failed" else r.url
+        detail = r.error if r.error else r.url
         lines.append(f"{r.target}: {word}{f' ({detail})' if detail else ''}")
+        if r.check and not r.error:
+            lines.append(f"  {check_line(r.check)}")
     return "\n".join(lines)
+
+
+def check_line(check: dict[str, object]) -> str:
+    """The pre-publish check in one line of the run's log."""
+    if check["status"] == "not-checked":
+        return f"pre-publish check: not checked: {check['reason']}"
+    perplexity = check.get("perplexity") or {}
+    assert isinstance(perplexity, dict)
+    return (
+        f"pre-publish check: {check['status']} in {check['seconds']} s on {check['device']}"
+        f" (perplexity {perplexity.get('merged')}, {perplexity.get('ratio')} x the better"
+        f" reference, at most {perplexity.get('factor')})"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from paramdelta.bot import github_actions
-    from paramdelta.bot.results import SUCCEEDED, write_results
+    from paramdelta.bot.results import FAILED, SUCCEEDED, write_results
     from paramdelta.bot.summary import summary_markdown
 
     results: list[TargetResult] = []
@@ -80,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         github_actions.set_output("summary", summary)
         github_actions.append_summary(summary)
     emit(args.format, {"results": [r.to_dict() for r in results]}, human_results(plans, results))
-    failed = [r for r in results if r.status == "failed"]
+    failed = [r for r in results if r.status in FAILED]
     return failed[0].exit_code if failed else 0
 
 
@@ -109,6 +131,7 @@ def _run_targets(
             progress=args.format == "human",
             workdir=args.workdir,
             log=lambda line: print(line, file=sys.stderr),
+            check=args.check,
         )
         hub = HubFactory(args.token_file)()
         # A disabled target is neither run nor reported (its issue, if any, stays as it is).

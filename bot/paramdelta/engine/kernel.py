@@ -1,16 +1,31 @@
-"""The arithmetic of one chunk, exactly as the formula states it.
+"""The arithmetic of one chunk, exactly as the formula states it, and what it measures.
 
 ``out = new_base + alpha * (post - base)``, computed in float32 and rounded
 once to the output dtype: bit for bit
 ``(post.float() - base.float() + new_base.float()).to(dtype)``.
 
-Each operand is first widened into a float32 scratch buffer and the chunk is
-processed in cache-sized blocks: on a CPU this is memory-bound, and mixed-dtype
-ops (float32 minus bfloat16) or full-chunk float32 temporaries each cost
-several times more memory traffic than a block that stays in cache.
+While a block is in cache the kernel also measures the delta report's moments
+(`Moments`): the squared norms of the post-training delta ``post - base`` and
+of the base update ``new_base - base``, and their dot product, all three from
+one 2x2 matrix product of the two deltas. The base update is computed
+explicitly: deriving its norm from the norms of new_base and base would lose
+every digit when they are close. The same sums are the NaN/Inf sentinel: a NaN
+or Inf in any input makes one of them non-finite, and they bound how far the
+output can exceed new_base (see `_headroom`), so only a block they flag is
+counted element by element. This costs two passes over the block besides the
+merge's own: on a memory-bound CPU, about a fifth more time (README:
+Performance); on a GPU, nothing measurable.
+
+Each operand is first widened into a float32 scratch row and the chunk is
+processed in cache-sized blocks: on a CPU this is memory-bound, and
+mixed-dtype ops (float32 minus bfloat16) or full-chunk float32 temporaries each
+cost several times more memory traffic than a block that stays in cache.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,13 +45,62 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     "U64": torch.uint64,
 }
 
-# Elements per block on the CPU: two float32 scratch blocks of 4 MiB each.
+# Elements per block on the CPU: one block per chunk (local chunks are ~1 MiB per input).
+# Smaller blocks fit the L2 cache, but their extra Python calls serialise the workers
+# on the GIL, which costs more in a multi-worker merge than it saves (measured).
 CPU_BLOCK = 1 << 20
+
+# The counted operands of a merge, in the order of `NonFinite`.
+OPERANDS = ("post", "base", "new_base", "output")
+
+
+@dataclass
+class NonFinite:
+    """NaN and Inf counts of each operand of a chunk, in `OPERANDS` order."""
+
+    nan: list[int] = field(default_factory=lambda: [0] * len(OPERANDS))
+    inf: list[int] = field(default_factory=lambda: [0] * len(OPERANDS))
+
+    def add(self, other: NonFinite) -> None:
+        for i in range(len(OPERANDS)):
+            self.nan[i] += other.nan[i]
+            self.inf[i] += other.inf[i]
+
+    def count(self, index: int, values: torch.Tensor) -> None:
+        if values.is_floating_point():
+            self.nan[index] += int(torch.isnan(values).sum())
+            self.inf[index] += int(torch.isinf(values).sum())
+
+    @property
+    def output(self) -> int:
+        return self.nan[-1] + self.inf[-1]
+
+
+@dataclass
+class Moments:
+    """Sums over the merged elements of a chunk (or a tensor): the delta report's raw data."""
+
+    elements: int = 0
+    post_sq: float = 0.0  # sum of (post - base)^2
+    update_sq: float = 0.0  # sum of (new_base - base)^2
+    cross: float = 0.0  # sum of (post - base) * (new_base - base)
+    nonfinite: NonFinite | None = None  # only when some value was not finite
+
+    def add(self, other: Moments) -> None:
+        self.elements += other.elements
+        self.post_sq += other.post_sq
+        self.update_sq += other.update_sq
+        self.cross += other.cross
+        if other.nonfinite is not None:
+            if self.nonfinite is None:
+                self.nonfinite = NonFinite()
+            self.nonfinite.add(other.nonfinite)
 
 
 def scratch_buffers(block: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's float32 scratch: a pair of rows (the two deltas) and one more block."""
     return (
-        torch.empty(block, dtype=torch.float32, device=device),
+        torch.empty((2, block), dtype=torch.float32, device=device),
         torch.empty(block, dtype=torch.float32, device=device),
     )
 
@@ -48,22 +112,84 @@ def merge_into(
     new_base: torch.Tensor,
     alpha: float,
     scratch: tuple[torch.Tensor, torch.Tensor],
-) -> None:
-    """``out = new_base + alpha * (post - base)`` over 1-D tensors of equal length."""
-    acc_buf, operand_buf = scratch
-    block = acc_buf.numel()
+) -> Moments:
+    """``out = new_base + alpha * (post - base)`` over 1-D tensors of equal length; its moments."""
+    rows, new_buf = scratch
+    block = new_buf.numel()
+    headroom = _headroom(out.dtype, new_base.dtype)
+    limit = torch.finfo(out.dtype).max
+    moments = Moments(elements=out.numel())
     for start in range(0, out.numel(), block):
         end = min(start + block, out.numel())
-        out_block = out[start:end]
-        # A float32 output is its own accumulator: one pass less.
-        acc = out_block if out.dtype == torch.float32 else acc_buf[: end - start]
-        operand = operand_buf[: end - start]
-        acc.copy_(post[start:end])
-        operand.copy_(base[start:end])  # widening (or float64 narrowing) is exact like .float()
-        acc.sub_(operand)
-        if alpha != 1.0:
-            acc.mul_(alpha)
-        operand.copy_(new_base[start:end])
-        acc.add_(operand)
-        if acc is not out_block:
-            out_block.copy_(acc)
+        pair = rows[:, : end - start]
+        delta, update = pair  # post - base, new_base - base
+        new = new_buf[: end - start]
+        delta.copy_(post[start:end])
+        update.copy_(base[start:end])  # widening (or float64 narrowing) is exact like .float()
+        delta.sub_(update)
+        new.copy_(new_base[start:end])
+        torch.sub(new, update, out=update)
+        # The 2x2 Gram matrix of the deltas, in one pass: both squared norms and the dot.
+        post_sq, cross, _, update_sq = torch.mm(pair, pair.t()).view(-1).tolist()
+        if alpha != 1.0:  # after the moments: they describe the unscaled delta
+            delta.mul_(alpha)
+        delta.add_(new)  # the output, in float32
+        finite = _finite(delta, abs(alpha) * math.sqrt(post_sq), update_sq, headroom, limit)
+        out[start:end].copy_(delta)
+        moments.post_sq += post_sq
+        moments.update_sq += update_sq
+        moments.cross += cross
+        if not finite:
+            counted = NonFinite()
+            for index, values in enumerate((post, base, new_base, out)):
+                counted.count(index, values[start:end])
+            moments.add(Moments(nonfinite=counted))
+    return moments
+
+
+def _headroom(out_dtype: torch.dtype, new_base_dtype: torch.dtype) -> float:
+    """How large ``alpha * (post - base)`` may grow without the rounded output overflowing.
+
+    Elementwise ``|out| <= |new_base| + |alpha * delta|``. When new_base's dtype cannot
+    exceed the output's largest value, the sum rounds to at most that value while the
+    added part stays below half a unit in its last place (a quarter, to be safe from
+    float32's own rounding). Otherwise (float32 in, bfloat16 out) there is no headroom
+    and the output itself is measured.
+    """
+    out_info = torch.finfo(out_dtype)
+    if out_info.max < torch.finfo(new_base_dtype).max:
+        return 0.0
+    return out_info.eps * out_info.max / 4
+
+
+def _finite(
+    output: torch.Tensor, scaled_norm: float, update_sq: float, headroom: float, limit: float
+) -> bool:
+    """True when a block's inputs are finite and its rounded output cannot overflow.
+
+    A NaN or Inf in post or base makes the delta's norm non-finite, one in new_base
+    the update's (and NaN fails every comparison).
+    """
+    if not (scaled_norm < math.inf and update_sq < math.inf):
+        return False
+    if scaled_norm < headroom:
+        return True
+    return torch.linalg.vector_norm(output).item() < limit  # no element exceeds the norm
+
+
+def copy_into(out: torch.Tensor, values: torch.Tensor) -> NonFinite | None:
+    """Copy (converting) ``values`` into ``out``; their NaN/Inf counts if any are not finite."""
+    out.copy_(values)
+    return check_copy(out)
+
+
+def check_copy(out: torch.Tensor) -> NonFinite | None:
+    """The NaN/Inf counts of a copied float chunk, or None when all its values are finite."""
+    if not out.is_floating_point() or out.numel() == 0:
+        return None
+    total = out.sum(dtype=torch.float32).item()
+    if total - total == 0.0:  # finite (a NaN or an Inf anywhere makes this NaN)
+        return None
+    counted = NonFinite()
+    counted.count(len(OPERANDS) - 1, out)
+    return counted if counted.output else None

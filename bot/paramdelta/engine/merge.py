@@ -7,7 +7,7 @@ the Hub beyond the `Source` objects it is given and the optional shard hook.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from paramdelta.engine.checkpoint import Checkpoint, LocalSource, Source, open_checkpoint
@@ -38,6 +38,7 @@ class MergeResult:
     shards: list[ShardPlan]
     stats: MergeStats
     files: dict[str, str]  # every output file -> where it came from ("merge", a role, "result")
+    sources: dict[str, Source] = field(default_factory=dict)  # what was read (after prepare)
 
 
 # Files made from a finished merge (the card, the lineage record), added to its output.
@@ -77,7 +78,8 @@ def merge_to_dir(
 
     ``prepare`` may swap sources once the plan is known (e.g. download Hub files);
     ``on_shard_written`` receives each finished shard (e.g. to upload it);
-    ``result_files`` makes files from the result, written before the output appears.
+    ``result_files`` makes files from the result, written before the output appears
+    (the result it gets has ``out_dir`` the staging directory, where the files are).
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)
@@ -108,9 +110,12 @@ def merge_to_dir(
             else:
                 writer.copy_file(path, source)
             files[path] = role
-        result = MergeResult(writer.out_dir, plan, shards, stats, files)
-        for path, data in (result_files(result) if result_files else {}).items():
+        # The staged output, complete but for the result's files: ``result_files`` may load
+        # it as a model (the pre-publish check does), so a sharded one has its index.
+        writer.write_index()
+        staged = MergeResult(writer.tmp_dir, plan, shards, stats, files, sources)
+        for path, data in (result_files(staged) if result_files else {}).items():
             writer.add_file(path, data)
             files[path] = RESULT_FILES
         writer.commit()
-    return replace(result, files=dict(sorted(files.items())))
+    return replace(staged, out_dir=writer.out_dir, files=dict(sorted(files.items())))

@@ -36,12 +36,23 @@ import torch
 from huggingface_hub.utils import tqdm
 
 from paramdelta.engine.checkpoint import Source
-from paramdelta.engine.kernel import CPU_BLOCK, TORCH_DTYPES, merge_into, scratch_buffers
-from paramdelta.engine.layout import MergePlan
+from paramdelta.engine.delta import DeltaReport
+from paramdelta.engine.kernel import (
+    CPU_BLOCK,
+    OPERANDS,
+    TORCH_DTYPES,
+    Moments,
+    NonFinite,
+    check_copy,
+    copy_into,
+    merge_into,
+    scratch_buffers,
+)
+from paramdelta.engine.layout import ROLE_TITLES, TORCH_DTYPE_NAMES, MergePlan
 from paramdelta.engine.options import DEFAULT_MAX_MEMORY
 from paramdelta.engine.safetensors_format import ITEMSIZE
 from paramdelta.engine.writer import OutputWriter, ShardPlan
-from paramdelta.errors import UsageError
+from paramdelta.errors import CheckpointError, UsageError
 
 MIN_CHUNK_ELEMENTS = 4096  # also the alignment of bigger chunks
 # On a GPU, bigger transfers amortise the copies: 8 Mi elements per chunk.
@@ -50,6 +61,7 @@ CUDA_CHUNK_ELEMENTS = 1 << 23
 
 @dataclass(frozen=True)
 class Read:
+    role: str
     source: Source
     file: str
     offset: int
@@ -65,6 +77,7 @@ class Unit:
     the output dtype) or "raw" (one read straight into the output buffer).
     """
 
+    tensor: str
     shard: int
     out_offset: int
     count: int
@@ -82,10 +95,12 @@ class MergeStats:
     tensors: int
     bytes: int
     seconds: float
+    cpu_seconds: float  # of the whole process while merging: stabler than wall time on a busy host
     device: str
     workers: int
     chunk_elements: int
     peak_rss_bytes: int
+    delta: DeltaReport  # measured in the same pass, see engine.delta
 
 
 def resolve_device(device: str) -> torch.device:
@@ -149,6 +164,7 @@ def plan_units(
                 count = min(elements, segment.count - start)
                 reads = tuple(
                     Read(
+                        role,
                         sources[role],
                         ref.file,
                         ref.entry.offset + (first + start) * ITEMSIZE[ref.dtype],
@@ -158,7 +174,7 @@ def plan_units(
                     for role, ref, first in segment.inputs
                 )
                 out_offset = tensor_offset + (segment.out_start + start) * out_size
-                units.append(Unit(shard, out_offset, count, item.dtype, op, reads))
+                units.append(Unit(item.name, shard, out_offset, count, item.dtype, op, reads))
     units.sort(key=lambda u: u.shard)  # stable: file order within a shard is kept
     return units
 
@@ -171,14 +187,21 @@ def _host_buffer(nbytes: int, pinned: bool) -> tuple[torch.Tensor, memoryview]:
 
 
 class _Worker:
-    """One worker's buffers and the read -> compute -> write of a unit."""
+    """One worker's buffers and the read -> compute -> write of a unit.
+
+    Each worker sums the delta report of the chunks it merged (`delta`); a chunk
+    whose output holds NaN or Inf stops the merge with an error naming the tensor.
+    """
 
     def __init__(self, device: torch.device, elements: int, in_bytes: int, out_bytes: int):
         self.on_cuda = device.type == "cuda"
+        self.delta = DeltaReport()
         self.inputs = [_host_buffer(in_bytes, self.on_cuda) for _ in range(3)]
         self.out = _host_buffer(out_bytes, self.on_cuda)
         # A GPU has bandwidth to spare: one block per chunk, no Python loop.
-        self.scratch = scratch_buffers(elements if self.on_cuda else CPU_BLOCK, device)
+        self.scratch = scratch_buffers(
+            elements if self.on_cuda else min(elements, CPU_BLOCK), device
+        )
         if self.on_cuda:
             self.stream = torch.cuda.Stream(device)
             self.dev_in = [
@@ -194,15 +217,19 @@ class _Worker:
 
     def compute(self, unit: Unit, alpha: float) -> None:
         if unit.op == "raw":
-            return
-        if self.on_cuda:
+            view = self.out[0][: unit.out_nbytes].view(TORCH_DTYPES[unit.out_dtype])
+            moments = Moments(nonfinite=check_copy(view))
+        elif self.on_cuda:
             with torch.cuda.stream(self.stream):
-                self._compute(unit, alpha)
+                moments = self._compute(unit, alpha)
             self.stream.synchronize()
         else:
-            self._compute(unit, alpha)
+            moments = self._compute(unit, alpha)
+        self.delta.add(unit.tensor, moments)
+        if moments.nonfinite is not None and moments.nonfinite.output:
+            raise _nonfinite_error(unit, moments.nonfinite)
 
-    def _compute(self, unit: Unit, alpha: float) -> None:
+    def _compute(self, unit: Unit, alpha: float) -> Moments:
         ins = []
         for i, read in enumerate(unit.reads):
             data = self.inputs[i][0][: read.nbytes]
@@ -213,14 +240,40 @@ class _Worker:
         out = self.dev_out[: unit.out_nbytes] if self.on_cuda else host_out
         typed = out.view(TORCH_DTYPES[unit.out_dtype])
         if unit.op == "merge":
-            merge_into(typed, ins[0], ins[1], ins[2], alpha, self.scratch)
+            moments = merge_into(typed, ins[0], ins[1], ins[2], alpha, self.scratch)
         else:
-            typed.copy_(ins[0])
+            moments = Moments(nonfinite=copy_into(typed, ins[0]))
         if self.on_cuda:
             host_out.copy_(out, non_blocking=True)
+        return moments
 
     def output(self, unit: Unit) -> memoryview:
         return self.out[1][: unit.out_nbytes]
+
+
+def _nonfinite_error(unit: Unit, counts: NonFinite) -> CheckpointError:
+    """One line naming the tensor, what is not finite, and in which input it started."""
+    out = len(OPERANDS) - 1
+    what = f"{counts.nan[out]} NaN and {counts.inf[out]} Inf values"
+    if unit.op != "merge":
+        role = ROLE_TITLES[unit.reads[0].role]
+        return CheckpointError(
+            f"tensor {unit.tensor!r}: {what} in the elements copied from the {role} checkpoint"
+        )
+    inputs = [
+        f"{ROLE_TITLES[role]} {counts.nan[i]} NaN/{counts.inf[i]} Inf"
+        for i, role in enumerate(OPERANDS[:out])
+        if counts.nan[i] or counts.inf[i]
+    ]
+    if inputs:
+        cause = f"the inputs hold them there: {', '.join(inputs)}"
+    else:
+        dtype = TORCH_DTYPE_NAMES.get(unit.out_dtype, unit.out_dtype)
+        cause = f"the inputs are finite there: the result overflows {dtype}"
+    return CheckpointError(
+        f"merged tensor {unit.tensor!r} is not finite: {what} in a chunk of {unit.count}"
+        f" elements ({cause})"
+    )
 
 
 @contextmanager
@@ -292,7 +345,7 @@ def execute(
     progress: bool = True,
 ) -> MergeStats:
     """Compute every output tensor of ``plan`` into ``writer``'s shards."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     dev = resolve_device(device)
     used = list(sources.values())
     workers = worker_count(used)
@@ -304,6 +357,7 @@ def execute(
     in_bytes = elements * _max_in_itemsize(plan)
     out_bytes = elements * _out_itemsize(plan)
     failures: list[BaseException] = []
+    reports: list[DeltaReport] = []
     bar = tqdm(
         total=plan.nbytes,
         unit="B",
@@ -316,6 +370,7 @@ def execute(
     def work() -> None:
         try:
             worker = _Worker(dev, elements, in_bytes, out_bytes)
+            reports.append(worker.delta)
             while (unit := schedule.next()) is not None:
                 worker.read(unit)
                 worker.compute(unit, plan.alpha)
@@ -349,14 +404,18 @@ def execute(
             bar.close()
     if failures:
         raise failures[0]
+    delta = DeltaReport({item.name: Moments() for item in plan.items})  # in the plan's order
+    delta.merge(reports)
     return MergeStats(
         tensors=len(plan.items),
         bytes=plan.nbytes,
         seconds=time.perf_counter() - started,
+        cpu_seconds=time.process_time() - cpu_started,
         device=str(dev),
         workers=workers,
         chunk_elements=elements,
         peak_rss_bytes=peak_rss_bytes(),
+        delta=delta,
     )
 
 

@@ -210,10 +210,14 @@ class OutputWriter:
                 for offset in range(0, size, COPY_PIECE):
                     f.write(source.read(relpath, offset, min(COPY_PIECE, size - offset)))
 
-    def commit(self) -> Path:
-        """Write the index and move the finished directory into place."""
+    def write_index(self) -> None:
+        """Write the index of a sharded output (again at `commit`: it is small)."""
         if len(self.shards) > 1:
             self.add_file(INDEX, index_json(self.shards))
+
+    def commit(self) -> Path:
+        """Write the index and move the finished directory into place."""
+        self.write_index()
         self.add_file(OUTPUT_MARKER, _marker())
         old = None
         with local_io(self.out_dir):

@@ -31,8 +31,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from paramdelta.engine.checkpoint import LocalSource, Source
+from paramdelta.engine.checkpoint import CONFIG, LocalSource, Source
 from paramdelta.engine.layout import MergePlan
+from paramdelta.engine.safetensors_format import INDEX
 from paramdelta.errors import CheckpointError, HubError, UsageError
 from paramdelta.hub.cache import checked_snapshot
 from paramdelta.hub.client import Hub, RepoFiles, is_missing
@@ -164,6 +165,23 @@ def _nearest(path: Path) -> str:
     return f" (did you mean {' or '.join(str(parent / n) for n in close)}?)" if close else ""
 
 
+# What loading a checkpoint with transformers reads: configs, weights, tokenizer files.
+LOADED_SUFFIXES = (".json", ".safetensors", ".jinja", ".model", ".txt", ".tiktoken")
+
+
+def local_checkpoint(spec: str, hub_factory: HubFactory) -> Path:
+    """A checkpoint as a local directory: the directory itself, or a Hub repo's top-level
+    configs, weights and tokenizer files fetched into the HF cache at its pinned commit."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    repo_id, revision = parse_spec(spec)
+    hub = hub_factory()
+    repo = hub.repo_files(repo_id, revision)
+    paths = sorted(f for f in repo.sizes if "/" not in f and f.endswith(LOADED_SUFFIXES))
+    return hub.download(repo_id, repo.sha, paths)
+
+
 class HubFactory:
     """Creates the Hub client on first use: local-only merges never need a token."""
 
@@ -195,6 +213,8 @@ def open_sources(
 def download_inputs(plan: MergePlan, sources: dict[str, Source]) -> dict[str, Source]:
     """Swap each Hub source for the files the merge reads, fetched into the Hugging Face cache.
 
+    Each snapshot also gets its config.json and index, so that it opens as a
+    checkpoint on its own (the pre-publish check loads the post model and new base).
     What the cache holds is checked against the Hub's listing before it is used
     (see `paramdelta.hub.cache`): another job may have tampered with it.
     """
@@ -202,7 +222,8 @@ def download_inputs(plan: MergePlan, sources: dict[str, Source]) -> dict[str, So
     try:
         for role, source in sources.items():
             if isinstance(source, HubSource):
-                local[role] = _checked_download(source, plan.read.get(role, []))
+                whole = {CONFIG, INDEX} & set(source.repo.sizes)
+                local[role] = _checked_download(source, sorted({*plan.read.get(role, []), *whole}))
             else:
                 local[role] = source
     except BaseException:

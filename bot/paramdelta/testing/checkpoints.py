@@ -91,6 +91,12 @@ def tensor_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+# Greedy generation of the tiny models steps through the vocabulary: after token i comes
+# i + NEXT_TOKEN_STEP (wrapping around, never to a special token), see `random_state_dict`.
+NEXT_TOKEN_STEP = 7
+FIRST_PLAIN_TOKEN = 3  # ids 0-2 are the special tokens <unk>, <s> (bos) and </s> (eos)
+
+
 def random_state_dict(
     config: Mapping[str, Any],
     *,
@@ -98,6 +104,15 @@ def random_state_dict(
     dtype: torch.dtype = torch.bfloat16,
     scale: float = 0.02,
 ) -> dict[str, torch.Tensor]:
+    """Random weights, except that the LM head's rows are the embeddings, shifted.
+
+    With random weights alone, greedy generation soon repeats one token or a short
+    cycle (the residual stream is mostly the input token's embedding, so the next
+    token is a fixed function of the last one). With row i + NEXT_TOKEN_STEP of the
+    LM head equal to embedding i, the likeliest next token after i is
+    i + NEXT_TOKEN_STEP: text that moves on, like a real model's, and a model that
+    a huge --alpha visibly breaks.
+    """
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for name, shape in tensor_shapes(config).items():
@@ -106,6 +121,12 @@ def random_state_dict(
         else:
             t = scale * torch.randn(shape, generator=generator)
         state[name] = t.to(dtype)
+    head = state.get("lm_head.weight")
+    plain = config["vocab_size"] - FIRST_PLAIN_TOKEN
+    if head is not None and plain > 0:
+        ids = torch.arange(FIRST_PLAIN_TOKEN, config["vocab_size"])
+        after = FIRST_PLAIN_TOKEN + (ids - FIRST_PLAIN_TOKEN + NEXT_TOKEN_STEP) % plain
+        head[after] = state["model.embed_tokens.weight"][ids]
     return state
 
 
@@ -148,46 +169,82 @@ def save_checkpoint(
     return directory
 
 
-SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2: llama_config's bos and eos
+# The tiny tokenizer: one token per character, 256 in all, the configs' default vocab_size;
+# ids 0-2 are the special tokens the configs name (bos 1, eos 2).
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
+TOKEN_CHARS = (
+    *map(chr, range(32, 127)),  # printable ASCII
+    "\n",
+    "\t",
+    *map(chr, range(0xA1, 0x100)),  # Latin-1
+    *map(chr, range(0x100, 0x13D)),  # Latin Extended-A
+)
 
 
-def tokenizer_json(vocab_size: int = 256) -> str:
-    """A word-level tokenizer.json that transformers loads: special tokens, words, fillers."""
-    words = [*SPECIAL_TOKENS, "<|user|>", "<|assistant|>", "Hello", "!", "?", ".", ","]
-    words += [f"w{i}" for i in range(vocab_size - len(words))]
-    added = [
-        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False}
-        | {"normalized": False, "special": True}
-        for i, t in enumerate(words[:5])
-    ]
-    return json.dumps(
+def tokenizer_json() -> str:
+    """A character-level tokenizer.json (WordLevel over characters) for the tiny models.
+
+    Unknown characters become <unk>, and a <s> starts every encoded text, as
+    Llama's tokenizer does.
+    """
+    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *TOKEN_CHARS))}
+    special = [
         {
-            "version": "1.0",
-            "truncation": None,
-            "padding": None,
-            "added_tokens": added,
-            "normalizer": None,
-            "pre_tokenizer": {"type": "Whitespace"},
-            "post_processor": None,
-            "decoder": None,
-            "model": {"type": "WordLevel", "vocab": {w: i for i, w in enumerate(words)}}
-            | {"unk_token": "<unk>"},
+            "id": vocab[token],
+            "content": token,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
         }
+        for token in SPECIAL_TOKENS
+    ]
+    bos = {"id": "<s>", "type_id": 0}
+    document = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": special,
+        "normalizer": None,
+        "pre_tokenizer": {
+            "type": "Split",
+            "pattern": {"Regex": "[\\s\\S]"},
+            "behavior": "Isolated",
+            "invert": False,
+        },
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": bos}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+            ],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}},
+        },
+        "decoder": {"type": "Fuse"},
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    }
+    return json.dumps(document) + "\n"
+
+
+def chat_template(role: str) -> str:
+    """A chat template in the usual shape; its comment names the checkpoint it came from."""
+    return (
+        f"{{#- the {role} model's chat template -#}}\n"
+        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
     )
 
 
 def donor_files(role: str) -> dict[str, str]:
-    """Small non-weight files that say which checkpoint they came from; a working tokenizer."""
-    chat = (
-        "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>{% endif %}{# " + role + " #}"
-    )
+    """Small non-weight files that say which checkpoint they came from, and a real tokenizer."""
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": 256,
         "bos_token": "<s>",
         "eos_token": "</s>",
         "unk_token": "<unk>",
+        "model_max_length": 256,
         "origin": role,
     }
     generation = {"bos_token_id": 1, "eos_token_id": 2, "do_sample": role == "post", "origin": role}
@@ -195,7 +252,7 @@ def donor_files(role: str) -> dict[str, str]:
         "tokenizer.json": tokenizer_json(),
         "tokenizer_config.json": json.dumps(tokenizer_config) + "\n",
         "generation_config.json": json.dumps(generation) + "\n",
-        "chat_template.jinja": chat,
+        "chat_template.jinja": chat_template(role),
         "LICENSE": f"licence of the {role} model\n",
     }
 

@@ -1,0 +1,119 @@
+"""The delta report: what the merge pass measured, per tensor, summed per layer and overall.
+
+For each merged tensor the kernel sums, in float32 blocks added up in float64,
+the squared norms of the post-training delta (post - base) and of the base
+update (new_base - base), their dot product, and NaN/Inf counts of every input
+and the output (`kernel.Moments`). Here they become norms and cosines:
+
+- ``post_delta_norm``: how much post-training changed the base (what is transferred);
+- ``base_update_norm``: how far the new base moved from the old one;
+- ``cosine``: whether the two point the same way. ParamΔ relies on them being
+  nearly orthogonal (cosine near 0); a strongly negative cosine means the new
+  base undoes part of what post-training did.
+
+Groups sum the raw moments before taking roots, so a layer's norm is the norm
+of all its tensors together and its cosine that of the concatenated deltas.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from paramdelta.engine.kernel import OPERANDS, Moments, NonFinite
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
+_EMBEDDING = re.compile(r"embed|(?:^|\.)wte\.|(?:^|\.)wpe\.")
+_HEAD = re.compile(r"(?:^|\.)lm_head\.")
+# Groups in model order: embeddings, the layers, the rest (final norm), the LM head.
+EMBEDDINGS, OTHER, HEAD = "embeddings", "other", "lm_head"
+
+
+def group_of(name: str) -> int | str:
+    """The layer index of a tensor, or the name of the group it belongs to."""
+    if match := _LAYER.search(name):
+        return int(match[1])
+    if _HEAD.search(name):
+        return HEAD
+    if _EMBEDDING.search(name):
+        return EMBEDDINGS
+    return OTHER
+
+
+def _order(group: int | str) -> tuple[int, int]:
+    if isinstance(group, int):
+        return (1, group)
+    return ({EMBEDDINGS: 0, OTHER: 2, HEAD: 3}[group], 0)
+
+
+def _rounded(value: float) -> float:
+    return float(f"{value:.6g}")
+
+
+def _norm(squares: float) -> float:
+    return _rounded(math.sqrt(squares)) if squares >= 0 else math.nan
+
+
+def summarise(moments: Moments) -> dict[str, Any]:
+    """Norms, cosine and NaN/Inf counts of summed moments (JSON-ready)."""
+    denominator = math.sqrt(moments.post_sq * moments.update_sq)
+    cosine = moments.cross / denominator if denominator > 0 else None
+    counts = moments.nonfinite or NonFinite()
+    return {
+        "elements": moments.elements,
+        "post_delta_norm": _norm(moments.post_sq),
+        "base_update_norm": _norm(moments.update_sq),
+        "cosine": None if cosine is None else _rounded(max(-1.0, min(1.0, cosine))),
+        "nonfinite": {role: counts.nan[i] + counts.inf[i] for i, role in enumerate(OPERANDS)},
+    }
+
+
+@dataclass
+class DeltaReport:
+    """The moments of every output tensor, by name, in the plan's order."""
+
+    tensors: dict[str, Moments] = field(default_factory=dict)
+
+    def add(self, name: str, moments: Moments) -> None:
+        self.tensors.setdefault(name, Moments()).add(moments)
+
+    def merge(self, others: Iterable[DeltaReport]) -> None:
+        for other in others:
+            for name, moments in other.tensors.items():
+                self.add(name, moments)
+
+    def groups(self) -> Iterator[tuple[int | str, int, Moments]]:
+        """(group, number of tensors, summed moments), in model order."""
+        sums: dict[int | str, tuple[int, Moments]] = {}
+        for name, moments in self.tensors.items():
+            group = group_of(name)
+            count, total = sums.setdefault(group, (0, Moments()))
+            total.add(moments)
+            sums[group] = (count + 1, total)
+        for group in sorted(sums, key=_order):
+            count, total = sums[group]
+            yield group, count, total
+
+    def overall(self) -> Moments:
+        total = Moments()
+        for moments in self.tensors.values():
+            total.add(moments)
+        return total
+
+    def summary(self) -> dict[str, Any]:
+        """The report as paramdelta.json keeps it: overall, per layer, and non-finite tensors."""
+        return {
+            "overall": {"tensors": len(self.tensors), **summarise(self.overall())},
+            "layers": [
+                {"layer": group, "tensors": count, **summarise(total)}
+                for group, count, total in self.groups()
+            ],
+            "nonfinite_tensors": sorted(
+                name
+                for name, m in self.tensors.items()
+                if m.nonfinite is not None and sum(m.nonfinite.nan) + sum(m.nonfinite.inf)
+            ),
+        }

@@ -1,0 +1,115 @@
+"""`paramdelta check DIR|org/name[@rev]`: exit 0 when it passes, 8 with one line when not."""
+
+import json
+
+import pytest
+
+from paramdelta.bot import check as pre_publish
+from paramdelta.cli import main
+from paramdelta.engine.checkpoint import LocalSource
+from paramdelta.engine.merge import merge_to_dir
+from paramdelta.engine.options import MergeOptions
+from paramdelta.testing.checkpoints import make_trio
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    root = tmp_path_factory.mktemp("check")
+    local = make_trio(root / "in")
+    sources = {role: LocalSource(path) for role, path in local.items()}
+    merge_to_dir(sources, root / "merged", MergeOptions(progress=False))
+    merge_to_dir(sources, root / "broken", MergeOptions(progress=False, alpha=100.0))
+    return local, root / "merged", root / "broken"
+
+
+def test_a_good_checkpoint_passes(trio, capsys):
+    local, merged, _ = trio
+    argv = [
+        "check",
+        str(merged),
+        "--post",
+        str(local["post"]),
+        "--new-base",
+        str(local["new_base"]),
+    ]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:5] == [
+        "pass  tokenizer loads: TokenizersBackend",
+        "pass  chat template renders: 4 messages, 209 characters",
+        "pass  model loads: LlamaForCausalLM, bfloat16",
+        "pass  logits are finite: on 7 texts",
+        "pass  greedy generation gives text: 4 of 4 prompts",
+    ]
+    assert lines[5].startswith("pass  perplexity: merged 2")
+    assert lines[6] == "      'Write one sentence about the sea.' -> 'ELSZahov}¤«²¹ÀÇÎ'"
+    assert lines[-1].startswith("pre-publish check passed in ")
+
+
+def test_a_failing_checkpoint_exits_8_with_one_line(trio, capsys):
+    local, _, broken = trio
+    argv = ["check", str(broken), "--post", str(local["post"]), "--format", "json"]
+    assert main(argv) == 9
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["status"] == "failed"
+    assert set(report["perplexity"]) >= {"merged", "post", "better", "ratio", "factor"}
+    assert "new_base" not in report["perplexity"]  # only the post model was given
+    (line,) = captured.err.splitlines()
+    assert line.startswith("paramdelta: error: pre-publish check failed: perplexity: merged ")
+    assert line.endswith(", the better of post " + f"{report['perplexity']['post']:.4g}")
+
+
+def test_a_published_merge_is_checked_against_the_models_its_lineage_names(
+    hub_trio, fake_hub, tmp_path, capsys
+):
+    (tmp_path / "watchlist.yaml").write_text(
+        "targets:\n  - name: t\n    base: org/base\n    post: org/post\n"
+        "    new_base: org/new-base\n    output: me/out\n    check: off\n"
+    )
+    assert main(["run", "--watchlist", str(tmp_path / "watchlist.yaml")]) == 0
+    capsys.readouterr()
+    fake_hub.clear_requests()
+    assert main(["check", "me/out", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "passed"
+    assert report["perplexity"]["post"] and report["perplexity"]["new_base"]
+    # the references were read by ranges from the commits paramdelta.json pins
+    record = json.loads(fake_hub.read_file("me/out", "paramdelta.json"))
+    pins = {c["role"]: c["sha"] for c in record["checkpoints"]}
+    read = {
+        r.path.split("/resolve/")[1].split("/")[0]
+        for r in fake_hub.requests
+        if "/resolve/" in r.path and not r.path.startswith("/me/out")
+    }
+    assert read == {pins["post"], pins["new_base"]}
+
+
+def test_a_checkpoint_with_no_references_is_measured_not_compared(trio, capsys):
+    _, merged, _ = trio
+    assert main(["check", str(merged)]) == 0
+    out = capsys.readouterr().out
+    assert "pass  perplexity: 2" in out
+    assert ", not compared (no post model or new base given)" in out
+
+
+def test_without_transformers_the_check_cannot_run(trio, monkeypatch, capsys):
+    monkeypatch.setattr(pre_publish, "transformers_installed", lambda: False)
+    assert main(["check", str(trio[1])]) == 9
+    assert capsys.readouterr().err == (
+        "paramdelta: error: pre-publish check cannot run: transformers is not installed"
+        " (pip install 'paramdelta-bot[check]')\n"
+    )
+
+
+@pytest.mark.parametrize("factor", ["0", "-1", "nan", "inf"])
+def test_a_bad_factor_is_a_usage_error(trio, factor, capsys):
+    assert main(["check", str(trio[1]), "--perplexity-factor", factor]) == 2
+    assert "--perplexity-factor must be a finite number above 0" in capsys.readouterr().err
+
+
+def test_a_missing_repo_is_a_hub_error(fake_hub, capsys):
+    assert main(["check", "nobody/missing"]) == 4
+    assert "nobody/missing@main: repository not found" in capsys.readouterr().err
