@@ -21,12 +21,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from paramdelta import __version__
 from paramdelta.engine.files import LINEAGE_FILE, file_donors
 from paramdelta.engine.layout import COMPUTE_DTYPE, FORMULA, ROLE_TITLES, ROLES
 from paramdelta.engine.safetensors_format import INDEX, is_weights_file
+from paramdelta.errors import UsageError
 from paramdelta.hub.client import RepoFiles
 
 FILENAME = LINEAGE_FILE  # the publisher deletes a stale one: a file name of engine.files
@@ -110,6 +112,13 @@ def build_record(
 
 def encode(record: Mapping[str, Any]) -> bytes:
     return (json.dumps(record, indent=2) + "\n").encode()
+
+
+def read_local(path: Path) -> dict[str, Any] | None:
+    """The record in a local ``path`` (see `decode`); a file too big to be one is refused."""
+    if path.stat().st_size > MAX_BYTES:
+        raise UsageError(f"{path}: larger than {MAX_BYTES} bytes; not a lineage record")
+    return decode(path.read_bytes())
 
 
 def decode(data: bytes | None) -> dict[str, Any] | None:

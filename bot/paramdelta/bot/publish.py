@@ -279,9 +279,7 @@ def read_record(directory: Path) -> dict[str, Any]:
             f"{directory}: no {lineage.FILENAME}; `publish` takes a directory written by"
             " `paramdelta merge --output`, which records the merge's lineage there"
         )
-    if path.stat().st_size > lineage.MAX_BYTES:
-        raise UsageError(f"{path}: larger than {lineage.MAX_BYTES} bytes; not a lineage record")
-    record = lineage.decode(path.read_bytes())
+    record = lineage.read_local(path)
     output = record.get("output") if record else None
     if record is None or not isinstance(output, dict):
         raise UsageError(f"{path}: not a lineage record this version of paramdelta reads")

@@ -83,15 +83,21 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_device_options(parser: argparse.ArgumentParser) -> None:
-    """Where and in how much memory a merge is computed (`merge` and `run`)."""
-    group = parser.add_argument_group("compute options")
-    group.add_argument(
+def add_device_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "compute device"
+) -> None:
+    parser.add_argument(
         "--device",
         default="auto",
         choices=DEVICES,
-        help="compute device (default auto: cuda when a GPU is present, else cpu)",
+        help=f"{what} (default auto: cuda when a GPU is present, else cpu)",
     )
+
+
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """Where and in how much memory a merge is computed (`merge` and `run`)."""
+    group = parser.add_argument_group("compute options")
+    add_device_argument(group)
     group.add_argument(
         "--max-memory",
         default=f"{DEFAULT_MAX_MEMORY // 2**20}MiB",

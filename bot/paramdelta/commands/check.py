@@ -5,13 +5,12 @@ the model and tokenizer load with transformers, the chat template renders,
 greedy generation gives text, the logits are finite, and the perplexity on the
 shipped texts is within a factor of the better of the post model's and the new
 base's. Those two come from --post/--new-base, or else from the checkpoint's own
-paramdelta.json (a merge this bot published). Exit code 8 when it fails.
+paramdelta.json (a merge this bot published). Exit code 9 when it fails.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,25 +46,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pass when the perplexity is at most this many times the better reference's"
         f" (default {DEFAULT_PERPLEXITY_FACTOR:g})",
     )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        choices=arguments.DEVICES,
-        help="where the model runs (default auto: cuda when a GPU is present, else cpu)",
-    )
+    arguments.add_device_argument(parser, "where the model runs")
     arguments.add_token_file_argument(parser)
     arguments.add_format_argument(parser)
 
 
 def references(args: argparse.Namespace, directory: Path) -> dict[str, str]:
     """role -> spec of the post model and new base: the arguments', else the lineage's."""
+    from paramdelta.bot import lineage
+
     specs = {"post": args.post, "new_base": args.new_base}
-    record_path = directory / "paramdelta.json"
+    record_path = directory / lineage.FILENAME
     if None in specs.values() and record_path.is_file():
         try:
-            record = json.loads(record_path.read_text(encoding="utf-8"))
+            record = lineage.read_local(record_path) or {}
             pinned = {c["role"]: f"{c['repo']}@{c['sha']}" for c in record["checkpoints"]}
-        except (ValueError, KeyError, TypeError) as e:
+        except (KeyError, TypeError) as e:
             raise UsageError(f"{record_path}: not a paramdelta lineage record ({e})") from None
         specs = {role: spec or pinned.get(role) for role, spec in specs.items()}
     return {role: spec for role, spec in specs.items() if spec}
