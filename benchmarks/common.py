@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from paramdelta.engine.layout import ROLES as ROLES  # re-exported for the benchmarks
+from paramdelta.engine.merge_plan import ROLES as ROLES  # re-exported for the benchmarks
 from paramdelta.testing.checkpoints import config_for_size, make_trio
 
 

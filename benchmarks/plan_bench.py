@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from common import gib, timed
-from paramdelta.bot import lineage
+from paramdelta.pipeline import lineage
 from paramdelta.testing.hub import FakeHub
 
 TOKEN = "hf_bench_token"  # noqa: S105 - the fake Hub's own

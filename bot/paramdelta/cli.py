@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import signal
 import sys
 import threading
@@ -19,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from paramdelta import __version__
-from paramdelta.errors import Interrupted, UnexpectedError, as_error, interruption
+from paramdelta.errors import DEBUG, Interrupted, UnexpectedError, as_error, interruption
 from paramdelta.tokens import redact
 
 # name -> (module, one-line help)
@@ -73,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return interrupted.exit_code
     except Exception as e:
         error = as_error(e)
-        if isinstance(error, UnexpectedError) and os.environ.get("PARAMDELTA_DEBUG"):
+        if isinstance(error, UnexpectedError) and DEBUG:
             raise
         _print_error(str(error))
         return error.exit_code

@@ -9,14 +9,24 @@ SIGINT and SIGTERM both raise `Interrupted` (exit 128 + the signal's number).
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+# Tracebacks of bugs on stderr (the CLI's and each failing target's): read once, at import.
+DEBUG = bool(os.environ.get("PARAMDELTA_DEBUG"))
+
 
 class ParamDeltaError(Exception):
     """Base of every error the bot raises on purpose."""
+
+    exit_code = 1
+
+
+class UnexpectedError(ParamDeltaError):
+    """An exception no code raised on purpose: a bug."""
 
     exit_code = 1
 
@@ -39,10 +49,20 @@ class HubError(ParamDeltaError):
     exit_code = 4
 
 
+class NotFoundError(HubError):
+    """The repo, revision or file does not exist (not: exists, but is gated or private)."""
+
+
 class PublishConflictError(ParamDeltaError):
     """The output repo changed while we were publishing; nothing was committed."""
 
     exit_code = 5
+
+
+class GitHubError(ParamDeltaError):
+    """The GitHub API refused or failed a request while reporting."""
+
+    exit_code = 6
 
 
 class LocalFileError(ParamDeltaError):
@@ -66,12 +86,6 @@ def local_io(path: object) -> Iterator[None]:
         raise LocalFileError.from_os_error(e, path) from e
 
 
-class GitHubError(ParamDeltaError):
-    """The GitHub API refused or failed a request while reporting."""
-
-    exit_code = 6
-
-
 class MissingResultError(ParamDeltaError):
     """A planned target's merge job reported nothing (cancelled, timed out, killed)."""
 
@@ -89,12 +103,6 @@ class CheckError(ParamDeltaError):
     def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.details = details
-
-
-class UnexpectedError(ParamDeltaError):
-    """An exception no code raised on purpose: a bug."""
-
-    exit_code = 1
 
 
 def as_error(e: Exception) -> ParamDeltaError:
@@ -130,8 +138,3 @@ class Interrupted(KeyboardInterrupt):
 def interruption(e: KeyboardInterrupt) -> Interrupted:
     """A Ctrl-C that Python raised itself, or one of ours, as an Interrupted."""
     return e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
-
-
-EXIT_OK = 0
-EXIT_UNEXPECTED = 1
-EXIT_INTERRUPTED = 128 + signal.SIGINT

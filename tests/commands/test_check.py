@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from paramdelta.bot import check as pre_publish
 from paramdelta.cli import main
 from paramdelta.engine.checkpoint import LocalSource
 from paramdelta.engine.merge import merge_to_dir
 from paramdelta.engine.options import MergeOptions
+from paramdelta.pipeline import check as pre_publish
 from paramdelta.testing.checkpoints import make_trio
 
 pytest.importorskip("transformers")

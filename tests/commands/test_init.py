@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from paramdelta.bot.watchlist import Family, RepoRef, load
 from paramdelta.cli import main
+from paramdelta.pipeline.watchlist import Family, RepoRef, load
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / ".github" / "workflows" / "paramdelta.yml"

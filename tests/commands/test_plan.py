@@ -96,7 +96,7 @@ def test_unknown_target_and_bad_watchlist(watchlist, tmp_path, capsys):
 
 
 def test_result_file_says_what_is_done_and_what_is_planned(watchlist, hub_trio, tmp_path, capsys):
-    from paramdelta.bot.results import load_results
+    from paramdelta.reporting.results import load_results
 
     assert main(["run", "--watchlist", str(watchlist), "--target", "good"]) == 0
     results = tmp_path / "results" / "plan.json"

@@ -4,11 +4,11 @@ import uuid
 import pytest
 
 from doubles.github import FakeGitHub
-from paramdelta.bot import github_actions
-from paramdelta.bot import issues as report
-from paramdelta.bot.results import TargetResult, load_results, write_results
-from paramdelta.bot.summary import summary_markdown
 from paramdelta.cli import main
+from paramdelta.reporting import github_actions
+from paramdelta.reporting import issues as report
+from paramdelta.reporting.results import TargetResult, load_results, write_results
+from paramdelta.reporting.summary import summary_markdown
 
 TOKEN = "ghs_cli-report-test-token"
 REPO = "acme/models"

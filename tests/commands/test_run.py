@@ -5,8 +5,8 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from paramdelta.bot.results import load_results
 from paramdelta.cli import main
+from paramdelta.reporting.results import load_results
 from paramdelta.testing.checkpoints import (
     donor_files,
     llama_config,

@@ -9,11 +9,11 @@ import zlib
 
 import pytest
 
-from paramdelta.bot import chart
-from paramdelta.bot import check as pre_publish
-from paramdelta.bot.results import load_results
 from paramdelta.cli import main
 from paramdelta.hub.sources import HEAD_BYTES
+from paramdelta.pipeline import check as pre_publish
+from paramdelta.rendering import chart
+from paramdelta.reporting.results import load_results
 from paramdelta.testing.checkpoints import load_tensors, make_trio, save_checkpoint
 from paramdelta.testing.seed import publish_folder
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from doubles.actions import ActionRun, UnsupportedExpression, run_composite_action
-from paramdelta.bot.results import TargetResult, write_results
+from paramdelta.reporting.results import TargetResult, write_results
 
 REPO = Path(__file__).resolve().parents[2]
 # The interpreter running the tests is the one paramdelta is installed in.

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 
-from paramdelta.bot.results import load_results
 from paramdelta.cli import main
+from paramdelta.reporting.results import load_results
 from paramdelta.testing.checkpoints import load_tensors, mismatched_tensors, reference_merge
 
 from .helpers import blob_downloads, download_repo, target, write_watchlist

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from paramdelta.bot.card import MAX_TEMPLATE_BYTES
 from paramdelta.cli import main
+from paramdelta.rendering.card import MAX_TEMPLATE_BYTES
 
 from .helpers import target, write_watchlist
 

@@ -12,9 +12,9 @@ import signal
 import subprocess
 import sys
 
-from paramdelta.bot import publish as publish_module
-from paramdelta.bot.results import load_results
 from paramdelta.cli import main
+from paramdelta.pipeline import publish as publish_module
+from paramdelta.reporting.results import load_results
 
 from .helpers import target, write_watchlist
 

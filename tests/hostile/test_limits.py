@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from paramdelta.bot.results import load_results
 from paramdelta.cli import main
 from paramdelta.engine import checkpoint, limits
+from paramdelta.reporting.results import load_results
 
 from .helpers import file_gets, model_info_json, target, variant, write_watchlist
 

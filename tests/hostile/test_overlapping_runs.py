@@ -8,10 +8,10 @@ merging, not when the target was planned. With `publish: pr`, two identical PRs
 
 import pytest
 
-from paramdelta.bot.plan import plan_watchlist
-from paramdelta.bot.run_target import RunOptions, run_target
-from paramdelta.bot.watchlist import load
 from paramdelta.hub.client import Hub
+from paramdelta.pipeline.plan import plan_watchlist
+from paramdelta.pipeline.run_target import RunOptions, run_target
+from paramdelta.pipeline.watchlist import load
 
 from .helpers import target, write_watchlist
 

@@ -6,12 +6,12 @@ reviewer might merge the stranger's PR believing it the bot's. Two overlapping r
 opened two identical PRs (the Hub opens a PR from a stale parent without complaint).
 """
 
-from paramdelta.bot.plan import plan_watchlist
-from paramdelta.bot.results import load_results
-from paramdelta.bot.run_target import RunOptions, run_target
-from paramdelta.bot.watchlist import load
 from paramdelta.cli import main
 from paramdelta.hub.client import Hub
+from paramdelta.pipeline.plan import plan_watchlist
+from paramdelta.pipeline.run_target import RunOptions, run_target
+from paramdelta.pipeline.watchlist import load
+from paramdelta.reporting.results import load_results
 from paramdelta.testing.checkpoints import chat_template
 from paramdelta.testing.hub import AUTHOR
 

@@ -9,9 +9,9 @@ Markdown; a leg that died left no result and no issue. (The action's multi-line
 import pytest
 
 from doubles.github import FakeGitHub
-from paramdelta.bot import issues
-from paramdelta.bot.results import TargetResult, write_results
 from paramdelta.cli import main
+from paramdelta.reporting import issues
+from paramdelta.reporting.results import TargetResult, write_results
 
 REPO = "acme/models"
 TOKEN = "ghs_hostile-report-token"

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from paramdelta.bot.results import load_results
+from paramdelta.reporting.results import load_results
 
 from .helpers import target, write_watchlist
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from paramdelta.bot.publish import merge_and_publish
 from paramdelta.engine.checkpoint import LocalSource
 from paramdelta.engine.merge import merge_to_dir, preflight
 from paramdelta.engine.options import MergeOptions
 from paramdelta.hub.client import Hub
 from paramdelta.hub.publisher import Publisher
+from paramdelta.pipeline.publish import merge_and_publish
 from paramdelta.testing.checkpoints import llama_config, make_trio
 
 

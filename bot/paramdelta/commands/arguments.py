@@ -10,7 +10,7 @@ import argparse
 import math
 from typing import TYPE_CHECKING
 
-from paramdelta.engine.layout import DTYPE_CHOICES, VOCAB_POLICIES
+from paramdelta.engine.merge_plan import DTYPE_CHOICES, VOCAB_POLICIES
 from paramdelta.engine.options import (
     DEFAULT_MAX_MEMORY,
     DEFAULT_SHARD_SIZE,

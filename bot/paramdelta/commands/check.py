@@ -1,6 +1,6 @@
 """`paramdelta check DIR|org/name[@rev]`: the pre-publish check on any checkpoint.
 
-The same check `run` makes before it commits a merge (paramdelta.bot.check):
+The same check `run` makes before it commits a merge (paramdelta.pipeline.check):
 the model and tokenizer load with transformers, the chat template renders,
 greedy generation gives text, the logits are finite, and the perplexity on the
 shipped texts is within a factor of the better of the post model's and the new
@@ -15,13 +15,14 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from paramdelta.bot.check_rules import DEFAULT_PERPLEXITY_FACTOR, INSTALL_HINT, STEP_TITLES
 from paramdelta.commands import arguments
 from paramdelta.commands.output import emit
 from paramdelta.errors import CheckError, UsageError
+from paramdelta.pipeline.check_rules import DEFAULT_PERPLEXITY_FACTOR, INSTALL_HINT
+from paramdelta.rendering.check_report import STEP_TITLES
 
 if TYPE_CHECKING:
-    from paramdelta.bot.check_rules import CheckReport
+    from paramdelta.pipeline.check_rules import CheckReport
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def references(args: argparse.Namespace, directory: Path) -> dict[str, str]:
     """role -> spec of the post model and new base: the arguments', else the lineage's."""
-    from paramdelta.bot import lineage
+    from paramdelta.pipeline import lineage
 
     specs = {"post": args.post, "new_base": args.new_base}
     record_path = directory / lineage.FILENAME
@@ -79,8 +80,8 @@ def human_report(report: CheckReport) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paramdelta.bot.check import run_check, transformers_installed
     from paramdelta.hub.sources import HubFactory, local_checkpoint, open_sources
+    from paramdelta.pipeline.check import run_check, transformers_installed
 
     factor: float = args.perplexity_factor
     if not (math.isfinite(factor) and factor > 0):

@@ -1,4 +1,4 @@
-"""`paramdelta demo`: the whole cycle offline on a loopback fake Hub (see paramdelta.bot.demo)."""
+"""`paramdelta demo`: the whole cycle offline on a loopback fake Hub (onboarding.demo)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paramdelta.bot.demo import default_workdir, run_demo  # torch: only when running
+    from paramdelta.onboarding.demo import default_workdir, run_demo  # torch: only when running
 
     started = time.perf_counter()
     workdir: Path = args.workdir or default_workdir()

@@ -20,8 +20,8 @@ ACTION = f"{PROJECT_URL.removeprefix('https://github.com/')}@v{__version__}"
 RUNNER = ("self-hosted", "linux", "gpu")
 
 if TYPE_CHECKING:
-    from paramdelta.bot.scaffold import Plan
     from paramdelta.hub.client import Hub
+    from paramdelta.onboarding.scaffold import Plan
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paramdelta.bot.scaffold import is_pinned, plan_files, write
+    from paramdelta.onboarding.scaffold import is_pinned, plan_files, write
 
     runner = tuple(label.strip() for label in args.runner.split(",") if label.strip())
     plan = plan_files(
@@ -88,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
 
 def check_on_hub(plan: Plan, token_file: str | None) -> bool | None:
     """Resolve the three checkpoints (errors are the Hub's, exit 4); whether the output exists."""
-    from paramdelta.bot.plan import resolve
     from paramdelta.hub.sources import HubFactory
+    from paramdelta.pipeline.plan import resolve
 
     hub = HubFactory(token_file)()
     checkpoints = resolve(hub, plan.target)

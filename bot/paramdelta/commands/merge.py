@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from paramdelta.commands import arguments
 from paramdelta.commands.output import emit, human_bytes
 from paramdelta.engine.files import RESULT_FILES
-from paramdelta.engine.layout import FORMULA
+from paramdelta.engine.merge_plan import FORMULA
 from paramdelta.errors import UsageError
 from paramdelta.repo_ids import check_repo_id
 
@@ -78,8 +78,8 @@ def result_summary(result: MergeResult) -> dict[str, object]:
 
 
 def human_summary(result: MergeResult) -> str:
-    from paramdelta.bot.publish import plan_notes
-    from paramdelta.engine.layout import ROLES
+    from paramdelta.engine.merge_plan import ROLES
+    from paramdelta.pipeline.publish import plan_notes
 
     stats = result.stats
     rate = f"{human_bytes(stats.bytes / stats.seconds)}/s" if stats.seconds > 0 else "-"
@@ -108,10 +108,10 @@ def delta_line(overall: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paramdelta.bot.publish import merge_and_publish, merge_to_directory
     from paramdelta.engine.merge import preflight
     from paramdelta.engine.writer import check_output_dir
     from paramdelta.hub.sources import HubFactory, download_inputs, open_sources
+    from paramdelta.pipeline.publish import merge_and_publish, merge_to_directory
 
     options = arguments.merge_options(args)
     if args.output is None and args.push_to is None:

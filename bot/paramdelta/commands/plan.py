@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from paramdelta.bot import markdown
 from paramdelta.commands import arguments
 from paramdelta.commands.output import emit
+from paramdelta.rendering import markdown
 
 if TYPE_CHECKING:
-    from paramdelta.bot.plan import TargetPlan
-    from paramdelta.bot.results import TargetResult
-    from paramdelta.bot.watchlist import Watchlist
+    from paramdelta.pipeline.plan import TargetPlan
+    from paramdelta.pipeline.watchlist import Watchlist
+    from paramdelta.reporting.results import TargetResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_watchlist(path: str) -> Watchlist:
     """Load (and fully validate) the watchlist; its warnings go to stderr."""
-    from paramdelta.bot.watchlist import load
+    from paramdelta.pipeline.watchlist import load
 
     watchlist = load(path)
     for warning in watchlist.warnings:
@@ -89,10 +89,10 @@ def plan_result(plan: TargetPlan) -> TargetResult:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paramdelta.bot import github_actions
-    from paramdelta.bot.plan import plan_watchlist
-    from paramdelta.bot.results import write_results
     from paramdelta.hub.sources import HubFactory
+    from paramdelta.pipeline.plan import plan_watchlist
+    from paramdelta.reporting import github_actions
+    from paramdelta.reporting.results import write_results
 
     if args.github:
         github_actions.require_runner_files()

@@ -28,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paramdelta.bot.publish import directory_files, publish_directory
     from paramdelta.hub.client import default_endpoint
     from paramdelta.hub.publisher import dry_run
+    from paramdelta.pipeline.publish import directory_files, publish_directory
 
     repo_id = check_repo_id(args.repo, "--repo")
     directory: Path = args.directory

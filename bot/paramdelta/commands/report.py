@@ -3,7 +3,7 @@
 Failing targets are reported, not failed again: the exit code says whether
 reporting worked. Result files are taken only for the watchlist's targets, and a
 target the plan planned that no merge job reported on counts as failed (see
-`paramdelta.bot.collect`).
+`paramdelta.reporting.collect`).
 """
 
 from __future__ import annotations
@@ -68,10 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paramdelta.bot import github_actions
-    from paramdelta.bot.collect import collect
-    from paramdelta.bot.issues import sync_issues
-    from paramdelta.bot.summary import summary_markdown
+    from paramdelta.reporting import github_actions
+    from paramdelta.reporting.collect import collect
+    from paramdelta.reporting.issues import sync_issues
+    from paramdelta.reporting.summary import summary_markdown
 
     # Check every setting before the first side effect.
     if args.notify_success and not args.issues:

@@ -19,8 +19,8 @@ from paramdelta.commands.output import emit
 from paramdelta.commands.plan import load_watchlist
 
 if TYPE_CHECKING:
-    from paramdelta.bot.plan import TargetPlan
-    from paramdelta.bot.results import TargetResult
+    from paramdelta.pipeline.plan import TargetPlan
+    from paramdelta.reporting.results import TargetResult
 
 # A target with nothing to merge, in words: an up-to-date result says its plan's status.
 IDLE = ("up-to-date", "in-review")
@@ -84,9 +84,9 @@ def check_line(check: dict[str, object]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paramdelta.bot import github_actions
-    from paramdelta.bot.results import FAILED, SUCCEEDED, write_results
-    from paramdelta.bot.summary import summary_markdown
+    from paramdelta.reporting import github_actions
+    from paramdelta.reporting.results import FAILED, SUCCEEDED, write_results
+    from paramdelta.reporting.summary import summary_markdown
 
     results: list[TargetResult] = []
     plans: list[TargetPlan] = []
@@ -111,11 +111,11 @@ def _run_targets(
 ) -> None:
     """Plan into ``plans``, run each target into ``results``; on the way out, the ones left
     get its error."""
-    from paramdelta.bot import github_actions
-    from paramdelta.bot.plan import plan_watchlist
-    from paramdelta.bot.run_target import RunOptions, not_run, run_target  # torch: only here
     from paramdelta.errors import as_error, interruption
     from paramdelta.hub.sources import HubFactory
+    from paramdelta.pipeline.plan import plan_watchlist
+    from paramdelta.pipeline.run_target import RunOptions, not_run, run_target  # torch: only here
+    from paramdelta.reporting import github_actions
 
     planned: dict[str, TargetPlan | None] = {args.target: None} if args.target else {}
     try:

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paramdelta.bot.watchlist import check
+    from paramdelta.pipeline.watchlist import check
 
     watchlist, problems = check(args.file)  # errors and warnings, by line
     data = {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from paramdelta.engine.checkpoint import Checkpoint, LocalSource, Source, open_checkpoint
 from paramdelta.engine.files import RESULT_FILES
-from paramdelta.engine.layout import CONFIG, ROLES, MergePlan, plan_merge
+from paramdelta.engine.merge_plan import CONFIG, ROLES, MergePlan, plan_merge
 from paramdelta.engine.options import MergeOptions
 from paramdelta.engine.safetensors_format import INDEX
 from paramdelta.engine.workers import MergeStats, execute

@@ -48,7 +48,7 @@ from paramdelta.engine.kernel import (
     merge_into,
     scratch_buffers,
 )
-from paramdelta.engine.layout import ROLE_TITLES, TORCH_DTYPE_NAMES, MergePlan
+from paramdelta.engine.merge_plan import ROLE_TITLES, TORCH_DTYPE_NAMES, MergePlan
 from paramdelta.engine.options import DEFAULT_MAX_MEMORY
 from paramdelta.engine.safetensors_format import ITEMSIZE
 from paramdelta.engine.writer import OutputWriter, ShardPlan

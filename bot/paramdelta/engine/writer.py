@@ -22,7 +22,7 @@ from pathlib import Path
 
 from paramdelta import __version__
 from paramdelta.engine.checkpoint import Source
-from paramdelta.engine.layout import MergeItem
+from paramdelta.engine.merge_plan import MergeItem
 from paramdelta.engine.safetensors_format import INDEX, SINGLE_FILE, encode_header, shard_filename
 from paramdelta.engine.workdirs import OwnedDir, sweep
 from paramdelta.errors import UsageError, local_io

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from paramdelta.engine.checkpoint import CONFIG, LocalSource, Source
-from paramdelta.engine.layout import MergePlan
+from paramdelta.engine.merge_plan import MergePlan
 from paramdelta.engine.safetensors_format import INDEX
 from paramdelta.errors import CheckpointError, HubError, UsageError
 from paramdelta.hub.cache import checked_snapshot

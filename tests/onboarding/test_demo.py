@@ -1,0 +1,116 @@
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from paramdelta.cli import main
+from paramdelta.onboarding.demo import OUTPUT, REPOS, run_demo
+from paramdelta.testing.checkpoints import load_tensors
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """One demo run (a few seconds) for the tests that read what it published."""
+    tmp_path = tmp_path_factory.mktemp("demo")
+    said: list[str] = []
+    return run_demo(tmp_path, said.append), said, tmp_path
+
+
+def test_the_demo_runs_the_whole_cycle(demo):
+    report, said, tmp_path = demo
+
+    # Two runs (the README-only commit made none), two commits on top of the repo's initial one.
+    assert len(report.output_commits) == 3
+    record = report.lineage
+    by_role = {c["role"]: c for c in record["checkpoints"]}
+    assert {role: c["repo"] for role, c in by_role.items()} == REPOS
+    assert by_role["base"]["sha"] == report.seeded["base"]
+    assert by_role["post"]["sha"] == report.seeded["post"]
+    assert by_role["new_base"]["sha"] == report.new_base_v2 != report.seeded["new_base"]
+
+    card = ModelCard(report.card_path.read_text())
+    assert card.data.base_model == [REPOS["new_base"], REPOS["post"], REPOS["base"]]
+    assert card.data.base_model_relation == "merge"
+    assert card.data.license == "llama3.1"
+    assert "Built with Llama." in card.text
+
+    assert report.mismatched == [] and report.tensors_checked == 21
+    published = load_tensors(tmp_path / "published")
+    assert len(published) == 21
+    assert json.loads((tmp_path / "published" / "paramdelta.json").read_text()) == record
+    transcript = "\n".join(said)
+    for step in ("1. plan", "2. run", "3. plan again", "4. plan", "5. plan", "6. run"):
+        assert f"==> {step}" in transcript
+    assert "0 of 1 targets pending" in transcript
+    # The README-only commit leaves the target up to date; the new weights do not.
+    assert (
+        f"up-to-date (new base {REPOS['new_base']}@{report.readme_commit[:7]}): upstream moved,"
+        f" content unchanged (new base {REPOS['new_base']} moved {report.seeded['new_base'][:7]}"
+        f" -> {report.readme_commit[:7]})"
+    ) in transcript
+    assert (
+        f"new base {REPOS['new_base']} moved {report.seeded['new_base'][:7]} -> {report.new_base_v2[:7]}:"
+        in transcript
+    )
+    assert f"{OUTPUT} now has 3 commits" in transcript
+
+    # Both runs were checked before they committed; the second one's verdict and delta
+    # report are in the record the demo shows.
+    assert record["check"]["status"] == "passed"
+    assert transcript.count("pre-publish check: passed in ") == 2
+    assert "  pass  perplexity: merged " in transcript
+    assert (
+        f"  all              21 {record['delta']['overall']['post_delta_norm']:>12.4g}"
+        in transcript
+    )
+    assert "## Pre-publish check" in card.text and "## Delta report" in card.text
+    assert "paramdelta-delta.png" in report.output_files
+
+
+def test_the_demo_command_refuses_a_non_empty_workdir(tmp_path, capsys):
+    (tmp_path / "x").write_text("")
+    assert main(["demo", "--workdir", str(tmp_path)]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"paramdelta: error: --workdir {tmp_path}: directory is not empty\n"
+    )
+
+
+def test_the_cards_usage_snippet_runs_against_the_merged_demo_model(demo, fake_hub, tmp_path):
+    """The "Use" block of the published card, run verbatim with the installed transformers."""
+    report, _, _ = demo
+    card = report.card_path.read_text()
+    (snippet,) = re.findall(r"## Use\n\n```python\n(.*?)```", card, re.DOTALL)
+    assert f'from_pretrained("{OUTPUT}"' in snippet
+    published = report.workdir / "published"
+    fake_hub.create_repo(OUTPUT)
+    fake_hub.commit(OUTPUT, {p.name: p for p in published.iterdir()})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_TOKEN")}
+    env |= {"HF_ENDPOINT": fake_hub.url, "HF_HOME": str(tmp_path / "hf-home")}
+    proc = subprocess.run(
+        [sys.executable, "-c", snippet], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip()  # the decoded reply of the (random, tiny) model
+    assert any(r.path.endswith("/model.safetensors") for r in fake_hub.requests)
+
+
+def test_the_demo_keeps_the_card_it_points_to(tmp_path, monkeypatch, capsys):
+    workdir = tmp_path / "work"
+    monkeypatch.setattr("paramdelta.onboarding.demo.default_workdir", lambda: workdir)
+    assert main(["demo"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    card = Path(lines[-2].removeprefix("The model card it published: "))
+    try:
+        assert card.name == "README.md" and card.parent.name.startswith("paramdelta-demo-card-")
+        assert ModelCard(card.read_text()).data.base_model_relation == "merge"
+    finally:
+        shutil.rmtree(card.parent, ignore_errors=True)
+    assert lines[-1].endswith("Pass --keep to keep all the files.")
+    assert not workdir.exists()
