@@ -27,7 +27,7 @@ from pathlib import Path
 
 from huggingface_hub import constants
 
-from paramdelta.engine.options import parse_size
+from paramdelta.engine.recipe import parse_size
 from paramdelta.hub.cache import checked_snapshot
 from paramdelta.hub.client import RepoFiles
 from paramdelta.hub.content_ids import HASH_PIECE

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from common import ROLES, Measurement, generate, gib, settle, timed
-from paramdelta.engine.options import parse_size
+from paramdelta.engine.recipe import parse_size
 from paramdelta.testing.hub import FakeHub
 from paramdelta.testing.seed import publish_folder
 

@@ -33,7 +33,7 @@ import textwrap
 from pathlib import Path
 
 from common import ROLES, Measurement, generate, settle, timed
-from paramdelta.engine.options import parse_size
+from paramdelta.engine.recipe import parse_size
 
 NAIVE = textwrap.dedent(
     """

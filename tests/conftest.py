@@ -66,7 +66,10 @@ def oidc_id_token() -> str:
 @pytest.fixture
 def fake_hub() -> FakeHub:
     """The session's fake Hub (HF_ENDPOINT's target), with no repos, faults or requests."""
+    from paramdelta.hub.client import reset_client  # lazily: HF_ENDPOINT is set by now
+
     _HUB.reset()
+    reset_client()  # the process's one pacer forgets the quotas the last test spent
     return _HUB
 
 

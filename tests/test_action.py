@@ -31,6 +31,8 @@ from paramdelta.testing.checkpoints import load_tensors, mismatched_tensors, ref
 from paramdelta.testing.hub import FakeHub
 from paramdelta.testing.seed import publish_folder
 
+pytestmark = pytest.mark.slow  # the action runs paramdelta in subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]  # action.yml and the workflow live here
 VENV_BIN = str(Path(sys.executable).parent)  # where the installed `paramdelta` is
 GITHUB_TOKEN = "ghs_action-e2e-github-token"

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # pip wheel, and python in subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "github", "transformers")
 

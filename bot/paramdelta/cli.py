@@ -5,12 +5,26 @@ and is the one place that prints an error. A `ParamDeltaError` becomes one line
 on stderr and its class's exit code; anything else is a bug: exit 1, with the
 traceback only when PARAMDELTA_DEBUG is set. SIGINT and SIGTERM exit 130 and
 143 once what they interrupted is cleaned up.
+
+What the bot says along the way (warnings, notes) goes through `logging`: each
+module logs to ``logging.getLogger(__name__)``, and `main` gives the
+"paramdelta" logger one handler, on stderr, at INFO (unless a level is set):
+
+- a warning prints as ``paramdelta: warning: <message>`` (an error record as
+  ``paramdelta: error: <message>``);
+- a note (INFO) prints as the bare message;
+- a record logged with ``extra={"located": True}`` prints as the bare message
+  at any level: a watchlist problem, already ``file:line: warning: ...``.
+
+Every line is redacted. The logger does not propagate, so an application that
+embeds `main` keeps its own logging as it was.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import signal
 import sys
 import threading
@@ -62,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_logging()
     args = build_parser().parse_args(argv)
     try:
         with _terminate_as_interrupt():
@@ -93,6 +108,41 @@ def _terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class _Lines(logging.Formatter):
+    """One line per record, as the bot has always printed them; redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if record.levelno >= logging.WARNING and not getattr(record, "located", False):
+            message = f"paramdelta: {record.levelname.lower()}: {message}"
+        return redact(message)
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record comes (pytest swaps it per test)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # emit runs under the handler's lock
+        super().emit(record)
+
+
+_HANDLER_NAME = "paramdelta.cli"
+
+
+def configure_logging() -> None:
+    """The "paramdelta" logger's one stderr handler; calling it again changes nothing."""
+    logger = logging.getLogger("paramdelta")
+    logger.propagate = False
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    if any(h.get_name() == _HANDLER_NAME for h in logger.handlers):
+        return
+    handler = _Stderr()
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(_Lines())
+    logger.addHandler(handler)
 
 
 def _print_error(message: str) -> None:

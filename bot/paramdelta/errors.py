@@ -50,7 +50,11 @@ class HubError(ParamDeltaError):
 
 
 class NotFoundError(HubError):
-    """The repo, revision or file does not exist (not: exists, but is gated or private)."""
+    """The repo or file does not exist (not: exists, but is gated or private)."""
+
+
+class MissingRevisionError(HubError):
+    """The repo exists, but not the branch, tag or commit asked for."""
 
 
 class PublishConflictError(ParamDeltaError):

@@ -63,6 +63,11 @@ def read_token_file(path: str | os.PathLike[str]) -> str:
     return register(token) or token
 
 
+def github_token() -> str | None:
+    """The GitHub token (GITHUB_TOKEN, else GH_TOKEN), registered; None if neither is set."""
+    return register(os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN") or None)
+
+
 def hub_token(token_file: str | None = None) -> str | bool | None:
     """The Hub token: --token-file, else trusted publishing, else HF_TOKEN or the saved login.
 

@@ -4,14 +4,15 @@ import json
 
 import pytest
 
+from merging import merge
 from paramdelta.cli import main
 from paramdelta.engine.checkpoint import LocalSource
-from paramdelta.engine.merge import merge_to_dir
-from paramdelta.engine.options import MergeOptions
 from paramdelta.pipeline import check as pre_publish
 from paramdelta.testing.checkpoints import make_trio
 
 pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.slow  # transformers: the pre-publish check
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +20,8 @@ def trio(tmp_path_factory):
     root = tmp_path_factory.mktemp("check")
     local = make_trio(root / "in")
     sources = {role: LocalSource(path) for role, path in local.items()}
-    merge_to_dir(sources, root / "merged", MergeOptions(progress=False))
-    merge_to_dir(sources, root / "broken", MergeOptions(progress=False, alpha=100.0))
+    merge(sources, root / "merged")
+    merge(sources, root / "broken", alpha=100.0)
     return local, root / "merged", root / "broken"
 
 

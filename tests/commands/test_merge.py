@@ -125,6 +125,7 @@ def _cli(argv):
     )
 
 
+@pytest.mark.slow  # paramdelta in a subprocess
 def test_progress_bar_shown_on_stderr_unless_disabled(trio, tmp_path):
     shown = _cli(_argv(trio, tmp_path / "a"))
     assert shown.returncode == 0 and "merge: 100%" in shown.stderr
@@ -565,13 +566,13 @@ def test_a_concurrent_change_to_the_output_is_exit_5(hub_trio, fake_hub, capsys,
     from paramdelta.hub.publisher import Publisher
 
     fake_hub.create_repo("me/merged")
-    real_finish = Publisher.finish
+    real_commit = Publisher.commit
 
     def someone_pushes_first(self, directory, extra_files=None):
         fake_hub.commit("me/merged", {"NOTES.md": b"mine"})
-        return real_finish(self, directory, extra_files)
+        return real_commit(self, directory, extra_files)
 
-    monkeypatch.setattr(Publisher, "finish", someone_pushes_first)
+    monkeypatch.setattr(Publisher, "commit", someone_pushes_first)
     head_files = None
     assert main(_hub_argv(hub_trio.repos, "--push-to", "me/merged")) == 5
     head_files = fake_hub.list_files("me/merged")

@@ -19,6 +19,8 @@ from paramdelta.testing.seed import publish_folder
 
 pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.slow  # transformers: the pre-publish check
+
 REPOS = {"base": "org/base", "post": "org/post", "new_base": "org/new-base"}
 
 

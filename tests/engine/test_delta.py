@@ -5,10 +5,9 @@ import math
 import pytest
 import torch
 
+from merging import merge
 from paramdelta.engine.checkpoint import LocalSource
 from paramdelta.engine.delta import EMBEDDINGS, HEAD, OTHER, group_of
-from paramdelta.engine.merge import merge_to_dir
-from paramdelta.engine.options import MergeOptions
 from paramdelta.errors import CheckpointError
 from paramdelta.testing.checkpoints import (
     llama_config,
@@ -24,7 +23,7 @@ ROLES = ("base", "post", "new_base")
 
 def _merge(trio, out, **options):
     sources = {role: LocalSource(path) for role, path in trio.items()}
-    return merge_to_dir(sources, out, MergeOptions(progress=False, **options))
+    return merge(sources, out, **options)
 
 
 def _expected(tensors):

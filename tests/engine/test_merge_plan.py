@@ -5,6 +5,7 @@ import torch
 
 from paramdelta.engine.checkpoint import LocalSource, open_checkpoint
 from paramdelta.engine.merge_plan import VocabularyError, plan_merge
+from paramdelta.engine.recipe import Recipe
 from paramdelta.errors import CheckpointError, UsageError
 from paramdelta.testing.checkpoints import (
     donor_files,
@@ -32,7 +33,7 @@ def _trio(tmp_path, *, configs=None, states=None, files=None):
 def _error(tmp_path, **kwargs) -> str:
     options = kwargs.pop("options", {})
     with pytest.raises(CheckpointError) as e:
-        plan_merge(*_trio(tmp_path, **kwargs), **options)
+        plan_merge(*_trio(tmp_path, **kwargs), Recipe(**options))
     return str(e.value)
 
 
@@ -112,7 +113,7 @@ def test_config_token_ids_follow_the_post_models_generation_config(tmp_path):
 def test_the_written_dtype_is_named(tmp_path):
     trio = _trio(tmp_path)
     assert plan_merge(*trio).written_dtype == "bfloat16"
-    assert plan_merge(*trio, dtype="float16").written_dtype == "float16"
+    assert plan_merge(*trio, Recipe(dtype="float16")).written_dtype == "float16"
 
 
 def test_licence_falls_back_to_the_post_model(tmp_path):
@@ -181,7 +182,7 @@ def test_a_grown_new_base_vocabulary_names_the_rows_it_would_drop(tmp_path):
         " new base 260 rows); pass --vocab-policy shared to merge the 256 rows all three"
         " share and drop the new base's 4 extra rows"
     )
-    plan = plan_merge(*_trio(tmp_path / "shared", configs=grown), vocab_policy="shared")
+    plan = plan_merge(*_trio(tmp_path / "shared", configs=grown), Recipe(vocab_policy="shared"))
     embed = next(i for i in plan.items if i.name == "model.embed_tokens.weight")
     assert embed.shape == (256, 64)
     assert [(s.op, s.count) for s in embed.segments] == [("merge", 256 * 64)]
@@ -222,7 +223,7 @@ def test_the_vocabulary_error_speaks_the_callers_terms(tmp_path):
 
 def test_vocab_policy_shared_plans_merge_then_copy(tmp_path):
     trio = _trio(tmp_path, configs={"post": llama_config(vocab_size=260)})
-    plan = plan_merge(*trio, vocab_policy="shared")
+    plan = plan_merge(*trio, Recipe(vocab_policy="shared"))
     embed = next(i for i in plan.items if i.name == "model.embed_tokens.weight")
     assert embed.shape == (260, 64)
     assert [(s.op, s.out_start, s.count) for s in embed.segments] == [
@@ -247,7 +248,7 @@ def test_quantized_tensors_are_refused(tmp_path):
 
 
 def test_forced_dtype_updates_config(tmp_path):
-    plan = plan_merge(*_trio(tmp_path), dtype="float32")
+    plan = plan_merge(*_trio(tmp_path), Recipe(dtype="float32"))
     assert {item.dtype for item in plan.items} == {"F32"}
     assert plan.config["torch_dtype"] == "float32"
     assert plan.config_changes == {"torch_dtype": "float32"}
@@ -265,6 +266,6 @@ def test_unchanged_config_is_copied_verbatim(tmp_path):
 def test_bad_choices_are_usage_errors(tmp_path):
     trio = _trio(tmp_path)
     with pytest.raises(UsageError, match="--dtype must be one of auto, bfloat16, float16, float32"):
-        plan_merge(*trio, dtype="int8")
+        plan_merge(*trio, Recipe(dtype="int8"))
     with pytest.raises(UsageError, match="--vocab-policy must be one of error, shared"):
-        plan_merge(*trio, vocab_policy="pad")
+        plan_merge(*trio, Recipe(vocab_policy="pad"))

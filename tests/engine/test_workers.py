@@ -3,9 +3,10 @@ import itertools
 import pytest
 import torch
 
+from merging import merge
 from paramdelta.engine.checkpoint import LocalSource
-from paramdelta.engine.merge import merge_to_dir, preflight
-from paramdelta.engine.options import MergeOptions
+from paramdelta.engine.recipe import Recipe
+from paramdelta.engine.stages import preflight
 from paramdelta.engine.workers import chunk_elements, plan_units
 from paramdelta.engine.writer import plan_shards
 from paramdelta.testing.checkpoints import (
@@ -26,7 +27,7 @@ def _sources(trio):
 
 def _merge(trio, out, **options):
     options.setdefault("progress", False)
-    return merge_to_dir(_sources(trio), out, MergeOptions(**options))
+    return merge(_sources(trio), out, **options)
 
 
 def _expected(trio, **kwargs):
@@ -140,7 +141,7 @@ def test_vocab_policy_shared_merges_shared_rows_and_keeps_post_rows(tmp_path):
 def test_units_cover_every_output_byte_once(tmp_path):
     trio = make_trio(tmp_path / "in", config=llama_config(hidden_size=128, vocab_size=512))
     sources = _sources(trio)
-    plan = preflight(sources, MergeOptions())
+    plan = preflight(sources, Recipe())
     shards = plan_shards(plan.items, 100_000)
     units = plan_units(plan, shards, sources, elements=5000)
     for index, shard in enumerate(shards):
@@ -156,7 +157,7 @@ def test_units_cover_every_output_byte_once(tmp_path):
 def test_chunk_size_follows_the_source_and_the_memory_budget(tmp_path):
     trio = make_trio(tmp_path / "in")
     sources = _sources(trio)
-    plan = preflight(sources, MergeOptions())
+    plan = preflight(sources, Recipe())
     local = list(sources.values())
     # Local reads: 1 MiB of bf16 per input, what keeps a chunk in cache.
     assert chunk_elements(plan, local, 2, 2**30, on_cuda=False) == 2**19

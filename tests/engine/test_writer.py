@@ -8,9 +8,10 @@ import time
 import pytest
 from safetensors import safe_open
 
+from merging import merge
 from paramdelta.engine.checkpoint import LocalSource
-from paramdelta.engine.merge import merge_to_dir, preflight
-from paramdelta.engine.options import MergeOptions
+from paramdelta.engine.recipe import Recipe
+from paramdelta.engine.stages import preflight
 from paramdelta.engine.writer import index_json, plan_shards
 from paramdelta.errors import CheckpointError, UsageError
 from paramdelta.testing.checkpoints import llama_config, load_tensors, make_trio
@@ -26,7 +27,7 @@ def _sources(trio):
 
 
 def test_shards_follow_the_size_limit_and_index_is_complete(tmp_path, trio):
-    plan = preflight(_sources(trio), MergeOptions())
+    plan = preflight(_sources(trio), Recipe())
     shards = plan_shards(plan.items, 150_000)
     assert len(shards) > 2
     for shard in shards[:-1]:
@@ -40,9 +41,7 @@ def test_shards_follow_the_size_limit_and_index_is_complete(tmp_path, trio):
 
 
 def test_output_files_load_with_safe_open(tmp_path, trio):
-    result = merge_to_dir(
-        _sources(trio), tmp_path / "out", MergeOptions(shard_size=150_000, progress=False)
-    )
+    result = merge(_sources(trio), tmp_path / "out", shard_size=150_000)
     index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
     for shard in result.shards:
         with safe_open(tmp_path / "out" / shard.filename, "pt") as f:
@@ -66,15 +65,13 @@ def test_a_failed_merge_leaves_no_output(tmp_path, trio, monkeypatch):
 
     monkeypatch.setattr(LocalSource, "read_into", failing)
     with pytest.raises(CheckpointError, match="disk on fire"):
-        merge_to_dir(
-            _sources(trio), tmp_path / "out", MergeOptions(shard_size=150_000, progress=False)
-        )
+        merge(_sources(trio), tmp_path / "out", shard_size=150_000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
 def _earlier_output(tmp_path, trio):
     out = tmp_path / "out"
-    merge_to_dir(_sources(trio), out, MergeOptions(progress=False))
+    merge(_sources(trio), out)
     (out / "old.txt").write_text("stale")
     return out
 
@@ -84,14 +81,14 @@ def test_a_failed_overwrite_keeps_the_old_output(tmp_path, trio, monkeypatch):
     before = sorted(p.name for p in out.iterdir())
     monkeypatch.setattr(LocalSource, "read_into", lambda *a: (_ for _ in ()).throw(OSError("EIO")))
     with pytest.raises(OSError, match="EIO"):
-        merge_to_dir(_sources(trio), out, MergeOptions(progress=False), overwrite=True)
+        merge(_sources(trio), out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
 
 
 def test_overwrite_replaces_the_old_output(tmp_path, trio):
     out = _earlier_output(tmp_path, trio)
-    merge_to_dir(_sources(trio), out, MergeOptions(progress=False), overwrite=True)
+    merge(_sources(trio), out, overwrite=True)
     assert not (out / "old.txt").exists()
     assert (out / "model.safetensors").exists() and (out / ".paramdelta-output").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
@@ -101,7 +98,7 @@ def test_refuses_a_non_empty_output(tmp_path, trio):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x").write_text("")
     with pytest.raises(UsageError) as e:
-        merge_to_dir(_sources(trio), tmp_path / "out", MergeOptions(progress=False))
+        merge(_sources(trio), tmp_path / "out")
     assert str(e.value) == (
         f"--output {tmp_path / 'out'}: directory is not empty (pass --overwrite to replace it)"
     )
@@ -142,6 +139,7 @@ def _merge_killed_midway(tmp_path, signum):
     return argv, proc
 
 
+@pytest.mark.slow  # merges in subprocesses
 def test_killed_merge_leaves_nothing_that_looks_complete(tmp_path):
     argv, _ = _merge_killed_midway(tmp_path, signal.SIGKILL)
     out = tmp_path / "out"
@@ -154,6 +152,7 @@ def test_killed_merge_leaves_nothing_that_looks_complete(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
 
 
+@pytest.mark.slow  # a merge in a subprocess, signalled
 def test_sigterm_removes_the_partial_output_and_says_interrupted(tmp_path):
     _, proc = _merge_killed_midway(tmp_path, signal.SIGTERM)
     err = proc.stderr.read()

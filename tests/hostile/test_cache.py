@@ -123,4 +123,38 @@ def test_content_that_never_matches_the_listing_is_never_published(hub_trio, fak
     assert result.error == (
         f"org/new-base@{sha[:7]}/{shard}: its sha256 is not the Hub's, even as downloaded again"
     )
-    assert fake_hub.list_files("me/one") == [".gitattributes"]
+    # The inputs are fetched and checked before the output repo is created: none was.
+    assert not fake_hub.repo_exists("me/one")
+
+
+def test_check_of_a_hub_repo_reads_only_what_matches_the_listing(
+    hub_trio, fake_hub, tmp_path, capsys, monkeypatch
+):
+    """`paramdelta check org/name` loads cached files too: checked as `run` checks its inputs."""
+    from paramdelta.pipeline import check as pre_publish
+    from paramdelta.pipeline.check_rules import CheckReport
+
+    loaded = []
+
+    def record_what_is_loaded(directory, references, **_):
+        loaded.append({p.name: p.read_bytes() for p in Path(directory).iterdir() if p.is_file()})
+        return CheckReport(device="cpu")
+
+    monkeypatch.setattr(pre_publish, "transformers_installed", lambda: True)
+    monkeypatch.setattr(pre_publish, "run_check", record_what_is_loaded)
+    assert main(["check", "org/post"]) == 0  # fills the cache
+    shard = sorted(hub_trio.local["post"].glob("*.safetensors"))[0].name
+    blob = _cached("org/post", hub_trio.shas["post"], shard).resolve()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF  # same size, different content
+    blob.write_bytes(bytes(data))
+    capsys.readouterr()
+
+    assert main(["check", "org/post"]) == 0
+    assert (
+        f"paramdelta: warning: org/post@{hub_trio.shas['post'][:7]}/{shard} in the cache:"
+        " its sha256 is not the Hub's; fetching it again\n"
+    ) in capsys.readouterr().err
+    genuine = {p.name: p.read_bytes() for p in hub_trio.local["post"].iterdir()}
+    assert loaded[-1][shard] == genuine[shard]
+    assert all(loaded[-1][name] == genuine[name] for name in loaded[-1])

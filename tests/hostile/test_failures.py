@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from paramdelta.cli import main
 from paramdelta.pipeline import publish as publish_module
 from paramdelta.reporting.results import load_results
@@ -52,6 +54,7 @@ def _assert_each_target_failed_alone(process, results, tail=": File too large"):
     assert "unexpected" not in process.stdout + process.stderr
 
 
+@pytest.mark.slow  # paramdelta in a subprocess
 def test_a_full_disk_while_merging_fails_each_target_alone(hub_trio, tmp_path):
     watchlist = write_watchlist(tmp_path, target("one", "me/one"), target("two", "me/two"))
     results = tmp_path / "result.json"
@@ -67,6 +70,7 @@ def test_a_full_disk_while_merging_fails_each_target_alone(hub_trio, tmp_path):
         )
 
 
+@pytest.mark.slow  # paramdelta in a subprocess
 def test_a_full_disk_while_writing_a_card_fails_each_target_alone(hub_trio, tmp_path):
     watchlist = write_watchlist(tmp_path, target("one", "me/one"), target("two", "me/two"))
     results = tmp_path / "result.json"
@@ -75,6 +79,7 @@ def test_a_full_disk_while_writing_a_card_fails_each_target_alone(hub_trio, tmp_
     _assert_each_target_failed_alone(process, results)
 
 
+@pytest.mark.slow  # two runs, each with the pre-publish check
 def test_an_unforeseen_error_is_that_targets_failure(hub_trio, fake_hub, tmp_path, monkeypatch):
     real = publish_module.merge_record
     calls = []

@@ -8,6 +8,7 @@ merging, not when the target was planned. With `publish: pr`, two identical PRs
 
 import pytest
 
+from paramdelta.engine.recipe import Runtime
 from paramdelta.hub.client import Hub
 from paramdelta.pipeline.plan import plan_watchlist
 from paramdelta.pipeline.run_target import RunOptions, run_target
@@ -27,7 +28,7 @@ def test_of_two_overlapping_runs_one_publishes_and_the_other_exits_5(
     # Both runs plan before either has published (the schedule, and a manual dispatch).
     [first] = plan_watchlist(hub, watchlist)
     [second] = plan_watchlist(hub, watchlist)
-    options = RunOptions(progress=False)
+    options = RunOptions(Runtime(progress=False))
 
     monkeypatch.setenv("GITHUB_SERVER_URL", "https://github.test")
     monkeypatch.setenv("GITHUB_REPOSITORY", "o/r")

@@ -7,6 +7,7 @@ opened two identical PRs (the Hub opens a PR from a stale parent without complai
 """
 
 from paramdelta.cli import main
+from paramdelta.engine.recipe import Runtime
 from paramdelta.hub.client import Hub
 from paramdelta.pipeline.plan import plan_watchlist
 from paramdelta.pipeline.run_target import RunOptions, run_target
@@ -70,7 +71,7 @@ def test_two_overlapping_runs_open_one_pull_request(hub_trio, fake_hub, hub_toke
     hub = Hub(token=hub_token)
     [first] = plan_watchlist(hub, watchlist)
     [second] = plan_watchlist(hub, watchlist)
-    options = RunOptions(progress=False)
+    options = RunOptions(Runtime(progress=False))
 
     opened = run_target(hub, second, options)
     late = run_target(hub, first, options)

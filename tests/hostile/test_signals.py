@@ -11,9 +11,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from paramdelta.reporting.results import load_results
 
 from .helpers import target, write_watchlist
+
+pytestmark = pytest.mark.slow  # `paramdelta run` in a subprocess, signalled
 
 PARTIAL_SHARD = "paramdelta-scratch-*/.merged.partial-*/*.incomplete"
 

@@ -5,12 +5,20 @@ import time
 
 import pytest
 from huggingface_hub import constants, file_download
-from huggingface_hub.utils import close_session, get_session, set_client_factory
-from huggingface_hub.utils._http import default_client_factory, hf_request_event_hook
+from huggingface_hub.utils import close_session, get_session
+from huggingface_hub.utils._http import hf_request_event_hook
 
-from paramdelta.errors import HubError, LocalFileError, PublishConflictError, UsageError
+from paramdelta.errors import (
+    HubError,
+    LocalFileError,
+    MissingRevisionError,
+    NotFoundError,
+    PublishConflictError,
+    UsageError,
+)
 from paramdelta.hub import xet
-from paramdelta.hub.client import Hub
+from paramdelta.hub.client import Hub, reset_client
+from paramdelta.hub.hf_internals import is_uploaded
 
 DATA = bytes(range(256)) * 40
 
@@ -23,11 +31,17 @@ def hub(fake_hub, hub_token):
 
 
 @pytest.fixture
-def short_timeout(monkeypatch):
+def fresh_client():
+    """The client settings are read once per process: here, by the test's first Hub."""
+    reset_client()
+    yield
+    reset_client()  # later tests read their own (and get no 0.2 s timeout)
+
+
+@pytest.fixture
+def short_timeout(monkeypatch, fresh_client):
     """Requests time out after 0.2 s; the client factory is huggingface_hub's again afterwards."""
     monkeypatch.setenv("PARAMDELTA_HUB_TIMEOUT", "0.2")
-    yield
-    set_client_factory(default_client_factory)  # later tests get no 0.2 s timeout
 
 
 @pytest.fixture
@@ -78,6 +92,27 @@ def test_errors_are_typed_one_liners(hub, fake_hub, repo, setup, call, message):
     assert e.value.exit_code == 4
 
 
+def test_what_does_not_exist_is_a_not_found_error_and_a_gated_repo_is_not(hub, fake_hub, repo):
+    missing = [
+        lambda: hub.repo_files("org/none"),
+        lambda: hub.read("org/model", repo, "nope.bin", 0, 10),
+    ]
+    for call in missing:
+        with pytest.raises(NotFoundError):
+            call()
+    # A revision that does not exist, in a repo that does: an error of its own.
+    with pytest.raises(MissingRevisionError) as e:
+        hub.repo_files("org/model", "nope")
+    assert not isinstance(e.value, NotFoundError)
+    fake_hub.create_repo("org/gated", gated=True)
+    fake_hub.commit("org/gated", {"config.json": b"{}"})
+    with pytest.raises(HubError) as e:
+        hub.read_small_file("org/gated", "config.json", "main")
+    assert not isinstance(e.value, NotFoundError)
+    assert hub.find_repo_files("org/model", "nope") is None
+    assert hub.find_repo_files("org/none", "main") is None
+
+
 def test_missing_things_are_none_not_errors(hub, repo):
     assert hub.read_small_file("org/none", "x.json", "main") is None
     assert hub.read_small_file("org/model", "x.json", "main") is None
@@ -125,6 +160,15 @@ def test_a_transient_5xx_on_a_ranged_read_is_retried_once(hub, fake_hub, repo, m
         ("blobs", 206),
     ]
     assert (backoff_sleeps, bot_sleeps) == ([1.0], [])  # one policy, one wait
+
+
+def test_a_429_on_a_small_file_is_waited_out_by_huggingface_hub(hub, fake_hub, repo, monkeypatch):
+    backoff_sleeps, bot_sleeps = [], []
+    monkeypatch.setattr(time, "sleep", backoff_sleeps.append)  # http_stream_backoff's waits
+    hub.sleep = bot_sleeps.append
+    fake_hub.faults.add(path="config.json", status=429, headers={"Retry-After": "3"})
+    assert hub.read_small_file("org/model", "config.json", "main") == b'{"a": 1}'
+    assert (backoff_sleeps, bot_sleeps) == ([4.0], [])  # Retry-After plus 1 s, waited once
 
 
 def test_dropped_connection_resumes_the_range(hub, fake_hub, repo):
@@ -201,7 +245,19 @@ def test_a_hub_failure_during_a_download_stays_a_hub_error(
         hub.download("org/model", lfs_repo, ["w.bin"])
 
 
-def test_bad_settings(monkeypatch):
+def test_the_client_is_installed_once_per_process(fake_hub, hub_token, fresh_client, monkeypatch):
+    monkeypatch.setenv("PARAMDELTA_HUB_TIMEOUT", "0.2")
+    first = Hub(token=hub_token, endpoint=fake_hub.url)
+    monkeypatch.setenv("PARAMDELTA_HUB_TIMEOUT", "30")
+    monkeypatch.setenv("PARAMDELTA_HUB_MAX_RATE_WAIT", "5")
+    second = Hub(endpoint=fake_hub.url)
+    assert second.pacer is first.pacer  # one pacer: the quotas are the account's
+    assert (second.timeout, second.max_rate_wait) == (0.2, 900.0)
+    close_session()
+    assert get_session().timeout.read == 0.2  # building the second Hub changed nothing
+
+
+def test_bad_settings(monkeypatch, fresh_client):
     monkeypatch.setenv("PARAMDELTA_HUB_TIMEOUT", "soon")
     with pytest.raises(UsageError, match="PARAMDELTA_HUB_TIMEOUT='soon': expected a number"):
         Hub()
@@ -337,7 +393,7 @@ def test_xet_upload_failures_are_retried_or_typed(hub, fake_hub, repo, monkeypat
     monkeypatch.setattr(HfApi, "preupload_lfs_files", flaky)
     op = CommitOperationAdd("x.safetensors", DATA)
     hub.preupload("org/model", [op], revision="main", create_pr=False)
-    assert op._is_uploaded
+    assert is_uploaded(op)
     failures.append(RuntimeError("Internal error: the runtime is gone"))
     failures.append(RuntimeError("Internal error: the runtime is gone"))
     with pytest.raises(HubError, match=r"^org/model: Xet storage failed \(not retried\): Internal"):

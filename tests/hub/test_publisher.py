@@ -6,12 +6,12 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
+from merging import merge, recipe_and_runtime
 from paramdelta.engine.checkpoint import LocalSource
-from paramdelta.engine.merge import merge_to_dir, preflight
-from paramdelta.engine.options import MergeOptions
+from paramdelta.engine.stages import preflight
 from paramdelta.hub.client import Hub
 from paramdelta.hub.publisher import Publisher
-from paramdelta.pipeline.publish import merge_and_publish
+from paramdelta.pipeline.publish import push_merge
 from paramdelta.testing.checkpoints import llama_config, make_trio
 
 
@@ -55,10 +55,8 @@ def test_disk_holds_at_most_two_shards_while_pushing(
     sampler.start()
     try:
         sources = {role: LocalSource(path) for role, path in trio.items()}
-        options = MergeOptions(shard_size=150_000, progress=False)
-        result, published = merge_and_publish(
-            publisher, sources, options, plan=preflight(sources, options)
-        )
+        recipe, runtime = recipe_and_runtime(shard_size=150_000)
+        result, published = push_merge(preflight(sources, recipe), sources, publisher, runtime)
     finally:
         done.set()
         sampler.join()
@@ -72,7 +70,9 @@ def test_disk_holds_at_most_two_shards_while_pushing(
     assert "Falling back to HTTP upload" not in caplog.text
     api = HfApi(endpoint=fake_hub.url, token=hub_token)
     folder = Path(api.snapshot_download("me/out", cache_dir=tmp_path / "hf-cache"))
-    local = merge_to_dir(sources, tmp_path / "local", options).out_dir  # the same merge, on disk
+    local = merge(
+        sources, tmp_path / "local", shard_size=150_000
+    ).out_dir  # the same merge, on disk
     for shard in result.shards:  # downloaded back through hf_xet: bit-exact
         assert (folder / shard.filename).read_bytes() == (local / shard.filename).read_bytes()
 
@@ -85,11 +85,9 @@ def test_a_new_layout_removes_the_old_shards_in_the_same_commit(fake_hub, hub_to
     fake_hub.commit("me/out", {"eval-results.md": b"kept: not weights"})
 
     def publish(shard_size, out):
-        merged = merge_to_dir(
-            sources, tmp_path / out, MergeOptions(shard_size=shard_size, progress=False)
-        )
+        merged = merge(sources, tmp_path / out, shard_size=shard_size)
         with Publisher(hub, "me/out", message=f"shards of {shard_size}") as publisher:
-            publisher.finish(merged.out_dir)
+            publisher.commit(merged.out_dir)
         return merged
 
     sharded = publish(150_000, "a")
@@ -108,5 +106,5 @@ def test_the_bots_own_files_are_redacted_before_they_are_committed(fake_hub, hub
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     with Publisher(Hub(token=hub_token), "me/out", message="m") as publisher:
-        publisher.finish(folder, {"README.md": f"made with {hub_token}\n".encode()})
+        publisher.commit(folder, {"README.md": f"made with {hub_token}\n".encode()})
     assert fake_hub.read_file("me/out", "README.md") == b"made with ***\n"

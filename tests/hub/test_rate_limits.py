@@ -6,7 +6,16 @@ import time
 import pytest
 
 from paramdelta.errors import HubError
-from paramdelta.hub.client import Hub
+from paramdelta.hub.client import Hub, reset_client
+
+
+@pytest.fixture(autouse=True)
+def fresh_pacer():
+    """The pacer is the process's: each test starts with no quota known and leaves none
+    behind, and the next Hub reads PARAMDELTA_HUB_MAX_RATE_WAIT again."""
+    reset_client()
+    yield
+    reset_client()
 
 
 @pytest.fixture
@@ -16,12 +25,16 @@ def repo(fake_hub):
     return "org/model"
 
 
-def test_requests_wait_for_the_window_instead_of_meeting_429s(fake_hub, hub_token, repo, caplog):
+def test_requests_wait_for_the_window_instead_of_meeting_429s(
+    fake_hub, hub_token, repo, caplog, monkeypatch
+):
     """What `plan` over many targets does: more requests than the quota, none refused."""
+    # caplog listens on the root logger, which `main()` (in an earlier test) cuts us off from.
+    monkeypatch.setattr(logging.getLogger("paramdelta"), "propagate", True)
     fake_hub.rate_limits.configure(api=3, window=1)
     hub = Hub(token=hub_token, endpoint=fake_hub.url)
     waits: list[float] = []
-    hub.sleep = lambda seconds: (waits.append(seconds), time.sleep(seconds))
+    hub.pacer.sleep = lambda seconds: (waits.append(seconds), time.sleep(seconds))
     with caplog.at_level(logging.WARNING, "paramdelta.hub"):
         shas = {hub.repo_files(repo).sha for _ in range(7)}
     assert shas == {fake_hub.head(repo)}
@@ -36,7 +49,7 @@ def test_requests_wait_for_the_window_instead_of_meeting_429s(fake_hub, hub_toke
 def test_a_429_with_ratelimit_headers_is_waited_out(fake_hub, hub_token, repo):
     hub = Hub(token=hub_token, endpoint=fake_hub.url)
     waits: list[float] = []
-    hub.sleep = waits.append
+    hub.sleep = hub.pacer.sleep = waits.append  # Hub._retry's waits, and the pacer's
     fake_hub.faults.add(
         path="/api/models/org/model",
         status=429,
@@ -52,7 +65,7 @@ def test_a_429_with_ratelimit_headers_is_waited_out(fake_hub, hub_token, repo):
 def test_a_reset_beyond_the_bound_fails_at_once(fake_hub, hub_token, repo, monkeypatch):
     monkeypatch.setenv("PARAMDELTA_HUB_MAX_RATE_WAIT", "60")
     hub = Hub(token=hub_token, endpoint=fake_hub.url)
-    hub.sleep = lambda seconds: pytest.fail("no wait beyond the bound")
+    hub.sleep = hub.pacer.sleep = lambda seconds: pytest.fail("no wait beyond the bound")
     fake_hub.faults.add(
         path="/api/models/org/model",
         status=429,
@@ -65,6 +78,7 @@ def test_a_reset_beyond_the_bound_fails_at_once(fake_hub, hub_token, repo, monke
         "org/model@main: HTTP 429: you have reached your 'api' rate limit. Retry after 250 seconds"
     )
     # Once the quota is known to be spent, the next request is not even sent.
+    reset_client()  # a new pacer (the 429 above left the 'api' quota spent for 250 s)
     hub = Hub(token=hub_token, endpoint=fake_hub.url)
     fake_hub.rate_limits.configure(api=1, window=200)
     hub.repo_files(repo)

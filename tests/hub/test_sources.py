@@ -3,8 +3,8 @@ import time
 import pytest
 
 from paramdelta.engine.checkpoint import LocalSource
-from paramdelta.engine.merge import preflight
-from paramdelta.engine.options import MergeOptions
+from paramdelta.engine.recipe import Recipe
+from paramdelta.engine.stages import preflight
 from paramdelta.errors import UsageError
 from paramdelta.hub.client import Hub
 from paramdelta.hub.sources import (
@@ -51,7 +51,7 @@ def test_download_fetches_only_what_the_merge_reads(hub_trio, fake_hub):
     fake_hub.commit(hub_trio.repos["post"], {"unrelated/big.bin": b"x" * 1000})
     specs = {role: hub_trio.repos[role] for role in ("base", "post", "new_base")}
     with open_sources(HubFactory(), **specs) as sources:
-        plan = preflight(sources, MergeOptions())
+        plan = preflight(sources, Recipe())
         needed = {role: set(paths) for role, paths in plan.read.items()}
         assert needed["post"] >= {"tokenizer_config.json", "chat_template.jinja", "config.json"}
         assert "unrelated/big.bin" not in needed["post"]
@@ -75,7 +75,7 @@ def test_stream_reads_xet_files_through_hf_xet_and_stays_within_the_resolver_quo
     fake_hub.rate_limits.configure(resolvers=files)
     fake_hub.clear_requests()
     with open_sources(HubFactory(), **specs) as sources:
-        plan = preflight(sources, MergeOptions())
+        plan = preflight(sources, Recipe())
         for role, source in sources.items():
             for shard in (p for p in source.list_files() if p.endswith(".safetensors")):
                 size = source.size(shard)
@@ -103,7 +103,7 @@ def test_the_preflight_reads_each_header_with_one_request_all_at_once(hub_trio, 
         assert shards >= 3
         fake_hub.clear_requests()
         start = time.monotonic()
-        preflight(sources, MergeOptions())
+        preflight(sources, Recipe())
         elapsed = time.monotonic() - start
     heads = [r for r in fake_hub.requests if r.server == "blobs"]
     assert len(heads) == 3 * shards and all(r.range.startswith("bytes=0-") for r in heads)

@@ -1,3 +1,6 @@
+import contextlib
+import dataclasses
+import io
 import json
 import os
 import re
@@ -5,25 +8,61 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from huggingface_hub import ModelCard
 
 from paramdelta.cli import main
-from paramdelta.onboarding.demo import OUTPUT, REPOS, run_demo
+from paramdelta.onboarding import demo as demo_module
+from paramdelta.onboarding.demo import OUTPUT, REPOS
 from paramdelta.testing.checkpoints import load_tensors
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """One demo run (a few seconds) for the tests that read what it published."""
-    tmp_path = tmp_path_factory.mktemp("demo")
-    said: list[str] = []
-    return run_demo(tmp_path, said.append), said, tmp_path
+    """One `paramdelta demo` (no --keep: about 12 s) that every demo test reads.
+
+    The command removes its work directory at the end and keeps only the card; what the
+    tests read of the rest (the published files) is copied before the command removes it.
+    """
+    root = tmp_path_factory.mktemp("demo")
+    workdir, kept = root / "work", root / "kept"
+    seen = []
+    real_run_demo = demo_module.run_demo
+
+    def run_demo_and_copy(where, say=print):
+        report = real_run_demo(where, say)
+        shutil.copytree(where / "published", kept / "published")
+        seen.append(report)
+        return report
+
+    stdout = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout):
+        patch.setattr(demo_module, "default_workdir", lambda: workdir)
+        patch.setattr(demo_module, "run_demo", run_demo_and_copy)
+        code = main(["demo"])
+    [report] = seen
+    printed = stdout.getvalue().splitlines()
+    card = Path(printed[-2].removeprefix("The model card it published: "))
+    yield SimpleNamespace(
+        code=code,
+        workdir=workdir,
+        printed=printed,
+        card=card,
+        transcript="\n".join(printed[:-3]),  # what run_demo said, before the command's last lines
+        # The report, pointing at the copy of the published files.
+        report=dataclasses.replace(
+            report, workdir=kept, card_path=kept / "published" / "README.md"
+        ),
+    )
+    if card.parent.name.startswith("paramdelta-demo-card-"):
+        shutil.rmtree(card.parent, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_the_demo_runs_the_whole_cycle(demo):
-    report, said, tmp_path = demo
+    report = demo.report
 
     # Two runs (the README-only commit made none), two commits on top of the repo's initial one.
     assert len(report.output_commits) == 3
@@ -41,10 +80,10 @@ def test_the_demo_runs_the_whole_cycle(demo):
     assert "Built with Llama." in card.text
 
     assert report.mismatched == [] and report.tensors_checked == 21
-    published = load_tensors(tmp_path / "published")
+    published = load_tensors(report.workdir / "published")
     assert len(published) == 21
-    assert json.loads((tmp_path / "published" / "paramdelta.json").read_text()) == record
-    transcript = "\n".join(said)
+    assert json.loads((report.workdir / "published" / "paramdelta.json").read_text()) == record
+    transcript = demo.transcript
     for step in ("1. plan", "2. run", "3. plan again", "4. plan", "5. plan", "6. run"):
         assert f"==> {step}" in transcript
     assert "0 of 1 targets pending" in transcript
@@ -82,9 +121,10 @@ def test_the_demo_command_refuses_a_non_empty_workdir(tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_the_cards_usage_snippet_runs_against_the_merged_demo_model(demo, fake_hub, tmp_path):
     """The "Use" block of the published card, run verbatim with the installed transformers."""
-    report, _, _ = demo
+    report = demo.report
     card = report.card_path.read_text()
     (snippet,) = re.findall(r"## Use\n\n```python\n(.*?)```", card, re.DOTALL)
     assert f'from_pretrained("{OUTPUT}"' in snippet
@@ -101,16 +141,13 @@ def test_the_cards_usage_snippet_runs_against_the_merged_demo_model(demo, fake_h
     assert any(r.path.endswith("/model.safetensors") for r in fake_hub.requests)
 
 
-def test_the_demo_keeps_the_card_it_points_to(tmp_path, monkeypatch, capsys):
-    workdir = tmp_path / "work"
-    monkeypatch.setattr("paramdelta.onboarding.demo.default_workdir", lambda: workdir)
-    assert main(["demo"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    card = Path(lines[-2].removeprefix("The model card it published: "))
-    try:
-        assert card.name == "README.md" and card.parent.name.startswith("paramdelta-demo-card-")
-        assert ModelCard(card.read_text()).data.base_model_relation == "merge"
-    finally:
-        shutil.rmtree(card.parent, ignore_errors=True)
-    assert lines[-1].endswith("Pass --keep to keep all the files.")
-    assert not workdir.exists()
+@pytest.mark.slow
+def test_the_demo_keeps_the_card_it_points_to(demo):
+    """Without --keep, the command removes its work directory but the card it points to."""
+    assert demo.code == 0
+    card = demo.card
+    assert card.name == "README.md" and card.parent.name.startswith("paramdelta-demo-card-")
+    assert ModelCard(card.read_text()).data.base_model_relation == "merge"
+    assert card.read_text() == demo.report.card_path.read_text()  # the card it published
+    assert demo.printed[-1].endswith("Pass --keep to keep all the files.")
+    assert not demo.workdir.exists()

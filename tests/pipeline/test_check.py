@@ -6,9 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from merging import merge
 from paramdelta.engine.checkpoint import LocalSource
-from paramdelta.engine.merge import merge_to_dir
-from paramdelta.engine.options import MergeOptions
 from paramdelta.pipeline.check import run_check
 from paramdelta.testing.checkpoints import (
     donor_files,
@@ -20,6 +19,8 @@ from paramdelta.testing.checkpoints import (
 )
 
 pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.slow  # transformers: the pre-publish check
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def _references(trio):
 
 def _merged(trio, out, **options):
     sources = {role: LocalSource(path) for role, path in trio.items()}
-    return merge_to_dir(sources, out, MergeOptions(progress=False, **options)).out_dir
+    return merge(sources, out, **options).out_dir
 
 
 def _steps(report):

@@ -2,19 +2,21 @@ import json
 from dataclasses import replace
 from datetime import datetime, timezone
 
+from paramdelta.engine.recipe import Recipe
 from paramdelta.hub.client import RepoFiles
+from paramdelta.hub.sources import provenance
 from paramdelta.pipeline.lineage import (
     build_record,
     compare,
     decode,
     encode,
-    hub_entry,
     output_differences,
+    source_entry,
 )
 
 SHAS = {"base": "a" * 40, "post": "b" * 40, "new_base": "c" * 40}
 REPOS = {"base": "org/base", "post": "org/post", "new_base": "org/new"}
-RECIPE = {"alpha": 1.0, "dtype": "auto", "vocab_policy": "error"}
+RECIPE = Recipe()
 READ = ["config.json", "model.safetensors"]
 
 
@@ -42,7 +44,9 @@ LISTINGS = {role: _listing(role) for role in SHAS}
 def _record(listings=LISTINGS, recipe=RECIPE):
     return build_record(
         target="t",
-        checkpoints={role: hub_entry(role, repo, READ) for role, repo in listings.items()},
+        checkpoints={
+            role: source_entry(role, provenance(repo), READ) for role, repo in listings.items()
+        },
         recipe=recipe,
         files={"config.json": "new_base"},
         output={"repo": "me/out"},
@@ -78,7 +82,7 @@ def test_untrusted_card_data_keeps_only_licence_strings():
     repo = replace(
         LISTINGS["post"], card_data={"license": ["x"], "license_name": "acme", "eval": 1}
     )
-    entry = hub_entry("post", repo, READ)
+    entry = source_entry("post", provenance(repo), READ)
     assert "license" not in entry and entry["license_name"] == "acme" and "eval" not in entry
 
 
@@ -157,10 +161,10 @@ def test_renames_and_recipe_changes():
     assert compare(_record(), renamed, RECIPE).reasons == [
         "new base is now org/newer (was org/new)"
     ]
-    assert compare(_record(), LISTINGS, {**RECIPE, "alpha": 0.5}).reasons == [
+    assert compare(_record(), LISTINGS, RECIPE._replace(alpha=0.5)).reasons == [
         "recipe alpha changed: 1.0 -> 0.5"
     ]
-    assert compare(_record(), LISTINGS, {**RECIPE, "dtype": "float16"}).reasons == [
+    assert compare(_record(), LISTINGS, RECIPE._replace(dtype="float16")).reasons == [
         "recipe dtype changed: 'auto' -> 'float16'"
     ]
     before_requested_dtype = _record()

@@ -3,6 +3,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from paramdelta.engine.recipe import Runtime
 from paramdelta.hub.client import Hub
 from paramdelta.pipeline.plan import plan_watchlist
 from paramdelta.pipeline.run_target import RunOptions, run_target
@@ -51,7 +52,7 @@ def _statuses(plans):
 
 
 def _publish_all(hub, plans):
-    return [run_target(hub, p, RunOptions(progress=False)) for p in plans]
+    return [run_target(hub, p, RunOptions(Runtime(progress=False))) for p in plans]
 
 
 def test_new_targets_are_pending_with_resolved_shas(world, hub_trio, fake_hub):

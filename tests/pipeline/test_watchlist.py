@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from paramdelta.cli import main
+from paramdelta.engine.recipe import Recipe
 from paramdelta.pipeline.watchlist import Family, RepoRef, WatchlistError, check, load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,11 +58,11 @@ def test_defaults_apply_and_targets_override(tmp_path):
         """,
     )
     (target,) = load(path).targets
-    assert target.alpha == 2.0 and target.private is True and target.shard_size == 2 * 10**9
+    assert target.recipe == Recipe(alpha=2.0, shard_size=2 * 10**9) and target.private is True
     assert target.post == RepoRef("org/post", "v1")
     assert target.new_base == RepoRef("org/new", "dev")
     assert target.output_repo("org/new") == "me/new-x"
-    assert target.recipe() == {"alpha": 2.0, "dtype": "auto", "vocab_policy": "error"}
+    assert target.recipe.merged_fields() == {"alpha": 2.0, "dtype": "auto", "vocab_policy": "error"}
 
 
 BAD = {
@@ -261,7 +262,7 @@ def test_the_check_is_auto_unless_a_target_says_otherwise(tmp_path, line, mode):
     (target,) = load(_write(tmp_path, GOOD + (f"    {line}\n" if line else ""))).targets
     assert target.check == mode  # a bare YAML on/off is a boolean: read as the word
     assert target.perplexity_factor == 3.0
-    assert "check" not in target.recipe()  # the check does not change the merged bytes
+    assert target.recipe == Recipe()  # the check does not change the merged bytes
 
 
 def test_check_settings_are_validated(tmp_path):

@@ -2,6 +2,7 @@ import jinja2
 import pytest
 from huggingface_hub import ModelCard
 
+from paramdelta.engine.recipe import Recipe
 from paramdelta.pipeline.lineage import build_record, checkpoint_entry, sample_record
 from paramdelta.rendering.card import check_template, render_card
 
@@ -17,7 +18,7 @@ def _record(card_data=None, **repos):
             r: checkpoint_entry(r, repos[r], "main", SHA[r], card_data=card_data.get(r))
             for r in SHA
         },
-        recipe={"alpha": 0.5, "dtype": "bfloat16", "vocab_policy": "error"},
+        recipe=Recipe(alpha=0.5, dtype="bfloat16"),
         files={"config.json": "new_base", "tokenizer.json": "post"},
         output={"repo": "me/merged", "tensors": 3, "bytes": 10, "shards": ["model.safetensors"]},
     )

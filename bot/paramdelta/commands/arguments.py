@@ -7,17 +7,17 @@ every command module imports this one when `paramdelta --help` builds the parser
 from __future__ import annotations
 
 import argparse
-import math
 from typing import TYPE_CHECKING
 
-from paramdelta.engine.merge_plan import DTYPE_CHOICES, VOCAB_POLICIES
-from paramdelta.engine.options import (
+from paramdelta.engine.recipe import (
     DEFAULT_MAX_MEMORY,
     DEFAULT_SHARD_SIZE,
-    MergeOptions,
+    DTYPE_CHOICES,
+    VOCAB_POLICIES,
+    Recipe,
+    Runtime,
     parse_size,
 )
-from paramdelta.errors import UsageError
 
 if TYPE_CHECKING:
     from paramdelta.hub.publisher import Publisher
@@ -65,14 +65,16 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dtype",
         choices=DTYPE_CHOICES,
-        default="auto",
+        default=Recipe().dtype,
         help="output dtype of float tensors (default auto: the new base's)",
     )
-    group.add_argument("--alpha", type=float, default=1.0, help="scale of the delta (default 1.0)")
+    group.add_argument(
+        "--alpha", type=float, default=Recipe().alpha, help="scale of the delta (default 1.0)"
+    )
     group.add_argument(
         "--vocab-policy",
         choices=VOCAB_POLICIES,
-        default="error",
+        default=Recipe().vocab_policy,
         help="vocabulary size mismatch: error (default), or shared: merge the rows all three"
         " share and keep the post model's extra rows",
     )
@@ -116,27 +118,26 @@ def add_publish_options(parser: argparse.ArgumentParser) -> None:
     add_token_file_argument(parser)
 
 
-def device_options(args: argparse.Namespace) -> tuple[str, int]:
-    """``--device`` checked now (not after opening three checkpoints) and ``--max-memory``."""
+def runtime(args: argparse.Namespace) -> Runtime:
+    """``--device`` checked now (not after opening three checkpoints), ``--max-memory``, and
+    progress bars for a human reader."""
     from paramdelta.engine.workers import resolve_device  # torch: only for commands that merge
 
     resolve_device(args.device)
-    return args.device, parse_size(args.max_memory, "--max-memory")
+    return Runtime(
+        device=args.device,
+        max_memory=parse_size(args.max_memory, "--max-memory"),
+        progress=args.format == "human",
+    )
 
 
-def merge_options(args: argparse.Namespace) -> MergeOptions:
-    if not math.isfinite(args.alpha):
-        raise UsageError(f"--alpha must be a finite number, not {args.alpha}")
-    device, max_memory = device_options(args)
-    return MergeOptions(
+def recipe(args: argparse.Namespace) -> Recipe:
+    return Recipe(
         alpha=args.alpha,
         dtype=args.dtype,
         vocab_policy=args.vocab_policy,
         shard_size=parse_size(args.shard_size, "--shard-size"),
-        device=device,
-        max_memory=max_memory,
-        progress=args.format == "human",
-    )
+    ).check()
 
 
 def publisher(args: argparse.Namespace, repo_id: str) -> Publisher:

@@ -80,7 +80,7 @@ def human_report(report: CheckReport) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paramdelta.hub.sources import HubFactory, local_checkpoint, open_sources
+    from paramdelta.hub.sources import HubFactory, loadable, open_sources
     from paramdelta.pipeline.check import run_check, transformers_installed
 
     factor: float = args.perplexity_factor
@@ -91,9 +91,12 @@ def run(args: argparse.Namespace) -> int:
             f"pre-publish check cannot run: transformers is not installed ({INSTALL_HINT})"
         )
     factory = HubFactory(args.token_file)
-    directory = local_checkpoint(args.checkpoint, factory)
-    with open_sources(factory, **references(args, directory)) as sources:
-        report = run_check(directory, sources, device=args.device, perplexity_factor=factor)
+    with open_sources(factory, checkpoint=args.checkpoint) as opened:
+        # A Hub repo's files are checked against its listing, as `run` checks its inputs.
+        directory = loadable(opened["checkpoint"]).directory
+        assert directory is not None
+        with open_sources(factory, **references(args, directory)) as sources:
+            report = run_check(directory, sources, device=args.device, perplexity_factor=factor)
     emit(args.format, report.to_dict(), human_report(report))
     if report.failed:
         raise report.error()

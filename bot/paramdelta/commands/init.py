@@ -64,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from paramdelta.commands.plan import log_warnings
     from paramdelta.onboarding.scaffold import is_pinned, plan_files, write
 
     runner = tuple(label.strip() for label in args.runner.split(",") if label.strip())
@@ -79,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
     )
     output_exists = None if args.offline else check_on_hub(plan, args.token_file)
     written = write(args.dir, plan.files, force=args.force)
-    for warning in plan.warnings:
-        print(warning, file=sys.stderr)
+    log_warnings(plan.warnings)
     print(f"wrote {' and '.join(str(p) for p in written)} (target {plan.target.name!r})")
     print(next_steps(plan, runner, None if is_pinned(args.action) else args.action, output_exists))
     return 0
@@ -100,15 +100,12 @@ def check_on_hub(plan: Plan, token_file: str | None) -> bool | None:
 
 
 def _exists(hub: Hub, repo_id: str) -> bool:
-    from paramdelta.errors import HubError
-    from paramdelta.hub.client import is_missing
+    from paramdelta.errors import NotFoundError
 
     try:
         hub.repo_files(repo_id, files=False)
-    except HubError as e:
-        if is_missing(e):
-            return False
-        raise
+    except NotFoundError:
+        return False
     return True
 
 

@@ -18,7 +18,7 @@ from paramdelta.errors import UsageError
 from paramdelta.repo_ids import check_repo_id
 
 if TYPE_CHECKING:
-    from paramdelta.engine.merge import MergeResult
+    from paramdelta.engine.stages import MergeResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,9 +62,9 @@ def result_summary(result: MergeResult) -> dict[str, object]:
     return {
         "output": str(result.out_dir),
         "formula": FORMULA,
-        "alpha": result.plan.alpha,
+        "alpha": result.plan.recipe.alpha,
         "dtype": result.plan.written_dtype,
-        "requested_dtype": result.plan.dtype,
+        "requested_dtype": result.plan.recipe.dtype,
         "tensors": stats.tensors,
         "bytes": stats.bytes,
         "seconds": round(stats.seconds, 3),
@@ -108,12 +108,12 @@ def delta_line(overall: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paramdelta.engine.merge import preflight
+    from paramdelta.engine.stages import preflight
     from paramdelta.engine.writer import check_output_dir
     from paramdelta.hub.sources import HubFactory, download_inputs, open_sources
-    from paramdelta.pipeline.publish import merge_and_publish, merge_to_directory
+    from paramdelta.pipeline.publish import merge_to_directory, push_merge
 
-    options = arguments.merge_options(args)
+    recipe, runtime = arguments.recipe(args), arguments.runtime(args)
     if args.output is None and args.push_to is None:
         raise UsageError("--output is required (unless --push-to is given)")
     if args.push_to is not None:
@@ -121,25 +121,18 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output is not None else None
     if output is not None:
         check_output_dir(output, args.overwrite)
-    prepare = None if args.stream else download_inputs
     specs = {"base": args.base, "post": args.post, "new_base": args.new_base}
-    with open_sources(HubFactory(args.token_file), **specs) as sources:
-        plan = preflight(sources, options)  # fails here, before a weight byte moves
+    with open_sources(HubFactory(args.token_file), **specs) as opened:
+        plan = preflight(opened, recipe)  # fails here, before a weight byte moves
+        sources = opened if args.stream else download_inputs(plan, opened)
         if args.push_to is None:
             assert output is not None
-            result = merge_to_directory(
-                sources, output, options, overwrite=args.overwrite, plan=plan, prepare=prepare
-            )
+            result = merge_to_directory(plan, sources, output, runtime, overwrite=args.overwrite)
             emit(args.format, result_summary(result), human_summary(result))
             return 0
-        result, published = merge_and_publish(
-            arguments.publisher(args, args.push_to),
-            sources,
-            options,
-            plan=plan,
-            out_dir=output,
-            overwrite=args.overwrite,
-            prepare=prepare,
+        publisher = arguments.publisher(args, args.push_to)
+        result, published = push_merge(
+            plan, sources, publisher, runtime, out_dir=output, overwrite=args.overwrite
         )
     summary = result_summary(result) | {"published": published.to_dict()}
     emit(args.format, summary, f"{human_summary(result)}\n{published.describe()}")

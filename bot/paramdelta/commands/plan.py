@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,8 +21,10 @@ from paramdelta.rendering import markdown
 
 if TYPE_CHECKING:
     from paramdelta.pipeline.plan import TargetPlan
-    from paramdelta.pipeline.watchlist import Watchlist
+    from paramdelta.pipeline.watchlist import Problem, Watchlist
     from paramdelta.reporting.results import TargetResult
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,13 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_watchlist(path: str) -> Watchlist:
-    """Load (and fully validate) the watchlist; its warnings go to stderr."""
+    """Load (and fully validate) the watchlist; its warnings are logged."""
     from paramdelta.pipeline.watchlist import load
 
     watchlist = load(path)
-    for warning in watchlist.warnings:
-        print(warning, file=sys.stderr)
+    log_warnings(watchlist.warnings)
     return watchlist
+
+
+def log_warnings(warnings: Iterable[Problem]) -> None:
+    """Watchlist warnings, logged as they read: ``file:line: warning: field: message``."""
+    for warning in warnings:
+        log.warning("%s", warning, extra={"located": True})
 
 
 def matrix(plans: list[TargetPlan]) -> list[dict[str, object]]:

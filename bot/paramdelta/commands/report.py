@@ -9,18 +9,17 @@ target the plan planned that no merge job reported on counts as failed (see
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import re
-import sys
 from typing import Any
 
 from paramdelta.commands import arguments
 from paramdelta.commands.output import emit
 from paramdelta.commands.plan import load_watchlist
 from paramdelta.errors import UsageError
-from paramdelta.tokens import register
+from paramdelta.tokens import github_token
 
-DEFAULT_API_URL = "https://api.github.com"
+log = logging.getLogger(__name__)
 _REPO_RE = re.compile(r"[\w.-]+/[\w.-]+")
 _ACTION_WORDS = {
     "opened": "opened",
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     watchlist = load_watchlist(args.watchlist)
     results, ignored = collect(args.results, {t.name for t in watchlist.targets})
     for line in ignored:
-        print(f"paramdelta: warning: {line}", file=sys.stderr)
+        log.warning("%s", line)
     run_url = github_actions.run_url()
     summary = summary_markdown(results, run_url=run_url)
     if args.github:
@@ -102,18 +101,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _issue_settings(args: argparse.Namespace) -> dict[str, Any]:
     """`sync_issues` settings; the token only ever from the environment, never an argument."""
-    repo = args.repo or os.environ.get("GITHUB_REPOSITORY")
+    from paramdelta.reporting import github_actions
+
+    repo = args.repo or github_actions.repository()
     if not repo:
         raise UsageError("--issues: pass --repo OWNER/NAME or set GITHUB_REPOSITORY")
     if not _REPO_RE.fullmatch(repo):
         raise UsageError(f"--repo: expected OWNER/NAME, not {repo!r}")
-    token = os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN")
+    token = github_token()
     if not token:
         raise UsageError("--issues: set GITHUB_TOKEN or GH_TOKEN to a token that may write issues")
     return {
         "repo": repo,
-        "token": register(token),
-        "base_url": os.environ.get("GITHUB_API_URL") or DEFAULT_API_URL,
+        "token": token,
+        "base_url": github_actions.api_url(),
         "label": args.label,
         "notify_success": args.notify_success,
     }

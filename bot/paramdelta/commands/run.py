@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,26 +110,23 @@ def _run_targets(
 ) -> None:
     """Plan into ``plans``, run each target into ``results``; on the way out, the ones left
     get its error."""
-    from paramdelta.errors import as_error, interruption
+    from paramdelta.errors import interruption
     from paramdelta.hub.sources import HubFactory
     from paramdelta.pipeline.plan import plan_watchlist
-    from paramdelta.pipeline.run_target import RunOptions, not_run, run_target  # torch: only here
+    from paramdelta.pipeline.run_target import RunOptions, failure, run_target  # torch: only here
     from paramdelta.reporting import github_actions
 
     planned: dict[str, TargetPlan | None] = {args.target: None} if args.target else {}
     try:
         if args.github:
             github_actions.require_runner_files()
-        device, max_memory = arguments.device_options(args)
+        runtime = arguments.runtime(args)
         watchlist = load_watchlist(args.watchlist)
         options = RunOptions(
-            device=device,
-            max_memory=max_memory,
+            runtime=runtime,
             stream=args.stream,
             dry_run=args.dry_run,
-            progress=args.format == "human",
             workdir=args.workdir,
-            log=lambda line: print(line, file=sys.stderr),
             check=args.check,
         )
         hub = HubFactory(args.token_file)()
@@ -140,15 +136,9 @@ def _run_targets(
         planned = {p.target.name: p for p in plans}
         for plan in plans:
             results.append(run_target(hub, plan, options))
-    except KeyboardInterrupt as e:
-        stop = interruption(e)
-        results += [not_run(n, p, stop) for n, p in planned.items() if n not in _names(results)]
-        raise stop from None
-    except Exception as e:
-        error = as_error(e)
-        results += [not_run(n, p, error) for n, p in planned.items() if n not in _names(results)]
+    except (KeyboardInterrupt, Exception) as e:  # every target left gets it as its result
+        done = {r.target for r in results}
+        results += [failure(name, plan, e) for name, plan in planned.items() if name not in done]
+        if isinstance(e, KeyboardInterrupt):
+            raise interruption(e) from None
         raise
-
-
-def _names(results: list[TargetResult]) -> set[str]:
-    return {r.target for r in results}

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         "targets": [t.name for t in watchlist.targets] if watchlist else [],
         "problems": [p._asdict() for p in problems],
     }
-    if args.format == "human":
+    if args.format == "human":  # the problems are the result: printed, not logged
         for problem in problems:
             print(problem, file=sys.stderr)
     if watchlist is None:

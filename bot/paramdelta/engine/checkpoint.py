@@ -12,10 +12,10 @@ import functools
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, NamedTuple, NoReturn, Protocol
 
 from paramdelta.engine.limits import (
     MAX_CONFIG_BYTES,
@@ -41,13 +41,43 @@ CONFIG = "config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
+class Provenance(NamedTuple):
+    """Where a checkpoint comes from, as its lineage entry records it.
+
+    A Hub repo: its id, the revision asked for, the commit it resolved to, the
+    content id of each file (`paramdelta.hub.content_ids`) and its card data.
+    A local folder: its ``path``, nothing else (its README is read for the licence).
+    """
+
+    repo: str | None = None
+    revision: str | None = None
+    sha: str | None = None
+    content: Mapping[str, str] = {}
+    card_data: Mapping[str, Any] = {}
+    path: Path | None = None
+
+    @property
+    def pin(self) -> str | None:
+        """``repo@sha``: the spec that names exactly this checkpoint again; None if local."""
+        return f"{self.repo}@{self.sha}" if self.repo and self.sha else None
+
+
 class Source(Protocol):
     """Read access to the files of one checkpoint, at one fixed revision."""
 
     label: str
+    provenance: Provenance
     # How the engine should read from it: bytes per range read, ranges in flight.
     read_size: int
     parallel_reads: int
+
+    @property
+    def directory(self) -> Path | None:
+        """The local folder it reads, if any (an output must not overwrite it)."""
+
+    def local(self, paths: Sequence[str]) -> Source:
+        """These files readable from local disk: itself where it already is, a Hub
+        checkpoint its files fetched into the checked cache (`paramdelta.hub.cache`)."""
 
     def list_files(self) -> list[str]:
         """Every file, as a repo-relative POSIX path."""
@@ -73,13 +103,27 @@ class LocalSource:
     read_size = 1 << 20
     parallel_reads = 1
 
-    def __init__(self, root: str | os.PathLike[str], label: str | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        label: str | None = None,
+        provenance: Provenance | None = None,
+    ) -> None:
         self.root = Path(root)
         self.label = label or str(self.root)
+        # A cached snapshot of a Hub repo keeps the repo's provenance.
+        self.provenance = provenance or Provenance(path=self.root)
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
         if not self.root.is_dir():
             raise CheckpointError(f"{self.label}: not a directory")
+
+    @property
+    def directory(self) -> Path:
+        return self.root
+
+    def local(self, paths: Sequence[str]) -> Source:
+        return self
 
     def list_files(self) -> list[str]:
         return sorted(

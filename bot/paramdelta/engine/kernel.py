@@ -1,12 +1,16 @@
 """The arithmetic of one chunk, exactly as the formula states it, and what it measures.
 
-``out = new_base + alpha * (post - base)``, computed in float32 and rounded
-once to the output dtype: bit for bit
-``(post.float() - base.float() + new_base.float()).to(dtype)``.
+``out = new_base + Σ wᵢ·(postᵢ - baseᵢ)``, accumulated in float32 in the order
+of the deltas and rounded once to the output dtype: bit for bit
+``acc = new.float()``, then ``acc = acc + w * (post.float() - base.float())``
+for each delta, then ``acc.to(dtype)``. With one delta of weight 1 that is
+``(post.float() - base.float() + new_base.float()).to(dtype)`` (IEEE addition
+commutes, and ``1.0 * d == d``).
 
 While a block is in cache the kernel also measures the delta report's moments
-(`Moments`): the squared norms of the post-training delta ``post - base`` and
-of the base update ``new_base - base``, and their dot product, all three from
+(`Moments`) of the first delta: the squared norms of the post-training delta
+``post - base`` and of the base update ``new_base - base``, and their dot
+product, all three from
 one 2x2 matrix product of the two deltas. The base update is computed
 explicitly: deriving its norm from the norms of new_base and base would lose
 every digit when they are close. The same sums are the NaN/Inf sentinel: a NaN
@@ -25,24 +29,18 @@ cost several times more memory traffic than a block that stays in cache.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from paramdelta.engine.dtypes import TORCH_NAMES
+
+# safetensors dtype name -> torch dtype, for each one this torch has.
 TORCH_DTYPES: dict[str, torch.dtype] = {
-    "BOOL": torch.bool,
-    "U8": torch.uint8,
-    "I8": torch.int8,
-    "I16": torch.int16,
-    "U16": torch.uint16,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I32": torch.int32,
-    "U32": torch.uint32,
-    "F32": torch.float32,
-    "F64": torch.float64,
-    "I64": torch.int64,
-    "U64": torch.uint64,
+    name: getattr(torch, torch_name)
+    for name, torch_name in TORCH_NAMES.items()
+    if isinstance(getattr(torch, torch_name, None), torch.dtype)
 }
 
 # Elements per block on the CPU: one block per chunk (local chunks are ~1 MiB per input).
@@ -105,17 +103,21 @@ def scratch_buffers(block: int, device: torch.device) -> tuple[torch.Tensor, tor
     )
 
 
+Delta = tuple[torch.Tensor, torch.Tensor, float]  # post, base, weight
+
+
 def merge_into(
     out: torch.Tensor,
-    post: torch.Tensor,
-    base: torch.Tensor,
     new_base: torch.Tensor,
-    alpha: float,
+    deltas: Sequence[Delta],
     scratch: tuple[torch.Tensor, torch.Tensor],
 ) -> Moments:
-    """``out = new_base + alpha * (post - base)`` over 1-D tensors of equal length; its moments."""
-    rows, new_buf = scratch
-    block = new_buf.numel()
+    """``out = new_base + Σ w·(post - base)`` over 1-D tensors of equal length; its moments.
+
+    The moments describe the first delta (unscaled) against its base update.
+    """
+    rows, acc_buf = scratch
+    block = acc_buf.numel()
     headroom = _headroom(out.dtype, new_base.dtype)
     limit = torch.finfo(out.dtype).max
     moments = Moments(elements=out.numel())
@@ -123,28 +125,45 @@ def merge_into(
         end = min(start + block, out.numel())
         pair = rows[:, : end - start]
         delta, update = pair  # post - base, new_base - base
-        new = new_buf[: end - start]
-        delta.copy_(post[start:end])
-        update.copy_(base[start:end])  # widening (or float64 narrowing) is exact like .float()
-        delta.sub_(update)
-        new.copy_(new_base[start:end])
-        torch.sub(new, update, out=update)
-        # The 2x2 Gram matrix of the deltas, in one pass: both squared norms and the dot.
-        post_sq, cross, _, update_sq = torch.mm(pair, pair.t()).view(-1).tolist()
-        if alpha != 1.0:  # after the moments: they describe the unscaled delta
-            delta.mul_(alpha)
-        delta.add_(new)  # the output, in float32
-        finite = _finite(delta, abs(alpha) * math.sqrt(post_sq), update_sq, headroom, limit)
-        out[start:end].copy_(delta)
-        moments.post_sq += post_sq
-        moments.update_sq += update_sq
-        moments.cross += cross
+        acc = acc_buf[: end - start]
+        acc.copy_(new_base[start:end])  # widening (or float64 narrowing) is exact like .float()
+        bound = 0.0  # how far the deltas may move the output from new_base
+        for i, (post, base, weight) in enumerate(deltas):
+            delta.copy_(post[start:end])
+            update.copy_(base[start:end])
+            delta.sub_(update)
+            if i == 0:
+                torch.sub(acc, update, out=update)  # acc is still new_base here
+                # The 2x2 Gram matrix of the deltas, in one pass: both squared norms and the dot.
+                post_sq, cross, _, update_sq = torch.mm(pair, pair.t()).view(-1).tolist()
+                moments.post_sq += post_sq
+                moments.update_sq += update_sq
+                moments.cross += cross
+                bound = abs(weight) * math.sqrt(post_sq)
+            else:
+                bound = headroom  # not measured: the output itself is
+            if weight != 1.0:  # after the moments: they describe the unscaled delta
+                delta.mul_(weight)
+            acc.add_(delta)
+        finite = _finite(acc, bound, update_sq, headroom, limit)
+        out[start:end].copy_(acc)
         if not finite:
             counted = NonFinite()
-            for index, values in enumerate((post, base, new_base, out)):
+            for index, values in _operands(new_base, deltas, out):
                 counted.count(index, values[start:end])
             moments.add(Moments(nonfinite=counted))
     return moments
+
+
+def _operands(
+    new_base: torch.Tensor, deltas: Sequence[Delta], out: torch.Tensor
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Each operand with its `OPERANDS` index: every delta's post and base count as such."""
+    for post, base, _ in deltas:
+        yield 0, post
+        yield 1, base
+    yield 2, new_base
+    yield 3, out
 
 
 def _headroom(out_dtype: torch.dtype, new_base_dtype: torch.dtype) -> float:

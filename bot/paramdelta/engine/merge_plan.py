@@ -2,7 +2,8 @@
 
 `plan_merge` turns three opened checkpoints into a `MergePlan`: for every
 output tensor, its dtype, shape and the segments of elements that are merged
-(``new_base + alpha * (post - base)``) or copied from one checkpoint. It also
+(``new_base + Σ wᵢ·(postᵢ - baseᵢ)``, today with one delta of weight alpha) or
+copied from one checkpoint. It also
 decides which non-weight files come from which checkpoint (`paramdelta.engine.files`),
 what happens to each vocabulary row, and which token ids the output's config.json
 carries. It reads no tensor data: every incompatibility is reported here, before
@@ -14,33 +15,21 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NamedTuple, NoReturn
 
 from paramdelta.engine.checkpoint import CONFIG, Checkpoint, Source, TensorRef, read_json
+from paramdelta.engine.dtypes import COPIED_DTYPES, FLOAT_DTYPES, ITEMSIZE, TORCH_NAMES
 from paramdelta.engine.files import GENERATION_CONFIG, file_donors, skipped_files
 from paramdelta.engine.limits import MAX_CONFIG_BYTES, MAX_DONATED_BYTES, check_size
-from paramdelta.engine.safetensors_format import INDEX, ITEMSIZE
-from paramdelta.errors import CheckpointError, UsageError
+from paramdelta.engine.recipe import DTYPE_CHOICES, Recipe
+from paramdelta.engine.safetensors_format import INDEX
+from paramdelta.errors import CheckpointError
 
 FORMULA = "new_base + alpha * (post - base)"
 COMPUTE_DTYPE = "float32"
 
 ROLE_TITLES = {"base": "base", "post": "post", "new_base": "new base"}
 ROLES = tuple(ROLE_TITLES)  # the three checkpoints of a merge, in the formula's order
-
-FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
-COPIED_DTYPES = frozenset({"BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64"})
-
-# --dtype choices, mapped to safetensors dtype names (None: keep the new base's).
-DTYPE_CHOICES: dict[str, str | None] = {
-    "auto": None,
-    "bfloat16": "BF16",
-    "float16": "F16",
-    "float32": "F32",
-}
-TORCH_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
-
-VOCAB_POLICIES = ("error", "shared")
 
 # Architecture fields that must agree for a weight delta to mean anything.
 CONFIG_KEYS = (
@@ -77,19 +66,45 @@ class VocabularyError(CheckpointError):
         return VocabularyError(self.tensor, self.shared, fix)
 
 
+class Operand(NamedTuple):
+    """A run of one input tensor: the checkpoint's role, the tensor, its first element."""
+
+    role: str
+    ref: TensorRef
+    first: int
+
+
+class WeightedDelta(NamedTuple):
+    """``weight * (post - base)``, one term of the sum."""
+
+    post: Operand
+    base: Operand
+    weight: float
+
+
 @dataclass(frozen=True)
 class Segment:
     """A run of ``count`` output elements starting at ``out_start``.
 
-    Each input is (role, tensor, element offset). ``op == "merge"``: the inputs
-    are post, base, new_base in that order. ``op == "copy"``: a single input,
-    copied (converted if its dtype differs from the output's).
+    ``op == "merge"``: ``start + Σ wᵢ·(postᵢ - baseᵢ)`` over ``deltas``, in their
+    order (``start`` is the new base). ``op == "copy"``: ``start`` alone, copied
+    (converted if its dtype differs from the output's).
     """
 
     op: Literal["merge", "copy"]
     out_start: int
     count: int
-    inputs: tuple[tuple[str, TensorRef, int], ...]
+    start: Operand
+    deltas: tuple[WeightedDelta, ...] = ()
+
+    @property
+    def inputs(self) -> tuple[Operand, ...]:
+        """Every operand in the order the kernel reads them: start, then each post and base."""
+        return (self.start, *(o for d in self.deltas for o in (d.post, d.base)))
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        return tuple(d.weight for d in self.deltas)
 
 
 @dataclass(frozen=True)
@@ -172,9 +187,7 @@ class Vocabulary:
 @dataclass
 class MergePlan:
     items: list[MergeItem]
-    alpha: float
-    dtype: str  # the --dtype choice
-    vocab_policy: str
+    recipe: Recipe
     files: dict[str, str]  # path -> donor role
     config: dict[str, Any]
     config_changes: dict[str, Any] = field(default_factory=dict)
@@ -187,9 +200,14 @@ class MergePlan:
         return sum(item.nbytes for item in self.items)
 
     @property
+    def operands(self) -> int:
+        """The most inputs one output element is computed from (3 for one delta)."""
+        return max((len(s.inputs) for i in self.items for s in i.segments), default=1)
+
+    @property
     def written_dtype(self) -> str:
         """The dtype the float tensors are written in ("bfloat16"; several, comma-separated)."""
-        names = sorted({TORCH_DTYPE_NAMES[i.dtype] for i in self.items if i.dtype in FLOAT_DTYPES})
+        names = sorted({TORCH_NAMES[i.dtype] for i in self.items if i.dtype in FLOAT_DTYPES})
         return ", ".join(names) or "none"
 
     def config_bytes(self, new_base: Source) -> bytes:
@@ -248,21 +266,16 @@ def plan_merge(
     base: Checkpoint,
     post: Checkpoint,
     new_base: Checkpoint,
-    *,
-    alpha: float = 1.0,
-    dtype: str = "auto",
-    vocab_policy: str = "error",
+    recipe: Recipe = Recipe(),
 ) -> MergePlan:
     """Pair tensors, check compatibility, and lay out the computation."""
-    if dtype not in DTYPE_CHOICES:
-        raise UsageError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, not {dtype!r}")
-    if vocab_policy not in VOCAB_POLICIES:
-        raise UsageError(f"--vocab-policy must be one of {', '.join(VOCAB_POLICIES)}")
+    recipe.check()
+    vocab_policy = recipe.vocab_policy
     trio = (base, post, new_base)
     check_configs(trio)
     _check_names(trio)
 
-    forced = DTYPE_CHOICES[dtype]
+    forced = DTYPE_CHOICES[recipe.dtype]
     config = json.loads(json.dumps(new_base.config))
     changes: dict[str, Any] = {}
     items = []
@@ -272,7 +285,7 @@ def plan_merge(
     for ref_new in order:
         name = ref_new.entry.name
         refs = (base.tensors[name], post.tensors[name], ref_new)
-        items.append(_plan_tensor(name, refs, trio, forced, vocab_policy, vocabularies))
+        items.append(_plan_tensor(name, refs, trio, forced, recipe, vocabularies))
 
     vocabulary = _vocabulary(vocabularies, trio, vocab_policy)
     if vocabulary is not None and vocabulary.rows["output"] != vocab_size(new_base.config):
@@ -284,7 +297,7 @@ def plan_merge(
             _set_config(config, key, value)
     out_dtypes = {item.dtype for item in items if item.dtype in FLOAT_DTYPES}
     if forced is not None and len(out_dtypes) == 1:
-        torch_name = TORCH_DTYPE_NAMES[forced]
+        torch_name = TORCH_NAMES[forced]
         for key in ("torch_dtype", "dtype"):
             if key in config and config[key] != torch_name:
                 config[key] = torch_name
@@ -300,9 +313,7 @@ def plan_merge(
     read = _files_read(trio, items, files)
     return MergePlan(
         items=items,
-        alpha=alpha,
-        dtype=dtype,
-        vocab_policy=vocab_policy,
+        recipe=recipe,
         files=files,
         config=config,
         config_changes=changes,
@@ -375,16 +386,17 @@ def _plan_tensor(
     refs: tuple[TensorRef, TensorRef, TensorRef],
     trio: tuple[Checkpoint, Checkpoint, Checkpoint],
     forced: str | None,
-    vocab_policy: str,
+    recipe: Recipe,
     vocabularies: list[Vocabulary],
 ) -> MergeItem:
     base, post, new = refs
+    vocab_policy = recipe.vocab_policy
     dtypes = [r.dtype for r in refs]
     if all(d in COPIED_DTYPES for d in dtypes):
         # Integer buffers (position ids, masks) are not weights: take the new base's.
         if len({r.shape for r in refs}) != 1:
             _shape_mismatch(name, refs, trio)
-        segment = Segment("copy", 0, new.entry.numel, (("new_base", new, 0),))
+        segment = Segment("copy", 0, new.entry.numel, Operand("new_base", new, 0))
         return MergeItem(name, new.dtype, new.shape, (segment,))
     for ref, checkpoint in zip(refs, trio, strict=True):
         if ref.dtype not in FLOAT_DTYPES:
@@ -395,7 +407,7 @@ def _plan_tensor(
     out_dtype = forced or new.dtype
 
     if base.shape == post.shape == new.shape:
-        merged = Segment("merge", 0, new.entry.numel, _merge_inputs(refs, 0))
+        merged = _merge_segment(refs, recipe.alpha, 0, new.entry.numel)
         return MergeItem(name, out_dtype, new.shape, (merged,))
 
     rows = _vocab_rows(refs, trio)
@@ -410,18 +422,20 @@ def _plan_tensor(
     row = new.entry.numel // rows[2]
     shared = vocabulary.merged
     out_rows = vocabulary.rows["output"]
-    segments = [Segment("merge", 0, shared * row, _merge_inputs(refs, 0))]
+    segments = [_merge_segment(refs, recipe.alpha, 0, shared * row)]
     if out_rows > shared:
         extra = (out_rows - shared) * row
-        segments.append(Segment("copy", shared * row, extra, (("post", post, shared * row),)))
+        segments.append(Segment("copy", shared * row, extra, Operand("post", post, shared * row)))
     return MergeItem(name, out_dtype, (out_rows, *new.shape[1:]), tuple(segments))
 
 
-def _merge_inputs(
-    refs: tuple[TensorRef, TensorRef, TensorRef], first: int
-) -> tuple[tuple[str, TensorRef, int], ...]:
+def _merge_segment(
+    refs: tuple[TensorRef, TensorRef, TensorRef], weight: float, first: int, count: int
+) -> Segment:
+    """``new_base + weight * (post - base)`` over ``count`` elements from ``first``."""
     base, post, new = refs
-    return (("post", post, first), ("base", base, first), ("new_base", new, first))
+    delta = WeightedDelta(Operand("post", post, first), Operand("base", base, first), weight)
+    return Segment("merge", first, count, Operand("new_base", new, first), (delta,))
 
 
 def _vocab_rows(

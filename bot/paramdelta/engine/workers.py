@@ -15,28 +15,31 @@ sources want large ranges and many requests in flight, so they ask for bigger
 chunks and more workers through `Source.read_size` / `Source.parallel_reads`.
 
 Memory is the workers' buffers, bounded by ``max_memory``, whatever the
-model's size. When finished shards go to a hook (an upload that then deletes
-them), shards are written one at a time: a unit of shard s starts only once
-every earlier shard has been handed over, so disk holds about one shard being
-uploaded plus the one being written.
+model's size. `Execution.shards` yields each finished shard to its caller; in
+hand-over mode (an upload that then deletes each shard) a unit of shard s
+starts only once the caller has taken every earlier shard, so disk holds about
+one shard being uploaded plus the one being written.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import resource
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from huggingface_hub.utils import tqdm
 
 from paramdelta.engine.checkpoint import Source
 from paramdelta.engine.delta import DeltaReport
+from paramdelta.engine.dtypes import ITEMSIZE, TORCH_NAMES
 from paramdelta.engine.kernel import (
     CPU_BLOCK,
     OPERANDS,
@@ -48,9 +51,8 @@ from paramdelta.engine.kernel import (
     merge_into,
     scratch_buffers,
 )
-from paramdelta.engine.merge_plan import ROLE_TITLES, TORCH_DTYPE_NAMES, MergePlan
-from paramdelta.engine.options import DEFAULT_MAX_MEMORY
-from paramdelta.engine.safetensors_format import ITEMSIZE
+from paramdelta.engine.merge_plan import ROLE_TITLES, MergePlan
+from paramdelta.engine.recipe import Runtime
 from paramdelta.engine.writer import OutputWriter, ShardPlan
 from paramdelta.errors import CheckpointError, UsageError
 
@@ -73,8 +75,9 @@ class Read:
 class Unit:
     """One chunk: ``count`` output elements, written at ``out_offset`` of shard ``shard``.
 
-    ``op``: "merge" (reads are post, base, new_base), "convert" (one read, cast to
-    the output dtype) or "raw" (one read straight into the output buffer).
+    ``op``: "merge" (reads are the new base, then each delta's post and base, with
+    one weight per delta), "convert" (one read, cast to the output dtype) or "raw"
+    (one read straight into the output buffer).
     """
 
     tensor: str
@@ -82,8 +85,9 @@ class Unit:
     out_offset: int
     count: int
     out_dtype: str
-    op: str
+    op: Literal["merge", "convert", "raw"]
     reads: tuple[Read, ...]
+    weights: tuple[float, ...] = ()
 
     @property
     def out_nbytes(self) -> int:
@@ -123,14 +127,14 @@ def chunk_elements(
     """Elements per chunk: what the sources read best, within ``max_memory`` for all workers."""
     in_size = _max_in_itemsize(plan)
     wanted = CUDA_CHUNK_ELEMENTS if on_cuda else max(s.read_size for s in sources) // in_size
-    per_element = workers * (3 * in_size + _out_itemsize(plan))
+    per_element = workers * (plan.operands * in_size + _out_itemsize(plan))
     elements = max(MIN_CHUNK_ELEMENTS, min(wanted, max_memory // per_element))
     return elements - elements % MIN_CHUNK_ELEMENTS
 
 
 def _max_in_itemsize(plan: MergePlan) -> int:
     return max(
-        (ITEMSIZE[ref.dtype] for i in plan.items for s in i.segments for _, ref, _ in s.inputs),
+        (ITEMSIZE[op.ref.dtype] for i in plan.items for s in i.segments for op in s.inputs),
         default=1,
     )
 
@@ -154,9 +158,10 @@ def plan_units(
         tensor_offset = shards[shard].offsets[item.name]
         out_size = ITEMSIZE[item.dtype]
         for segment in item.segments:
+            op: Literal["merge", "convert", "raw"]
             if segment.op == "merge":
                 op = "merge"
-            elif segment.inputs[0][1].dtype == item.dtype:
+            elif segment.start.ref.dtype == item.dtype:
                 op = "raw"
             else:
                 op = "convert"
@@ -174,7 +179,11 @@ def plan_units(
                     for role, ref, first in segment.inputs
                 )
                 out_offset = tensor_offset + (segment.out_start + start) * out_size
-                units.append(Unit(item.name, shard, out_offset, count, item.dtype, op, reads))
+                units.append(
+                    Unit(
+                        item.name, shard, out_offset, count, item.dtype, op, reads, segment.weights
+                    )
+                )
     units.sort(key=lambda u: u.shard)  # stable: file order within a shard is kept
     return units
 
@@ -187,27 +196,19 @@ def _host_buffer(nbytes: int, pinned: bool) -> tuple[torch.Tensor, memoryview]:
 
 
 class _Worker:
-    """One worker's buffers and the read -> compute -> write of a unit.
+    """One worker's host buffers and the read -> compute -> write of a unit.
 
     Each worker sums the delta report of the chunks it merged (`delta`); a chunk
     whose output holds NaN or Inf stops the merge with an error naming the tensor.
+    Where the arithmetic runs is a subclass's: `_CpuWorker`, `_CudaWorker`.
     """
 
-    def __init__(self, device: torch.device, elements: int, in_bytes: int, out_bytes: int):
-        self.on_cuda = device.type == "cuda"
+    pinned = False
+
+    def __init__(self, operands: int, in_bytes: int, out_bytes: int) -> None:
         self.delta = DeltaReport()
-        self.inputs = [_host_buffer(in_bytes, self.on_cuda) for _ in range(3)]
-        self.out = _host_buffer(out_bytes, self.on_cuda)
-        # A GPU has bandwidth to spare: one block per chunk, no Python loop.
-        self.scratch = scratch_buffers(
-            elements if self.on_cuda else min(elements, CPU_BLOCK), device
-        )
-        if self.on_cuda:
-            self.stream = torch.cuda.Stream(device)
-            self.dev_in = [
-                torch.empty(in_bytes, dtype=torch.uint8, device=device) for _ in range(3)
-            ]
-            self.dev_out = torch.empty(out_bytes, dtype=torch.uint8, device=device)
+        self.inputs = [_host_buffer(in_bytes, self.pinned) for _ in range(operands)]
+        self.out = _host_buffer(out_bytes, self.pinned)
 
     def read(self, unit: Unit) -> None:
         # A raw copy needs no conversion: straight into the output buffer.
@@ -215,40 +216,94 @@ class _Worker:
         for read, (_, view) in zip(unit.reads, targets, strict=False):
             read.source.read_into(read.file, read.offset, view[: read.nbytes])
 
-    def compute(self, unit: Unit, alpha: float) -> None:
+    def compute(self, unit: Unit) -> None:
         if unit.op == "raw":
             view = self.out[0][: unit.out_nbytes].view(TORCH_DTYPES[unit.out_dtype])
             moments = Moments(nonfinite=check_copy(view))
-        elif self.on_cuda:
-            with torch.cuda.stream(self.stream):
-                moments = self._compute(unit, alpha)
-            self.stream.synchronize()
         else:
-            moments = self._compute(unit, alpha)
+            moments = self._compute(unit)
         self.delta.add(unit.tensor, moments)
         if moments.nonfinite is not None and moments.nonfinite.output:
             raise _nonfinite_error(unit, moments.nonfinite)
 
-    def _compute(self, unit: Unit, alpha: float) -> Moments:
-        ins = []
-        for i, read in enumerate(unit.reads):
-            data = self.inputs[i][0][: read.nbytes]
-            if self.on_cuda:
-                data = self.dev_in[i][: read.nbytes].copy_(data, non_blocking=True)
-            ins.append(data.view(TORCH_DTYPES[read.dtype]))
-        host_out = self.out[0][: unit.out_nbytes]
-        out = self.dev_out[: unit.out_nbytes] if self.on_cuda else host_out
+    def _compute(self, unit: Unit) -> Moments:
+        """Merge or convert the unit's inputs into the host output buffer."""
+        raise NotImplementedError
+
+    def _kernel(
+        self, unit: Unit, ins: list[torch.Tensor], out: torch.Tensor, scratch: Scratch
+    ) -> Moments:
         typed = out.view(TORCH_DTYPES[unit.out_dtype])
-        if unit.op == "merge":
-            moments = merge_into(typed, ins[0], ins[1], ins[2], alpha, self.scratch)
-        else:
-            moments = Moments(nonfinite=copy_into(typed, ins[0]))
-        if self.on_cuda:
-            host_out.copy_(out, non_blocking=True)
-        return moments
+        if unit.op == "convert":
+            return Moments(nonfinite=copy_into(typed, ins[0]))
+        deltas = [(ins[1 + 2 * i], ins[2 + 2 * i], weight) for i, weight in enumerate(unit.weights)]
+        return merge_into(typed, ins[0], deltas, scratch)
+
+    def _typed_inputs(self, unit: Unit) -> list[torch.Tensor]:
+        return [self.inputs[i][0][: read.nbytes] for i, read in enumerate(unit.reads)]
 
     def output(self, unit: Unit) -> memoryview:
         return self.out[1][: unit.out_nbytes]
+
+
+Scratch = tuple[torch.Tensor, torch.Tensor]
+
+
+class _CpuWorker(_Worker):
+    """Computes in place in the host buffers, in cache-sized blocks."""
+
+    def __init__(self, operands: int, elements: int, in_bytes: int, out_bytes: int) -> None:
+        super().__init__(operands, in_bytes, out_bytes)
+        self.scratch = scratch_buffers(min(elements, CPU_BLOCK), torch.device("cpu"))
+
+    def _compute(self, unit: Unit) -> Moments:
+        ins = [
+            data.view(TORCH_DTYPES[read.dtype])
+            for data, read in zip(self._typed_inputs(unit), unit.reads, strict=True)
+        ]
+        return self._kernel(unit, ins, self.out[0][: unit.out_nbytes], self.scratch)
+
+
+class _CudaWorker(_Worker):
+    """Copies each chunk to the GPU (pinned buffers, its own stream), computes it there in
+    one block (a GPU has bandwidth to spare: no Python loop), and copies the result back."""
+
+    pinned = True
+
+    def __init__(
+        self, device: torch.device, operands: int, elements: int, in_bytes: int, out_bytes: int
+    ) -> None:
+        super().__init__(operands, in_bytes, out_bytes)
+        self.scratch = scratch_buffers(elements, device)
+        self.stream = torch.cuda.Stream(device)
+        self.dev_in = [
+            torch.empty(in_bytes, dtype=torch.uint8, device=device) for _ in range(operands)
+        ]
+        self.dev_out = torch.empty(out_bytes, dtype=torch.uint8, device=device)
+
+    def _compute(self, unit: Unit) -> Moments:
+        with torch.cuda.stream(self.stream):
+            ins = [
+                self.dev_in[i][: read.nbytes]
+                .copy_(data, non_blocking=True)
+                .view(TORCH_DTYPES[read.dtype])
+                for i, (data, read) in enumerate(
+                    zip(self._typed_inputs(unit), unit.reads, strict=True)
+                )
+            ]
+            out = self.dev_out[: unit.out_nbytes]
+            moments = self._kernel(unit, ins, out, self.scratch)
+            self.out[0][: unit.out_nbytes].copy_(out, non_blocking=True)
+        self.stream.synchronize()
+        return moments
+
+
+def _worker(
+    device: torch.device, operands: int, elements: int, in_bytes: int, out_bytes: int
+) -> _Worker:
+    if device.type == "cuda":
+        return _CudaWorker(device, operands, elements, in_bytes, out_bytes)
+    return _CpuWorker(operands, elements, in_bytes, out_bytes)
 
 
 def _nonfinite_error(unit: Unit, counts: NonFinite) -> CheckpointError:
@@ -268,7 +323,7 @@ def _nonfinite_error(unit: Unit, counts: NonFinite) -> CheckpointError:
     if inputs:
         cause = f"the inputs hold them there: {', '.join(inputs)}"
     else:
-        dtype = TORCH_DTYPE_NAMES.get(unit.out_dtype, unit.out_dtype)
+        dtype = TORCH_NAMES.get(unit.out_dtype, unit.out_dtype)
         cause = f"the inputs are finite there: the result overflows {dtype}"
     return CheckpointError(
         f"merged tensor {unit.tensor!r} is not finite: {what} in a chunk of {unit.count}"
@@ -291,8 +346,8 @@ class _Schedule:
     """Hands out units in file order and tells which unit completes its shard.
 
     With ``one_shard_at_a_time`` a unit of shard s is handed out only once
-    every earlier shard has been handed over (to the writer's hook), so only
-    one shard is being written while the previous one uploads.
+    every earlier shard has been handed over (to the caller), so only one
+    shard is being written while the previous one uploads.
     """
 
     def __init__(self, units: list[Unit], shards: int, one_shard_at_a_time: bool) -> None:
@@ -335,88 +390,125 @@ class _Schedule:
             self._cond.notify_all()
 
 
-def execute(
-    plan: MergePlan,
-    sources: dict[str, Source],
-    writer: OutputWriter,
-    *,
-    device: str = "auto",
-    max_memory: int = DEFAULT_MAX_MEMORY,
-    progress: bool = True,
-) -> MergeStats:
-    """Compute every output tensor of ``plan`` into ``writer``'s shards."""
-    started, cpu_started = time.perf_counter(), time.process_time()
-    dev = resolve_device(device)
-    used = list(sources.values())
-    workers = worker_count(used)
-    elements = chunk_elements(plan, used, workers, max_memory, dev.type == "cuda")
-    units = plan_units(plan, writer.shards, sources, elements)
-    schedule = _Schedule(units, len(writer.shards), writer.on_shard_written is not None)
-    for shard in schedule.empty_shards():
-        writer.shard_done(shard)
-    in_bytes = elements * _max_in_itemsize(plan)
-    out_bytes = elements * _out_itemsize(plan)
-    failures: list[BaseException] = []
-    reports: list[DeltaReport] = []
-    bar = tqdm(
-        total=plan.nbytes,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc="merge",
-        disable=not progress,
-    )
+_WORKER_EXITED = -1  # what a worker thread puts on the finished-shards queue as it ends
 
-    def work() -> None:
+
+class Execution:
+    """The computation of every output tensor of ``plan`` into ``writer``'s shards.
+
+    `shards` runs it and yields each shard as it is finished (written, closed,
+    renamed); `stats` is set once every shard is. ``hand_over``: the caller takes
+    the shards one at a time (see `_Schedule`).
+    """
+
+    def __init__(
+        self,
+        plan: MergePlan,
+        sources: dict[str, Source],
+        writer: OutputWriter,
+        runtime: Runtime,
+        *,
+        hand_over: bool,
+    ) -> None:
+        self.plan, self.writer, self.runtime = plan, writer, runtime
+        self.device = resolve_device(runtime.device)
+        used = list(sources.values())
+        self.workers = worker_count(used)
+        self.elements = chunk_elements(
+            plan, used, self.workers, runtime.max_memory, self.device.type == "cuda"
+        )
+        self.schedule = _Schedule(
+            plan_units(plan, writer.shards, sources, self.elements), len(writer.shards), hand_over
+        )
+        self.stats: MergeStats | None = None
+
+    def shards(self) -> Iterator[int]:
+        """Compute everything; yield each shard's index as soon as its file is complete."""
+        started, cpu_started = time.perf_counter(), time.process_time()
+        for shard in self.schedule.empty_shards():
+            self.writer.shard_done(shard)
+            yield shard
+        finished: queue.Queue[int] = queue.Queue()  # its get() is interruptible (Ctrl-C)
+        failures: list[BaseException] = []
+        reports: list[DeltaReport] = []
+        bar = tqdm(
+            total=self.plan.nbytes,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc="merge",
+            disable=not self.runtime.progress,
+        )
+        threads = [
+            threading.Thread(
+                target=self._work,
+                args=(finished, failures, reports, bar),
+                name=f"paramdelta-merge-{i}",
+                daemon=True,
+            )
+            for i in range(self.workers)
+        ]
+        with _torch_threads(1):
+            try:
+                for thread in threads:
+                    thread.start()
+                running = len(threads)
+                while running:
+                    shard = finished.get()
+                    if shard == _WORKER_EXITED:
+                        running -= 1
+                        continue
+                    yield shard
+                    self.schedule.handed_over(shard)
+            finally:  # done, failed, interrupted (Ctrl-C) or abandoned by the caller
+                self.schedule.abort()  # the workers stop at a unit boundary
+                for thread in threads:
+                    if thread.ident is not None:  # it may stop before every worker started
+                        thread.join()
+                bar.close()
+        if failures:
+            raise failures[0]
+        delta = DeltaReport({item.name: Moments() for item in self.plan.items})  # plan's order
+        delta.merge(reports)
+        self.stats = MergeStats(
+            tensors=len(self.plan.items),
+            bytes=self.plan.nbytes,
+            seconds=time.perf_counter() - started,
+            cpu_seconds=time.process_time() - cpu_started,
+            device=str(self.device),
+            workers=self.workers,
+            chunk_elements=self.elements,
+            peak_rss_bytes=peak_rss_bytes(),
+            delta=delta,
+        )
+
+    def _work(
+        self,
+        finished: queue.Queue[int],
+        failures: list[BaseException],
+        reports: list[DeltaReport],
+        bar: tqdm,
+    ) -> None:
+        schedule, writer = self.schedule, self.writer
         try:
-            worker = _Worker(dev, elements, in_bytes, out_bytes)
+            in_bytes = self.elements * _max_in_itemsize(self.plan)
+            out_bytes = self.elements * _out_itemsize(self.plan)
+            worker = _worker(self.device, self.plan.operands, self.elements, in_bytes, out_bytes)
             reports.append(worker.delta)
             while (unit := schedule.next()) is not None:
                 worker.read(unit)
-                worker.compute(unit, plan.alpha)
+                worker.compute(unit)
                 writer.write(unit.shard, unit.out_offset, worker.output(unit))
                 with bar.get_lock():  # tqdm's counter is not atomic
                     bar.update(unit.out_nbytes)
                 if schedule.done(unit):
                     writer.shard_done(unit.shard)
-                    schedule.handed_over(unit.shard)
+                    finished.put(unit.shard)
         except BaseException as e:  # re-raised by the calling thread
             failures.append(e)
             schedule.abort()
-
-    threads = [
-        threading.Thread(target=work, name=f"paramdelta-merge-{i}", daemon=True)
-        for i in range(workers)
-    ]
-    with _torch_threads(1):
-        try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        except BaseException:  # Ctrl-C lands here: let the workers stop at a unit boundary
-            schedule.abort()
-            for thread in threads:
-                if thread.ident is not None:  # it may land before every worker has started
-                    thread.join()
-            raise
         finally:
-            bar.close()
-    if failures:
-        raise failures[0]
-    delta = DeltaReport({item.name: Moments() for item in plan.items})  # in the plan's order
-    delta.merge(reports)
-    return MergeStats(
-        tensors=len(plan.items),
-        bytes=plan.nbytes,
-        seconds=time.perf_counter() - started,
-        cpu_seconds=time.process_time() - cpu_started,
-        device=str(dev),
-        workers=workers,
-        chunk_elements=elements,
-        peak_rss_bytes=peak_rss_bytes(),
-        delta=delta,
-    )
+            finished.put(_WORKER_EXITED)
 
 
 def peak_rss_bytes() -> int:

@@ -5,8 +5,8 @@ so the engine writes every chunk straight to its final offset with `pwrite`.
 Everything goes into a hidden sibling directory; only `commit` renames it to
 the requested name, so an interrupted merge never leaves an output that looks
 complete, and the next merge into the same place removes what a killed one
-left (see `workdirs`). A finished shard can be handed to a hook at once (the publisher
-uploads it, then deletes it, so disk holds about one shard).
+left (see `workdirs`). A finished shard gets its real name at once, so that the
+caller can upload it while the next one is written (`paramdelta.engine.stages`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from paramdelta import __version__
 from paramdelta.engine.checkpoint import Source
@@ -46,6 +47,13 @@ class ShardPlan:
     @property
     def data_bytes(self) -> int:
         return self.size - len(self.prefix)
+
+
+class WrittenShard(NamedTuple):
+    """A finished output shard: its file (in the staging directory) and its plan."""
+
+    path: Path
+    plan: ShardPlan
 
 
 def plan_shards(items: Sequence[MergeItem], max_shard_bytes: int) -> list[ShardPlan]:
@@ -108,9 +116,6 @@ def check_not_an_input(out_dir: Path, roots: Iterable[Path]) -> None:
             raise UsageError(f"--output {out_dir}: is (or holds) {root}, an input of the merge")
 
 
-ShardHook = Callable[[Path, ShardPlan], None]
-
-
 class OutputWriter:
     """Writes a planned checkpoint into a hidden temp dir; `commit` makes it visible."""
 
@@ -120,12 +125,10 @@ class OutputWriter:
         shards: Sequence[ShardPlan],
         *,
         overwrite: bool = False,
-        on_shard_written: ShardHook | None = None,
     ) -> None:
         self.out_dir = Path(out_dir).absolute()
         self.shards = list(shards)
         self.overwrite = overwrite
-        self.on_shard_written = on_shard_written
         check_output_dir(self.out_dir, overwrite)
         self._work: OwnedDir | None = None
         self._fds: dict[int, int] = {}
@@ -175,7 +178,7 @@ class OutputWriter:
             self._written[shard] += len(data)
 
     def shard_done(self, shard: int) -> Path:
-        """Close a fully written shard, give it its real name, and run the hook."""
+        """Close a fully written shard and give it its real name."""
         plan = self.shards[shard]
         self._fd(shard)  # a shard of empty tensors still gets its file
         if self._written[shard] != plan.data_bytes:
@@ -187,9 +190,11 @@ class OutputWriter:
         path = self.tmp_dir / plan.filename
         with local_io(path):
             self._partial(shard).rename(path)
-        if self.on_shard_written is not None:
-            self.on_shard_written(path, plan)
         return path
+
+    def shard_path(self, shard: int) -> Path:
+        """Where a finished shard is (until `commit` moves the directory)."""
+        return self.tmp_dir / self.shards[shard].filename
 
     def _partial(self, shard: int) -> Path:
         return self.tmp_dir / (self.shards[shard].filename + ".incomplete")

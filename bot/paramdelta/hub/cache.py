@@ -25,9 +25,9 @@ measured by benchmarks/cache_check_bench.py.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
-import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,12 +35,14 @@ from typing import NamedTuple
 
 from huggingface_hub import constants
 from huggingface_hub.file_download import repo_folder_name
-from huggingface_hub.utils._shared_blobs import shared_blobs_dir
 
 from paramdelta.engine.checkpoint import LocalSource
 from paramdelta.errors import HubError, LocalFileError
 from paramdelta.hub import content_ids
 from paramdelta.hub.client import RepoFiles
+from paramdelta.hub.hf_internals import shared_blobs_dir
+
+log = logging.getLogger(__name__)
 
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK  # O_NONBLOCK: a FIFO cannot hang us
 
@@ -100,10 +102,7 @@ def checked_snapshot(
     opened, failed = _check_all(repo, root, snapshot, wanted)
     if failed:
         for path, problem in failed.items():
-            print(
-                f"paramdelta: warning: {label}/{path} in the cache: {problem}; fetching it again",
-                file=sys.stderr,
-            )
+            log.warning("%s/%s in the cache: %s; fetching it again", label, path, problem)
             _evict(repo, root, snapshot, path)
         snapshot = download(sorted(failed))
         again, still = _check_all(repo, root, snapshot, sorted(failed))

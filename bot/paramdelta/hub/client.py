@@ -2,21 +2,28 @@
 
 Every request has a timeout, set through huggingface_hub's client factory so that
 it survives the shared client being replaced (after a connection error, on fork).
+huggingface_hub has one shared client per process, so the factory is installed
+once per process, by the first Hub: one timeout and one rate-limit pacer for
+every Hub and for huggingface_hub's own requests (`client_settings`).
 
 Large files move through Xet storage (hf_xet), as huggingface_hub moves them:
 uploads by path, downloads into the cache, and for `--stream` byte ranges from
 hf_xet download streams (`paramdelta.hub.xet`); other files by HTTP.
 
-Retries: huggingface_hub already retries its listings, downloads and uploads
-(snapshot_download, preupload_lfs_files, list_models) with `http_backoff`; those
-calls are not wrapped again, except for hf_xet's transient failures. The bot's
-own requests (model_info, whoami, the discussions API, create_repo, its ranged
-and small-file GETs and Xet streams) follow one policy, the same as `http_backoff`'s:
-429/5xx, timeouts and dropped connections are retried after 1, 2, 4, 8, 8...
-seconds, or, for a spent rate limit, until its window resets (see
-`paramdelta.hub.rate_limits`, which also keeps every request out of a spent
-quota). A ranged read cut short resumes from the last byte received. Commits are
-never retried blindly: a failed commit is re-planned by the caller.
+Retries follow one policy, `http_backoff`'s: 429/5xx, timeouts and dropped
+connections are retried after 1, 2, 4, 8, 8... seconds, or as long as a 429's
+RateLimit or Retry-After header asks. huggingface_hub applies it itself to its
+listings, downloads and uploads (snapshot_download, preupload_lfs_files,
+list_models) and, through `http_backoff`/`http_stream_backoff`, to the statuses
+of the bot's ranged and small-file GETs and of the Xet token requests; those are
+not retried again, except for hf_xet's transient failures and for a connection
+dropped while the bot reads a body (a ranged read resumes from the last byte
+received). The calls huggingface_hub does not retry (model_info, whoami, the
+discussions API, create_repo) get the same policy from `Hub._retry`, which reads
+the RateLimit headers with huggingface_hub's `parse_ratelimit_headers`; a spent
+quota is waited out by `paramdelta.hub.rate_limits`, which also keeps every
+request out of a spent quota. Commits are never retried blindly: a failed commit
+is re-planned by the caller.
 
 Tokens: HF_TOKEN, --token-file or the saved login; or, with HF_OIDC_RESOURCE
 (trusted publishing), a short-lived token that huggingface_hub exchanges for
@@ -25,15 +32,17 @@ registered for redaction.
 
 huggingface_hub's and hf_xet's errors become the bot's typed errors (exit code
 4, or 5 for a commit whose parent moved) with one-line messages that never hold
-a token; a failure of the local disk (a full HF cache, an unreadable upload) is
-a LocalFileError (exit code 7) naming the path.
+a token; a repo or file that does not exist is a NotFoundError (a gated one is
+not), a revision that does not exist a MissingRevisionError; a failure of the
+local disk (a full HF cache, an unreadable upload) is a LocalFileError (exit
+code 7) naming the path.
 
 Settings come from the environment: HF_ENDPOINT (read per client, so tests and
-the demo can point at a loopback Hub), PARAMDELTA_HUB_TIMEOUT (seconds per
-network operation, default 60), PARAMDELTA_HUB_RETRIES (retries of the bot's
-own requests, default 5; huggingface_hub's internal retries keep its own count)
-and PARAMDELTA_HUB_MAX_RATE_WAIT (the longest wait for a rate-limit window to
-reset, default 900 s).
+the demo can point at a loopback Hub) and PARAMDELTA_HUB_RETRIES (retries of the
+bot's own requests, default 5; huggingface_hub's internal retries keep its own
+count), read by each Hub; PARAMDELTA_HUB_TIMEOUT (seconds per network operation,
+default 60) and PARAMDELTA_HUB_MAX_RATE_WAIT (the longest wait for a rate-limit
+window to reset, default 900 s), read once per process, with the client factory.
 """
 
 from __future__ import annotations
@@ -41,13 +50,14 @@ from __future__ import annotations
 import fnmatch
 import functools
 import os
+import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, Literal, TypeGuard, TypeVar
 
 import httpx2
 from huggingface_hub import CommitInfo, CommitOperation, CommitOperationAdd, HfApi, constants
@@ -68,16 +78,18 @@ from huggingface_hub.utils import (
     parse_ratelimit_headers,
     set_client_factory,
 )
-from huggingface_hub.utils._http import default_client_factory
 
 from paramdelta.errors import (
     HubError,
     LocalFileError,
+    MissingRevisionError,
+    NotFoundError,
     ParamDeltaError,
     PublishConflictError,
     UsageError,
 )
 from paramdelta.hub import content_ids, xet
+from paramdelta.hub.hf_internals import default_client_factory
 from paramdelta.hub.rate_limits import Pacer
 from paramdelta.tokens import redact, register, shorten
 
@@ -95,6 +107,8 @@ UPLOAD_FAILURES = (*HUB_FAILURES, ValueError)  # LFS batch errors arrive as Valu
 SMALL_FILE_LIMIT = 1 << 20  # read_small_file's default cap (a lineage record is ~2 KB)
 
 T = TypeVar("T")
+# What huggingface_hub already retries in a call (Hub._retry retries the rest).
+Handled = Literal["nothing", "statuses", "http"]
 
 
 def _env_number(name: str, default: float) -> float:
@@ -113,6 +127,49 @@ def _env_number(name: str, default: float) -> float:
 def default_endpoint() -> str:
     """The Hub's URL: HF_ENDPOINT (read now, not at import), else huggingface_hub's."""
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What huggingface_hub's shared client is made with: one of each per process."""
+
+    timeout: float  # PARAMDELTA_HUB_TIMEOUT
+    max_rate_wait: float  # PARAMDELTA_HUB_MAX_RATE_WAIT
+    pacer: Pacer  # what each quota has left, as every answer in the process said
+
+
+_settings: ClientSettings | None = None
+_settings_lock = threading.Lock()
+
+
+def client_settings() -> ClientSettings:
+    """The process's settings: read, and the client factory installed, on first use.
+
+    huggingface_hub shares one client per process: its timeout and its pacer are the
+    same for every Hub (not those of the last one built).
+    """
+    global _settings
+    with _settings_lock:
+        if _settings is None:
+            timeout = _env_number("PARAMDELTA_HUB_TIMEOUT", 60.0)
+            max_rate_wait = _env_number("PARAMDELTA_HUB_MAX_RATE_WAIT", 900.0)
+            # time.sleep looked up at each wait: a test that replaces it replaces this one too.
+            pacer = Pacer(max_rate_wait, sleep=lambda seconds: time.sleep(seconds))
+            _install_client(timeout, pacer)
+            _settings = ClientSettings(timeout, max_rate_wait, pacer)
+        return _settings
+
+
+def reset_client() -> None:
+    """Forget the process's settings and pacer, and give huggingface_hub its default factory back.
+
+    The next Hub reads PARAMDELTA_HUB_TIMEOUT and PARAMDELTA_HUB_MAX_RATE_WAIT again and
+    installs a new factory (tests that change them, or start with no quota known, do this).
+    """
+    global _settings
+    with _settings_lock:
+        _settings = None
+        set_client_factory(default_client_factory)
 
 
 @dataclass(frozen=True)
@@ -144,15 +201,15 @@ class Hub:
         # Redacted from everything the bot writes (a renewed token: as it is sent).
         self._token = register(token) if isinstance(token, str) else token
         self._account: str | None = None  # whoami, once asked
-        self.timeout = _env_number("PARAMDELTA_HUB_TIMEOUT", 60.0)
+        settings = client_settings()  # the process's (the first Hub installs the client)
+        self.timeout = settings.timeout
+        self.max_rate_wait = settings.max_rate_wait
+        self.pacer = settings.pacer  # shared: the quotas are the account's, not this Hub's
         self.retries = int(_env_number("PARAMDELTA_HUB_RETRIES", 5))
-        self.max_rate_wait = _env_number("PARAMDELTA_HUB_MAX_RATE_WAIT", 900.0)
         self.api = HfApi(endpoint=self.endpoint, token=token)
-        # The waits of Hub._retry and of the pacer (tests replace it); http_backoff waits
+        # The waits of Hub._retry (tests replace it); http_backoff and the pacer wait
         # with time.sleep.
         self.sleep: Callable[[float], None] = time.sleep
-        self.pacer = Pacer(self.max_rate_wait, sleep=lambda seconds: self.sleep(seconds))
-        _use_client(self.timeout, self.pacer)
 
     def __repr__(self) -> str:
         return f"Hub(endpoint={self.endpoint!r}, token={'***' if self._token else None})"
@@ -178,10 +235,8 @@ class Hub:
         """`repo_files` with file metadata, or None if the repo or the revision does not exist."""
         try:
             return self.repo_files(repo_id, revision)
-        except HubError as e:
-            if is_missing(e) or isinstance(e.__cause__, RevisionNotFoundError):
-                return None
-            raise
+        except (NotFoundError, MissingRevisionError):
+            return None
 
     def read(self, repo_id: str, sha: str, path: str, offset: int, length: int) -> bytes:
         buf = bytearray(length)
@@ -231,7 +286,7 @@ class Hub:
                 raise httpx2.RemoteProtocolError(f"{what}: connection closed early")
 
         if view:  # an empty range is not a valid Range header
-            self._retry(what, attempt, statuses=())
+            self._retry(what, attempt, handled="statuses")
 
     def xet_reader(self, repo_id: str, sha: str) -> xet.XetReader:
         """Stream access to the Xet-backed files of a revision (their hashes: one listing)."""
@@ -258,7 +313,7 @@ class Hub:
                 raise httpx2.RemoteProtocolError(f"{path}: Xet stream ended early")
 
         if view:
-            self._retry(what, attempt, statuses=())
+            self._retry(what, attempt, handled="statuses")
 
     def download(self, repo_id: str, sha: str, paths: Sequence[str]) -> Path:
         """Fetch files into the HF cache (HF_HOME), pinned to ``sha``; returns the snapshot dir."""
@@ -268,7 +323,7 @@ class Hub:
                 lambda: self.api.snapshot_download(
                     repo_id, revision=sha, allow_patterns=list(paths), etag_timeout=self.timeout
                 ),
-                http=False,  # snapshot_download retries HTTP itself; hf_xet's failures: here
+                handled="http",  # snapshot_download retries HTTP itself; hf_xet's failures: here
                 where=constants.HF_HUB_CACHE,
             )
         )
@@ -295,11 +350,9 @@ class Hub:
                 return bytes(data)
 
         try:
-            return self._retry(what, attempt, statuses=())
-        except HubError as e:
-            if is_missing(e):
-                return None
-            raise
+            return self._retry(what, attempt, handled="statuses")
+        except NotFoundError:
+            return None
 
     def whoami(self) -> str | None:
         """The account of the token (asked once); None without a token."""
@@ -330,10 +383,8 @@ class Hub:
 
         try:
             return sorted(self._retry(repo_id, listed), reverse=True)
-        except HubError as e:
-            if is_missing(e):
-                return []
-            raise
+        except NotFoundError:
+            return []
 
     def close_pr(self, repo_id: str, number: int, comment: str) -> None:
         """Close a pull request with a comment (one request; closing twice is harmless)."""
@@ -378,7 +429,7 @@ class Hub:
             lambda: self.api.preupload_lfs_files(
                 repo_id, additions=additions, revision=revision, create_pr=create_pr
             ),
-            http=False,
+            handled="http",
             caught=UPLOAD_FAILURES,
         )
 
@@ -441,15 +492,19 @@ class Hub:
         what: str,
         call: Callable[[], T],
         *,
-        statuses: Collection[int] = RETRY_STATUS,
-        http: bool = True,
+        handled: Handled = "nothing",
         where: str | None = None,
         caught: tuple[type[Exception], ...] = HUB_FAILURES,
     ) -> T:
-        """Run an idempotent call under the retry policy.
+        """Run an idempotent call under the retry policy, where huggingface_hub does not.
 
-        ``http=False``: for calls that huggingface_hub retries itself, retry only hf_xet's
-        transient failures.
+        ``handled``: what huggingface_hub already retries in this call. "nothing" (an HfApi
+        call that sends one request: model_info, create_repo...): its statuses and network
+        errors are retried here. "statuses": http_backoff or http_stream_backoff retried
+        the statuses (429 as its RateLimit or Retry-After header asks, 5xx); a network
+        error raised while the call reads a body is retried here. "http": huggingface_hub
+        retries every request (snapshot_download, preupload_lfs_files); only hf_xet's
+        transient failures are retried here. hf_xet's are retried whatever ``handled``.
         """
         backoff = FIRST_WAIT
         with self._failures(what, where=where, caught=caught):
@@ -459,8 +514,10 @@ class Hub:
                 except Exception as e:
                     if xet.is_xet_failure(e):
                         wait = backoff if xet.is_transient(e) else None
-                    elif http and isinstance(e, httpx2.HTTPError):  # HfHubHTTPError included
-                        wait = _wait(e, backoff, statuses, self.max_rate_wait)
+                    elif handled != "http" and isinstance(e, RETRY_EXCEPTIONS):
+                        wait = backoff
+                    elif handled == "nothing" and isinstance(e, HfHubHTTPError):
+                        wait = _status_wait(e, backoff, self.max_rate_wait)
                     else:
                         wait = None
                     if wait is None:
@@ -492,14 +549,19 @@ class Hub:
                 raise
             if _is_local(e):
                 raise LocalFileError.from_os_error(e, e.filename or where) from e
-            raise HubError(redact(f"{what}: {_describe(e)}")) from e
+            raise _error_class(e)(redact(f"{what}: {_describe(e)}")) from e
 
 
-def is_missing(e: HubError) -> bool:
-    """The repo or file does not exist (as opposed to: exists, but we may not see it)."""
-    cause = e.__cause__
-    missing = isinstance(cause, (RepositoryNotFoundError, RemoteEntryNotFoundError))
-    return missing and not isinstance(cause, GatedRepoError)
+def _error_class(e: Exception) -> type[HubError]:
+    """A repo or file that does not exist, as opposed to one we may not see; a revision
+    that does not exist; any other failure."""
+    if isinstance(e, GatedRepoError):
+        return HubError
+    if isinstance(e, (RepositoryNotFoundError, RemoteEntryNotFoundError)):
+        return NotFoundError
+    if isinstance(e, RevisionNotFoundError):
+        return MissingRevisionError
+    return HubError
 
 
 def _is_local(e: Exception) -> TypeGuard[OSError]:
@@ -512,42 +574,24 @@ def _is_local(e: Exception) -> TypeGuard[OSError]:
     return isinstance(e, OSError) and e.errno is not None and not isinstance(e, network)
 
 
-def _wait(
-    e: httpx2.HTTPError, backoff: float, statuses: Collection[int], max_rate_wait: float
-) -> float | None:
-    """Seconds to wait before retrying ``e``, as http_backoff would; None if it is not transient.
+def _status_wait(e: HfHubHTTPError, backoff: float, max_rate_wait: float) -> float | None:
+    """Seconds to wait before retrying a call that failed with ``e``, as http_backoff would
+    (for the calls it does not retry); None if it is not to be retried.
 
-    A spent rate limit is retried at once: the pacer, which has read the same headers,
-    holds the request until the window resets (and logs it), if that is within the bound.
+    A 429 for a spent quota is retried at once: the pacer, which has read the same
+    RateLimit header, holds the request until the window resets (and logs it). A spent
+    quota or a Retry-After beyond PARAMDELTA_HUB_MAX_RATE_WAIT is not retried.
     """
-    if isinstance(e, RETRY_EXCEPTIONS):
-        return backoff
-    response = e.response if isinstance(e, HfHubHTTPError) else None
-    if response is None or response.status_code not in statuses:
+    response = e.response
+    if response is None or response.status_code not in RETRY_STATUS:
         return None
-    asked = _asked_wait(response)
-    if asked is None:
+    limit = parse_ratelimit_headers(response.headers)
+    if response.status_code == 429 and limit is not None and limit.remaining == 0:
+        return 0.0 if limit.reset_in_seconds <= max_rate_wait else None
+    after = response.headers.get("Retry-After", "").strip()  # seconds; an HTTP date is ignored
+    if not after.isdigit():
         return backoff
-    if asked > max_rate_wait:
-        return None
-    if _spent(response):
-        return 0.0
-    return asked + 1.0  # http_backoff's margin for rounding
-
-
-def _spent(response: httpx2.Response) -> bool:
-    """A 429 because the rate limit's quota is spent (the headers say when it resets)."""
-    limit = parse_ratelimit_headers(response.headers)
-    return response.status_code == 429 and limit is not None and limit.remaining == 0
-
-
-def _asked_wait(response: httpx2.Response) -> int | None:
-    """The wait the server asks for: an exhausted rate limit's reset, or Retry-After seconds."""
-    limit = parse_ratelimit_headers(response.headers)
-    if _spent(response) and limit is not None:
-        return limit.reset_in_seconds
-    after = response.headers.get("Retry-After", "").strip()
-    return int(after) if after.isdigit() else None
+    return float(after) + 1.0 if int(after) <= max_rate_wait else None  # http_backoff's margin
 
 
 def _describe(e: Exception) -> str:
@@ -588,9 +632,9 @@ def _is_exchange(response: httpx2.Response) -> bool:
     return response.request.url.path.endswith("/oauth/token")
 
 
-def _use_client(seconds: float, pacer: Pacer) -> None:
+def _install_client(seconds: float, pacer: Pacer) -> None:
     """Make huggingface_hub's shared client, and every one it replaces it with, time out,
-    pace itself within the rate limits and register the tokens it sends.
+    pace itself within the rate limits and register the tokens it sends (`client_settings`).
 
     Its default client has no timeout at all; the factory survives `close_session`,
     which huggingface_hub calls after a connection error and on fork.

@@ -30,10 +30,11 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
 from paramdelta.engine.files import LINEAGE_FILE
 from paramdelta.engine.safetensors_format import is_weights_file
-from paramdelta.engine.writer import OUTPUT_MARKER, ShardPlan
+from paramdelta.engine.writer import OUTPUT_MARKER, WrittenShard
 from paramdelta.errors import PublishConflictError
 from paramdelta.hub import content_ids
 from paramdelta.hub.client import Hub
+from paramdelta.hub.hf_internals import is_uploaded
 from paramdelta.tokens import redact
 
 NEW_REPO = "new-repo"  # a Publisher's parent when the output repo did not exist at plan time
@@ -93,7 +94,7 @@ class Publisher:
     build on, unless ``parent`` pins the one seen when the target was planned (or
     NEW_REPO: there was no repo then, so the one found must hold no merge yet): of
     two overlapping runs, the second to commit is refused (exit 5). `upload_shard`
-    sends shards while the merge goes on; `finish` makes the commit. Leaving waits
+    sends shards while the merge goes on; `commit` makes the commit. Leaving waits
     for nothing and releases every handle, whatever happened.
     """
 
@@ -145,8 +146,8 @@ class Publisher:
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
 
-    def upload_shard(self, path: Path, shard: ShardPlan, *, delete: bool = False) -> None:
-        """Writer hook: upload this shard in the background once the previous one is done.
+    def upload_shard(self, shard: WrittenShard, *, delete: bool = False) -> None:
+        """Upload a finished shard in the background once the previous one is done.
 
         The upload reads a hard link of the shard in the staging directory (beside the
         writer's, so on the same file system), so the writer may move its directory
@@ -160,13 +161,14 @@ class Publisher:
             previous, self._pending = self._pending, None
         if previous is not None:
             previous.result()  # bounds disk to ~one shard uploading + one being written
+        path, filename = shard.path, shard.plan.filename
         staged = self._stage(path)
         if staged is None:
-            self._upload(path, shard.filename, remove=delete)
+            self._upload(path, filename, remove=delete)
             return
         if delete:
             path.unlink()
-        self._pending = self._executor.submit(self._upload, staged, shard.filename, remove=True)
+        self._pending = self._executor.submit(self._upload, staged, filename, remove=True)
 
     def _stage(self, path: Path) -> Path | None:
         try:
@@ -188,10 +190,10 @@ class Publisher:
         self._uploaded[path_in_repo] = operation
         # Stored as a large file: the commit names it by sha256 and size, without reading it
         # again. A small one (regular upload mode) goes into the commit itself: keep it.
-        if remove and operation._is_uploaded:
+        if remove and is_uploaded(operation):
             path.unlink()
 
-    def finish(
+    def commit(
         self, directory: Path, extra_files: Mapping[str, bytes] | None = None
     ) -> PublishResult:
         """Commit every file in ``directory`` (plus ``extra_files``) in one commit."""
@@ -206,7 +208,7 @@ class Publisher:
         # then sends the token of its moment, as the commit does (trusted publishing renews
         # tokens hourly; one create_commit would send one token for every upload and the commit).
         for relpath, operation in operations.items():
-            if relpath.endswith(".safetensors") and not operation._is_uploaded:
+            if relpath.endswith(".safetensors") and not is_uploaded(operation):
                 self.hub.preupload(
                     self.repo_id, [operation], revision=self.revision, create_pr=self.create_pr
                 )
@@ -303,7 +305,7 @@ def weight_ids(directory: Path) -> dict[str, list[str]]:
 def dry_run(
     repo_id: str, revision: str, directory: Path, extra: Mapping[str, bytes] | None = None
 ) -> PublishResult:
-    """What `finish` would commit, without a single request."""
+    """What `commit` would commit, without a single request."""
     found, skipped = publishable(directory)
     files = {*found, *(extra or {})}
     return PublishResult(repo_id, revision, sorted(files), skipped=skipped, dry_run=True)

@@ -4,10 +4,11 @@ The Hub counts each account's requests in fixed windows (5 minutes), in two
 buckets: "resolvers" (`/resolve/` URLs: file downloads and ranged reads) and
 "api" (everything else), and says on every answer what is left:
 `RateLimit: "api";r=REMAINING;t=SECONDS_TO_RESET`. An event hook on
-huggingface_hub's shared HTTP client reads that from every response; before a
-request to a bucket whose quota is spent it waits for the window's reset, so
-huggingface_hub's own requests (listings, downloads, uploads) pace themselves
-as well as the bot's. A reset further away than the bound
+huggingface_hub's shared HTTP client (one Pacer per process, made with the
+client factory: `paramdelta.hub.client.client_settings`) reads that from every
+response; before a request to a bucket whose quota is spent it waits for the
+window's reset, so huggingface_hub's own requests (listings, downloads, uploads)
+pace themselves as well as the bot's. A reset further away than the bound
 (PARAMDELTA_HUB_MAX_RATE_WAIT, default 900 s) fails the request instead.
 Requests already in flight can still meet a 429; the retry policy waits those
 out from the same headers.
@@ -26,7 +27,7 @@ from huggingface_hub.utils import parse_ratelimit_headers
 
 from paramdelta.errors import HubError
 
-log = logging.getLogger("paramdelta.hub")
+log = logging.getLogger(__name__)
 
 
 def bucket_of(url: httpx2.URL) -> str:
@@ -78,7 +79,7 @@ class Pacer:
                 f"{rate_limited(key[1], wait)}, more than PARAMDELTA_HUB_MAX_RATE_WAIT"
                 f"={self.max_wait:.0f} s allows; try again later"
             )
-        log.warning("paramdelta: %s: waiting", rate_limited(key[1], wait))
+        log.warning("%s: waiting", rate_limited(key[1], wait))
         self.sleep(wait + 1.0)  # the server rounds t down
         with self._lock:
             self.waited += wait + 1.0

@@ -31,12 +31,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from paramdelta.engine.checkpoint import CONFIG, LocalSource, Source
+from paramdelta.engine.checkpoint import CONFIG, LocalSource, Provenance, Source
 from paramdelta.engine.merge_plan import MergePlan
 from paramdelta.engine.safetensors_format import INDEX
-from paramdelta.errors import CheckpointError, HubError, UsageError
+from paramdelta.errors import CheckpointError, NotFoundError, UsageError
 from paramdelta.hub.cache import checked_snapshot
-from paramdelta.hub.client import Hub, RepoFiles, is_missing
+from paramdelta.hub.client import Hub, RepoFiles
 from paramdelta.hub.xet import XetReader
 from paramdelta.repo_ids import parse_spec
 from paramdelta.tokens import hub_token
@@ -46,19 +46,45 @@ HUB_PARALLEL_READS = 8
 HEAD_BYTES = 100_000  # what huggingface_hub's get_safetensors_metadata reads first, too
 
 
+def provenance(repo: RepoFiles) -> Provenance:
+    """A Hub repo at its commit, as the lineage records it."""
+    return Provenance(
+        repo=repo.repo_id,
+        revision=repo.revision,
+        sha=repo.sha,
+        content=repo.content,
+        card_data=repo.card_data,
+    )
+
+
 class HubSource:
     """A Hub repo at one commit, read through Xet streams or HTTP Range requests."""
 
     read_size = HUB_READ_SIZE
     parallel_reads = HUB_PARALLEL_READS
 
+    directory = None  # it reads no local folder
+
     def __init__(self, hub: Hub, repo: RepoFiles) -> None:
         self.hub = hub
         self.repo = repo
         self.label = f"{repo.repo_id}@{repo.sha[:7]}"
+        self.provenance = provenance(repo)
         self._lock = threading.Lock()
         self._heads: dict[str, Future[bytes]] = {}
         self._xet: XetReader | None = None
+
+    def local(self, paths: Sequence[str]) -> Source:
+        """These files fetched into the Hugging Face cache at the pinned commit, each
+        checked against the Hub's listing first (`paramdelta.hub.cache`)."""
+        repo, hub = self.repo, self.hub
+
+        def download(which: Iterable[str]) -> Path:
+            return hub.download(repo.repo_id, repo.sha, sorted(which))
+
+        checked = checked_snapshot(repo, download(paths), list(paths), download)
+        checked.provenance = self.provenance  # a cached copy is still the Hub repo's
+        return checked
 
     def list_files(self) -> list[str]:
         return sorted(self.repo.sizes)
@@ -144,9 +170,9 @@ def open_source(spec: str, role: str, hub_factory: HubFactory) -> Source:
     hub = hub_factory()
     try:
         return HubSource(hub, hub.repo_files(repo_id, revision))
-    except HubError as e:
+    except NotFoundError:
         owner = Path(repo_id.partition("/")[0])
-        if owner.is_dir() and is_missing(e):  # a typo in a local path, most likely
+        if owner.is_dir():  # a typo in a local path, most likely
             raise UsageError(
                 f"{option} {spec}: no such directory{_nearest(path)}, and no Hub repo {repo_id}"
             ) from None
@@ -169,17 +195,11 @@ def _nearest(path: Path) -> str:
 LOADED_SUFFIXES = (".json", ".safetensors", ".jinja", ".model", ".txt", ".tiktoken")
 
 
-def local_checkpoint(spec: str, hub_factory: HubFactory) -> Path:
-    """A checkpoint as a local directory: the directory itself, or a Hub repo's top-level
-    configs, weights and tokenizer files fetched into the HF cache at its pinned commit."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    repo_id, revision = parse_spec(spec)
-    hub = hub_factory()
-    repo = hub.repo_files(repo_id, revision)
-    paths = sorted(f for f in repo.sizes if "/" not in f and f.endswith(LOADED_SUFFIXES))
-    return hub.download(repo_id, repo.sha, paths)
+def loadable(source: Source) -> Source:
+    """A checkpoint as transformers loads it from a local folder: the folder itself, or a
+    Hub repo's top-level configs, weights and tokenizer files, fetched and checked."""
+    files = source.list_files()
+    return source.local([f for f in files if "/" not in f and f.endswith(LOADED_SUFFIXES)])
 
 
 class HubFactory:
@@ -211,32 +231,22 @@ def open_sources(
 
 
 def download_inputs(plan: MergePlan, sources: dict[str, Source]) -> dict[str, Source]:
-    """Swap each Hub source for the files the merge reads, fetched into the Hugging Face cache.
+    """Each source with the files the merge reads on local disk (`Source.local`): a Hub
+    repo's fetched into the Hugging Face cache, and checked against the Hub's listing
+    before they are used (see `paramdelta.hub.cache`): another job may have tampered
+    with them.
 
     Each snapshot also gets its config.json and index, so that it opens as a
     checkpoint on its own (the pre-publish check loads the post model and new base).
-    What the cache holds is checked against the Hub's listing before it is used
-    (see `paramdelta.hub.cache`): another job may have tampered with it.
     """
     local: dict[str, Source] = {}
     try:
         for role, source in sources.items():
-            if isinstance(source, HubSource):
-                whole = {CONFIG, INDEX} & set(source.repo.sizes)
-                local[role] = _checked_download(source, sorted({*plan.read.get(role, []), *whole}))
-            else:
-                local[role] = source
+            whole = {CONFIG, INDEX} & set(source.list_files())
+            local[role] = source.local(sorted({*plan.read.get(role, []), *whole}))
     except BaseException:
         for done in local.values():
-            done.close()
+            if done not in sources.values():
+                done.close()
         raise
     return local
-
-
-def _checked_download(source: HubSource, paths: list[str]) -> Source:
-    repo, hub = source.repo, source.hub
-
-    def download(which: Iterable[str]) -> Path:
-        return hub.download(repo.repo_id, repo.sha, sorted(which))
-
-    return checked_snapshot(repo, download(paths), paths, download)

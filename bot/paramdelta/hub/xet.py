@@ -20,7 +20,7 @@ import re
 import threading
 from typing import Any
 
-from huggingface_hub.utils._xet import (
+from paramdelta.hub.hf_internals import (
     XetFileData,
     XetTokenType,
     get_xet_session,

@@ -19,14 +19,19 @@ and the target is pending.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import yaml
+from huggingface_hub import metadata_load
+
 from paramdelta import __version__
-from paramdelta.engine.files import LINEAGE_FILE, file_donors
+from paramdelta.engine.checkpoint import Provenance
+from paramdelta.engine.files import CARD_FILE, LINEAGE_FILE, file_donors
 from paramdelta.engine.merge_plan import COMPUTE_DTYPE, FORMULA, ROLE_TITLES, ROLES
+from paramdelta.engine.recipe import Recipe
 from paramdelta.engine.safetensors_format import INDEX, is_weights_file
 from paramdelta.errors import UsageError
 from paramdelta.hub.client import RepoFiles
@@ -35,9 +40,9 @@ FILENAME = LINEAGE_FILE  # the publisher deletes a stale one: a file name of eng
 SCHEMA_VERSION = 1
 MAX_BYTES = 1 << 20  # a record is ~3 KB: a bigger paramdelta.json is not one of ours
 TOOL = "paramdelta-bot"
-# The recipe fields that change the merged bytes (compared by `plan`), and where the
-# record keeps each: the record's "dtype" is the dtype written, the option is beside it.
-RECIPE_FIELDS = {"alpha": "alpha", "dtype": "requested_dtype", "vocab_policy": "vocab_policy"}
+# Where the record keeps a recipe field of another name: its "dtype" is the dtype
+# written, the option asked for is beside it.
+RECORD_KEYS = {"dtype": "requested_dtype"}
 LICENCE_KEYS = ("license", "license_name", "license_link")
 UNCHANGED = "upstream moved, content unchanged"
 
@@ -62,19 +67,41 @@ def checkpoint_entry(
     return entry
 
 
-def hub_entry(role: str, repo: RepoFiles, read: list[str]) -> dict[str, Any]:
-    """A Hub checkpoint, with the content id of each file the merge read."""
-    files = {path: repo.content[path] for path in read if path in repo.content}
+def source_entry(role: str, provenance: Provenance, read: Sequence[str]) -> dict[str, Any]:
+    """A checkpoint's entry from where it came from: a Hub repo at its commit, with the
+    content id of each file the merge read, or a local folder by its path."""
+    if provenance.repo is None:
+        folder = provenance.path
+        return checkpoint_entry(
+            role, None, None, None, path=str(folder), card_data=_local_card_data(folder)
+        )
+    files = {path: provenance.content[path] for path in read if path in provenance.content}
     return checkpoint_entry(
-        role, repo.repo_id, repo.revision, repo.sha, files=files, card_data=repo.card_data
+        role,
+        provenance.repo,
+        provenance.revision,
+        provenance.sha,
+        files=files,
+        card_data=provenance.card_data,
     )
+
+
+def _local_card_data(folder: Path | None) -> dict[str, Any]:
+    """A local checkpoint's README front matter (for its licence); {} if none or unreadable."""
+    card = (folder or Path()) / CARD_FILE
+    if folder is None or not card.is_file():
+        return {}
+    try:
+        return metadata_load(card) or {}
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+        return {}
 
 
 def build_record(
     *,
     target: str | None,
     checkpoints: Mapping[str, Mapping[str, Any]],
-    recipe: Mapping[str, Any],
+    recipe: Recipe,
     files: Mapping[str, str],
     output: Mapping[str, Any],
     written_dtype: str | None = None,
@@ -96,10 +123,10 @@ def build_record(
             "method": "paramdelta",
             "formula": FORMULA,
             "compute_dtype": COMPUTE_DTYPE,
-            "alpha": recipe["alpha"],
-            "dtype": written_dtype or recipe["dtype"],
-            "requested_dtype": recipe["dtype"],
-            "vocab_policy": recipe["vocab_policy"],
+            "alpha": recipe.alpha,
+            "dtype": written_dtype or recipe.dtype,
+            "requested_dtype": recipe.dtype,
+            "vocab_policy": recipe.vocab_policy,
             "file_donors": dict(sorted(files.items())),
             "skipped_files": dict(sorted((skipped or {}).items())),
             "config_changes": dict(sorted((config_changes or {}).items())),
@@ -144,7 +171,7 @@ class Comparison(NamedTuple):
 def compare(
     record: Mapping[str, Any] | None,
     repos: Mapping[str, RepoFiles],
-    recipe: Mapping[str, Any],
+    recipe: Recipe,
 ) -> Comparison:
     """Whether the record still describes a merge of ``repos`` with ``recipe``."""
     if record is None:
@@ -174,10 +201,11 @@ def compare(
     old = record.get("recipe", {})
     if moved:
         reasons.extend(_donor_changes(old.get("file_donors"), repos))
-    for key, stored in RECIPE_FIELDS.items():
+    for key, value in recipe.merged_fields().items():
+        stored = RECORD_KEYS.get(key, key)
         then_value = old.get(stored, old.get(key))  # records before requested_dtype: "dtype"
-        if then_value != recipe[key]:
-            reasons.append(f"recipe {key} changed: {then_value!r} -> {recipe[key]!r}")
+        if then_value != value:
+            reasons.append(f"recipe {key} changed: {then_value!r} -> {value!r}")
     return Comparison(reasons, notes if not reasons else [])
 
 
@@ -255,7 +283,7 @@ def sample_record() -> dict[str, Any]:
         checkpoints={
             role: checkpoint_entry(role, f"example-org/{role}-model", "main", sha) for role in ROLES
         },
-        recipe={"alpha": 1.0, "dtype": "auto", "vocab_policy": "error"},
+        recipe=Recipe(),
         files={"config.json": "new_base", "tokenizer.json": "post"},
         written_dtype="bfloat16",
         skipped={"params.json": "Mistral's native-format config, for weights not produced"},

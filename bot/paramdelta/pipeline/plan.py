@@ -168,7 +168,7 @@ def published_differences(
     if output is not None and output.sizes.get(lineage.FILENAME, 0) <= lineage.MAX_BYTES:
         data = hub.read_small_file(plan.output_repo, lineage.FILENAME, output.sha)
         record = lineage.decode(data)
-    reasons, notes = lineage.compare(record, plan.checkpoints, plan.target.recipe())
+    reasons, notes = lineage.compare(record, plan.checkpoints, plan.target.recipe)
     if output is not None and (mismatch := lineage.output_differences(record, output)):
         return lineage.Comparison([*reasons, *mismatch], [])
     return lineage.Comparison(reasons, notes)

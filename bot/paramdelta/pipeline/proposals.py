@@ -10,13 +10,15 @@ supersedes, with a comment linking it.
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import NamedTuple
 
 from paramdelta.errors import HubError
 from paramdelta.hub.client import Hub, RepoFiles
 from paramdelta.hub.publisher import PublishResult
 from paramdelta.pipeline import lineage
+
+log = logging.getLogger(__name__)
 
 
 class Proposal(NamedTuple):
@@ -56,7 +58,7 @@ def close_superseded(hub: Hub, repo_id: str, target: str, new: PublishResult) ->
         try:
             hub.close_pr(repo_id, proposal.number, comment)
         except HubError as e:
-            print(f"paramdelta: warning: could not close {proposal.ref}: {e}", file=sys.stderr)
+            log.warning("could not close %s: %s", proposal.ref, e)
             continue
         closed.append(proposal.number)
     return closed

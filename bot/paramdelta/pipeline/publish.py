@@ -6,13 +6,16 @@ with the delta report measured in the merge pass, and the delta chart the card
 shows (paramdelta-delta.png); a publish commits all of them in one commit:
 
 - `merge --output DIR` writes the card and record into DIR with the weights;
-- `merge --push-to REPO` (and `run`) merge while uploading each finished shard,
-  then commit everything at once (see `paramdelta.hub.publisher`); without a
-  local output the merge happens in a scratch directory and each shard is
-  deleted once uploaded, so disk holds about one shard uploading and one being
-  written (a scratch directory that a killed run left is removed by the next
-  one); `run` first checks the staged output (`paramdelta.pipeline.check`), keeping
-  the shards until the commit, and a failing check commits nothing;
+- `merge --push-to REPO` (and `run`, `paramdelta.pipeline.run_target`) drive the
+  stages of `paramdelta.engine.stages` in a row: each finished shard is uploaded
+  while the next is written (`upload_while_writing`), then the card and record
+  are made (`result_files`) and everything is committed at once (see
+  `paramdelta.hub.publisher`); without a local output the merge happens in a
+  scratch directory and each shard is deleted once uploaded, so disk holds about
+  one shard uploading and one being written (a scratch directory that a killed
+  run left is removed by the next one); `run` checks the staged output before
+  the card is made, keeping the shards until the commit, and a failing check
+  commits nothing;
 - `publish DIR --repo REPO` reads the record that `merge` wrote into DIR (the
   inputs are not opened again: the record names them), sets its output repo and
   renders the card again for that repo.
@@ -24,30 +27,25 @@ from weights that someone else put beside it.
 
 from __future__ import annotations
 
-import functools
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import yaml
-from huggingface_hub import metadata_load
-
-from paramdelta.engine.checkpoint import LocalSource, Source
+from paramdelta.engine.checkpoint import Source
 from paramdelta.engine.files import CARD_FILE
-from paramdelta.engine.merge import MergeResult, Prepare, merge_to_dir
 from paramdelta.engine.merge_plan import MergePlan
-from paramdelta.engine.options import MergeOptions
+from paramdelta.engine.recipe import Runtime
 from paramdelta.engine.safetensors_format import INDEX
+from paramdelta.engine.stages import MergeResult, Staged, stage
 from paramdelta.engine.workdirs import OwnedDir, sweep
 from paramdelta.engine.writer import index_json
 from paramdelta.errors import UsageError
 from paramdelta.hub import content_ids
 from paramdelta.hub.client import default_endpoint
 from paramdelta.hub.publisher import Publisher, PublishResult, weight_ids
-from paramdelta.hub.sources import HubSource
 from paramdelta.pipeline import lineage
 from paramdelta.pipeline.check_rules import CheckReport
 from paramdelta.rendering import chart
@@ -56,8 +54,6 @@ from paramdelta.reporting import github_actions
 from paramdelta.tokens import redact
 
 SCRATCH_PREFIX = "paramdelta-scratch-"
-# The pre-publish check of a merged (staged) output; raises CheckError when it fails.
-Check = Callable[[MergeResult], CheckReport]
 
 
 class CardSettings(NamedTuple):
@@ -79,29 +75,6 @@ def plan_notes(plan: MergePlan) -> list[str]:
     if plan.skipped:
         notes.append("left out: " + ", ".join(f"{p} ({why})" for p, why in plan.skipped.items()))
     return notes
-
-
-def provenance(sources: Mapping[str, Source], plan: MergePlan) -> dict[str, dict[str, Any]]:
-    """role -> its lineage entry: the commit and content ids of a Hub repo, or a local path."""
-    entries = {}
-    for role, source in sources.items():
-        if isinstance(source, HubSource):
-            entries[role] = lineage.hub_entry(role, source.repo, plan.read.get(role, []))
-        else:
-            entries[role] = lineage.checkpoint_entry(
-                role, None, None, None, path=source.label, card_data=_local_card_data(source)
-            )
-    return entries
-
-
-def _local_card_data(source: Source) -> dict[str, Any]:
-    """A local checkpoint's README front matter (for its licence); {} if none or unreadable."""
-    if not isinstance(source, LocalSource) or CARD_FILE not in source.list_files():
-        return {}
-    try:
-        return metadata_load(source.root / CARD_FILE) or {}
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
-        return {}
 
 
 def merge_record(
@@ -129,8 +102,11 @@ def merge_record(
         output["files"] = dict(sorted(weights.items()))
     record = lineage.build_record(
         target=settings.target,
-        checkpoints=provenance(sources, plan),
-        recipe={"alpha": plan.alpha, "dtype": plan.dtype, "vocab_policy": plan.vocab_policy},
+        checkpoints={
+            role: lineage.source_entry(role, source.provenance, plan.read.get(role, []))
+            for role, source in sources.items()
+        },
+        recipe=plan.recipe,
         files=plan.files,
         written_dtype=plan.written_dtype,
         skipped=plan.skipped,
@@ -167,97 +143,70 @@ def output_ids(result: MergeResult, uploaded: Mapping[str, list[str]]) -> dict[s
     return ids
 
 
-def _result_files(
-    sources: Mapping[str, Source],
-    plan: MergePlan,
-    output_repo: str | None,
-    settings: CardSettings,
-    hub_url: str,
+def result_files(
     result: MergeResult,
+    settings: CardSettings = NO_TARGET,
     *,
     publisher: Publisher | None = None,
-    check: Check | None = None,
+    check: CheckReport | None = None,
 ) -> dict[str, bytes]:
-    report = check(result) if check is not None else None
-    weights = output_ids(result, publisher.uploaded_ids()) if publisher is not None else None
-    record = merge_record(sources, plan, output_repo, settings, result, weights, report)
+    """The card, the record and the delta chart of a staged merge (for ``publisher``'s
+    repo, naming the shards it uploaded; without one, for a local folder)."""
+    if publisher is None:
+        output_repo, weights, hub_url = None, None, default_endpoint()
+    else:
+        output_repo, hub_url = publisher.repo_id, publisher.hub.endpoint
+        weights = output_ids(result, publisher.uploaded_ids())
+    record = merge_record(
+        result.sources, result.plan, output_repo, settings, result, weights, check
+    )
     # The chart the card shows: made with the weights, so `publish DIR` commits DIR's own.
     chart_png = {chart.FILENAME: chart.delta_chart(record["delta"]["layers"])}
     return card_and_record(record, settings, hub_url) | chart_png
 
 
 def merge_to_directory(
+    plan: MergePlan,
     sources: dict[str, Source],
     out_dir: Path,
-    options: MergeOptions,
+    runtime: Runtime,
     *,
-    plan: MergePlan,
     overwrite: bool = False,
-    prepare: Prepare | None = None,
 ) -> MergeResult:
     """`merge --output` alone: weights, card and record in ``out_dir``, ready for `publish`."""
-    return merge_to_dir(
-        sources,
-        out_dir,
-        options,
-        overwrite=overwrite,
-        plan=plan,
-        prepare=prepare,
-        result_files=functools.partial(
-            _result_files, sources, plan, None, NO_TARGET, default_endpoint()
-        ),
-    )
+    with stage(plan, sources, out_dir, runtime, overwrite=overwrite) as staged:
+        staged.write_all()
+        staged.add_files(result_files(staged.result()))
+        return staged.finish()
 
 
-def merge_and_publish(
-    publisher: Publisher,
-    sources: dict[str, Source],
-    options: MergeOptions,
-    *,
+def upload_while_writing(staged: Staged, publisher: Publisher, *, keep: bool) -> None:
+    """Merge, uploading each shard while the next one is written; ``keep``: leave each on
+    disk (a local output, or the pre-publish check to come), else delete it once sent."""
+    for shard in staged.write():
+        publisher.upload_shard(shard, delete=not keep)
+
+
+def push_merge(
     plan: MergePlan,
-    settings: CardSettings = NO_TARGET,
+    sources: dict[str, Source],
+    publisher: Publisher,
+    runtime: Runtime,
+    *,
     out_dir: Path | None = None,
     overwrite: bool = False,
-    prepare: Prepare | None = None,
-    already_published: Callable[[], PublishResult | None] | None = None,
-    check: Check | None = None,
-    keep_shards: bool = False,
 ) -> tuple[MergeResult, PublishResult]:
-    """Merge while uploading each finished shard; then one commit with weights, card and record.
+    """`merge --push-to`: upload each shard as written, then commit weights, card and record.
 
     ``out_dir`` keeps a local copy of the output (card and record included).
-    ``already_published``, asked right before the commit, may say that the same
-    merge was published meanwhile (an open pull request): then nothing is committed.
-    ``check`` (the pre-publish check) reports on the staged output before the card
-    is made, and may raise to stop the merge and the commit; ``keep_shards`` keeps
-    the scratch copy until the commit (the check loads it: disk then holds the model).
     """
-    result_files = functools.partial(
-        _result_files,
-        sources,
-        plan,
-        publisher.repo_id,
-        settings,
-        publisher.hub.endpoint,
-        publisher=publisher,
-        check=check,
-    )
     with scratch_dir() as scratch, publisher:
-        merged = merge_to_dir(
-            sources,
-            out_dir or scratch / "merged",
-            options,
-            overwrite=overwrite,
-            plan=plan,
-            prepare=prepare,
-            on_shard_written=functools.partial(
-                publisher.upload_shard, delete=out_dir is None and not keep_shards
-            ),
-            result_files=result_files,
-        )
-        done = already_published() if already_published is not None else None
-        published = done or publisher.finish(merged.out_dir)
-    return merged, published
+        target = out_dir or scratch / "merged"
+        with stage(plan, sources, target, runtime, overwrite=overwrite) as staged:
+            upload_while_writing(staged, publisher, keep=out_dir is not None)
+            staged.add_files(result_files(staged.result(), publisher=publisher))
+            merged = staged.finish()
+        return merged, publisher.commit(merged.out_dir)
 
 
 @contextmanager
@@ -303,4 +252,4 @@ def publish_directory(publisher: Publisher, directory: Path) -> PublishResult:
     """Commit a merged directory, its card rendered for the repo, in one commit."""
     files = directory_files(directory, publisher.repo_id, publisher.hub.endpoint)
     with publisher:
-        return publisher.finish(directory, files)
+        return publisher.commit(directory, files)

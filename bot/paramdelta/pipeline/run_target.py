@@ -3,25 +3,25 @@
 Before the commit, the pre-publish check (paramdelta.pipeline.check) loads and uses
 the merged model; a failing check blocks the publish. A failing target becomes
 a failed (or check-failed) `TargetResult` with its error's exit code (a full
-disk is 7, a bug 1) and never stops the others; only an interruption (SIGINT,
-SIGTERM) ends the run.
+disk is 7, a bug 1; `failure` is the one place an exception becomes a result)
+and never stops the others; only an interruption (SIGINT, SIGTERM) ends the run.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 from paramdelta.engine.checkpoint import Source
 from paramdelta.engine.files import CARD_FILE
-from paramdelta.engine.merge import MergeResult, preflight
 from paramdelta.engine.merge_plan import MergePlan, VocabularyError
-from paramdelta.engine.options import DEFAULT_MAX_MEMORY, MergeOptions
-from paramdelta.errors import DEBUG, CheckError, Interrupted, ParamDeltaError, as_error
+from paramdelta.engine.recipe import Runtime
+from paramdelta.engine.stages import Staged, preflight, stage
+from paramdelta.errors import DEBUG, CheckError, UnexpectedError, as_error, interruption
 from paramdelta.hub.client import Hub
 from paramdelta.hub.publisher import NEW_REPO, Publisher, PublishResult
 from paramdelta.hub.sources import HubSource, download_inputs
@@ -32,37 +32,25 @@ from paramdelta.pipeline.proposals import close_superseded
 from paramdelta.pipeline.publish import (
     CardSettings,
     card_and_record,
-    merge_and_publish,
     merge_record,
     plan_notes,
+    result_files,
+    scratch_dir,
+    upload_while_writing,
 )
 from paramdelta.reporting.results import Status, TargetResult
+
+log = logging.getLogger(__name__)
 
 VOCAB_FIX = "set `vocab_policy: shared` on the target in the watchlist"
 
 
 class RunOptions(NamedTuple):
-    device: str = "auto"
-    max_memory: int = DEFAULT_MAX_MEMORY
+    runtime: Runtime = Runtime()
     stream: bool = False
     dry_run: bool = False
-    progress: bool = True
     workdir: Path | None = None  # where dry runs leave their card
-    log: Callable[[str], None] | None = None  # what each merge does with rows and files
     check: str | None = None  # --check auto|on|off; None: each target's own (watchlist `check`)
-
-
-def merge_options(plan: TargetPlan, options: RunOptions) -> MergeOptions:
-    target = plan.target
-    return MergeOptions(
-        alpha=target.alpha,
-        dtype=target.dtype,
-        vocab_policy=target.vocab_policy,
-        shard_size=target.shard_size,
-        device=options.device,
-        max_memory=options.max_memory,
-        progress=options.progress,
-    )
 
 
 def commit_message(plan: TargetPlan) -> str:
@@ -93,48 +81,46 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
         sources: dict[str, Source] = {
             role: HubSource(hub, files) for role, files in plan.checkpoints.items()
         }
-        merge_opts = merge_options(plan, options)
-        merge_plan = preflight(sources, merge_opts)
-        if options.log is not None:
-            for note in plan_notes(merge_plan):
-                options.log(f"{plan.target.name}: {note}")
+        merge_plan = preflight(sources, plan.target.recipe)
+        for note in plan_notes(merge_plan):
+            log.info(f"{plan.target.name}: {note}")
         # Decided before merging: with `check: on`, a check that cannot run fails now.
         mode = options.check or plan.target.check
-        skipped = pre_publish.decide(mode, model_bytes(merge_plan), options.device)
+        skipped = pre_publish.decide(mode, model_bytes(merge_plan), options.runtime.device)
         if options.dry_run:
             return result("dry-run", url=dry_run_card(hub, plan, sources, merge_plan, options))
-        published, check = publish_merge(
-            hub, plan, sources, merge_plan, merge_opts, options, skipped
-        )
-    except CheckError as e:
-        return result("check-failed", error=str(e), exit_code=e.exit_code, check=e.details)
-    except VocabularyError as e:  # the fix is the watchlist's, not a flag `run` does not take
-        fixed = e.with_fix(VOCAB_FIX)
-        return result("failed", error=str(fixed), exit_code=fixed.exit_code)
+        if not options.stream:
+            sources = download_inputs(merge_plan, sources)
+        published, check = publish_merge(hub, plan, merge_plan, sources, options, skipped)
     except Exception as e:  # whatever it is, it is this target's failure, not the run's
-        if DEBUG:
-            traceback.print_exc()
-        error = as_error(e)
-        return result("failed", error=str(error), exit_code=error.exit_code)
+        return failure(plan.target.name, plan, e, time.perf_counter() - started)
     if published.in_review:
         return result("in-review", url=published.url, check=check.to_dict())
     status: Status = "pr-opened" if published.pr_url else "published"
     return result(status, url=published.url, check=check.to_dict())
 
 
-def not_run(
-    name: str, plan: TargetPlan | None, error: ParamDeltaError | Interrupted
+def failure(
+    name: str, plan: TargetPlan | None, e: Exception | KeyboardInterrupt, seconds: float = 0.0
 ) -> TargetResult:
-    """The result of a target that ``error`` kept from running or from finishing."""
+    """The result of a target that ``e`` kept from running or from finishing: the one
+    place where an exception becomes a target's status, message and exit code."""
+    status: Status = "failed"
+    details = None
+    if isinstance(e, CheckError):
+        status, details = "check-failed", e.details
+    if isinstance(e, VocabularyError):  # the fix is the watchlist's, not a flag `run` takes
+        e = e.with_fix(VOCAB_FIX)
+    error = interruption(e) if isinstance(e, KeyboardInterrupt) else as_error(e)
+    if DEBUG and isinstance(error, UnexpectedError):
+        traceback.print_exception(e)
     if plan is None:  # the watchlist or the plan itself failed
         return TargetResult(
-            target=name,
-            status="failed",
-            error=str(error),
-            exit_code=error.exit_code,
-            duration_s=0.0,
+            target=name, status=status, error=str(error), exit_code=error.exit_code, duration_s=0.0
         )
-    return plan.result("failed", error=str(error), exit_code=error.exit_code)
+    return plan.result(
+        status, seconds=seconds, error=str(error), exit_code=error.exit_code, check=details
+    )
 
 
 def dry_run_card(
@@ -163,9 +149,8 @@ def dry_run_card(
 def publish_merge(
     hub: Hub,
     plan: TargetPlan,
-    sources: dict[str, Source],
     merge_plan: MergePlan,
-    merge_opts: MergeOptions,
+    sources: dict[str, Source],
     options: RunOptions,
     skipped: str | None = None,
 ) -> tuple[PublishResult, CheckReport]:
@@ -175,8 +160,27 @@ def publish_merge(
     merged files kept on disk until the commit; a failure raises CheckError and
     nothing is committed).
     """
+    publisher = output_publisher(hub, plan)
+    with scratch_dir() as scratch, publisher:
+        with stage(merge_plan, sources, scratch / "merged", options.runtime) as staged:
+            upload_while_writing(staged, publisher, keep=skipped is None)
+            report = check_staged(staged, plan, options, skipped)
+            staged.add_files(
+                result_files(
+                    staged.result(), card_settings(plan), publisher=publisher, check=report
+                )
+            )
+            merged = staged.finish()
+        published = already_proposed(hub, plan, publisher) or publisher.commit(merged.out_dir)
+    if published.pr_number is not None:
+        close_superseded(hub, publisher.repo_id, plan.target.name, published)
+    return published, report
+
+
+def output_publisher(hub: Hub, plan: TargetPlan) -> Publisher:
+    """One commit (or pull request) to the target's output repo, on the head it planned on."""
     assert plan.output_repo is not None
-    publisher = Publisher(
+    return Publisher(
         hub,
         plan.output_repo,
         message=commit_message(plan),
@@ -186,42 +190,28 @@ def publish_merge(
         parent=plan.output_head or NEW_REPO,  # what the plan saw, not what is there hours later
     )
 
-    checks: list[CheckReport] = []
 
-    def check_merge(merged: MergeResult) -> CheckReport:
-        """The pre-publish check of the staged output (or why it does not run)."""
-        if skipped is None:
-            check = pre_publish.run_check(
-                merged.out_dir,
-                {role: merged.sources[role] for role in REFERENCES},
-                device=options.device,
-                perplexity_factor=plan.target.perplexity_factor,
-            )
-            if check.failed:
-                raise check.error()
-        else:
-            check = CheckReport.not_checked(skipped)
-        checks.append(check)
-        return check
-
-    def already_proposed() -> PublishResult | None:
-        """Right before opening a pull request: is the same merge in one of ours by now?"""
-        if not publisher.create_pr or (proposal := proposal_for(hub, plan)) is None:
-            return None
-        url = proposal.url(hub, publisher.repo_id)
-        return PublishResult(publisher.repo_id, "main", [], pr_url=url, in_review=True)
-
-    _, published = merge_and_publish(
-        publisher,
-        sources,
-        merge_opts,
-        plan=merge_plan,
-        settings=card_settings(plan),
-        prepare=None if options.stream else download_inputs,
-        already_published=already_proposed,
-        check=check_merge,
-        keep_shards=skipped is None,
+def check_staged(
+    staged: Staged, plan: TargetPlan, options: RunOptions, skipped: str | None
+) -> CheckReport:
+    """The pre-publish check of the staged output, or why it does not run; raises CheckError
+    when it fails (leaving the stage removes the output: nothing is committed)."""
+    if skipped is not None:
+        return CheckReport.not_checked(skipped)
+    report = pre_publish.run_check(
+        staged.directory,
+        {role: staged.sources[role] for role in REFERENCES},
+        device=options.runtime.device,
+        perplexity_factor=plan.target.perplexity_factor,
     )
-    if published.pr_number is not None:
-        close_superseded(hub, publisher.repo_id, plan.target.name, published)
-    return published, checks[0]  # the merge ran the check (or said why not)
+    if report.failed:
+        raise report.error()
+    return report
+
+
+def already_proposed(hub: Hub, plan: TargetPlan, publisher: Publisher) -> PublishResult | None:
+    """Right before opening a pull request: is the same merge in one of ours by now?"""
+    if not publisher.create_pr or (proposal := proposal_for(hub, plan)) is None:
+        return None
+    url = proposal.url(hub, publisher.repo_id)
+    return PublishResult(publisher.repo_id, "main", [], pr_url=url, in_review=True)

@@ -25,7 +25,7 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import relevance
 
-from paramdelta.engine.options import DEFAULT_SHARD_SIZE, parse_size
+from paramdelta.engine.recipe import Recipe, parse_size
 from paramdelta.errors import UsageError
 from paramdelta.pipeline.check_rules import DEFAULT_PERPLEXITY_FACTOR
 from paramdelta.repo_ids import parse_spec
@@ -40,10 +40,7 @@ OUTPUT_FIELDS = (
     "base_name",
 )
 DEFAULT_OPTIONS: dict[str, Any] = {
-    "dtype": "auto",
-    "alpha": 1.0,
-    "vocab_policy": "error",
-    "shard_size": "5GB",
+    **Recipe()._asdict(),  # a target's recipe: the fields of `Recipe`, its defaults
     "private": False,
     "publish": "commit",
     "card_template": None,
@@ -110,10 +107,7 @@ class Target:
     post: RepoRef
     new_base: RepoRef | Family
     output: str  # may hold {placeholders}, see OUTPUT_FIELDS
-    dtype: str = "auto"
-    alpha: float = 1.0
-    vocab_policy: str = "error"
-    shard_size: int = DEFAULT_SHARD_SIZE
+    recipe: Recipe = Recipe()
     private: bool = False
     publish: str = "commit"
     card_template: Path | None = None
@@ -125,10 +119,6 @@ class Target:
     def output_repo(self, new_base_repo: str) -> str:
         """The output repo id for a resolved new base."""
         return self.output.format(**_name_fields(self.base.repo, self.post.repo, new_base_repo))
-
-    def recipe(self) -> dict[str, Any]:
-        """What, besides the three commits, decides the merged bytes (see lineage)."""
-        return {"alpha": self.alpha, "dtype": self.dtype, "vocab_policy": self.vocab_policy}
 
 
 @dataclass
@@ -505,7 +495,9 @@ def _perplexity_factor(value: float) -> float:
     return float(value)
 
 
-def _shard_size(value: str) -> int:
+def _shard_size(value: str | int) -> int:
+    if isinstance(value, int):  # the default, already a number of bytes
+        return value
     try:
         return parse_size(value, "shard_size")
     except UsageError as e:
@@ -519,6 +511,7 @@ def _target(raw: dict[str, Any], options: dict[str, Any]) -> Target:
         post=_ref(raw["post"]),
         new_base=_new_base(raw["new_base"]),
         output=raw["output"],
+        recipe=Recipe(**{key: options.pop(key) for key in Recipe._fields}),
         **options,
     )
 

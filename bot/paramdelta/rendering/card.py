@@ -31,6 +31,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from paramdelta import PROJECT_URL
 from paramdelta.engine.merge_plan import ROLE_TITLES, ROLES, Vocabulary
+from paramdelta.engine.recipe import Recipe
 from paramdelta.errors import UsageError
 from paramdelta.rendering import chart, markdown
 from paramdelta.rendering.check_report import STEP_TITLES
@@ -134,13 +135,14 @@ def reproduce_command(record: Mapping[str, Any], output: str) -> str:
     parts = ["paramdelta merge"]
     for role in ROLES:
         parts.append(f"--{role.replace('_', '-')} {shlex.quote(_spec(by_role[role]))}")
-    if recipe["alpha"] != 1.0:
-        parts.append(f"--alpha {recipe['alpha']}")
-    requested = recipe.get("requested_dtype", recipe["dtype"])
-    if requested != "auto":
-        parts.append(f"--dtype {requested}")
-    if recipe["vocab_policy"] != "error":
-        parts.append(f"--vocab-policy {recipe['vocab_policy']}")
+    given = {
+        "alpha": recipe["alpha"],
+        "dtype": recipe.get("requested_dtype", recipe["dtype"]),
+        "vocab_policy": recipe["vocab_policy"],
+    }
+    for key, default in Recipe().merged_fields().items():  # the options not at their default
+        if given[key] != default:
+            parts.append(f"--{key.replace('_', '-')} {given[key]}")
     parts.append(f"--output {output.partition('/')[2] or output}")
     return " \\\n  ".join(parts)
 

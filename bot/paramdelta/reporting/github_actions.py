@@ -17,6 +17,7 @@ from paramdelta.tokens import redact
 
 OUTPUT_FILE = "GITHUB_OUTPUT"
 SUMMARY_FILE = "GITHUB_STEP_SUMMARY"
+DEFAULT_API_URL = "https://api.github.com"
 
 
 def require_runner_files() -> None:
@@ -42,10 +43,20 @@ def append_summary(markdown: str) -> None:
     _append(SUMMARY_FILE, markdown if markdown.endswith("\n") else markdown + "\n")
 
 
+def repository() -> str | None:
+    """The repository the workflow runs in (``owner/name``), or None outside Actions."""
+    return os.environ.get("GITHUB_REPOSITORY") or None
+
+
+def api_url() -> str:
+    """The GitHub REST API this runner talks to (GitHub Enterprise has its own)."""
+    return os.environ.get("GITHUB_API_URL") or DEFAULT_API_URL
+
+
 def run_url() -> str | None:
     """Link to this workflow run (this attempt, when it is a rerun), or None outside Actions."""
     server = os.environ.get("GITHUB_SERVER_URL")
-    repo = os.environ.get("GITHUB_REPOSITORY")
+    repo = repository()
     run_id = os.environ.get("GITHUB_RUN_ID")
     if not (server and repo and run_id):
         return None

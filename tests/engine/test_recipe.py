@@ -1,6 +1,6 @@
 import pytest
 
-from paramdelta.engine.options import parse_size
+from paramdelta.engine.recipe import parse_size
 from paramdelta.errors import UsageError
 
 

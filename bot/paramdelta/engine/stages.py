@@ -1,0 +1,184 @@
+"""A merge in stages that the caller drives in straight-line code.
+
+    plan = preflight(sources, recipe)             # headers only: every check, no weight byte
+    with stage(plan, sources, out_dir, runtime) as staged:
+        for shard in staged.write():              # each shard as soon as its file is complete
+            publisher.upload_shard(shard)         #   (e.g. uploaded while the next is written)
+        report = check(staged.directory)          # the complete output, not yet in place
+        staged.add_files(card_and_record(...))    # files made from the result
+        result = staged.finish()                  # renamed into place, atomically
+
+Each stage is one function or method, testable alone. Leaving the ``with``
+block early (an error, Ctrl-C, a failed check) stops the workers and removes
+everything staged: an output that looks finished exists only after `finish`.
+The engine knows nothing of the Hub beyond the `Source` objects it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from paramdelta.engine.checkpoint import Checkpoint, Source, open_checkpoint
+from paramdelta.engine.files import RESULT_FILES
+from paramdelta.engine.merge_plan import CONFIG, ROLES, MergePlan, plan_merge
+from paramdelta.engine.recipe import Recipe, Runtime
+from paramdelta.engine.safetensors_format import INDEX
+from paramdelta.engine.workers import Execution, MergeStats
+from paramdelta.engine.writer import (
+    OutputWriter,
+    ShardPlan,
+    WrittenShard,
+    check_not_an_input,
+    check_output_dir,
+    plan_shards,
+)
+
+
+@dataclass
+class MergeResult:
+    out_dir: Path
+    plan: MergePlan
+    shards: list[ShardPlan]
+    stats: MergeStats
+    files: dict[str, str]  # every output file -> where it came from ("merge", a role, "result")
+    sources: dict[str, Source]  # what was read
+
+
+def open_checkpoints(sources: Mapping[str, Source]) -> dict[str, Checkpoint]:
+    """Open and validate the base, post and new base checkpoints (headers only)."""
+    return {role: open_checkpoint(sources[role], role) for role in ROLES}
+
+
+def preflight(sources: Mapping[str, Source], recipe: Recipe) -> MergePlan:
+    """Everything that can fail before a weight byte is read: validation and compatibility."""
+    opened = open_checkpoints(sources)
+    return plan_merge(opened["base"], opened["post"], opened["new_base"], recipe)
+
+
+def stage(
+    plan: MergePlan,
+    sources: dict[str, Source],
+    out_dir: str | Path,
+    runtime: Runtime = Runtime(),
+    *,
+    overwrite: bool = False,
+) -> Staged:
+    """A merge of ``plan`` into ``out_dir``, staged in a hidden directory beside it."""
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir, overwrite)
+    check_not_an_input(out_dir, (d for s in sources.values() if (d := s.directory) is not None))
+    shards = plan_shards(plan.items, plan.recipe.shard_size)
+    return Staged(plan, sources, OutputWriter(out_dir, shards, overwrite=overwrite), runtime)
+
+
+class Staged:
+    """A merge being written into its staging directory; use it as a context manager.
+
+    Leaving the context without `finish` (an error, Ctrl-C, a failed check, or no call
+    at all) removes the staging directory: only a finished merge leaves an output.
+    """
+
+    def __init__(
+        self, plan: MergePlan, sources: dict[str, Source], writer: OutputWriter, runtime: Runtime
+    ) -> None:
+        self.plan, self.sources, self.runtime = plan, sources, runtime
+        self.writer = writer
+        self.shards = writer.shards
+        self.files: dict[str, str] = {}
+        self.stats: MergeStats | None = None
+        self._finished = False
+
+    def __enter__(self) -> Staged:
+        self.writer.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._finished:  # failed, interrupted, or left unfinished: nothing stays
+            self.writer.abort()
+
+    @property
+    def directory(self) -> Path:
+        """The staging directory: the complete output once `write` is done, until `finish`."""
+        return self.writer.tmp_dir
+
+    def write(self) -> Iterator[WrittenShard]:
+        """Merge, yielding each shard as soon as its file is complete, one at a time: the
+        next shard is started only once the caller asks for it (disk holds ~two shards).
+        After the last one, the files from the inputs and the index are written too."""
+        execution = Execution(self.plan, self.sources, self.writer, self.runtime, hand_over=True)
+        for shard in execution.shards():
+            yield WrittenShard(self.writer.shard_path(shard), self.shards[shard])
+        self._finish_files(execution)
+
+    def write_all(self) -> None:
+        """Merge every shard at once (nothing waits for a caller), then the other files."""
+        execution = Execution(self.plan, self.sources, self.writer, self.runtime, hand_over=False)
+        for _ in execution.shards():
+            pass
+        self._finish_files(execution)
+
+    def _finish_files(self, execution: Execution) -> None:
+        assert execution.stats is not None
+        self.stats = execution.stats
+        files = {shard.filename: "merge" for shard in self.shards}
+        if len(self.shards) > 1:
+            files[INDEX] = "merge"
+        for path, role in self.plan.files.items():
+            source = self.sources[role]
+            if path == CONFIG:
+                self.writer.add_file(path, self.plan.config_bytes(source))
+            else:
+                self.writer.copy_file(path, source)
+            files[path] = role
+        # Complete but for the result's files: the pre-publish check may load it as a
+        # model, so a sharded one has its index.
+        self.writer.write_index()
+        self.files = files
+
+    def add_files(self, files: Mapping[str, bytes]) -> None:
+        """Files made from the result (card, lineage record, chart), written beside it."""
+        for path, data in files.items():
+            self.writer.add_file(path, data)
+            self.files[path] = RESULT_FILES
+
+    def result(self) -> MergeResult:
+        """What the merge did, its output still staged (``out_dir`` the staging directory)."""
+        assert self.stats is not None, "write the merge first"
+        return MergeResult(
+            self.directory,
+            self.plan,
+            self.shards,
+            self.stats,
+            dict(sorted(self.files.items())),
+            self.sources,
+        )
+
+    def finish(self) -> MergeResult:
+        """Move the finished output into place (atomically); what the merge did."""
+        result = self.result()
+        result.out_dir = self.writer.commit()
+        self._finished = True
+        return result
+
+
+def merge_to_dir(
+    sources: dict[str, Source],
+    out_dir: str | Path,
+    recipe: Recipe = Recipe(),
+    runtime: Runtime = Runtime(),
+    *,
+    overwrite: bool = False,
+) -> MergeResult:
+    """The weights alone, merged into ``out_dir``: every stage in a row, nothing added."""
+    plan = preflight(sources, recipe)
+    with stage(plan, sources, out_dir, runtime, overwrite=overwrite) as staged:
+        staged.write_all()
+        return staged.finish()

@@ -1,0 +1,105 @@
+"""The kernel on one chunk: the formula bit for bit, for one delta or several, and its moments."""
+
+import math
+
+import pytest
+import torch
+
+from paramdelta.engine.dtypes import DTYPES
+from paramdelta.engine.kernel import (
+    TORCH_DTYPES,
+    check_copy,
+    merge_into,
+    scratch_buffers,
+)
+
+
+def _operands(n, dtype, count=10_000, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(count, generator=generator).to(dtype) for _ in range(n)]
+
+
+def _reference(new, deltas, dtype):
+    """The formula as the issue states it: float32, left to right, rounded once."""
+    acc = new.float()
+    for post, base, weight in deltas:
+        acc = acc + weight * (post.float() - base.float())
+    return acc.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("block", [1 << 20, 1000])  # one block, and several with a partial last
+def test_one_delta_of_weight_one_is_paramdelta_bit_for_bit(dtype, block):
+    post, base, new = _operands(3, dtype)
+    out = torch.empty_like(new)
+    merge_into(out, new, [(post, base, 1.0)], scratch_buffers(block, torch.device("cpu")))
+    assert torch.equal(out, (post.float() - base.float() + new.float()).to(dtype))
+
+
+@pytest.mark.parametrize("block", [1 << 20, 999])
+def test_several_weighted_deltas_accumulate_in_order_and_round_once(block):
+    post1, base1, post2, base2, post3, base3, new = _operands(7, torch.bfloat16, seed=1)
+    deltas = [(post1, base1, 0.7), (post2, base2, -0.3), (post3, base3, 1.0)]
+    out = torch.empty_like(new)
+    merge_into(out, new, deltas, scratch_buffers(block, torch.device("cpu")))
+    assert torch.equal(out, _reference(new, deltas, torch.bfloat16))
+    # Rounded once: rounding after each delta gives other bits somewhere.
+    stepwise = new
+    for post, base, weight in deltas:
+        stepwise = _reference(stepwise, [(post, base, weight)], torch.bfloat16)
+    assert not torch.equal(out, stepwise)
+
+
+def test_the_moments_describe_the_first_delta_unscaled():
+    post, base, new, post2, base2 = _operands(5, torch.float32, count=4096, seed=2)
+    out = torch.empty_like(new)
+    moments = merge_into(
+        out,
+        new,
+        [(post, base, 0.5), (post2, base2, 2.0)],
+        scratch_buffers(1000, torch.device("cpu")),
+    )
+    delta, update = (post - base).double(), (new - base).double()
+    assert moments.elements == 4096
+    assert math.isclose(moments.post_sq, float(delta @ delta), rel_tol=1e-5)
+    assert math.isclose(moments.update_sq, float(update @ update), rel_tol=1e-5)
+    assert math.isclose(moments.cross, float(delta @ update), rel_tol=1e-4, abs_tol=1e-3)
+    assert moments.nonfinite is None
+
+
+def test_a_nan_in_a_later_delta_is_counted_and_named_as_post():
+    post, base, new, post2, base2 = _operands(5, torch.bfloat16, count=3000, seed=3)
+    post2[17] = float("nan")
+    out = torch.empty_like(new)
+    moments = merge_into(
+        out,
+        new,
+        [(post, base, 1.0), (post2, base2, 1.0)],
+        scratch_buffers(1000, torch.device("cpu")),
+    )
+    assert moments.nonfinite is not None
+    assert moments.nonfinite.nan == [1, 0, 0, 1]  # post, base, new_base, output
+    assert torch.isnan(out[17]) and int(torch.isnan(out).sum()) == 1
+
+
+def test_an_overflow_of_the_output_dtype_is_counted():
+    new = torch.full((100,), 60000.0, dtype=torch.float16)
+    post, base = torch.full_like(new, 10000.0), torch.zeros_like(new)
+    out = torch.empty_like(new)
+    moments = merge_into(out, new, [(post, base, 1.0)], scratch_buffers(64, torch.device("cpu")))
+    assert moments.nonfinite is not None and moments.nonfinite.inf == [0, 0, 0, 100]
+
+
+def test_a_copy_with_an_inf_is_reported_and_a_finite_one_is_not():
+    values = torch.ones(10, dtype=torch.bfloat16)
+    assert check_copy(values) is None
+    values[3] = float("inf")
+    counted = check_copy(values)
+    assert counted is not None and (counted.nan, counted.inf) == ([0, 0, 0, 0], [0, 0, 0, 1])
+
+
+def test_every_dtype_of_the_table_is_the_torch_dtype_of_its_size():
+    for name, dtype in DTYPES.items():
+        if name in TORCH_DTYPES:
+            assert torch.empty(0, dtype=TORCH_DTYPES[name]).element_size() == dtype.itemsize
+    assert {"BF16", "F16", "F32", "F64", "I64", "BOOL"} <= set(TORCH_DTYPES)

@@ -1,0 +1,169 @@
+"""The staged merge, one stage at a time (preflight, stage, write, add files, finish),
+and all of them in a row (`merge_to_dir`)."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from merging import merge
+from paramdelta.engine.checkpoint import LocalSource, open_checkpoint
+from paramdelta.engine.merge_plan import Operand, WeightedDelta
+from paramdelta.engine.recipe import Recipe, Runtime
+from paramdelta.engine.stages import preflight, stage
+from paramdelta.errors import CheckpointError
+from paramdelta.testing.checkpoints import llama_config, load_tensors, make_trio, reference_merge
+
+QUIET = Runtime(progress=False)
+
+
+@pytest.fixture
+def trio(tmp_path):
+    return make_trio(tmp_path / "in", max_shard_size=60_000)
+
+
+def _sources(trio):
+    return {role: LocalSource(path) for role, path in trio.items()}
+
+
+def _hidden(parent):
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_write_hands_over_one_shard_at_a_time(tmp_path, trio):
+    sources = _sources(trio)
+    plan = preflight(sources, Recipe(shard_size=60_000))
+    seen = []
+    with stage(plan, sources, tmp_path / "out", QUIET) as staged:
+        for shard in staged.write():
+            number = [s.filename for s in staged.shards].index(shard.plan.filename)
+            on_disk = sorted(p.name for p in staged.directory.glob("*.safetensors*"))
+            # This shard is complete and named; the next is not started until asked for.
+            assert on_disk == [s.filename for s in staged.shards[: number + 1]]
+            assert shard.path.stat().st_size == shard.plan.size
+            seen.append(shard.plan.filename)
+        assert seen == [s.filename for s in staged.shards] and len(seen) >= 3
+        # Written, not yet in place: the staging directory holds the whole output.
+        assert not (tmp_path / "out").exists()
+        assert {"config.json", "model.safetensors.index.json"} <= {
+            p.name for p in staged.directory.iterdir()
+        }
+        staged.add_files({"README.md": b"card\n"})
+        result = staged.finish()
+    assert result.out_dir == (tmp_path / "out").absolute()
+    assert result.files["README.md"] == "result" and result.files["config.json"] == "new_base"
+    assert (result.out_dir / "README.md").read_bytes() == b"card\n"
+    assert _hidden(tmp_path) == []  # the staging directory became the output
+
+
+def test_leaving_the_stage_early_leaves_nothing(tmp_path, trio):
+    sources = _sources(trio)
+    plan = preflight(sources, Recipe(shard_size=60_000))
+    with (
+        pytest.raises(CheckpointError, match="the check said no"),
+        stage(plan, sources, tmp_path / "out", QUIET) as staged,
+    ):
+        for _ in staged.write():
+            raise CheckpointError("the check said no")  # after the first shard
+    assert not (tmp_path / "out").exists()
+    assert _hidden(tmp_path) == []
+
+
+def test_a_merge_is_in_place_only_after_finish(tmp_path, trio):
+    sources = _sources(trio)
+    plan = preflight(sources, Recipe())
+    with stage(plan, sources, tmp_path / "out", QUIET) as staged:
+        staged.write_all()
+        assert staged.result().out_dir == staged.directory
+        assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists()  # never finished: removed on the way out
+    assert _hidden(tmp_path) == []
+
+
+def test_the_engine_sums_any_number_of_weighted_deltas(tmp_path, trio):
+    """new_base + 0.5 (post - base) - 0.25 (post2 - base2), through the workers."""
+    other = make_trio(tmp_path / "other", seed=7)
+    sources = _sources(trio) | {
+        "post2": LocalSource(other["post"]),
+        "base2": LocalSource(other["base"]),
+    }
+    refs = {role: open_checkpoint(sources[role], role).tensors for role in ("post2", "base2")}
+    plan = preflight(sources, Recipe(alpha=0.5))
+
+    def two_deltas(segment):
+        if segment.op != "merge":
+            return segment
+        name = segment.start.ref.entry.name
+        second = WeightedDelta(
+            Operand("post2", refs["post2"][name], segment.start.first),
+            Operand("base2", refs["base2"][name], segment.start.first),
+            -0.25,
+        )
+        return dataclasses.replace(segment, deltas=(*segment.deltas, second))
+
+    items = [
+        dataclasses.replace(item, segments=tuple(map(two_deltas, item.segments)))
+        for item in plan.items
+    ]
+    plan = dataclasses.replace(plan, items=items)
+    assert plan.operands == 5
+    with stage(plan, sources, tmp_path / "out", QUIET) as staged:
+        staged.write_all()
+        out = staged.finish().out_dir
+    inputs = {role: load_tensors(trio[role]) for role in trio} | {
+        "post2": load_tensors(other["post"]),
+        "base2": load_tensors(other["base"]),
+    }
+    merged = load_tensors(out)
+    for name, tensor in merged.items():
+        acc = inputs["new_base"][name].float()
+        acc = acc + 0.5 * (inputs["post"][name].float() - inputs["base"][name].float())
+        acc = acc + -0.25 * (inputs["post2"][name].float() - inputs["base2"][name].float())
+        assert torch.equal(tensor, acc.to(tensor.dtype)), name
+
+
+# -- every stage in a row ------------------------------------------------------------
+
+
+def _merge(trio, out, **options):
+    sources = {role: LocalSource(path) for role, path in trio.items()}
+    return merge(sources, out, **options)
+
+
+def test_output_files_and_their_donors(tmp_path):
+    trio = make_trio(tmp_path / "in")
+    result = _merge(trio, tmp_path / "out")
+    out = tmp_path / "out"
+    # Besides the files: the marker that lets --overwrite replace this output later.
+    assert sorted(p.name for p in out.iterdir()) == sorted([*result.files, ".paramdelta-output"])
+    assert json.loads((out / ".paramdelta-output").read_text())["tool"] == "paramdelta-bot"
+    assert result.files["model.safetensors"] == "merge"
+    assert (out / "config.json").read_bytes() == (trio["new_base"] / "config.json").read_bytes()
+    for name in ("tokenizer_config.json", "generation_config.json", "chat_template.jinja"):
+        assert (out / name).read_bytes() == (trio["post"] / name).read_bytes()
+    assert (out / "LICENSE").read_text() == "licence of the new_base model\n"
+
+
+@pytest.mark.slow  # transformers
+def test_transformers_loads_the_merged_model(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    config = llama_config(tie_word_embeddings=False)
+    trio = make_trio(tmp_path / "in", config=config, max_shard_size=50_000)
+    _merge(trio, tmp_path / "out", shard_size=60_000)
+    assert (tmp_path / "out" / "model.safetensors.index.json").exists()
+
+    model = LlamaForCausalLM.from_pretrained(tmp_path / "out")
+    expected = reference_merge(*(load_tensors(trio[r]) for r in ("base", "post", "new_base")))
+    loaded = model.state_dict()
+    assert set(expected) <= set(loaded)
+    for name, tensor in expected.items():
+        assert torch.equal(loaded[name], tensor), name
+
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.shape == (1, 5, config["vocab_size"])
+    assert torch.isfinite(logits).all()
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["torch_dtype"] == "bfloat16"
