@@ -68,6 +68,11 @@ def github_token() -> str | None:
     return register(os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN") or None)
 
 
+def oidc_resource() -> str | None:
+    """HF_OIDC_RESOURCE: the Hub resource a CI's OIDC id token is exchanged for, if any."""
+    return os.environ.get("HF_OIDC_RESOURCE") or None
+
+
 def hub_token(token_file: str | None = None) -> str | bool | None:
     """The Hub token: --token-file, else trusted publishing, else HF_TOKEN or the saved login.
 
@@ -79,7 +84,7 @@ def hub_token(token_file: str | None = None) -> str | bool | None:
     """
     if token_file:
         return read_token_file(token_file)
-    if os.environ.get("HF_OIDC_RESOURCE"):
+    if oidc_resource():
         return True
     from huggingface_hub import get_token  # reads HF_TOKEN, then the token file
 

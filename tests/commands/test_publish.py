@@ -157,6 +157,7 @@ def test_trusted_publishing_needs_no_stored_token(
     assert oidc_id_token not in captured.out + captured.err
 
 
+@pytest.mark.slow  # waits out real windows and lifetimes
 def test_a_publish_outliving_its_trusted_publishing_token_still_commits(
     merged, fake_hub, oidc_id_token, monkeypatch
 ):

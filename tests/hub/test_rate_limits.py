@@ -25,6 +25,7 @@ def repo(fake_hub):
     return "org/model"
 
 
+@pytest.mark.slow  # waits out real windows and lifetimes
 def test_requests_wait_for_the_window_instead_of_meeting_429s(
     fake_hub, hub_token, repo, caplog, monkeypatch
 ):

@@ -316,3 +316,18 @@ def test_validate_shows_the_warnings_of_a_valid_file(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == f"{path}: valid, 1 targets (1 enabled), 1 warning(s)\n"
     assert captured.err.startswith(f"{path}:6: warning: targets[0].output: Llama licence")
+
+
+def test_the_schema_offers_the_recipe_choices_the_engine_has():
+    import json
+    from importlib import resources
+
+    from paramdelta.engine.recipe import DTYPE_CHOICES, VOCAB_POLICIES
+
+    schema = json.loads(
+        resources.files("paramdelta").joinpath("schemas/watchlist.schema.json").read_text()
+    )
+    options = schema["$defs"]["options"]["properties"]
+    assert options["dtype"]["enum"] == list(DTYPE_CHOICES)
+    assert options["vocab_policy"]["enum"] == list(VOCAB_POLICIES)
+    assert set(Recipe._fields) <= set(options)  # every recipe field can be set per target

@@ -126,11 +126,6 @@ def test_no_paths_no_results(tmp_path):
     assert collect([tmp_path / "empty"], TARGETS) == ([], [])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="collect numbers the records of load_results(), which keeps one per target,"
-    " so an index after a repeated target is not the file's",
-)
 def test_an_ignored_record_is_named_by_its_index_in_the_file(tmp_path):
     file = _write(
         tmp_path / "paramdelta-result-good",

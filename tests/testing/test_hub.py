@@ -768,6 +768,7 @@ def test_oidc_exchange_issues_a_token_for_one_repo(fake_hub, hub_token, oidc_id_
         assert why in e.value.server_message
 
 
+@pytest.mark.slow  # waits out real windows and lifetimes
 def test_oidc_tokens_expire_after_their_lifetime(fake_hub, oidc_id_token, monkeypatch):
     fake_hub.create_repo(REPO)
     fake_hub.trust_publisher(REPO)

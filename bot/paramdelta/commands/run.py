@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from paramdelta.pipeline.plan import TargetPlan
     from paramdelta.reporting.results import TargetResult
 
-# A target with nothing to merge, in words: an up-to-date result says its plan's status.
+# A target with nothing to merge (the output is published, or proposed), in words: an
+# up-to-date result says its plan's status.
 IDLE = ("up-to-date", "in-review")
 IDLE_WORDS = {"up-to-date": "up to date", "in-review": "in review", "skipped": "skipped"}
 

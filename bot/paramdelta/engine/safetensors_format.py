@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from paramdelta.engine.dtypes import ITEMSIZE
 from paramdelta.errors import CheckpointError
 
 # Same cap as safetensors (tensor.rs: MAX_HEADER_SIZE).
@@ -27,26 +28,6 @@ PREFIX_BYTES = 8
 # tensor data stays aligned for zero-copy loaders.
 HEADER_ALIGNMENT = 8
 
-# Byte-sized dtypes, by their safetensors names.
-ITEMSIZE: dict[str, int] = {
-    "BOOL": 1,
-    "U8": 1,
-    "I8": 1,
-    "F8_E5M2": 1,
-    "F8_E4M3": 1,
-    "F8_E8M0": 1,
-    "I16": 2,
-    "U16": 2,
-    "F16": 2,
-    "BF16": 2,
-    "I32": 4,
-    "U32": 4,
-    "F32": 4,
-    "F64": 8,
-    "I64": 8,
-    "U64": 8,
-    "C64": 8,
-}
 
 # The file names of a checkpoint's weights, as transformers and the Hub use them.
 SINGLE_FILE = "model.safetensors"

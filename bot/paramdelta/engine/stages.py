@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from paramdelta.engine.checkpoint import Checkpoint, Source, open_checkpoint
 from paramdelta.engine.files import RESULT_FILES
@@ -95,12 +94,7 @@ class Staged:
         self.writer.__enter__()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if not self._finished:  # failed, interrupted, or left unfinished: nothing stays
             self.writer.abort()
 

@@ -91,7 +91,7 @@ from paramdelta.errors import (
 from paramdelta.hub import content_ids, xet
 from paramdelta.hub.hf_internals import default_client_factory
 from paramdelta.hub.rate_limits import Pacer
-from paramdelta.tokens import redact, register, shorten
+from paramdelta.tokens import oidc_resource, redact, register, shorten
 
 # The one retry policy, huggingface_hub's defaults spelled out: handed to http_backoff
 # for the GETs the bot builds, applied by Hub._retry to the HfApi calls it cannot wrap.
@@ -607,7 +607,7 @@ def _describe(e: Exception) -> str:
         return f"trusted publishing failed: {e}"
     if isinstance(e, HfHubHTTPError) and e.response is not None and _is_exchange(e.response):
         detail = shorten(" ".join((e.server_message or "").split()), 300)
-        resource = os.environ.get("HF_OIDC_RESOURCE", "")
+        resource = oidc_resource() or ""
         return (
             f"trusted publishing (HF_OIDC_RESOURCE={resource}): the Hub refused the token"
             f" exchange (HTTP {e.response.status_code}: {detail or 'no reason given'})"

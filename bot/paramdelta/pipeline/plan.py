@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from paramdelta.errors import HubError, ParamDeltaError
 from paramdelta.hub.client import Hub, RepoFiles
@@ -27,15 +27,17 @@ from paramdelta.pipeline.proposals import Proposal, own_proposals
 from paramdelta.pipeline.watchlist import Family, Target, Watchlist
 from paramdelta.reporting.results import Status, TargetResult
 
-PENDING = "pending"
-CURRENT = ("up-to-date", "in-review")  # nothing to merge: the output is (being) published
+# What a plan found: merge it, nothing to merge (published, or proposed in a pull request),
+# nothing to do by design (the new base is the base; the target is disabled), or an error.
+PlanStatus = Literal["pending", "up-to-date", "in-review", "skipped", "disabled", "error"]
+PENDING: PlanStatus = "pending"
 MAX_REVIEWED_PRS = 3  # newest pull requests whose record is checked
 
 
 @dataclass
 class TargetPlan:
     target: Target
-    status: str
+    status: PlanStatus
     reasons: list[str] = field(default_factory=list)
     checkpoints: dict[str, RepoFiles] = field(default_factory=dict)
     output_repo: str | None = None

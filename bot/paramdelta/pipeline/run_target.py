@@ -165,11 +165,9 @@ def publish_merge(
         with stage(merge_plan, sources, scratch / "merged", options.runtime) as staged:
             upload_while_writing(staged, publisher, keep=skipped is None)
             report = check_staged(staged, plan, options, skipped)
-            staged.add_files(
-                result_files(
-                    staged.result(), card_settings(plan), publisher=publisher, check=report
-                )
-            )
+            settings = card_settings(plan)
+            files = result_files(staged.result(), settings, publisher=publisher, check=report)
+            staged.add_files(files)
             merged = staged.finish()
         published = already_proposed(hub, plan, publisher) or publisher.commit(merged.out_dir)
     if published.pr_number is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from paramdelta.errors import MissingResultError
-from paramdelta.reporting.results import TargetResult, load_results, outranks
+from paramdelta.reporting.results import TargetResult, outranks, read_records
 
 ARTIFACT_PREFIX = "paramdelta-result-"
 PLAN_ARTIFACT = f"{ARTIFACT_PREFIX}plan"
@@ -42,7 +42,7 @@ def collect(paths: Iterable[str | os.PathLike[str]], targets: Collection[str]) -
         files = sorted(path.rglob("*.json")) if path.is_dir() else [path]
         for file in files:
             speaker = _artifact(file)
-            for index, result in enumerate(load_results([file])):
+            for index, result in enumerate(read_records([file])):  # numbered as in the file
                 why = _refused(result, speaker, targets)
                 if why:
                     ignored.append(f"{file}: results[{index}]: {why}; ignored")

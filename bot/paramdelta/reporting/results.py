@@ -91,7 +91,7 @@ def load_results(paths: Iterable[str | os.PathLike[str]]) -> list[TargetResult]:
     wins over what the plan said (`outranks`); otherwise the last file read wins.
     """
     by_target: dict[str, TargetResult] = {}
-    for result in _read_all(paths):
+    for result in read_records(paths):
         if outranks(result, by_target.get(result.target)):
             by_target[result.target] = result
     return list(by_target.values())
@@ -109,7 +109,8 @@ def outranks(result: TargetResult, kept: TargetResult | None) -> bool:
     return _PLAN_RANKS.get(result.status, 2) >= _PLAN_RANKS.get(kept.status, 2)
 
 
-def _read_all(paths: Iterable[str | os.PathLike[str]]) -> list[TargetResult]:
+def read_records(paths: Iterable[str | os.PathLike[str]]) -> list[TargetResult]:
+    """Every record of the files, in file order, none merged (`load_results` merges them)."""
     results: list[TargetResult] = []
     for path in map(Path, paths):
         if path.is_dir():

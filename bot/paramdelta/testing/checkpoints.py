@@ -16,8 +16,6 @@ import torch
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import save_file
 
-TORCH_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
-
 
 def llama_config(
     *,
@@ -47,7 +45,7 @@ def llama_config(
         "bos_token_id": 1,
         "eos_token_id": 2,
         "tie_word_embeddings": tie_word_embeddings,
-        "torch_dtype": TORCH_DTYPE_NAMES[dtype],
+        "torch_dtype": str(dtype).removeprefix("torch."),
     }
 
 
@@ -268,7 +266,7 @@ def make_trio(
     """Write base, post and new_base checkpoints under ``root``; returns role -> directory."""
     root = Path(root)
     config = dict(config or llama_config(dtype=dtype))
-    config["torch_dtype"] = TORCH_DTYPE_NAMES[dtype]
+    config["torch_dtype"] = str(dtype).removeprefix("torch.")
     base = random_state_dict(config, seed=seed, dtype=dtype)
     states = {
         "base": base,
