@@ -2,6 +2,7 @@
 and all of them in a row (`merge_to_dir`)."""
 
 import dataclasses
+import threading
 import json
 
 import pytest
@@ -68,6 +69,8 @@ def test_leaving_the_stage_early_leaves_nothing(tmp_path, trio):
             raise CheckpointError("the check said no")  # after the first shard
     assert not (tmp_path / "out").exists()
     assert _hidden(tmp_path) == []
+    # The workers waiting for the next shard to be asked for were stopped, not left behind.
+    assert not [t for t in threading.enumerate() if t.name.startswith("paramdelta-merge")]
 
 
 def test_a_merge_is_in_place_only_after_finish(tmp_path, trio):

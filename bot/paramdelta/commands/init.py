@@ -8,7 +8,7 @@ Hub credentials, the GPU runner, pinning the action.
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,8 @@ RUNNER = ("self-hosted", "linux", "gpu")
 if TYPE_CHECKING:
     from paramdelta.hub.client import Hub
     from paramdelta.onboarding.scaffold import Plan
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +97,7 @@ def check_on_hub(plan: Plan, token_file: str | None) -> bool | None:
     checkpoints = resolve(hub, plan.target)
     output = plan.target.output_repo(checkpoints["new_base"].repo_id)
     for role, repo in checkpoints.items():
-        print(f"  {role.replace('_', ' '):<9} {repo.repo_id}@{repo.sha[:12]}", file=sys.stderr)
+        log.info(f"  {role.replace('_', ' '):<9} {repo.repo_id}@{repo.sha[:12]}")
     return _exists(hub, output)
 
 

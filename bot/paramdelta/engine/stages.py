@@ -16,7 +16,7 @@ The engine knows nothing of the Hub beyond the `Source` objects it is given.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,12 +89,15 @@ class Staged:
         self.files: dict[str, str] = {}
         self.stats: MergeStats | None = None
         self._finished = False
+        self._writing: Generator[WrittenShard, None, None] | None = None
 
     def __enter__(self) -> Staged:
         self.writer.__enter__()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if self._writing is not None:  # a caller that stopped taking shards: stop the workers
+            self._writing.close()
         if not self._finished:  # failed, interrupted, or left unfinished: nothing stays
             self.writer.abort()
 
@@ -107,16 +110,20 @@ class Staged:
         """Merge, yielding each shard as soon as its file is complete, one at a time: the
         next shard is started only once the caller asks for it (disk holds ~two shards).
         After the last one, the files from the inputs and the index are written too."""
-        execution = Execution(self.plan, self.sources, self.writer, self.runtime, hand_over=True)
-        for shard in execution.shards():
-            yield WrittenShard(self.writer.shard_path(shard), self.shards[shard])
-        self._finish_files(execution)
+        self._writing = self._write(hand_over=True)
+        return self._writing
 
     def write_all(self) -> None:
         """Merge every shard at once (nothing waits for a caller), then the other files."""
-        execution = Execution(self.plan, self.sources, self.writer, self.runtime, hand_over=False)
-        for _ in execution.shards():
+        for _ in self._write(hand_over=False):
             pass
+
+    def _write(self, *, hand_over: bool) -> Generator[WrittenShard, None, None]:
+        execution = Execution(
+            self.plan, self.sources, self.writer, self.runtime, hand_over=hand_over
+        )
+        for shard in execution.shards():
+            yield WrittenShard(self.writer.shard_path(shard), self.shards[shard])
         self._finish_files(execution)
 
     def _finish_files(self, execution: Execution) -> None:

@@ -20,14 +20,7 @@ import re
 import threading
 from typing import Any
 
-from paramdelta.hub.hf_internals import (
-    XetFileData,
-    XetTokenType,
-    get_xet_session,
-    refresh_xet_connection_info,
-    xet_connection_info_refresh_url,
-    xet_headers_without_auth,
-)
+from paramdelta.hub import hf_internals as hf
 
 # The prefixes of xet-core's XetError messages (xet_pkg/src/error.rs).
 _TRANSIENT = re.compile(r"^(Network error|Rate limited|Server error|Timeout): ")
@@ -91,8 +84,8 @@ class XetReader:
     def __init__(
         self, endpoint: str, repo_id: str, sha: str, headers: Any, xet_hashes: dict[str, str]
     ) -> None:
-        self.refresh_route = xet_connection_info_refresh_url(
-            token_type=XetTokenType.READ,
+        self.refresh_route = hf.xet_connection_info_refresh_url(
+            token_type=hf.XetTokenType.READ,
             repo_id=repo_id,
             repo_type="model",
             revision=sha,
@@ -121,15 +114,15 @@ class XetReader:
 
     def _stream_group(self) -> Any:
         headers = self.headers()
-        data = XetFileData(file_hash="", refresh_route=self.refresh_route)
-        info = refresh_xet_connection_info(file_data=data, headers=headers)
+        data = hf.XetFileData(file_hash="", refresh_route=self.refresh_route)
+        info = hf.refresh_xet_connection_info(file_data=data, headers=headers)
         with self._lock:
             if self._group is None or info.access_token != self._token:
-                self._group = get_xet_session().new_download_stream_group(
+                self._group = hf.get_xet_session().new_download_stream_group(
                     endpoint=info.endpoint,
                     token=info.access_token,
                     token_expiry_unix_secs=info.expiration_unix_epoch,
-                    custom_headers=xet_headers_without_auth(headers),
+                    custom_headers=hf.xet_headers_without_auth(headers),
                 )
                 self._token = info.access_token
             return self._group
