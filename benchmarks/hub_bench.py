@@ -67,9 +67,12 @@ def disk_usage(paths: list[Path]) -> int:
     total = 0
     roots = [str(p) for p in paths]
     for root in paths:
-        for file in root.rglob("*"):
-            with contextlib.suppress(FileNotFoundError):  # renamed or deleted while we looked
-                total += file.lstat().st_blocks * 512
+        # os.walk skips a folder removed while it looks (rglob raised: the sampler died, and
+        # a run's disk read 0); a file renamed or deleted meanwhile is skipped too.
+        for folder, _, names in os.walk(root):
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    total += (Path(folder) / name).lstat().st_blocks * 512
     for fd in Path("/proc").glob("[0-9]*/fd/*"):
         with contextlib.suppress(OSError):
             target = str(fd.readlink())

@@ -5,9 +5,7 @@ import math
 import pytest
 import torch
 
-from paramdelta.engine.dtypes import DTYPES
 from paramdelta.engine.kernel import (
-    TORCH_DTYPES,
     check_copy,
     merge_into,
     scratch_buffers,
@@ -96,10 +94,3 @@ def test_a_copy_with_an_inf_is_reported_and_a_finite_one_is_not():
     values[3] = float("inf")
     counted = check_copy(values)
     assert counted is not None and (counted.nan, counted.inf) == ([0, 0, 0, 0], [0, 0, 0, 1])
-
-
-def test_every_dtype_of_the_table_is_the_torch_dtype_of_its_size():
-    for name, dtype in DTYPES.items():
-        if name in TORCH_DTYPES:
-            assert torch.empty(0, dtype=TORCH_DTYPES[name]).element_size() == dtype.itemsize
-    assert {"BF16", "F16", "F32", "F64", "I64", "BOOL"} <= set(TORCH_DTYPES)

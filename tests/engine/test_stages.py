@@ -2,8 +2,8 @@
 and all of them in a row (`merge_to_dir`)."""
 
 import dataclasses
-import threading
 import json
+import threading
 
 import pytest
 import torch
