@@ -31,13 +31,14 @@ def _cached(repo: str, sha: str, path: str) -> Path:
     return Path(constants.HF_HUB_CACHE) / folder / "snapshots" / sha / path
 
 
-def _stamps(but: Path) -> dict[Path, tuple[int, int]]:
-    """Inode and mtime of every file in the cache (what a download changes), but ``but`` and
-    its companions (huggingface_hub's ``.refs`` manifest of a shared blob)."""
+def _stamps(*but: Path) -> dict[Path, tuple[int, int]]:
+    """Inode and mtime of every file in the cache (what a download changes), but the blobs
+    ``but`` and their companions (huggingface_hub's ``.lock`` and ``.refs`` of a blob)."""
     cache = Path(constants.HF_HUB_CACHE)
     files = [p for p in cache.rglob("*") if p.is_file() and not p.is_symlink()]
+    names = tuple(b.name for b in but)
     return {
-        p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in files if not p.name.startswith(but.name)
+        p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in files if not p.name.startswith(names)
     }
 
 
@@ -73,10 +74,14 @@ def test_a_weight_blob_with_flipped_bits_is_fetched_again(hub_trio, fake_hub, tm
         f"paramdelta: warning: org/base@{hub_trio.shas['base'][:7]}/{shard} in the cache:"
         " its sha256 is not the Hub's; fetching it again\n"
     ) in err
-    # Fetched again (into huggingface_hub's shared store of Xet blobs, where the bad one
-    # was), and nothing else was.
-    assert blob.read_bytes() == (hub_trio.local["base"] / shard).read_bytes()
-    assert _stamps(blob) == others
+    # Fetched again, and nothing else was. Where the fresh copy goes is huggingface_hub's
+    # choice: back where the bad one was (its shared store of Xet blobs, or the repo's own
+    # blobs), or into the shared store when the bad one was the repo's.
+    fresh = _cached("org/base", hub_trio.shas["base"], shard).resolve()
+    assert fresh.read_bytes() == (hub_trio.local["base"] / shard).read_bytes()
+    assert _stamps(blob, fresh) == {
+        p: s for p, s in others.items() if not p.name.startswith(fresh.name)
+    }
     assert blob_downloads(fake_hub) == []
     _assert_published_the_genuine_merge(fake_hub, hub_trio, tmp_path)
 
