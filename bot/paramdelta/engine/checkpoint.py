@@ -56,11 +56,6 @@ class Provenance(NamedTuple):
     card_data: Mapping[str, Any] = {}
     path: Path | None = None
 
-    @property
-    def pin(self) -> str | None:
-        """``repo@sha``: the spec that names exactly this checkpoint again; None if local."""
-        return f"{self.repo}@{self.sha}" if self.repo and self.sha else None
-
 
 class Source(Protocol):
     """Read access to the files of one checkpoint, at one fixed revision."""

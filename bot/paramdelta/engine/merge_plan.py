@@ -407,7 +407,7 @@ def _plan_tensor(
     out_dtype = forced or new.dtype
 
     if base.shape == post.shape == new.shape:
-        merged = _merge_segment(refs, recipe.alpha, 0, new.entry.numel)
+        merged = _merge_segment(refs, recipe.alpha, new.entry.numel)
         return MergeItem(name, out_dtype, new.shape, (merged,))
 
     rows = _vocab_rows(refs, trio)
@@ -422,7 +422,7 @@ def _plan_tensor(
     row = new.entry.numel // rows[2]
     shared = vocabulary.merged
     out_rows = vocabulary.rows["output"]
-    segments = [_merge_segment(refs, recipe.alpha, 0, shared * row)]
+    segments = [_merge_segment(refs, recipe.alpha, shared * row)]
     if out_rows > shared:
         extra = (out_rows - shared) * row
         segments.append(Segment("copy", shared * row, extra, Operand("post", post, shared * row)))
@@ -430,12 +430,12 @@ def _plan_tensor(
 
 
 def _merge_segment(
-    refs: tuple[TensorRef, TensorRef, TensorRef], weight: float, first: int, count: int
+    refs: tuple[TensorRef, TensorRef, TensorRef], weight: float, count: int
 ) -> Segment:
-    """``new_base + weight * (post - base)`` over ``count`` elements from ``first``."""
+    """``new_base + weight * (post - base)`` over the first ``count`` elements of each."""
     base, post, new = refs
-    delta = WeightedDelta(Operand("post", post, first), Operand("base", base, first), weight)
-    return Segment("merge", first, count, Operand("new_base", new, first), (delta,))
+    delta = WeightedDelta(Operand("post", post, 0), Operand("base", base, 0), weight)
+    return Segment("merge", 0, count, Operand("new_base", new, 0), (delta,))
 
 
 def _vocab_rows(

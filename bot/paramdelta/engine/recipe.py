@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from paramdelta.engine.dtypes import TORCH_NAMES
@@ -73,6 +74,15 @@ class Recipe(NamedTuple):
 
 # Shard size changes the files, not the tensors: a new shard size alone is no new merge.
 MERGED_FIELDS = ("alpha", "dtype", "vocab_policy")
+# Where a lineage record's recipe keeps a field of another name: its "dtype" is the
+# dtype written, the option asked for is beside it.
+RECORD_KEYS = {"dtype": "requested_dtype"}
+
+
+def recorded_fields(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The merged fields as a lineage record's ``recipe`` section keeps them (None where it
+    has none; a record older than ``requested_dtype`` kept the option as "dtype")."""
+    return {key: recipe.get(RECORD_KEYS.get(key, key), recipe.get(key)) for key in MERGED_FIELDS}
 
 
 class Runtime(NamedTuple):

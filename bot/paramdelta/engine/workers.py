@@ -204,6 +204,7 @@ class _Worker:
     """
 
     pinned = False
+    scratch: tuple[torch.Tensor, torch.Tensor]  # the kernel's float32 rows, on the device
 
     def __init__(self, operands: int, in_bytes: int, out_bytes: int) -> None:
         self.delta = DeltaReport()
@@ -230,23 +231,19 @@ class _Worker:
         """Merge or convert the unit's inputs into the host output buffer."""
         raise NotImplementedError
 
-    def _kernel(
-        self, unit: Unit, ins: list[torch.Tensor], out: torch.Tensor, scratch: Scratch
-    ) -> Moments:
+    def _kernel(self, unit: Unit, ins: list[torch.Tensor], out: torch.Tensor) -> Moments:
         typed = out.view(TORCH_DTYPES[unit.out_dtype])
         if unit.op == "convert":
             return Moments(nonfinite=copy_into(typed, ins[0]))
         deltas = [(ins[1 + 2 * i], ins[2 + 2 * i], weight) for i, weight in enumerate(unit.weights)]
-        return merge_into(typed, ins[0], deltas, scratch)
+        return merge_into(typed, ins[0], deltas, self.scratch)
 
-    def _typed_inputs(self, unit: Unit) -> list[torch.Tensor]:
+    def _input_bytes(self, unit: Unit) -> list[torch.Tensor]:
+        """The bytes each read of ``unit`` filled, in its host buffer."""
         return [self.inputs[i][0][: read.nbytes] for i, read in enumerate(unit.reads)]
 
     def output(self, unit: Unit) -> memoryview:
         return self.out[1][: unit.out_nbytes]
-
-
-Scratch = tuple[torch.Tensor, torch.Tensor]
 
 
 class _CpuWorker(_Worker):
@@ -259,9 +256,9 @@ class _CpuWorker(_Worker):
     def _compute(self, unit: Unit) -> Moments:
         ins = [
             data.view(TORCH_DTYPES[read.dtype])
-            for data, read in zip(self._typed_inputs(unit), unit.reads, strict=True)
+            for data, read in zip(self._input_bytes(unit), unit.reads, strict=True)
         ]
-        return self._kernel(unit, ins, self.out[0][: unit.out_nbytes], self.scratch)
+        return self._kernel(unit, ins, self.out[0][: unit.out_nbytes])
 
 
 class _CudaWorker(_Worker):
@@ -288,11 +285,11 @@ class _CudaWorker(_Worker):
                 .copy_(data, non_blocking=True)
                 .view(TORCH_DTYPES[read.dtype])
                 for i, (data, read) in enumerate(
-                    zip(self._typed_inputs(unit), unit.reads, strict=True)
+                    zip(self._input_bytes(unit), unit.reads, strict=True)
                 )
             ]
             out = self.dev_out[: unit.out_nbytes]
-            moments = self._kernel(unit, ins, out, self.scratch)
+            moments = self._kernel(unit, ins, out)
             self.out[0][: unit.out_nbytes].copy_(out, non_blocking=True)
         self.stream.synchronize()
         return moments
@@ -420,6 +417,13 @@ class Execution:
         self.schedule = _Schedule(
             plan_units(plan, writer.shards, sources, self.elements), len(writer.shards), hand_over
         )
+        # Each worker's buffers: every operand of the widest unit, in the widest dtypes.
+        self.buffers = (
+            plan.operands,
+            self.elements,
+            self.elements * _max_in_itemsize(plan),
+            self.elements * _out_itemsize(plan),
+        )
         self.stats: MergeStats | None = None
 
     def shards(self) -> Iterator[int]:
@@ -491,9 +495,7 @@ class Execution:
     ) -> None:
         schedule, writer = self.schedule, self.writer
         try:
-            in_bytes = self.elements * _max_in_itemsize(self.plan)
-            out_bytes = self.elements * _out_itemsize(self.plan)
-            worker = _worker(self.device, self.plan.operands, self.elements, in_bytes, out_bytes)
+            worker = _worker(self.device, *self.buffers)
             reports.append(worker.delta)
             while (unit := schedule.next()) is not None:
                 worker.read(unit)

@@ -31,9 +31,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from paramdelta.engine.checkpoint import CONFIG, LocalSource, Provenance, Source
+from paramdelta.engine.checkpoint import LocalSource, Provenance, Source
 from paramdelta.engine.merge_plan import MergePlan
-from paramdelta.engine.safetensors_format import INDEX
 from paramdelta.errors import CheckpointError, NotFoundError, UsageError
 from paramdelta.hub.cache import checked_snapshot
 from paramdelta.hub.client import Hub, RepoFiles
@@ -236,14 +235,14 @@ def download_inputs(plan: MergePlan, sources: dict[str, Source]) -> dict[str, So
     before they are used (see `paramdelta.hub.cache`): another job may have tampered
     with them.
 
-    Each snapshot also gets its config.json and index, so that it opens as a
-    checkpoint on its own (the pre-publish check loads the post model and new base).
+    Each snapshot also gets its config.json and index (`MergePlan.read` names them), so
+    that it opens as a checkpoint on its own (the pre-publish check loads the post model
+    and new base).
     """
     local: dict[str, Source] = {}
     try:
         for role, source in sources.items():
-            whole = {CONFIG, INDEX} & set(source.list_files())
-            local[role] = source.local(sorted({*plan.read.get(role, []), *whole}))
+            local[role] = source.local(plan.read.get(role, []))
     except BaseException:
         for done in local.values():
             if done not in sources.values():

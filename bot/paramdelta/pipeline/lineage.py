@@ -31,7 +31,7 @@ from paramdelta import __version__
 from paramdelta.engine.checkpoint import Provenance
 from paramdelta.engine.files import CARD_FILE, LINEAGE_FILE, file_donors
 from paramdelta.engine.merge_plan import COMPUTE_DTYPE, FORMULA, ROLE_TITLES, ROLES
-from paramdelta.engine.recipe import Recipe
+from paramdelta.engine.recipe import Recipe, recorded_fields
 from paramdelta.engine.safetensors_format import INDEX, is_weights_file
 from paramdelta.errors import UsageError
 from paramdelta.hub.client import RepoFiles
@@ -40,9 +40,6 @@ FILENAME = LINEAGE_FILE  # the publisher deletes a stale one: a file name of eng
 SCHEMA_VERSION = 1
 MAX_BYTES = 1 << 20  # a record is ~3 KB: a bigger paramdelta.json is not one of ours
 TOOL = "paramdelta-bot"
-# Where the record keeps a recipe field of another name: its "dtype" is the dtype
-# written, the option asked for is beside it.
-RECORD_KEYS = {"dtype": "requested_dtype"}
 LICENCE_KEYS = ("license", "license_name", "license_link")
 UNCHANGED = "upstream moved, content unchanged"
 
@@ -88,8 +85,7 @@ def source_entry(role: str, provenance: Provenance, read: Sequence[str]) -> dict
 
 def _local_card_data(folder: Path | None) -> dict[str, Any]:
     """A local checkpoint's README front matter (for its licence); {} if none or unreadable."""
-    card = (folder or Path()) / CARD_FILE
-    if folder is None or not card.is_file():
+    if folder is None or not (card := folder / CARD_FILE).is_file():
         return {}
     try:
         return metadata_load(card) or {}
@@ -201,10 +197,9 @@ def compare(
     old = record.get("recipe", {})
     if moved:
         reasons.extend(_donor_changes(old.get("file_donors"), repos))
+    then = recorded_fields(old)
     for key, value in recipe.merged_fields().items():
-        stored = RECORD_KEYS.get(key, key)
-        then_value = old.get(stored, old.get(key))  # records before requested_dtype: "dtype"
-        if then_value != value:
+        if (then_value := then[key]) != value:
             reasons.append(f"recipe {key} changed: {then_value!r} -> {value!r}")
     return Comparison(reasons, notes if not reasons else [])
 

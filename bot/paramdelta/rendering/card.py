@@ -31,7 +31,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from paramdelta import PROJECT_URL
 from paramdelta.engine.merge_plan import ROLE_TITLES, ROLES, Vocabulary
-from paramdelta.engine.recipe import Recipe
+from paramdelta.engine.recipe import Recipe, recorded_fields
 from paramdelta.errors import UsageError
 from paramdelta.rendering import chart, markdown
 from paramdelta.rendering.check_report import STEP_TITLES
@@ -135,11 +135,7 @@ def reproduce_command(record: Mapping[str, Any], output: str) -> str:
     parts = ["paramdelta merge"]
     for role in ROLES:
         parts.append(f"--{role.replace('_', '-')} {shlex.quote(_spec(by_role[role]))}")
-    given = {
-        "alpha": recipe["alpha"],
-        "dtype": recipe.get("requested_dtype", recipe["dtype"]),
-        "vocab_policy": recipe["vocab_policy"],
-    }
+    given = recorded_fields(recipe)
     for key, default in Recipe().merged_fields().items():  # the options not at their default
         if given[key] != default:
             parts.append(f"--{key.replace('_', '-')} {given[key]}")
