@@ -147,6 +147,22 @@ def test_a_chat_template_that_does_not_render_blocks_the_publish(trio_dirs, fake
     _only_the_initial_commit(fake_hub)
 
 
+def test_a_post_model_without_a_tokenizer_blocks_the_publish_in_plain_words(
+    trio_dirs, fake_hub, tmp_path
+):
+    local, seed = trio_dirs
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (local["post"] / name).unlink()
+    seed()
+    code, result = _run(tmp_path)
+    assert (code, result.status) == (9, "check-failed")
+    assert result.error == (
+        "pre-publish check failed: tokenizer loads: the output has no tokenizer"
+        " (post model org/post ships none)"
+    )
+    _only_the_initial_commit(fake_hub)
+
+
 def test_a_merge_whose_output_holds_nan_publishes_nothing(trio_dirs, fake_hub, tmp_path):
     local, seed = trio_dirs
     post = load_tensors(local["post"])

@@ -2,7 +2,14 @@
 
 import pytest
 
-from paramdelta.engine.files import RULES, file_donors, rule_for, skipped_files
+from paramdelta.engine.files import (
+    RULES,
+    TOKENIZER_FILES,
+    file_donors,
+    has_tokenizer,
+    rule_for,
+    skipped_files,
+)
 
 
 def test_every_rule_can_match_a_file():
@@ -99,3 +106,25 @@ def test_the_merged_weights_are_neither_donated_nor_skipped():
         "model-00001-of-00001.safetensors": "weights the merge does not read (not in the index)",
         "model.safetensors.index.json": "no rule for this file: not copied",
     }
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (["config.json", "tokenizer.json"], True),
+        (["tokenizer_config.json", "tokenizer.model.v3"], True),
+        (["vocab.json", "merges.txt"], True),
+        (["tekken.json"], True),
+        # a tokenizer_config.json names a class; without a vocabulary there is nothing to load
+        (["config.json", "tokenizer_config.json", "special_tokens_map.json"], False),
+        (["chat_template.jinja", "original/tokenizer.model"], False),
+        ([], False),
+    ],
+)
+def test_has_tokenizer(files, expected):
+    assert has_tokenizer(files) is expected
+
+
+def test_every_tokenizer_file_is_one_the_output_takes_from_the_post_model():
+    for pattern in TOKENIZER_FILES:
+        assert rule_for(pattern.replace("*", "3")).donors == ("post",), pattern

@@ -56,6 +56,14 @@ class Provenance(NamedTuple):
     card_data: Mapping[str, Any] = {}
     path: Path | None = None
 
+    @property
+    def name(self) -> str:
+        """How a card or a message names it: the repo id, or a local folder's name (a path
+        would say where it lies on one machine)."""
+        if self.repo is not None or self.path is None:
+            return str(self.repo)
+        return self.path.absolute().name
+
 
 class Source(Protocol):
     """Read access to the files of one checkpoint, at one fixed revision."""

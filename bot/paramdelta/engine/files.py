@@ -53,6 +53,17 @@ _POST_FILES = (
     ("processor_config.json", "the post model's processor"),
     ("video_preprocessor_config.json", "the post model's processor"),
 )
+# The files that hold a tokenizer's vocabulary: without one of them AutoTokenizer cannot load
+# the output (a tokenizer_config.json alone names a class, not a vocabulary).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer.model.v*",
+    "tekken.json",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
 _LICENCE_FILES = ("LICENSE", "LICENSE.*", "LICENCE", "LICENCE.*", "USE_POLICY.md", "NOTICE*")
 
 RULES: tuple[FileRule, ...] = (
@@ -75,6 +86,16 @@ RULES: tuple[FileRule, ...] = (
 
 def rule_for(path: str) -> FileRule:
     return next(rule for rule in RULES if fnmatch.fnmatchcase(path, rule.pattern))
+
+
+def has_tokenizer(paths: Iterable[str]) -> bool:
+    """Whether a checkpoint with these files has a tokenizer that transformers can load."""
+    return any(fnmatch.fnmatchcase(p, pattern) for p in paths for pattern in TOKENIZER_FILES)
+
+
+def no_tokenizer(post: str) -> str:
+    """What `merge`, `publish` and the check say of an output without a tokenizer."""
+    return f"the output has no tokenizer (post model {post} ships none)"
 
 
 def file_donors(listings: Mapping[str, Iterable[str]]) -> dict[str, str]:

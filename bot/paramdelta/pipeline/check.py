@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from paramdelta.engine.checkpoint import Source, open_checkpoint
+from paramdelta.engine.files import has_tokenizer, no_tokenizer
 from paramdelta.engine.kernel import TORCH_DTYPES
 from paramdelta.engine.merge_plan import ROLE_TITLES
 from paramdelta.engine.workers import resolve_device
@@ -147,7 +148,7 @@ def _check(
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except Exception as e:  # untrusted files: any failure to load is the finding
-        report.record("tokenizer", False, f"does not load: {_describe(e)}")
+        report.record("tokenizer", False, _tokenizer_problem(model_dir, references, e))
         return
     report.record("tokenizer", True, type(tokenizer).__name__)
     templated = _check_chat_template(tokenizer, report)
@@ -179,6 +180,17 @@ def _check(
     verdict |= {"texts": len(texts), "tokens": sum(len(t) - 1 for t in texts)}
     report.perplexity = verdict
     report.record("perplexity", verdict["passed"], _perplexity_detail(verdict, merged))
+
+
+def _tokenizer_problem(model_dir: Path, references: Mapping[str, Source], e: Exception) -> str:
+    """Why the tokenizer does not load: no tokenizer files, said plainly (transformers' own
+    message is about converting a slow tokenizer), else transformers' message."""
+    if has_tokenizer(p.name for p in model_dir.iterdir()):
+        return f"does not load: {_describe(e)}"
+    post = references.get("post")
+    if post is None or has_tokenizer(post.list_files()):
+        return "the output has no tokenizer"
+    return no_tokenizer(post.provenance.name)
 
 
 def _check_chat_template(tokenizer: PreTrainedTokenizerBase, report: CheckReport) -> bool:
