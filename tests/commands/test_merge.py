@@ -108,14 +108,41 @@ def test_the_output_directory_holds_its_card_and_lineage(trio, tmp_path, capsys)
     assert record["recipe"]["config_changes"] == {"torch_dtype": "float16"}
     assert record["output"] == {
         "repo": None,
+        "directory": "out",
         "tensors": 21,
         "bytes": 213632,
         "shards": ["model.safetensors"],
     }
     card = (tmp_path / "out" / "README.md").read_text()
-    assert f"| post | `{trio['post']}` (a local directory) | local | - |" in card
+    # A local input is named by its folder's name, with no link; the output by its own.
+    assert str(tmp_path) not in card and "(None)" not in card
+    assert "the post-training of\n`post` was transferred onto the newer base\n`new_base`" in card
+    assert "| post | `post` (a local directory) | local | - |" in card
     assert "rounded once to the output dtype, float16" in card
-    assert f"--post {trio['post']}" in card and "--dtype float16" in card
+    assert "--post post" in card and "--dtype float16" in card and "--output out\n" in card
+    assert "\n# out\n" in card and 'AutoTokenizer.from_pretrained("out")' in card
+    assert "merged-model" not in card
+
+
+def test_a_post_model_without_a_tokenizer_is_said_and_the_card_loads_none(trio, tmp_path, capsys):
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (trio["post"] / name).unlink()
+    assert main(_argv(trio, tmp_path / "out")) == 0
+    assert capsys.readouterr().err == (
+        "paramdelta: warning: the output has no tokenizer (post model post ships none);"
+        " AutoTokenizer cannot load it\n"
+    )
+    card = (tmp_path / "out" / "README.md").read_text()
+    use = card[card.index("## Use") : card.index("## Licence")]
+    assert use == (
+        "## Use\n\n"
+        "The output has no tokenizer: the post model `post` ships none. Use the model\n"
+        "with the tokenizer it was trained with.\n\n"
+        "```python\n"
+        "from transformers import AutoModelForCausalLM\n\n"
+        'model = AutoModelForCausalLM.from_pretrained("out", dtype="auto")\n'
+        "```\n\n"
+    )
 
 
 def _cli(argv):

@@ -68,8 +68,14 @@ def test_publish_is_one_commit_of_every_file(merged, fake_hub, token, capsys):
         f"blob:{git_blob.hexdigest()}",
     ]
     output = {**local["output"], "repo": "me/model", "files": weights}
-    assert record == {**local, "output": output}
+    # A local input leaves the machine by its folder's name: the path stays in DIR's record.
+    assert [c["path"] for c in local["checkpoints"]] == [
+        str(merged.parent / "trio" / role) for role in ("base", "post", "new_base")
+    ]
+    named = [{**c, "path": c["path"].rpartition("/")[2]} for c in local["checkpoints"]]
+    assert record == {**local, "checkpoints": named, "output": output}
     card = ModelCard(fake_hub.read_file("me/model", "README.md").decode())
+    assert str(merged.parent) not in card.content
     assert card.text.lstrip().startswith("# me/model\n")
     assert 'AutoTokenizer.from_pretrained("me/model")' in card.text
 
@@ -86,6 +92,22 @@ def test_publish_needs_the_record_merge_writes(merged, tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"paramdelta: error: {merged / 'paramdelta.json'}: names the shard"
         f" model-00002-of-00004.safetensors, which {merged} does not have\n"
+    )
+
+
+def test_publishing_an_output_without_a_tokenizer_says_so(tmp_path, fake_hub, capsys):
+    trio = make_trio(tmp_path / "trio")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (trio["post"] / name).unlink()
+    argv = ["merge", "--output", str(tmp_path / "out")]
+    for role, path in trio.items():
+        argv += [f"--{role.replace('_', '-')}", str(path)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["publish", str(tmp_path / "out"), "--repo", "me/x", "--dry-run"]) == 0
+    assert capsys.readouterr().err == (
+        "paramdelta: warning: the output has no tokenizer (post model post ships none);"
+        " AutoTokenizer cannot load it\n"
     )
 
 

@@ -22,8 +22,11 @@ def _sources(trio):
     return {role: LocalSource(path) for role, path in trio.items()}
 
 
-def test_a_local_merge_writes_card_record_and_chart_naming_each_input_by_its_path(tmp_path):
-    trio = make_trio(tmp_path / "in")
+def test_a_local_merge_writes_card_record_and_chart_naming_each_input_by_its_path(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # inputs given relative to here: the record holds where they are
+    trio = make_trio("in")
     (trio["post"] / "README.md").write_text("---\nlicense: apache-2.0\n---\n# post\n")
     sources = _sources(trio)
     result = merge_to_directory(preflight(sources, Recipe()), sources, tmp_path / "out", QUIET)
@@ -34,13 +37,14 @@ def test_a_local_merge_writes_card_record_and_chart_naming_each_input_by_its_pat
     entries = {c["role"]: c for c in record["checkpoints"]}
     for role, path in trio.items():
         assert (entries[role]["path"], entries[role]["repo"], entries[role]["sha"]) == (
-            str(path),
+            str(tmp_path / path),
             None,
             None,
         )
     assert entries["post"]["license"] == "apache-2.0"  # from the local README's front matter
     assert "license" not in entries["base"]
     assert record["output"]["repo"] is None and record["recipe"]["alpha"] == 1.0
+    assert record["output"]["directory"] == "out"  # what the card names the output
     assert (out / chart.FILENAME).read_bytes().startswith(b"\x89PNG")
 
 
@@ -85,6 +89,9 @@ def test_each_shard_goes_to_the_publisher_as_written_and_the_record_names_its_up
     assert record["output"]["files"] == publisher.uploaded_ids()
     assert "\n# me/merged\n" in files["README.md"].decode()
     assert "- x" in files["README.md"].decode()
+    # Bound for the Hub: the local inputs by their folders' names, no path of this machine.
+    assert [c["path"] for c in record["checkpoints"]] == ["base", "post", "new_base"]
+    assert str(tmp_path) not in (files["README.md"] + files["paramdelta.json"]).decode()
 
 
 def test_without_keep_each_shard_is_handed_over_to_be_deleted(tmp_path):

@@ -66,11 +66,13 @@ def checkpoint_entry(
 
 def source_entry(role: str, provenance: Provenance, read: Sequence[str]) -> dict[str, Any]:
     """A checkpoint's entry from where it came from: a Hub repo at its commit, with the
-    content id of each file the merge read, or a local folder by its path."""
+    content id of each file the merge read, or a local folder by its absolute path (so
+    that `check DIR` finds it from anywhere; `published` keeps only its name)."""
     if provenance.repo is None:
         folder = provenance.path
+        path = str(folder.absolute()) if folder is not None else None
         return checkpoint_entry(
-            role, None, None, None, path=str(folder), card_data=_local_card_data(folder)
+            role, None, None, None, path=path, card_data=_local_card_data(folder)
         )
     files = {path: provenance.content[path] for path in read if path in provenance.content}
     return checkpoint_entry(
@@ -91,6 +93,16 @@ def _local_card_data(folder: Path | None) -> dict[str, Any]:
         return metadata_load(card) or {}
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
         return {}
+
+
+def published(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record as it leaves the machine: a local input named by its folder's name, not
+    by where it lies here."""
+    checkpoints = [
+        {**c, "path": Path(c["path"]).name} if isinstance(c.get("path"), str) else c
+        for c in record["checkpoints"]
+    ]
+    return {**record, "checkpoints": checkpoints}
 
 
 def build_record(

@@ -18,7 +18,14 @@ shows (paramdelta-delta.png); a publish commits all of them in one commit:
   commits nothing;
 - `publish DIR --repo REPO` reads the record that `merge` wrote into DIR (the
   inputs are not opened again: the record names them), sets its output repo and
-  renders the card again for that repo.
+  renders the card again for that repo;
+- `check DIR --record` puts its report into DIR's record and card (`record_check`),
+  as `run` puts its pre-publish check's into what it commits.
+
+A local output's record names each local input by its absolute path, so `check
+DIR` finds them again; a record that leaves the machine (a repo is set) names
+them by their folder's name only (`lineage.published`), and no card ever shows a
+path.
 
 A published record's output section names the content of every weight file of
 the commit (`paramdelta.hub.content_ids`), so that `plan` can tell the record
@@ -27,6 +34,7 @@ from weights that someone else put beside it.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -35,23 +43,25 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from paramdelta.engine.checkpoint import Source
-from paramdelta.engine.files import CARD_FILE
+from paramdelta.engine.files import CARD_FILE, has_tokenizer, no_tokenizer
 from paramdelta.engine.merge_plan import MergePlan
 from paramdelta.engine.recipe import Runtime
 from paramdelta.engine.safetensors_format import INDEX
 from paramdelta.engine.stages import MergeResult, Staged, stage
 from paramdelta.engine.workdirs import OwnedDir, sweep
 from paramdelta.engine.writer import index_json
-from paramdelta.errors import UsageError
+from paramdelta.errors import UsageError, local_io
 from paramdelta.hub import content_ids
 from paramdelta.hub.client import default_endpoint
 from paramdelta.hub.publisher import Publisher, PublishResult, weight_ids
 from paramdelta.pipeline import lineage
 from paramdelta.pipeline.check_rules import CheckReport
 from paramdelta.rendering import chart
-from paramdelta.rendering.card import render_card
+from paramdelta.rendering.card import checkpoint_name, render_card
 from paramdelta.reporting import github_actions
 from paramdelta.tokens import redact
+
+log = logging.getLogger(__name__)
 
 SCRATCH_PREFIX = "paramdelta-scratch-"
 
@@ -85,13 +95,17 @@ def merge_record(
     result: MergeResult | None = None,
     weights: Mapping[str, list[str]] | None = None,
     check: CheckReport | None = None,
+    directory: Path | None = None,
 ) -> dict[str, Any]:
     """The lineage record of a merge (``result`` None: planned, not yet computed).
 
     ``weights``: the content ids of each weight file committed with the record;
-    ``check``: what the pre-publish check found (or why it did not run).
+    ``check``: what the pre-publish check found (or why it did not run);
+    ``directory``: the local output folder (the card names it while no repo is set).
     """
     output: dict[str, Any] = {"repo": output_repo}
+    if directory is not None:
+        output["directory"] = directory.absolute().name
     if result is not None:
         output |= {
             "tensors": result.stats.tensors,
@@ -119,7 +133,15 @@ def merge_record(
         record["delta"] = result.stats.delta.summary()
     if check is not None:
         record["check"] = check.to_dict()
+    warn_without_tokenizer(record)
     return record
+
+
+def warn_without_tokenizer(record: Mapping[str, Any]) -> None:
+    """One line when the output cannot be used with AutoTokenizer (`merge`, `publish`, `run`)."""
+    if not has_tokenizer(record["recipe"]["file_donors"]):
+        post = next(c for c in record["checkpoints"] if c["role"] == "post")
+        log.warning(f"{no_tokenizer(checkpoint_name(post))}; AutoTokenizer cannot load it")
 
 
 def card_and_record(
@@ -127,8 +149,11 @@ def card_and_record(
 ) -> dict[str, bytes]:
     """README.md and paramdelta.json for a record: the files every publish commits.
 
-    Both are redacted: no token the bot holds reaches a file it writes or commits.
+    Both are redacted: no token the bot holds reaches a file it writes or commits. A
+    record for a repo names local inputs by their folder's name only.
     """
+    if record["output"].get("repo") is not None:
+        record = lineage.published(record)
     card = render_card(record, template=settings.template, tags=settings.tags, hub_url=hub_url)
     files = {CARD_FILE: card.encode(), lineage.FILENAME: lineage.encode(record)}
     return {path: redact(data.decode()).encode() for path, data in files.items()}
@@ -149,16 +174,17 @@ def result_files(
     *,
     publisher: Publisher | None = None,
     check: CheckReport | None = None,
+    directory: Path | None = None,
 ) -> dict[str, bytes]:
     """The card, the record and the delta chart of a staged merge (for ``publisher``'s
-    repo, naming the shards it uploaded; without one, for a local folder)."""
+    repo, naming the shards it uploaded; without one, for the local folder ``directory``)."""
     if publisher is None:
         output_repo, weights, hub_url = None, None, default_endpoint()
     else:
         output_repo, hub_url = publisher.repo_id, publisher.hub.endpoint
         weights = output_ids(result, publisher.uploaded_ids())
     record = merge_record(
-        result.sources, result.plan, output_repo, settings, result, weights, check
+        result.sources, result.plan, output_repo, settings, result, weights, check, directory
     )
     # The chart the card shows: made with the weights, so `publish DIR` commits DIR's own.
     chart_png = {chart.FILENAME: chart.delta_chart(record["delta"]["layers"])}
@@ -176,7 +202,7 @@ def merge_to_directory(
     """`merge --output` alone: weights, card and record in ``out_dir``, ready for `publish`."""
     with stage(plan, sources, out_dir, runtime, overwrite=overwrite) as staged:
         staged.write_all()
-        staged.add_files(result_files(staged.result()))
+        staged.add_files(result_files(staged.result(), directory=out_dir))
         return staged.finish()
 
 
@@ -245,7 +271,24 @@ def directory_files(directory: Path, repo_id: str, hub_url: str) -> dict[str, by
     record = read_record(directory)
     record["output"]["repo"] = repo_id
     record["output"]["files"] = weight_ids(directory)
+    warn_without_tokenizer(record)
     return card_and_record(record, CardSettings(target=record.get("target")), hub_url)
+
+
+def record_check(directory: Path, check: CheckReport) -> None:
+    """`check DIR --record`: the check into DIR's record and card, as `run` commits its
+    pre-publish check's, so that `publish DIR` ships a card that says the model was checked."""
+    record = read_record(directory)
+    record["check"] = check.to_dict()
+    if record["output"].get("repo") is None:  # the folder may have been renamed since
+        record["output"]["directory"] = directory.absolute().name
+    files = card_and_record(record, CardSettings(target=record.get("target")), default_endpoint())
+    for name, data in files.items():
+        path = directory / name
+        tmp = path.with_name(f".{name}.tmp")
+        with local_io(path):  # each file whole: a reader sees the old one or the new one
+            tmp.write_bytes(data)
+            tmp.replace(path)
 
 
 def publish_directory(publisher: Publisher, directory: Path) -> PublishResult:

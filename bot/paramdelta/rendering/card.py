@@ -30,6 +30,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from jinja2.sandbox import SandboxedEnvironment
 
 from paramdelta import PROJECT_URL
+from paramdelta.engine.files import has_tokenizer
 from paramdelta.engine.merge_plan import ROLE_TITLES, ROLES, Vocabulary
 from paramdelta.engine.recipe import Recipe, recorded_fields
 from paramdelta.errors import UsageError
@@ -122,10 +123,18 @@ def is_llama_licence(licence_id: str | None) -> bool:
     return bool(licence_id) and str(licence_id).lower().startswith("llama")
 
 
+def checkpoint_name(checkpoint: Mapping[str, Any]) -> str:
+    """How the card names a checkpoint of the record: its repo id, or a local folder's name
+    (its path says where it lies on one machine, which a published card must not)."""
+    if checkpoint.get("repo") is not None:
+        return str(checkpoint["repo"])
+    return Path(str(checkpoint.get("path"))).name
+
+
 def _spec(checkpoint: Mapping[str, Any]) -> str:
-    """How a command line names a checkpoint: repo@sha, or the local path it was read from."""
+    """How a command line names a checkpoint: repo@sha, or the local folder it was read from."""
     if checkpoint.get("repo") is None:
-        return str(checkpoint.get("path"))
+        return checkpoint_name(checkpoint)
     return f"{checkpoint['repo']}@{checkpoint['sha']}"
 
 
@@ -143,8 +152,14 @@ def reproduce_command(record: Mapping[str, Any], output: str) -> str:
     return " \\\n  ".join(parts)
 
 
+def output_name(record: Mapping[str, Any]) -> str:
+    """What the output is loaded by: its repo id once published, else its folder's name."""
+    output = record["output"]
+    return str(output.get("repo") or output.get("directory") or "merged-model")
+
+
 def card_context(record: Mapping[str, Any], hub_url: str) -> dict[str, Any]:
-    output = record["output"].get("repo") or "merged-model"
+    output = output_name(record)
     lic, lic_from, note = licence(record)
     checkpoints = []
     for c in record["checkpoints"]:
@@ -153,7 +168,7 @@ def card_context(record: Mapping[str, Any], hub_url: str) -> dict[str, Any]:
         checkpoints.append(
             {
                 **c,
-                "repo": c.get("path") if local else c["repo"],
+                "repo": checkpoint_name(c),
                 "revision": c.get("revision") or "local",
                 "sha": c.get("sha") or "",
                 "title": ROLE_TITLES[c["role"]],
@@ -173,6 +188,8 @@ def card_context(record: Mapping[str, Any], hub_url: str) -> dict[str, Any]:
         "license_from": lic_from,
         "license_note": note,
         "llama": is_llama_licence(lic) or "llama" in repos.lower(),
+        # The Use snippet loads a tokenizer only if the output ships one.
+        "tokenizer": has_tokenizer(record["recipe"]["file_donors"]),
         "reproduce": reproduce_command(record, output),
         # Upstream's file names and values, as inline code whatever backticks they hold
         # (and, in a table cell, whatever pipes).
