@@ -120,7 +120,12 @@ def test_the_output_directory_holds_its_card_and_lineage(trio, tmp_path, capsys)
     assert "| post | `post` (a local directory) | local | - |" in card
     assert "rounded once to the output dtype, float16" in card
     assert "--post post" in card and "--dtype float16" in card and "--output out\n" in card
-    assert "\n# out\n" in card and 'AutoTokenizer.from_pretrained("out")' in card
+    assert "\n# out\n" in card
+    assert (
+        "## Use\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        'tokenizer = AutoTokenizer.from_pretrained("out")\n'
+        'model = AutoModelForCausalLM.from_pretrained("out", dtype="auto")\n'
+    ) in card
     assert "merged-model" not in card
 
 
