@@ -17,7 +17,9 @@ module logs to ``logging.getLogger(__name__)``, and `main` gives the
   at any level: a watchlist problem, already ``file:line: warning: ...``.
 
 Every line is redacted. The logger does not propagate, so an application that
-embeds `main` keeps its own logging as it was.
+embeds `main` keeps its own logging as it was. When stderr is not a terminal,
+huggingface_hub's and hf_xet's progress bars are turned off (see
+`quiet_hub_bars_off_terminal`) and the merge reports progress as plain lines.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     args = build_parser().parse_args(argv)
+    quiet_hub_bars_off_terminal()
     try:
         with _terminate_as_interrupt():
             return args.handler(args)
@@ -143,6 +146,19 @@ def configure_logging() -> None:
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(_Lines())
     logger.addHandler(handler)
+
+
+def quiet_hub_bars_off_terminal() -> None:
+    """No huggingface_hub or hf_xet progress bars when stderr is not a terminal: in a CI log
+    their nested bars are cursor-movement noise (the merge logs plain lines instead).
+    HF_HUB_DISABLE_PROGRESS_BARS, when set, decides (as huggingface_hub lets it)."""
+    if sys.stderr.isatty():
+        return
+    from huggingface_hub import constants
+    from huggingface_hub.utils import disable_progress_bars
+
+    if constants.HF_HUB_DISABLE_PROGRESS_BARS is None:
+        disable_progress_bars()
 
 
 def _print_error(message: str) -> None:

@@ -238,7 +238,7 @@ def test_the_rows_dropped_are_stated_in_log_lineage_and_card(grown_vocabulary, f
     assert main(["run", "--watchlist", str(grown_vocabulary)]) == 0
     stated = (
         "base 256, post 256, new base 260 rows; output 256 rows: 256 merged, 0 kept from the post model,"
-        " 4 dropped from the new base (vocab policy shared)"
+        ' 4 dropped from the new base (vocab policy "shared": the rows all three share are merged)'
     )
     err = capsys.readouterr().err.splitlines()
     assert f"grown: vocabulary: {stated}" in err
