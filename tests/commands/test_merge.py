@@ -87,7 +87,7 @@ def test_merge_human_output(trio, tmp_path, capsys):
     assert "written for this merge: README.md, paramdelta-delta.png, paramdelta.json\n" in out
     assert (
         "vocabulary: 256 rows in all three: 256 merged, 0 kept from the post model,"
-        ' 0 dropped from the new base (vocab policy "error": sizes must match, or the merge stops)\n'
+        " 0 dropped from the new base (vocab policy `error`: sizes must match, or the merge stops)\n"
     ) in out
 
 

@@ -8,6 +8,7 @@ import sys
 from paramdelta.commands import arguments
 from paramdelta.commands.output import emit
 from paramdelta.errors import UsageError
+from paramdelta.units import plural
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,10 +43,11 @@ def run(args: argparse.Namespace) -> int:
             emit("json", data, "")
         return UsageError.exit_code
     enabled = sum(t.enabled for t in watchlist.targets)
-    warned = f", {len(problems)} warning(s)" if problems else ""
+    warned = f", {plural(len(problems), 'warning')}" if problems else ""
+    targets = plural(len(watchlist.targets), "target")
     emit(
         args.format,
         data,
-        f"{args.file}: valid, {len(watchlist.targets)} targets ({enabled} enabled){warned}",
+        f"{args.file}: valid, {targets} ({enabled} enabled){warned}",
     )
     return 0

@@ -170,7 +170,7 @@ class Vocabulary:
         return (
             f"{head}: {self.merged} merged, {self.kept_from_post} kept from the post model,"
             f" {self.dropped_from_new_base} dropped from the new base{dropped}"
-            f' (vocab policy "{self.policy}": {VOCAB_POLICIES[self.policy]})'
+            f" (vocab policy `{self.policy}`: {VOCAB_POLICIES[self.policy]})"
         )
 
     def to_dict(self) -> dict[str, Any]:
