@@ -22,7 +22,16 @@ if TYPE_CHECKING:
     from paramdelta.engine.stages import MergeResult
 
 
+SOURCES = """\
+SRC is a local folder (a path: ./base, /models/base, ~/base) or a Hub repo,
+org/name[@revision]: a branch, tag or commit of it (default main). A folder of
+that name wins over a repo. --base is the model --post was trained from;
+--new-base the newer base the post-training is transferred onto."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = SOURCES
     parser.add_argument(
         "--base", required=True, metavar="SRC", help="the model post was trained from"
     )

@@ -14,7 +14,12 @@ from paramdelta.units import plural
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     validate = actions.add_parser(
-        "validate", help="check a watchlist against the schema and the rules"
+        "validate",
+        help="check a watchlist against the schema and the rules",
+        description="Check a watchlist without touching the Hub: its YAML, its schema and the"
+        " rules the schema cannot express. Every error and warning is printed as"
+        " FILE:LINE: MESSAGE, all in one pass; exit 0 when it is valid (warnings allowed),"
+        " 2 when not.",
     )
     validate.add_argument(
         "file",
