@@ -52,6 +52,23 @@ for _name in (
 
 
 @pytest.fixture
+def progress_bars_unset(monkeypatch):
+    """As if HF_HUB_DISABLE_PROGRESS_BARS were unset (the session sets it), with
+    huggingface_hub's bar switches restored afterwards."""
+    import importlib
+
+    from huggingface_hub import constants
+    from huggingface_hub.utils import enable_progress_bars
+
+    bars = importlib.import_module("huggingface_hub.utils.tqdm")
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", None)
+    monkeypatch.setattr(bars, "HF_HUB_DISABLE_PROGRESS_BARS", None)
+    enable_progress_bars()
+    yield
+    enable_progress_bars()
+
+
+@pytest.fixture
 def hub_token() -> str:
     """The write token the session's fake Hub requires."""
     return HUB_TOKEN

@@ -335,7 +335,7 @@ def check_published(hub: FakeHub, local: dict[str, Path], run: WorkflowRun, targ
     leg = run.legs[target]
     logged = (
         f"{target}: vocabulary: 256 rows in all three: 256 merged, 0 kept from the post model,"
-        f" 0 dropped from the new base (vocab policy error)\n{target}: left out: .gitattributes"
+        f" 0 dropped from the new base (vocab policy `error`: sizes must match, or the merge stops)\n{target}: left out: .gitattributes"
         " (the Hub keeps its own), README.md (replaced by the model card)\n"
     )
     assert (leg.ok, leg.returncode, leg.stderr) == (True, 0, logged), printed(leg)

@@ -101,3 +101,12 @@ def test_the_root_logger_is_untouched(tmp_path, capsys):
     assert (root.handlers, root.level) == (handlers, level)
     assert seen == []  # an application embedding main() does not get our lines
     assert capsys.readouterr().err.endswith("paramdelta: warning: for the bot's handler only\n")
+
+
+def test_off_a_terminal_the_hub_s_progress_bars_are_off(tmp_path, progress_bars_unset):
+    """hf_xet's and huggingface_hub's nested bars write cursor moves into CI logs."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    assert not sys.stderr.isatty() and not are_progress_bars_disabled()  # pytest's capture
+    assert main(_init(tmp_path, "t")) == 0
+    assert are_progress_bars_disabled()

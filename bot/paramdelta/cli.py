@@ -17,7 +17,9 @@ module logs to ``logging.getLogger(__name__)``, and `main` gives the
   at any level: a watchlist problem, already ``file:line: warning: ...``.
 
 Every line is redacted. The logger does not propagate, so an application that
-embeds `main` keeps its own logging as it was.
+embeds `main` keeps its own logging as it was. When stderr is not a terminal,
+huggingface_hub's and hf_xet's progress bars are turned off (see
+`quiet_hub_bars_off_terminal`) and the merge reports progress as plain lines.
 """
 
 from __future__ import annotations
@@ -27,12 +29,20 @@ import importlib
 import logging
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from paramdelta import __version__
-from paramdelta.errors import DEBUG, Interrupted, UnexpectedError, as_error, interruption
+from paramdelta import PROJECT_URL, __version__
+from paramdelta.errors import (
+    DEBUG,
+    Interrupted,
+    UnexpectedError,
+    as_error,
+    exit_codes,
+    interruption,
+)
 from paramdelta.tokens import redact
 
 # name -> (module, one-line help)
@@ -56,13 +66,34 @@ start here:
                        one merge, from local directories or Hub repos
 
 'paramdelta COMMAND --help' tells more about each command."""
+ENVIRONMENT = """\
+environment:
+  HF_TOKEN             the Hub token (else the saved `hf auth login`; --token-file wins)
+  HF_OIDC_RESOURCE     trusted publishing from CI, instead of a token (see the docs)
+  HF_ENDPOINT          another Hub than https://huggingface.co (a mirror, a local one)
+  PARAMDELTA_DEBUG=1   print the traceback of an unexpected error"""
+
+
+def _epilog() -> str:
+    """Where to start, the environment it reads, its exit codes and where the docs are."""
+    codes = [("0", 'success, including "nothing pending"')]
+    codes += [
+        (str(code), meaning[0].lower() + meaning[1:]) for code, meaning in exit_codes().items()
+    ]
+    codes.append(("130, 143", "interrupted by SIGINT (Ctrl-C) or SIGTERM; partial output removed"))
+    table = "\n".join(
+        textwrap.fill(meaning, 92, initial_indent=f"  {code:<9}", subsequent_indent=" " * 11)
+        for code, meaning in codes
+    )
+    docs = f"docs: README.md and docs/ at {PROJECT_URL}"
+    return f"{FIRST_STEPS}\n\n{ENVIRONMENT}\n\nexit codes:\n{table}\n\n{docs}"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paramdelta",
         description="Transfer post-training onto a new base model (ParamΔ) and publish it.",
-        epilog=FIRST_STEPS,
+        epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"paramdelta {__version__}")
@@ -78,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     args = build_parser().parse_args(argv)
+    quiet_hub_bars_off_terminal()
     try:
         with _terminate_as_interrupt():
             return args.handler(args)
@@ -143,6 +175,19 @@ def configure_logging() -> None:
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(_Lines())
     logger.addHandler(handler)
+
+
+def quiet_hub_bars_off_terminal() -> None:
+    """No huggingface_hub or hf_xet progress bars when stderr is not a terminal: in a CI log
+    their nested bars are cursor-movement noise (the merge logs plain lines instead).
+    HF_HUB_DISABLE_PROGRESS_BARS, when set, decides (as huggingface_hub lets it)."""
+    if sys.stderr.isatty():
+        return
+    from huggingface_hub import constants
+    from huggingface_hub.utils import disable_progress_bars
+
+    if constants.HF_HUB_DISABLE_PROGRESS_BARS is None:
+        disable_progress_bars()
 
 
 def _print_error(message: str) -> None:

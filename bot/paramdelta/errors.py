@@ -109,6 +109,18 @@ class CheckError(ParamDeltaError):
         self.details = details
 
 
+def exit_codes() -> dict[int, str]:
+    """Each exit code of an error class and what it means (its docstring's first line)."""
+    codes: dict[int, str] = {}
+    pending = list(ParamDeltaError.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        pending.extend(cls.__subclasses__())
+        if "exit_code" in vars(cls) and cls.__doc__:
+            codes.setdefault(cls.exit_code, cls.__doc__.splitlines()[0].rstrip("."))
+    return dict(sorted(codes.items()))
+
+
 def as_error(e: Exception) -> ParamDeltaError:
     """Any exception as one of ours, with its exit code and a one-line message."""
     if isinstance(e, ParamDeltaError):

@@ -1,10 +1,13 @@
+import fcntl
 import hashlib
 import json
 import os
+import pty
 import re
 import struct
 import subprocess
 import sys
+import termios
 
 import pytest
 import torch
@@ -73,6 +76,8 @@ def test_merge_human_output(trio, tmp_path, capsys):
     assert main(_argv(trio, tmp_path / "out", "--alpha", "0.5")) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"merged 21 tensors (208.62 KiB, bfloat16) into {tmp_path / 'out'} in ")
+    # A duration with its unit, at a precision it deserves (never "in 0.0s").
+    assert re.match(r"merged .* in (\d+ ms|under 1 ms|\d+\.\d s) \(", out)
     assert "files from the inputs: LICENSE (new_base), chat_template.jinja (post)," in out
     assert re.search(
         r"^delta: \|post - base\| 0\.65\d*, \|new base - base\| 0\.65\d*, cosine 0\.00\d\d$",
@@ -82,7 +87,7 @@ def test_merge_human_output(trio, tmp_path, capsys):
     assert "written for this merge: README.md, paramdelta-delta.png, paramdelta.json\n" in out
     assert (
         "vocabulary: 256 rows in all three: 256 merged, 0 kept from the post model,"
-        " 0 dropped from the new base (vocab policy error)\n"
+        " 0 dropped from the new base (vocab policy `error`: sizes must match, or the merge stops)\n"
     ) in out
 
 
@@ -150,24 +155,40 @@ def test_a_post_model_without_a_tokenizer_is_said_and_the_card_loads_none(trio, 
     )
 
 
-def _cli(argv):
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
-    return subprocess.run(
-        [sys.executable, "-m", "paramdelta", *argv], capture_output=True, text=True, env=env
-    )
+def _cli(argv, *, terminal=False, **env):
+    """paramdelta in a subprocess; ``terminal``: its stderr is a pseudo-terminal."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"} | env
+    command = [sys.executable, "-m", "paramdelta", *argv]
+    if not terminal:
+        return subprocess.run(command, capture_output=True, text=True, env=env)
+    reader, writer = pty.openpty()
+    fcntl.ioctl(writer, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=writer, text=True, env=env)
+    os.close(writer)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(reader, 65536)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(reader)
+    done.stderr = b"".join(chunks).decode()
+    return done
 
 
 @pytest.mark.slow  # paramdelta in a subprocess
-def test_progress_bar_shown_on_stderr_unless_disabled(trio, tmp_path):
-    shown = _cli(_argv(trio, tmp_path / "a"))
+def test_one_progress_bar_on_a_terminal_none_in_a_log(trio, tmp_path):
+    shown = _cli(_argv(trio, tmp_path / "a"), terminal=True)
     assert shown.returncode == 0 and "merge: 100%" in shown.stderr
-    as_json = _cli(_argv(trio, tmp_path / "b", "--format", "json"))
+    assert shown.stderr.count("merge: 100%") == 1 and "\x1b[A" not in shown.stderr
+    logged = _cli(_argv(trio, tmp_path / "b"))  # a second's merge: no periodic line is due
+    assert logged.returncode == 0 and logged.stderr == ""
+    as_json = _cli(_argv(trio, tmp_path / "c", "--format", "json"), terminal=True)
     assert as_json.returncode == 0 and as_json.stderr == ""
-    env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1")
-    quiet = subprocess.run(
-        [sys.executable, "-m", "paramdelta", *_argv(trio, tmp_path / "c")],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+    quiet = _cli(_argv(trio, tmp_path / "d"), terminal=True, HF_HUB_DISABLE_PROGRESS_BARS="1")
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 

@@ -216,3 +216,17 @@ def test_a_target_in_a_plan_file_and_a_result_file_counts_once(tmp_path, capsys)
         PUBLISHED,
         other,
     ]
+
+
+def test_outside_the_watchlist_s_folder_it_says_to_pass_watchlist(
+    results_dir, tmp_path, monkeypatch, capsys
+):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["report", str(results_dir)]) == 2
+    assert capsys.readouterr().err == (
+        f"paramdelta: error: no watchlist.yaml in {elsewhere}: pass --watchlist PATH"
+        " (or run in the watchlist's folder)\n"
+    )
+    assert main(["report", str(results_dir), "--watchlist", str(tmp_path / "watchlist.yaml")]) == 0

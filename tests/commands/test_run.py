@@ -106,7 +106,7 @@ def test_a_second_run_with_nothing_changed_does_nothing(watchlist, fake_hub, cap
     commits = len(fake_hub.commits("me/good"))
     fake_hub.clear_requests()
     assert main(["run", "--watchlist", str(watchlist), "--target", "good"]) == 0
-    assert capsys.readouterr().out == "nothing to do: 1 target(s) up to date\n"
+    assert capsys.readouterr().out == "nothing to do: 1 target up to date\n"
     assert len(fake_hub.commits("me/good")) == commits
     assert fake_hub.weight_bytes_served() == 0
 
@@ -125,7 +125,7 @@ def test_a_readme_only_commit_upstream_is_not_merged_again(watchlist, hub_trio, 
         .endswith(f"(new base org/new-base moved {hub_trio.shas['new_base'][:7]} -> {moved[:7]})")
     )
     assert main(["run", "--watchlist", str(watchlist), "--target", "good"]) == 0
-    assert capsys.readouterr().out == "nothing to do: 1 target(s) up to date\n"
+    assert capsys.readouterr().out == "nothing to do: 1 target up to date\n"
     assert len(fake_hub.commits("me/good")) == commits
     assert fake_hub.weight_bytes_served() == 0
 
@@ -197,7 +197,7 @@ def test_a_target_in_review_is_said_to_be_in_review(hub_trio, fake_hub, tmp_path
         f"good: pr-opened ({fake_hub.url}/me/good/discussions/1"
     )
     assert main(["run", "--watchlist", str(path)]) == 0
-    assert capsys.readouterr().out == "nothing to do: 1 target(s) in review\n"
+    assert capsys.readouterr().out == "nothing to do: 1 target in review\n"
     assert len(fake_hub.pull_requests("me/good")) == 1
 
 
@@ -238,7 +238,7 @@ def test_the_rows_dropped_are_stated_in_log_lineage_and_card(grown_vocabulary, f
     assert main(["run", "--watchlist", str(grown_vocabulary)]) == 0
     stated = (
         "base 256, post 256, new base 260 rows; output 256 rows: 256 merged, 0 kept from the post model,"
-        " 4 dropped from the new base (vocab policy shared)"
+        " 4 dropped from the new base (vocab policy `shared`: the rows all three share are merged)"
     )
     err = capsys.readouterr().err.splitlines()
     assert f"grown: vocabulary: {stated}" in err

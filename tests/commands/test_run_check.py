@@ -5,7 +5,6 @@ import json
 import math
 import re
 import struct
-import zlib
 
 import pytest
 
@@ -104,12 +103,9 @@ def test_a_proper_merge_passes_and_its_numbers_land_in_card_and_lineage(
     assert f"]({chart.FILENAME})" in card
 
     png = fake_hub.read_file("me/out", chart.FILENAME)
-    assert png == chart.delta_chart(delta["layers"])
+    assert png == chart.delta_chart(record)  # drawn from the record committed beside it
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
-    width, height = struct.unpack(">II", png[16:24])
-    assert (width, height) == (2 * 8 + 5 * 24, 2 * 8 + 120 + 10 + 60)
-    (idat,) = re.findall(rb"IDAT(.*)", png, re.S)
-    assert len(zlib.decompress(idat[: idat.index(b"IEND") - 8])) == height * (1 + 3 * width)
+    assert struct.unpack(">II", png[16:24]) == (1000, 560)
 
 
 def _only_the_initial_commit(fake_hub):

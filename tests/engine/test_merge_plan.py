@@ -197,7 +197,7 @@ def test_a_grown_new_base_vocabulary_names_the_rows_it_would_drop(tmp_path):
     }
     assert plan.vocabulary.describe() == (
         "base 256, post 256, new base 260 rows; output 256 rows: 256 merged, 0 kept from the post model,"
-        " 4 dropped from the new base (vocab policy shared)"
+        " 4 dropped from the new base (vocab policy `shared`: the rows all three share are merged)"
     )
     assert plan.config_changes == {"vocab_size": 256}
 
@@ -207,7 +207,7 @@ def test_the_vocabulary_is_stated_when_nothing_differs(tmp_path):
     assert plan.vocabulary is not None
     assert plan.vocabulary.describe() == (
         "256 rows in all three: 256 merged, 0 kept from the post model,"
-        " 0 dropped from the new base (vocab policy error)"
+        " 0 dropped from the new base (vocab policy `error`: sizes must match, or the merge stops)"
     )
 
 

@@ -5,7 +5,7 @@ import pytest
 from paramdelta.engine.checkpoint import LocalSource
 from paramdelta.engine.recipe import Recipe
 from paramdelta.engine.stages import preflight
-from paramdelta.errors import UsageError
+from paramdelta.errors import NotFoundError, UsageError
 from paramdelta.hub.client import Hub
 from paramdelta.hub.sources import (
     HEAD_BYTES,
@@ -130,3 +130,29 @@ def test_other_files_stream_by_http_ranges_even_when_the_cdn_sends_everything(
             "bytes=123456-128455",
             206 if mode == "gzip" else 200,
         )
+
+
+def _listings(fake_hub):
+    return [r for r in fake_hub.requests if r.method == "GET" and r.path == "/api/models"]
+
+
+def test_a_repo_id_the_hub_does_not_know_suggests_the_author_s_close_names(hub_trio, fake_hub):
+    fake_hub.clear_requests()
+    with pytest.raises(NotFoundError) as e, open_sources(HubFactory(), base="org/Bsae"):
+        pass
+    assert str(e.value) == (
+        "org/Bsae@main: repository not found (or private, and the token cannot see it);"
+        " did you mean org/base?"
+    )
+    assert [r.query.get("author") for r in _listings(fake_hub)] == ["org"]  # one listing
+
+
+def test_no_listing_without_a_404_nor_a_guess_without_a_close_name(hub_trio, fake_hub):
+    fake_hub.clear_requests()
+    with open_sources(HubFactory(), base="org/base"):
+        pass
+    assert _listings(fake_hub) == []
+    with pytest.raises(NotFoundError) as e, open_sources(HubFactory(), base="org/zzzzzz"):
+        pass
+    assert str(e.value).endswith("(or private, and the token cannot see it)")
+    assert len(_listings(fake_hub)) == 1

@@ -242,7 +242,7 @@ def test_load_raises_with_the_first_problem(tmp_path):
 def test_validate_command(tmp_path, capsys):
     good = _write(tmp_path, GOOD)
     assert main(["watchlist", "validate", str(good)]) == 0
-    assert capsys.readouterr().out == f"{good}: valid, 1 targets (1 enabled)\n"
+    assert capsys.readouterr().out == f"{good}: valid, 1 target (1 enabled)\n"
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD + "    dtpye: x\n    alpha: nope\n")
     assert main(["watchlist", "validate", str(bad)]) == 2
@@ -314,7 +314,7 @@ def test_validate_shows_the_warnings_of_a_valid_file(tmp_path, capsys):
     path = _write(tmp_path, "targets:\n" + LLAMA_TARGET)
     assert main(["watchlist", "validate", str(path)]) == 0
     captured = capsys.readouterr()
-    assert captured.out == f"{path}: valid, 1 targets (1 enabled), 1 warning(s)\n"
+    assert captured.out == f"{path}: valid, 1 target (1 enabled), 1 warning\n"
     assert captured.err.startswith(f"{path}:6: warning: targets[0].output: Llama licence")
 
 

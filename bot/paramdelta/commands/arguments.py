@@ -113,7 +113,14 @@ def add_publish_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--pr", action="store_true", help="open a Hub pull request instead of committing"
     )
-    group.add_argument("--revision", default="main", help="branch to commit to (default main)")
+    group.add_argument(
+        "--output-branch",
+        "--revision",  # its first name, kept for scripts
+        dest="revision",
+        metavar="BRANCH",
+        default="main",
+        help="the output repo's branch to commit to (default main; --revision is its old name)",
+    )
     group.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE, help="commit title")
     add_token_file_argument(parser)
 

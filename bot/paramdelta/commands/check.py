@@ -24,6 +24,7 @@ from paramdelta.commands.output import emit
 from paramdelta.errors import CheckError, UsageError, as_error
 from paramdelta.pipeline.check_rules import DEFAULT_PERPLEXITY_FACTOR, INSTALL_HINT
 from paramdelta.rendering.check_report import STEP_TITLES
+from paramdelta.units import human_seconds
 
 if TYPE_CHECKING:
     from paramdelta.pipeline.check_rules import CheckReport
@@ -110,7 +111,8 @@ def human_report(report: CheckReport) -> str:
     for g in report.generation:
         problem = f" ({g['problem']})" if g["problem"] else ""
         lines.append(f"      {g['prompt']!r} -> {g['text']!r}{problem}")
-    lines.append(f"pre-publish check {report.status} in {report.seconds:.1f}s on {report.device}")
+    took = human_seconds(report.seconds)
+    lines.append(f"pre-publish check {report.status} in {took} on {report.device}")
     return "\n".join(lines)
 
 

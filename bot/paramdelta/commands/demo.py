@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from paramdelta.errors import UsageError
+from paramdelta.units import human_seconds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     where = f"Everything is in {workdir}" if keep else "Pass --keep to keep all the files"
     print(f"\nThe model card it published: {card}")
-    print(f"Demo finished in {time.perf_counter() - started:.0f}s. {where}.")
+    print(f"Demo finished in {human_seconds(time.perf_counter() - started)}. {where}.")
     return 0

@@ -11,17 +11,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paramdelta.commands import arguments
-from paramdelta.commands.output import emit, human_bytes
+from paramdelta.commands.output import emit
 from paramdelta.engine.files import RESULT_FILES
 from paramdelta.engine.merge_plan import FORMULA
 from paramdelta.errors import UsageError
 from paramdelta.repo_ids import check_repo_id
+from paramdelta.units import human_bytes, human_seconds
 
 if TYPE_CHECKING:
     from paramdelta.engine.stages import MergeResult
 
 
+SOURCES = """\
+SRC is a local folder (a path: ./base, /models/base, ~/base) or a Hub repo,
+org/name[@revision]: a branch, tag or commit of it (default main). A folder of
+that name wins over a repo. --base is the model --post was trained from;
+--new-base the newer base the post-training is transferred onto."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = SOURCES
     parser.add_argument(
         "--base", required=True, metavar="SRC", help="the model post was trained from"
     )
@@ -88,7 +98,7 @@ def human_summary(result: MergeResult) -> str:
     return "\n".join(
         [
             f"merged {stats.tensors} tensors ({human_bytes(stats.bytes)}, "
-            f"{result.plan.written_dtype}) into {result.out_dir} in {stats.seconds:.1f}s"
+            f"{result.plan.written_dtype}) into {result.out_dir} in {human_seconds(stats.seconds)}"
             f" ({rate}, {stats.device}, peak RSS {human_bytes(stats.peak_rss_bytes)})",
             delta_line(stats.delta.summary()["overall"]),
             f"files from the inputs: {donors or 'none'}",

@@ -14,11 +14,3 @@ def emit(fmt: str, data: Any, human: str) -> None:
     text = json.dumps(data, indent=2, sort_keys=False) if fmt == "json" else human
     sys.stdout.write(redact(text).rstrip("\n") + "\n")
     sys.stdout.flush()
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")

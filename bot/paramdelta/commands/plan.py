@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from paramdelta.commands import arguments
 from paramdelta.commands.output import emit
+from paramdelta.errors import UsageError
 from paramdelta.rendering import markdown
 
 if TYPE_CHECKING:
@@ -43,6 +44,12 @@ def load_watchlist(path: str) -> Watchlist:
     """Load (and fully validate) the watchlist; its warnings are logged."""
     from paramdelta.pipeline.watchlist import load
 
+    if (
+        path == arguments.DEFAULT_WATCHLIST and not Path(path).exists()
+    ):  # run elsewhere than its folder
+        raise UsageError(
+            f"no {path} in {Path.cwd()}: pass --watchlist PATH (or run in the watchlist's folder)"
+        )
     watchlist = load(path)
     log_warnings(watchlist.warnings)
     return watchlist

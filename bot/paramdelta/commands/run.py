@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from paramdelta.commands import arguments
 from paramdelta.commands.output import emit
 from paramdelta.commands.plan import load_watchlist
+from paramdelta.units import plural
 
 if TYPE_CHECKING:
     from paramdelta.pipeline.plan import TargetPlan
@@ -59,7 +60,9 @@ def human_results(plans: list[TargetPlan], results: list[TargetResult]) -> str:
     idle = [status(r) for r in results if r.status in IDLE]
     if results and len(idle) == len(results):
         counts = Counter(IDLE_WORDS.get(s, s) for s in idle)
-        return "nothing to do: " + ", ".join(f"{n} target(s) {w}" for w, n in counts.items())
+        return "nothing to do: " + ", ".join(
+            f"{plural(n, 'target')} {w}" for w, n in counts.items()
+        )
     lines = []
     for r in results:
         word = IDLE_WORDS.get(status(r), status(r)) if r.status == "up-to-date" else r.status

@@ -8,12 +8,18 @@ import sys
 from paramdelta.commands import arguments
 from paramdelta.commands.output import emit
 from paramdelta.errors import UsageError
+from paramdelta.units import plural
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     validate = actions.add_parser(
-        "validate", help="check a watchlist against the schema and the rules"
+        "validate",
+        help="check a watchlist against the schema and the rules",
+        description="Check a watchlist without touching the Hub: its YAML, its schema and the"
+        " rules the schema cannot express. Every error and warning is printed as"
+        " FILE:LINE: MESSAGE, all in one pass; exit 0 when it is valid (warnings allowed),"
+        " 2 when not.",
     )
     validate.add_argument(
         "file",
@@ -42,10 +48,11 @@ def run(args: argparse.Namespace) -> int:
             emit("json", data, "")
         return UsageError.exit_code
     enabled = sum(t.enabled for t in watchlist.targets)
-    warned = f", {len(problems)} warning(s)" if problems else ""
+    warned = f", {plural(len(problems), 'warning')}" if problems else ""
+    targets = plural(len(watchlist.targets), "target")
     emit(
         args.format,
         data,
-        f"{args.file}: valid, {len(watchlist.targets)} targets ({enabled} enabled){warned}",
+        f"{args.file}: valid, {targets} ({enabled} enabled){warned}",
     )
     return 0

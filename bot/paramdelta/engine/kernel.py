@@ -17,8 +17,8 @@ every digit when they are close. The same sums are the NaN/Inf sentinel: a NaN
 or Inf in any input makes one of them non-finite, and they bound how far the
 output can exceed new_base (see `_headroom`), so only a block they flag is
 counted element by element. This costs two passes over the block besides the
-merge's own: on a memory-bound CPU, about a fifth more time (README:
-Performance); on a GPU, nothing measurable.
+merge's own: on a memory-bound CPU, about a fifth more time
+(docs/performance.md); on a GPU, nothing measurable.
 
 Each operand is first widened into a float32 scratch row and the chunk is
 processed in cache-sized blocks: on a CPU this is memory-bound, and

@@ -21,7 +21,7 @@ from paramdelta.engine.checkpoint import CONFIG, Checkpoint, Source, TensorRef, 
 from paramdelta.engine.dtypes import COPIED_DTYPES, FLOAT_DTYPES, ITEMSIZE, TORCH_NAMES
 from paramdelta.engine.files import GENERATION_CONFIG, file_donors, skipped_files
 from paramdelta.engine.limits import MAX_CONFIG_BYTES, MAX_DONATED_BYTES, check_size
-from paramdelta.engine.recipe import DTYPE_CHOICES, Recipe
+from paramdelta.engine.recipe import DTYPE_CHOICES, VOCAB_POLICIES, Recipe
 from paramdelta.engine.safetensors_format import INDEX
 from paramdelta.errors import CheckpointError
 
@@ -170,7 +170,7 @@ class Vocabulary:
         return (
             f"{head}: {self.merged} merged, {self.kept_from_post} kept from the post model,"
             f" {self.dropped_from_new_base} dropped from the new base{dropped}"
-            f" (vocab policy {self.policy})"
+            f" (vocab policy `{self.policy}`: {VOCAB_POLICIES[self.policy]})"
         )
 
     def to_dict(self) -> dict[str, Any]:

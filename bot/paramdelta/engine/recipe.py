@@ -28,7 +28,12 @@ DTYPE_CHOICES: dict[str, str | None] = {
     "auto": None,
     **{TORCH_NAMES[name]: name for name in ("BF16", "F16", "F32")},
 }
-VOCAB_POLICIES = ("error", "shared")
+# Each --vocab-policy and what it means, said wherever a policy is named
+# (a bare "policy error" reads as a failure).
+VOCAB_POLICIES = {
+    "error": "sizes must match, or the merge stops",
+    "shared": "the rows all three share are merged",
+}
 
 _SIZE_UNITS = {
     "": 1,

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from huggingface_hub.utils import tqdm
 
 from paramdelta.engine.checkpoint import Source
 from paramdelta.engine.delta import DeltaReport
@@ -52,6 +51,7 @@ from paramdelta.engine.kernel import (
     scratch_buffers,
 )
 from paramdelta.engine.merge_plan import ROLE_TITLES, MergePlan
+from paramdelta.engine.progress import MergeProgress
 from paramdelta.engine.recipe import Runtime
 from paramdelta.engine.writer import OutputWriter, ShardPlan
 from paramdelta.errors import CheckpointError, UsageError
@@ -435,14 +435,7 @@ class Execution:
         finished: queue.Queue[int] = queue.Queue()  # its get() is interruptible (Ctrl-C)
         failures: list[BaseException] = []
         reports: list[DeltaReport] = []
-        bar = tqdm(
-            total=self.plan.nbytes,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc="merge",
-            disable=not self.runtime.progress,
-        )
+        bar = MergeProgress(self.plan.nbytes, enabled=self.runtime.progress)
         threads = [
             threading.Thread(
                 target=self._work,
@@ -491,7 +484,7 @@ class Execution:
         finished: queue.Queue[int],
         failures: list[BaseException],
         reports: list[DeltaReport],
-        bar: tqdm,
+        bar: MergeProgress,
     ) -> None:
         schedule, writer = self.schedule, self.writer
         try:
@@ -501,8 +494,7 @@ class Execution:
                 worker.read(unit)
                 worker.compute(unit)
                 writer.write(unit.shard, unit.out_offset, worker.output(unit))
-                with bar.get_lock():  # tqdm's counter is not atomic
-                    bar.update(unit.out_nbytes)
+                bar.update(unit.out_nbytes)
                 if schedule.done(unit):
                     writer.shard_done(unit.shard)
                     finished.put(unit.shard)

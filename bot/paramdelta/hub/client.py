@@ -393,6 +393,15 @@ class Hub:
             lambda: self.api.change_discussion_status(repo_id, number, "closed", comment=comment),
         )
 
+    def author_repos(self, author: str) -> list[str]:
+        """The ids of ``author``'s model repos that the token can see (one listing, up to
+        1000); none if the listing fails: it only ever adds a hint to another error."""
+        try:
+            with self._failures(author):
+                return [m.id for m in self.api.list_models(author=author, limit=1000)]
+        except HubError:
+            return []
+
     def newest_repo(self, author: str, pattern: str) -> tuple[str, datetime] | None:
         """The most recently created repo of ``author`` whose name matches the glob ``pattern``."""
         literal = pattern.split("*")[0].split("?")[0].split("[")[0]

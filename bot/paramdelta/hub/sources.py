@@ -169,13 +169,22 @@ def open_source(spec: str, role: str, hub_factory: HubFactory) -> Source:
     hub = hub_factory()
     try:
         return HubSource(hub, hub.repo_files(repo_id, revision))
-    except NotFoundError:
+    except NotFoundError as e:
         owner = Path(repo_id.partition("/")[0])
         if owner.is_dir():  # a typo in a local path, most likely
             raise UsageError(
                 f"{option} {spec}: no such directory{_nearest(path)}, and no Hub repo {repo_id}"
             ) from None
+        if close := _similar_repos(hub, repo_id):  # a typo in a repo id
+            raise NotFoundError(f"{e}; did you mean {' or '.join(close)}?") from None
         raise
+
+
+def _similar_repos(hub: Hub, repo_id: str) -> list[str]:
+    """Up to 3 repos of ``repo_id``'s author with a close name (case aside)."""
+    author, _, name = repo_id.partition("/")
+    names = {other.partition("/")[2].lower(): other for other in hub.author_repos(author)}
+    return [names[n] for n in difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.6)]
 
 
 def _nearest(path: Path) -> str:

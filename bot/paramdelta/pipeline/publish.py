@@ -187,7 +187,7 @@ def result_files(
         result.sources, result.plan, output_repo, settings, result, weights, check, directory
     )
     # The chart the card shows: made with the weights, so `publish DIR` commits DIR's own.
-    chart_png = {chart.FILENAME: chart.delta_chart(record["delta"]["layers"])}
+    chart_png = {chart.FILENAME: chart.delta_chart(record)}
     return card_and_record(record, settings, hub_url) | chart_png
 
 

@@ -36,6 +36,7 @@ from paramdelta.engine.recipe import Recipe, recorded_fields
 from paramdelta.errors import UsageError
 from paramdelta.rendering import chart, markdown
 from paramdelta.rendering.check_report import STEP_TITLES
+from paramdelta.units import human_bytes, plural
 
 DEFAULT_TEMPLATE = "templates/model_card.md.j2"
 BASE_TAGS = ("merge", "paramdelta")
@@ -49,12 +50,14 @@ LICENCE_LINK = re.compile(r"https://[\w.-]+(?::\d+)?(?:/[\w.~%/+-]*)?|[\w-]+(?:\
 
 
 def _environment() -> SandboxedEnvironment:
-    return SandboxedEnvironment(
+    environment = SandboxedEnvironment(
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=False,
     )
+    environment.filters.update(size=human_bytes, plural=plural)  # amounts with their units
+    return environment
 
 
 def load_template(path: Path | None) -> str:

@@ -1,115 +1,137 @@
-"""The delta report's per-layer chart, a PNG committed beside the card (stdlib only).
+"""The delta report's per-layer chart, a PNG committed beside the card (matplotlib, Agg).
 
-Two panels, one column per layer group in model order (embeddings, layer 0, 1,
-..., the rest, the LM head). Above: the norm of post - base (blue) and of new
-base - base (orange), both scaled to the largest of either. Below: their cosine,
-on a fixed scale from -1 (bottom) to 1 (top), around a line at 0; a column
-that is not finite is drawn red from top to bottom. The card's table has the
-numbers; the chart shows where along the model they change.
+Two panels share one x axis, a position per layer group in model order
+(embeddings, layer 0, 1, ..., the rest, the LM head). Above: the norm of
+post - base (blue) and of new base - base (orange) per group. Below: their
+cosine on a fixed -1...1 axis. A group with a non-finite value is shaded red in
+both panels. The card's table has the numbers; the chart shows where along the
+model they change. The colours are the card's alt text's.
 
-A chart needs no plotting library: it is bars, drawn into an RGB pixel buffer
-and written as an 8-bit PNG (zlib and CRC from the standard library).
+The figure is drawn on matplotlib's Agg canvas without pyplot: no global state,
+so concurrent publishes can draw at once. Its size is fixed (1000 x 560 px), so
+the Hub, which shows it at page width, never scales its text below legibility;
+with 100 groups or more only every n-th layer is named.
 """
 
 from __future__ import annotations
 
+import io
 import math
-import struct
-import zlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FILENAME = "paramdelta-delta.png"
-POST_COLOUR = (31, 119, 180)
-UPDATE_COLOUR = (255, 127, 14)
-COSINE_COLOUR = (44, 160, 44)
-BAD_COLOUR = (214, 39, 40)
-AXIS_COLOUR = (120, 120, 120)
-GRID_COLOUR = (225, 225, 225)
-BACKGROUND = (255, 255, 255)
-MARGIN = 8
-NORM_HEIGHT = 120
-COSINE_HEIGHT = 60
-GAP = 10
-
-
-class Canvas:
-    """An RGB image held as rows of bytes."""
-
-    def __init__(self, width: int, height: int) -> None:
-        self.width, self.height = width, height
-        self.rows = [bytearray(bytes(BACKGROUND) * width) for _ in range(height)]
-
-    def fill(self, x0: int, y0: int, x1: int, y1: int, colour: tuple[int, int, int]) -> None:
-        """Paint the pixels with x0 <= x < x1 and y0 <= y < y1 (clipped to the image)."""
-        x0, x1 = max(0, min(x0, x1)), min(self.width, max(x0, x1))
-        y0, y1 = max(0, min(y0, y1)), min(self.height, max(y0, y1))
-        span = bytes(colour) * (x1 - x0)
-        for y in range(y0, y1):
-            self.rows[y][3 * x0 : 3 * x1] = span
-
-    def png(self) -> bytes:
-        raw = b"".join(b"\x00" + bytes(row) for row in self.rows)  # filter type 0 per row
-        header = struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)
-        return (
-            b"\x89PNG\r\n\x1a\n"
-            + _chunk(b"IHDR", header)
-            + _chunk(b"IDAT", zlib.compress(raw, 9))
-            + _chunk(b"IEND", b"")
-        )
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+POST_COLOUR = "#1f77b4"  # blue
+UPDATE_COLOUR = "#ff7f0e"  # orange
+COSINE_COLOUR = "#2ca02c"  # green
+BAD_COLOUR = "#d62728"  # red
+SIZE_INCHES, DPI = (10.0, 5.6), 100
+NAMED_TICKS = 50  # with more groups than twice this, layer names are thinned to about this many
+ROLE_NAMES = {"base": "base", "post": "post", "new_base": "new base"}
 
 
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def delta_chart(layers: Sequence[Mapping[str, Any]]) -> bytes:
-    """The PNG for the per-layer rows of the delta report (paramdelta.json's delta.layers)."""
-    count = max(len(layers), 1)
-    column = max(4, min(24, 480 // count))
-    bar = max(1, (column - 2) // 2)
-    width = 2 * MARGIN + count * column
-    height = 2 * MARGIN + NORM_HEIGHT + GAP + COSINE_HEIGHT
-    canvas = Canvas(width, height)
-    norms_bottom = MARGIN + NORM_HEIGHT
-    cosine_top = norms_bottom + GAP
-    middle = cosine_top + COSINE_HEIGHT // 2
-    for y in (cosine_top, middle - COSINE_HEIGHT // 4, middle + COSINE_HEIGHT // 4):
-        canvas.fill(MARGIN, y, width - MARGIN, y + 1, GRID_COLOUR)
-    canvas.fill(
-        MARGIN,
-        cosine_top + COSINE_HEIGHT - 1,
-        width - MARGIN,
-        cosine_top + COSINE_HEIGHT,
-        GRID_COLOUR,
+def _name(checkpoint: Mapping[str, Any]) -> str:
+    return str(checkpoint.get("repo") or checkpoint.get("path") or "?")
+
+
+def merge_title(record: Mapping[str, Any]) -> str:
+    """The chart's title: the output, and the three checkpoints it was merged from."""
+    by_role = {c["role"]: _name(c) for c in record.get("checkpoints", [])}
+    output = (record.get("output") or {}).get("repo") or "merged model"
+    inputs = (
+        f"{by_role.get('new_base', '?')} + ({by_role.get('post', '?')}"
+        f" \N{MINUS SIGN} {by_role.get('base', '?')})"
     )
-    norms = [
-        layer[key]
-        for layer in layers
-        for key in ("post_delta_norm", "base_update_norm")
-        if _finite(layer[key])
+    return f"ParamΔ delta per layer: {output}\n{inputs}"
+
+
+def _ticks(count: int) -> range:
+    """Which positions are named: every one, or with 100+ groups every n-th."""
+    step = 1 if count < 2 * NAMED_TICKS else math.ceil(count / NAMED_TICKS)
+    return range(0, count, step)
+
+
+def delta_figure(record: Mapping[str, Any]) -> Figure:
+    """The chart of ``record``'s delta report (paramdelta.json's ``delta``) as a Figure."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    layers: Sequence[Mapping[str, Any]] = record["delta"]["layers"]
+    count = len(layers)
+    figure = Figure(figsize=SIZE_INCHES, dpi=DPI, layout="constrained")
+    norms, cosines = figure.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+    figure.suptitle(merge_title(record), fontsize=12)
+    positions = range(count)
+
+    def value(layer: Mapping[str, Any], key: str) -> float:
+        return float(layer[key]) if _finite(layer[key]) else 0.0
+
+    broken = [
+        i
+        for i, layer in enumerate(layers)
+        if not all(_finite(layer[k]) for k in ("post_delta_norm", "base_update_norm"))
+        or any(layer["nonfinite"].values())
     ]
-    scale = max(norms, default=0.0) or 1.0
-    for i, layer in enumerate(layers):
-        x = MARGIN + i * column + 1
-        broken = not all(_finite(layer[k]) for k in ("post_delta_norm", "base_update_norm"))
-        if broken or any(layer["nonfinite"].values()):
-            canvas.fill(x, MARGIN, x + 2 * bar, cosine_top + COSINE_HEIGHT, BAD_COLOUR)
-            continue
-        for offset, key, colour in (
-            (0, "post_delta_norm", POST_COLOUR),
-            (bar, "base_update_norm", UPDATE_COLOUR),
-        ):
-            top = norms_bottom - round(NORM_HEIGHT * layer[key] / scale)
-            canvas.fill(x + offset, top, x + offset + bar, norms_bottom, colour)
-        cosine = layer["cosine"]
-        if _finite(cosine):
-            end = middle - round(cosine * (COSINE_HEIGHT // 2))
-            canvas.fill(x, min(middle, end), x + 2 * bar, max(middle, end) + 1, COSINE_COLOUR)
-    canvas.fill(MARGIN, norms_bottom, width - MARGIN, norms_bottom + 1, AXIS_COLOUR)
-    canvas.fill(MARGIN, middle, width - MARGIN, middle + 1, AXIS_COLOUR)
-    return canvas.png()
+    for axes in (norms, cosines):
+        for i in broken:
+            axes.axvspan(i - 0.5, i + 0.5, color=BAD_COLOUR, alpha=0.35, linewidth=0)
+        axes.grid(axis="y", color="#dddddd", linewidth=0.8)
+        axes.set_axisbelow(True)
+
+    norms.bar(
+        [i - 0.2 for i in positions],
+        [value(layer, "post_delta_norm") for layer in layers],
+        width=0.4,
+        color=POST_COLOUR,
+        label="‖post − base‖",
+    )
+    norms.bar(
+        [i + 0.2 for i in positions],
+        [value(layer, "base_update_norm") for layer in layers],
+        width=0.4,
+        color=UPDATE_COLOUR,
+        label="‖new base − base‖",
+    )
+    norms.set_ylabel("L2 norm of the difference")
+    handles, labels = norms.get_legend_handles_labels()
+    if broken:
+        handles.append(Patch(color=BAD_COLOUR, alpha=0.35))
+        labels.append("non-finite values")
+    norms.legend(handles, labels, loc="lower left", bbox_to_anchor=(0, 1), ncols=3, frameon=False)
+
+    cosines.bar(
+        positions,
+        [value(layer, "cosine") for layer in layers],
+        width=0.8,
+        color=COSINE_COLOUR,
+    )
+    cosines.axhline(0, color="#666666", linewidth=0.8)
+    cosines.set_ylim(-1.05, 1.05)
+    cosines.set_yticks([-1, -0.5, 0, 0.5, 1])
+    cosines.set_ylabel("cosine")
+    cosines.set_title("cosine of post − base and new base − base", fontsize=10)
+
+    shown = _ticks(count)
+    cosines.set_xticks(list(shown), [str(layers[i]["layer"]) for i in shown])
+    cosines.tick_params(axis="x", labelrotation=90 if count > 12 else 0, labelsize=8)
+    cosines.set_xlim(-0.6, max(count, 1) - 0.4)
+    cosines.set_xlabel("layer group, in model order")
+    return figure
+
+
+def delta_chart(record: Mapping[str, Any]) -> bytes:
+    """The PNG for ``record``'s delta report: the figure, rendered by Agg."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = delta_figure(record)
+    FigureCanvasAgg(figure)
+    out = io.BytesIO()
+    figure.savefig(out, format="png", metadata={"Software": None})
+    return out.getvalue()
