@@ -562,6 +562,47 @@ def test_push_as_pull_request_leaves_main_alone(hub_trio, fake_hub, capsys):
     assert "config.json" in fake_hub.list_files("me/merged", pr.ref)
 
 
+@pytest.fixture
+def ctrl_c_during_upload(monkeypatch):
+    """Ctrl-C while the first shard uploads (as KeyboardInterrupt reaches the main thread)."""
+    from paramdelta.hub.client import Hub
+
+    def interrupted(self, repo_id, operations, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Hub, "preupload", interrupted)
+
+
+def test_ctrl_c_during_push_leaves_no_repo_it_created(
+    hub_trio, fake_hub, ctrl_c_during_upload, capsys
+):
+    assert main(_hub_argv(hub_trio.repos, "--push-to", "me/merged")) == 130
+    assert "interrupted (SIGINT)" in capsys.readouterr().err
+    assert not fake_hub.repo_exists("me/merged")
+
+
+def test_ctrl_c_during_push_leaves_a_repo_that_was_there_untouched(
+    hub_trio, fake_hub, ctrl_c_during_upload
+):
+    fake_hub.create_repo("me/merged")
+    head = fake_hub.head("me/merged")
+    assert main(_hub_argv(hub_trio.repos, "--push-to", "me/merged")) == 130
+    assert fake_hub.repo_exists("me/merged") and fake_hub.head("me/merged") == head
+
+
+def test_a_repo_created_meanwhile_by_someone_else_is_not_deleted(hub_trio, fake_hub, monkeypatch):
+    """Only a repo that still holds nothing but the initial commit is deleted."""
+    from paramdelta.hub.client import Hub
+
+    def someone_commits_then_ctrl_c(self, repo_id, operations, **kwargs):
+        fake_hub.commit(repo_id, {"NOTES.md": b"mine"})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Hub, "preupload", someone_commits_then_ctrl_c)
+    assert main(_hub_argv(hub_trio.repos, "--push-to", "me/merged")) == 130
+    assert fake_hub.read_file("me/merged", "NOTES.md") == b"mine"
+
+
 def test_a_concurrent_change_to_the_output_is_exit_5(hub_trio, fake_hub, capsys, monkeypatch):
     from paramdelta.hub.publisher import Publisher
 
