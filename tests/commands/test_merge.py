@@ -709,3 +709,119 @@ def test_config_and_generation_config_agree_on_token_ids_in_the_output(trio, tmp
     assert record["recipe"]["config_changes"] == {"eos_token_id": [2, 9]}
     card = (tmp_path / "out" / "README.md").read_text()
     assert "`config.json` is the new base's, with `eos_token_id` = `[2, 9]`:" in card
+
+
+@pytest.fixture
+def mount_point(tmp_path, monkeypatch):
+    """An empty directory that behaves as a mount point (a Docker volume as --output):
+    os.path.ismount says so, and the kernel refuses to rename it or to replace it."""
+    import errno
+    from pathlib import Path
+
+    point = tmp_path / "volume"
+    point.mkdir()
+    real_ismount, real_rename, real_os_replace = os.path.ismount, os.rename, os.replace
+
+    def busy(src, dst):
+        if point in (Path(src).absolute(), Path(dst).absolute()):
+            raise OSError(errno.EBUSY, "Device or resource busy", str(src))
+
+    def rename(src, dst, **kwargs):
+        busy(src, dst)
+        return real_rename(src, dst, **kwargs)
+
+    def replace(src, dst, **kwargs):
+        busy(src, dst)
+        return real_os_replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == point or real_ismount(p))
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "replace", replace)
+    return point
+
+
+def _a_finished_output(out):
+    from paramdelta.pipeline.publish import read_record
+
+    names = sorted(p.name for p in out.iterdir())
+    assert ".paramdelta-output" in names and not [n for n in names if ".partial-" in n]
+    assert read_record(out)["output"]["shards"] == ["model.safetensors"]  # `publish` takes it
+    return names
+
+
+def test_an_empty_mount_point_as_output_is_filled_in_place(trio, tmp_path, mount_point, capsys):
+    assert main(_argv(trio, mount_point)) == 0
+    assert f"into {mount_point} in " in capsys.readouterr().out
+    names = _a_finished_output(mount_point)
+    assert {"README.md", "paramdelta.json", "model.safetensors", "config.json"} <= set(names)
+    expected = reference_merge(*(load_tensors(trio[r]) for r in ("base", "post", "new_base")))
+    assert mismatched_tensors(load_tensors(mount_point), expected) == []
+
+    # Again, into the same mount point: only --overwrite replaces it, in place too.
+    assert main(_argv(trio, mount_point)) == 2
+    assert "directory is not empty (pass --overwrite to replace it)" in capsys.readouterr().err
+    assert main(_argv(trio, mount_point, "--alpha", "0.5", "--overwrite")) == 0
+    assert _a_finished_output(mount_point) == names
+    assert json.loads((mount_point / "paramdelta.json").read_text())["recipe"]["alpha"] == 0.5
+
+
+def test_a_mount_point_never_looks_finished_before_it_is(trio, mount_point, monkeypatch, capsys):
+    """The marker goes in first and the record last: interrupted before the record, the
+    folder is no output `publish` takes, and a re-run (with --overwrite) finishes it."""
+    from paramdelta.pipeline.publish import read_record
+
+    moved = []
+    replace = os.replace
+
+    def interrupted_before_the_record(src, dst, **kwargs):
+        if os.path.basename(dst) == "paramdelta.json":
+            raise KeyboardInterrupt
+        moved.append(os.path.basename(dst))
+        return replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "replace", interrupted_before_the_record)
+    assert main(_argv(trio, mount_point)) == 130
+    assert moved[0] == ".paramdelta-output" and "model.safetensors" in moved
+    assert not (mount_point / "paramdelta.json").exists()
+    assert not [p for p in mount_point.iterdir() if ".partial-" in p.name]
+    with pytest.raises(Exception, match="no paramdelta.json"):
+        read_record(mount_point)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert main(_argv(trio, mount_point, "--overwrite")) == 0
+    _a_finished_output(mount_point)
+
+
+def _unshare_works():
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.mark.slow  # a subprocess in its own mount namespace
+@pytest.mark.skipif(not _unshare_works(), reason="no unprivileged mount namespaces here")
+def test_merge_into_a_real_mount_point(trio, tmp_path):
+    """A tmpfs mounted on an empty --output (the kernel's EBUSY, not a simulation)."""
+    point = tmp_path / "volume"
+    point.mkdir()
+    argv = " ".join(_argv(trio, point)[1:])
+    script = (
+        f"mount -t tmpfs none {point} && {sys.executable} -m paramdelta merge {argv} >/dev/null"
+        f" && ls -A {point}"
+    )
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    names = done.stdout.split()
+    assert {".paramdelta-output", "paramdelta.json", "README.md", "model.safetensors"} <= set(names)
+    assert not [n for n in names if ".partial-" in n or ".upload-" in n]
+
+
+def test_push_with_a_local_copy_on_a_mount_point(hub_trio, fake_hub, mount_point, capsys):
+    argv = _hub_argv(hub_trio.repos, "--push-to", "me/merged", "--output", str(mount_point))
+    assert main(argv) == 0
+    names = _a_finished_output(mount_point)
+    assert not [n for n in names if n.startswith(".paramdelta-upload-")]  # staging removed
+    assert fake_hub.read_file("me/merged", "model.safetensors") == (
+        (mount_point / "model.safetensors").read_bytes()
+    )

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,7 +36,8 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
 from paramdelta.engine.files import LINEAGE_FILE
 from paramdelta.engine.safetensors_format import is_weights_file
-from paramdelta.engine.writer import OUTPUT_MARKER, WrittenShard
+from paramdelta.engine.workdirs import OwnedDir, sweep
+from paramdelta.engine.writer import OUTPUT_MARKER, WORK_PREFIX, WrittenShard
 from paramdelta.errors import HubError, PublishConflictError
 from paramdelta.hub import content_ids
 from paramdelta.hub.client import Hub
@@ -46,7 +46,8 @@ from paramdelta.tokens import redact
 
 log = logging.getLogger(__name__)
 
-NEW_REPO = "new-repo"  # a Publisher's parent when the output repo did not exist at plan time
+NEW_REPO = "new-repo"
+UPLOAD_PREFIX = f"{WORK_PREFIX}upload-"  # the staging directory of the shards being uploaded  # a Publisher's parent when the output repo did not exist at plan time
 
 
 @dataclass
@@ -138,7 +139,7 @@ class Publisher:
         self._uploaded: dict[str, CommitOperationAdd] = {}
         self._pending: Future[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._staging: Path | None = None
+        self._staging: OwnedDir | None = None
         self._remote_files: set[str] = set()
         self._remote_ids: dict[str, str] = {}  # each file of the parent: its content id
         self._lock = threading.Lock()
@@ -173,7 +174,8 @@ class Publisher:
             if self._executor is not None:
                 self._executor.shutdown(wait=True, cancel_futures=True)
             if self._staging is not None:
-                shutil.rmtree(self._staging, ignore_errors=True)
+                shutil.rmtree(self._staging.path, ignore_errors=True)
+                self._staging.release()
         finally:
             self._remove_if_unpublished()
 
@@ -226,10 +228,10 @@ class Publisher:
     def _stage(self, path: Path) -> Path | None:
         try:
             if self._staging is None:
-                self._staging = Path(
-                    tempfile.mkdtemp(prefix=".paramdelta-upload-", dir=path.parent.parent)
-                )
-            staged = self._staging / path.name
+                parent = path.parent.parent
+                sweep(parent, UPLOAD_PREFIX)  # what a killed run's uploads left there
+                self._staging = OwnedDir(parent, UPLOAD_PREFIX)
+            staged = self._staging.path / path.name
             os.link(path, staged)
         except OSError:
             return None
