@@ -768,15 +768,18 @@ def test_an_empty_mount_point_as_output_is_filled_in_place(trio, tmp_path, mount
 def test_a_mount_point_never_looks_finished_before_it_is(trio, mount_point, monkeypatch, capsys):
     """The marker goes in first and the record last: interrupted before the record, the
     folder is no output `publish` takes, and a re-run (with --overwrite) finishes it."""
+    from pathlib import Path
+
+    from paramdelta.errors import UsageError
     from paramdelta.pipeline.publish import read_record
 
     moved = []
     replace = os.replace
 
     def interrupted_before_the_record(src, dst, **kwargs):
-        if os.path.basename(dst) == "paramdelta.json":
+        if Path(dst).name == "paramdelta.json":
             raise KeyboardInterrupt
-        moved.append(os.path.basename(dst))
+        moved.append(Path(dst).name)
         return replace(src, dst, **kwargs)
 
     monkeypatch.setattr(os, "replace", interrupted_before_the_record)
@@ -784,7 +787,7 @@ def test_a_mount_point_never_looks_finished_before_it_is(trio, mount_point, monk
     assert moved[0] == ".paramdelta-output" and "model.safetensors" in moved
     assert not (mount_point / "paramdelta.json").exists()
     assert not [p for p in mount_point.iterdir() if ".partial-" in p.name]
-    with pytest.raises(Exception, match="no paramdelta.json"):
+    with pytest.raises(UsageError, match=r"no paramdelta\.json"):
         read_record(mount_point)
 
     monkeypatch.setattr(os, "replace", replace)

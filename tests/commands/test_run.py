@@ -210,7 +210,8 @@ def test_a_target_switched_from_pr_to_commit_closes_its_pull_request(
     assert main(["run", "--watchlist", str(path)]) == 0
     (ours,) = fake_hub.pull_requests("me/good")
     strangers = fake_hub.open_pull_request(
-        "me/good", {"paramdelta.json": fake_hub.read_file("me/good", "paramdelta.json", ours.ref)},
+        "me/good",
+        {"paramdelta.json": fake_hub.read_file("me/good", "paramdelta.json", ours.ref)},
         author="mallory",
     )
     capsys.readouterr()

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -46,7 +45,7 @@ def demo(tmp_path_factory):
         patch.setattr(demo_module, "run_demo", run_demo_and_copy)
         patch.setattr(tempfile, "tempdir", str(temp))
         code = main(["demo"])
-        left_in_temp = sorted(os.listdir(temp))
+        left_in_temp = sorted(p.name for p in temp.iterdir())
     [report] = seen
     printed = stdout.getvalue().splitlines()
     yield SimpleNamespace(

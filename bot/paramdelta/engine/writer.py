@@ -277,12 +277,12 @@ class OutputWriter:
                     shutil.rmtree(path)
                 else:
                     path.unlink()
-            names = sorted(
-                os.listdir(self.tmp_dir),
-                key=lambda n: (n != OUTPUT_MARKER, n == LINEAGE_FILE, n),
+            new = sorted(
+                self.tmp_dir.iterdir(),
+                key=lambda p: (p.name != OUTPUT_MARKER, p.name == LINEAGE_FILE, p.name),
             )
-            for name in names:
-                os.replace(self.tmp_dir / name, self.out_dir / name)
+            for path in new:
+                path.replace(self.out_dir / path.name)
             self.tmp_dir.rmdir()
 
     def abort(self) -> None:

@@ -46,8 +46,8 @@ from paramdelta.tokens import redact
 
 log = logging.getLogger(__name__)
 
-NEW_REPO = "new-repo"
-UPLOAD_PREFIX = f"{WORK_PREFIX}upload-"  # the staging directory of the shards being uploaded  # a Publisher's parent when the output repo did not exist at plan time
+NEW_REPO = "new-repo"  # a Publisher's parent when the output repo did not exist at plan time
+UPLOAD_PREFIX = f"{WORK_PREFIX}upload-"  # the staging directory of the shards being uploaded
 
 
 @dataclass
@@ -192,7 +192,9 @@ class Publisher:
             head = self.hub.find_repo_files(self.repo_id, self.revision)
             if head is not None and set(head.sizes) <= {".gitattributes"}:
                 self.hub.delete_repo(self.repo_id)
-                log.info("%s: deleted the repo this run created, as nothing was published", self.repo_id)
+                log.info(
+                    "%s: deleted the repo this run created, as nothing was published", self.repo_id
+                )
         except HubError as e:
             log.warning(
                 "%s: this run created it and published nothing, but could not delete it (%s);"
