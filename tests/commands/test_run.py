@@ -234,6 +234,19 @@ def test_a_target_switched_from_pr_to_commit_closes_its_pull_request(
     assert fake_hub.discussion("me/good", strangers).status == "open"  # not the bot's
 
 
+def test_ctrl_c_during_the_upload_leaves_no_output_repo(hub_trio, fake_hub, tmp_path, monkeypatch):
+    from paramdelta.hub.client import Hub
+
+    def interrupted(self, repo_id, operations, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Hub, "preupload", interrupted)
+    path = tmp_path / "w.yaml"
+    path.write_text(WATCHLIST.split("  - name: broken")[0])
+    assert main(["run", "--watchlist", str(path), "--check", "off"]) == 130
+    assert not fake_hub.repo_exists("me/good")
+
+
 GROWN = """\
 targets:
   - name: grown
