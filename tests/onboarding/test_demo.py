@@ -148,8 +148,7 @@ def test_the_demo_leaves_nothing_behind_without_keep(demo):
     assert demo.code == 0
     assert not demo.workdir.exists()
     assert demo.left_in_temp == []
-    assert re.fullmatch(
-        r"Demo finished in \d+s\. Its files are removed: pass --keep to keep them, the model"
-        r" card it published among them\.",
-        demo.printed[-1],
+    last = demo.printed[-1]
+    assert last.startswith("Demo finished in ") and last.endswith(
+        ". Its files are removed: pass --keep to keep them, the model card it published among them."
     )

@@ -219,7 +219,7 @@ class Hub:
     def repo_files(self, repo_id: str, revision: str = "main", *, files: bool = True) -> RepoFiles:
         """Resolve ``revision`` to a commit sha and list the files there, in one request.
 
-        ``files=False`` skips file sizes and content ids (what a publish needs of its output repo).
+        ``files=False`` skips file sizes and content ids (a lighter request, for existence).
         """
         info = self._retry(
             f"{repo_id}@{revision}",
