@@ -615,6 +615,47 @@ def test_push_as_pull_request_leaves_main_alone(hub_trio, fake_hub, capsys):
     assert "config.json" in fake_hub.list_files("me/merged", pr.ref)
 
 
+@pytest.fixture
+def ctrl_c_during_upload(monkeypatch):
+    """Ctrl-C while the first shard uploads (as KeyboardInterrupt reaches the main thread)."""
+    from paramdelta.hub.client import Hub
+
+    def interrupted(self, repo_id, operations, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Hub, "preupload", interrupted)
+
+
+def test_ctrl_c_during_push_leaves_no_repo_it_created(
+    hub_trio, fake_hub, ctrl_c_during_upload, capsys
+):
+    assert main(_hub_argv(hub_trio.repos, "--push-to", "me/merged")) == 130
+    assert "interrupted (SIGINT)" in capsys.readouterr().err
+    assert not fake_hub.repo_exists("me/merged")
+
+
+def test_ctrl_c_during_push_leaves_a_repo_that_was_there_untouched(
+    hub_trio, fake_hub, ctrl_c_during_upload
+):
+    fake_hub.create_repo("me/merged")
+    head = fake_hub.head("me/merged")
+    assert main(_hub_argv(hub_trio.repos, "--push-to", "me/merged")) == 130
+    assert fake_hub.repo_exists("me/merged") and fake_hub.head("me/merged") == head
+
+
+def test_a_repo_created_meanwhile_by_someone_else_is_not_deleted(hub_trio, fake_hub, monkeypatch):
+    """Only a repo that still holds nothing but the initial commit is deleted."""
+    from paramdelta.hub.client import Hub
+
+    def someone_commits_then_ctrl_c(self, repo_id, operations, **kwargs):
+        fake_hub.commit(repo_id, {"NOTES.md": b"mine"})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Hub, "preupload", someone_commits_then_ctrl_c)
+    assert main(_hub_argv(hub_trio.repos, "--push-to", "me/merged")) == 130
+    assert fake_hub.read_file("me/merged", "NOTES.md") == b"mine"
+
+
 def test_a_concurrent_change_to_the_output_is_exit_5(hub_trio, fake_hub, capsys, monkeypatch):
     from paramdelta.hub.publisher import Publisher
 
@@ -642,7 +683,7 @@ def test_a_failure_before_the_commit_changes_nothing_and_a_rerun_completes(
     fake_hub.faults.add(method="POST", path="/api/models/me/merged/commit/", status=500, times=1)
     assert main(argv) == 4
     assert "me/merged: HTTP 500" in capsys.readouterr().err
-    assert fake_hub.list_files("me/merged") == [".gitattributes"]
+    assert not fake_hub.repo_exists("me/merged")  # the run created it: it goes again
     stored = fake_hub.xet_stored_bytes
     assert main(argv) == 0
     assert fake_hub.xet_stored_bytes == stored  # every shard was already stored: nothing re-sent
@@ -721,3 +762,122 @@ def test_config_and_generation_config_agree_on_token_ids_in_the_output(trio, tmp
     assert record["recipe"]["config_changes"] == {"eos_token_id": [2, 9]}
     card = (tmp_path / "out" / "README.md").read_text()
     assert "`config.json` is the new base's, with `eos_token_id` = `[2, 9]`:" in card
+
+
+@pytest.fixture
+def mount_point(tmp_path, monkeypatch):
+    """An empty directory that behaves as a mount point (a Docker volume as --output):
+    os.path.ismount says so, and the kernel refuses to rename it or to replace it."""
+    import errno
+    from pathlib import Path
+
+    point = tmp_path / "volume"
+    point.mkdir()
+    real_ismount, real_rename, real_os_replace = os.path.ismount, os.rename, os.replace
+
+    def busy(src, dst):
+        if point in (Path(src).absolute(), Path(dst).absolute()):
+            raise OSError(errno.EBUSY, "Device or resource busy", str(src))
+
+    def rename(src, dst, **kwargs):
+        busy(src, dst)
+        return real_rename(src, dst, **kwargs)
+
+    def replace(src, dst, **kwargs):
+        busy(src, dst)
+        return real_os_replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == point or real_ismount(p))
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "replace", replace)
+    return point
+
+
+def _a_finished_output(out):
+    from paramdelta.pipeline.publish import read_record
+
+    names = sorted(p.name for p in out.iterdir())
+    assert ".paramdelta-output" in names and not [n for n in names if ".partial-" in n]
+    assert read_record(out)["output"]["shards"] == ["model.safetensors"]  # `publish` takes it
+    return names
+
+
+def test_an_empty_mount_point_as_output_is_filled_in_place(trio, tmp_path, mount_point, capsys):
+    assert main(_argv(trio, mount_point)) == 0
+    assert f"into {mount_point} in " in capsys.readouterr().out
+    names = _a_finished_output(mount_point)
+    assert {"README.md", "paramdelta.json", "model.safetensors", "config.json"} <= set(names)
+    expected = reference_merge(*(load_tensors(trio[r]) for r in ("base", "post", "new_base")))
+    assert mismatched_tensors(load_tensors(mount_point), expected) == []
+
+    # Again, into the same mount point: only --overwrite replaces it, in place too.
+    assert main(_argv(trio, mount_point)) == 2
+    assert "directory is not empty (pass --overwrite to replace it)" in capsys.readouterr().err
+    assert main(_argv(trio, mount_point, "--alpha", "0.5", "--overwrite")) == 0
+    assert _a_finished_output(mount_point) == names
+    assert json.loads((mount_point / "paramdelta.json").read_text())["recipe"]["alpha"] == 0.5
+
+
+def test_a_mount_point_never_looks_finished_before_it_is(trio, mount_point, monkeypatch, capsys):
+    """The marker goes in first and the record last: interrupted before the record, the
+    folder is no output `publish` takes, and a re-run (with --overwrite) finishes it."""
+    from pathlib import Path
+
+    from paramdelta.errors import UsageError
+    from paramdelta.pipeline.publish import read_record
+
+    moved = []
+    replace = os.replace
+
+    def interrupted_before_the_record(src, dst, **kwargs):
+        if Path(dst).name == "paramdelta.json":
+            raise KeyboardInterrupt
+        moved.append(Path(dst).name)
+        return replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "replace", interrupted_before_the_record)
+    assert main(_argv(trio, mount_point)) == 130
+    assert moved[0] == ".paramdelta-output" and "model.safetensors" in moved
+    assert not (mount_point / "paramdelta.json").exists()
+    assert not [p for p in mount_point.iterdir() if ".partial-" in p.name]
+    with pytest.raises(UsageError, match=r"no paramdelta\.json"):
+        read_record(mount_point)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert main(_argv(trio, mount_point, "--overwrite")) == 0
+    _a_finished_output(mount_point)
+
+
+def _unshare_works():
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.mark.slow  # a subprocess in its own mount namespace
+@pytest.mark.skipif(not _unshare_works(), reason="no unprivileged mount namespaces here")
+def test_merge_into_a_real_mount_point(trio, tmp_path):
+    """A tmpfs mounted on an empty --output (the kernel's EBUSY, not a simulation)."""
+    point = tmp_path / "volume"
+    point.mkdir()
+    argv = " ".join(_argv(trio, point)[1:])
+    script = (
+        f"mount -t tmpfs none {point} && {sys.executable} -m paramdelta merge {argv} >/dev/null"
+        f" && ls -A {point}"
+    )
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    names = done.stdout.split()
+    assert {".paramdelta-output", "paramdelta.json", "README.md", "model.safetensors"} <= set(names)
+    assert not [n for n in names if ".partial-" in n or ".upload-" in n]
+
+
+def test_push_with_a_local_copy_on_a_mount_point(hub_trio, fake_hub, mount_point, capsys):
+    argv = _hub_argv(hub_trio.repos, "--push-to", "me/merged", "--output", str(mount_point))
+    assert main(argv) == 0
+    names = _a_finished_output(mount_point)
+    assert not [n for n in names if n.startswith(".paramdelta-upload-")]  # staging removed
+    assert fake_hub.read_file("me/merged", "model.safetensors") == (
+        (mount_point / "model.safetensors").read_bytes()
+    )

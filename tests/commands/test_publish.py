@@ -126,6 +126,44 @@ def test_publish_as_pull_request(merged, fake_hub, token, capsys):
     assert fake_hub.head("me/model") == head
 
 
+@pytest.mark.parametrize("pr", [False, True])
+def test_publishing_the_same_files_again_commits_nothing(merged, fake_hub, token, capsys, pr):
+    """No empty commit, no empty pull request, and no claim of either: the user is told so."""
+    assert main(["publish", str(merged), "--repo", "me/model"]) == 0
+    head = fake_hub.head("me/model")
+    capsys.readouterr()
+    fake_hub.clear_requests()
+
+    again = ["publish", str(merged), "--repo", "me/model", *(["--pr"] if pr else [])]
+    assert main(again) == 0
+    out, err = capsys.readouterr()
+    files = len(_published(merged))
+    assert out == (
+        f"me/model@main is already up to date, nothing committed"
+        f" (its {files} files are the same: {fake_hub.url}/me/model/commit/{head})\n"
+    )
+    assert "No files have been modified" not in err
+    assert fake_hub.head("me/model") == head and len(fake_hub.commits("me/model")) == 2
+    assert fake_hub.pull_requests("me/model") == []
+    sent = {(r.method, r.path.rsplit("/", 2)[-2]) for r in fake_hub.requests}
+    assert not sent & {("POST", "preupload"), ("POST", "commit")}  # nothing uploaded either
+
+    assert main([*again, "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["up_to_date"], result["commit_sha"], result["pr_url"]) == (True, head, None)
+
+
+def test_a_changed_file_is_committed_again(merged, fake_hub, token, capsys):
+    assert main(["publish", str(merged), "--repo", "me/model"]) == 0
+    (merged / "config.json").write_text('{"model_type": "llama", "changed": true}\n')
+    capsys.readouterr()
+    assert main(["publish", str(merged), "--repo", "me/model"]) == 0
+    ours = fake_hub.commits("me/model")[0]
+    assert capsys.readouterr().out.startswith("published ")
+    assert ours.oid == fake_hub.head("me/model") and len(fake_hub.commits("me/model")) == 3
+    assert b'"changed": true' in fake_hub.read_file("me/model", "config.json")
+
+
 def test_dry_run_sends_nothing(merged, fake_hub, capsys):
     fake_hub.clear_requests()
     assert main(["publish", str(merged), "--repo", "me/model", "--dry-run"]) == 0

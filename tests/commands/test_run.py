@@ -201,6 +201,52 @@ def test_a_target_in_review_is_said_to_be_in_review(hub_trio, fake_hub, tmp_path
     assert len(fake_hub.pull_requests("me/good")) == 1
 
 
+def test_a_target_switched_from_pr_to_commit_closes_its_pull_request(
+    hub_trio, fake_hub, tmp_path, capsys
+):
+    path = tmp_path / "w.yaml"
+    good = WATCHLIST.split("  - name: broken")[0]
+    path.write_text(good.replace("tags: [chat]", "publish: pr"))
+    assert main(["run", "--watchlist", str(path)]) == 0
+    (ours,) = fake_hub.pull_requests("me/good")
+    strangers = fake_hub.open_pull_request(
+        "me/good",
+        {"paramdelta.json": fake_hub.read_file("me/good", "paramdelta.json", ours.ref)},
+        author="mallory",
+    )
+    capsys.readouterr()
+
+    path.write_text(good.replace("tags: [chat]", "publish: commit"))
+    assert main(["run", "--watchlist", str(path)]) == 0
+    sha = fake_hub.head("me/good")
+    commit_url = f"{fake_hub.url}/me/good/commit/{sha}"
+    assert capsys.readouterr().out.startswith(f"good: published ({commit_url})")
+    assert "paramdelta.json" in fake_hub.list_files("me/good")
+    closed = fake_hub.discussion("me/good", ours.num)
+    assert closed.status == "closed"
+    assert [(e.type, e.data.get("status")) for e in closed.events] == [
+        ("comment", None),
+        ("status-change", "closed"),
+    ]
+    assert closed.events[0].data["latest"]["raw"] == (
+        f"Superseded by commit {sha[:7]} ({commit_url}), committed directly to main."
+    )
+    assert fake_hub.discussion("me/good", strangers).status == "open"  # not the bot's
+
+
+def test_ctrl_c_during_the_upload_leaves_no_output_repo(hub_trio, fake_hub, tmp_path, monkeypatch):
+    from paramdelta.hub.client import Hub
+
+    def interrupted(self, repo_id, operations, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Hub, "preupload", interrupted)
+    path = tmp_path / "w.yaml"
+    path.write_text(WATCHLIST.split("  - name: broken")[0])
+    assert main(["run", "--watchlist", str(path), "--check", "off"]) == 130
+    assert not fake_hub.repo_exists("me/good")
+
+
 GROWN = """\
 targets:
   - name: grown

@@ -108,9 +108,9 @@ def test_a_proper_merge_passes_and_its_numbers_land_in_card_and_lineage(
     assert struct.unpack(">II", png[16:24]) == (1000, 560)
 
 
-def _only_the_initial_commit(fake_hub):
-    assert len(fake_hub.commits("me/out")) == 1
-    assert "paramdelta.json" not in fake_hub.list_files("me/out")
+def _no_repo_left(fake_hub):
+    """A run that publishes nothing leaves no repo it created (docs/publishing.md)."""
+    assert not fake_hub.repo_exists("me/out")
 
 
 def test_a_huge_alpha_is_blocked_with_its_numbers(trio_dirs, fake_hub, tmp_path, capsys):
@@ -126,7 +126,7 @@ def test_a_huge_alpha_is_blocked_with_its_numbers(trio_dirs, fake_hub, tmp_path,
     assert result.error == out[len("t: check-failed (") : -2]
     assert result.check["perplexity"]["passed"] is False
     assert result.check["perplexity"]["ratio"] is None or result.check["perplexity"]["ratio"] > 3
-    _only_the_initial_commit(fake_hub)
+    _no_repo_left(fake_hub)
 
 
 def test_a_chat_template_that_does_not_render_blocks_the_publish(trio_dirs, fake_hub, tmp_path):
@@ -140,7 +140,19 @@ def test_a_chat_template_that_does_not_render_blocks_the_publish(trio_dirs, fake
         " no chat here"
     )
     assert [s["step"] for s in result.check["steps"] if not s["passed"]] == ["chat_template"]
-    _only_the_initial_commit(fake_hub)
+    _no_repo_left(fake_hub)
+
+
+def test_a_failed_check_leaves_an_output_repo_that_was_there_as_it_was(
+    trio_dirs, fake_hub, tmp_path
+):
+    trio_dirs[1]()
+    fake_hub.create_repo("me/out")
+    fake_hub.commit("me/out", {"NOTES.md": b"mine"})
+    head = fake_hub.head("me/out")
+    code, result = _run(tmp_path, alpha=1000)
+    assert (code, result.status) == (9, "check-failed")
+    assert fake_hub.head("me/out") == head and fake_hub.read_file("me/out", "NOTES.md") == b"mine"
 
 
 def test_a_post_model_without_a_tokenizer_blocks_the_publish_in_plain_words(
@@ -172,7 +184,7 @@ def test_a_merge_whose_output_holds_nan_publishes_nothing(trio_dirs, fake_hub, t
         "merged tensor 'model.layers.0.mlp.down_proj.weight' is not finite: 1 NaN and 0 Inf"
     )
     assert result.error.endswith("(the inputs hold them there: post 1 NaN/0 Inf)")
-    _only_the_initial_commit(fake_hub)
+    _no_repo_left(fake_hub)
 
 
 def test_auto_says_why_it_did_not_check_in_log_lineage_and_card(

@@ -69,7 +69,7 @@ def test_sigterm_ends_a_run_like_sigint(hub_trio, fake_hub, tmp_path):
     one, two = load_results([results])
     assert (one.status, one.exit_code, one.error) == ("failed", 143, "interrupted (SIGTERM)")
     assert (two.status, two.exit_code, two.error) == ("failed", 143, "interrupted (SIGTERM)")
-    assert fake_hub.list_files("me/one") == [".gitattributes"]  # nothing committed
+    assert not fake_hub.repo_exists("me/one")  # the run created it, committed nothing: gone
 
 
 def test_the_next_run_removes_what_a_killed_one_left(hub_trio, fake_hub, tmp_path):

@@ -294,6 +294,26 @@ def test_a_stale_parent_is_a_publish_conflict(hub, fake_hub, repo):
     assert "x.txt" not in fake_hub.list_files("org/model")
 
 
+def test_create_repo_says_whether_it_created_it_and_delete_repo_removes_it(hub, fake_hub, repo):
+    assert hub.create_repo("org/new", private=True) is True
+    assert fake_hub.store.get("org/new").private
+    assert hub.create_repo("org/new", private=True) is False  # there already
+    assert hub.create_repo("org/model", private=False) is False
+    assert fake_hub.head("org/model") == repo
+    hub.delete_repo("org/new")
+    assert not fake_hub.repo_exists("org/new")
+    hub.delete_repo("org/new")  # gone already: not an error
+    assert fake_hub.repo_exists("org/model")
+
+
+def test_a_token_that_may_not_create_repos_still_finds_its_own(hub, fake_hub, repo):
+    """Trusted publishing: a token for one existing repo may not create any (403)."""
+    fake_hub.faults.add(method="POST", path="/api/repos/create$", status=403, times=4)
+    assert hub.create_repo("org/model", private=False) is False
+    with pytest.raises(HubError, match=r"^org/other: HTTP 403"):
+        hub.create_repo("org/other", private=False)
+
+
 def test_unauthorised_writes(fake_hub, repo):
     hub = Hub(token="hf_wrong_token_value", endpoint=fake_hub.url)
     with pytest.raises(HubError) as e:

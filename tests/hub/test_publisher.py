@@ -108,3 +108,25 @@ def test_the_bots_own_files_are_redacted_before_they_are_committed(fake_hub, hub
     with Publisher(Hub(token=hub_token), "me/out", message="m") as publisher:
         publisher.commit(folder, {"README.md": f"made with {hub_token}\n".encode()})
     assert fake_hub.read_file("me/out", "README.md") == b"made with ***\n"
+
+
+def test_leaving_without_a_commit_deletes_the_repo_it_created_and_no_other(fake_hub, hub_token):
+    hub = Hub(token=hub_token)
+    with Publisher(hub, "me/new", message="m"):
+        assert fake_hub.repo_exists("me/new")
+    assert not fake_hub.repo_exists("me/new")
+    fake_hub.create_repo("me/old")
+    with contextlib.suppress(RuntimeError), Publisher(hub, "me/old", message="m"):
+        raise RuntimeError("the merge failed")
+    assert fake_hub.repo_exists("me/old") and len(fake_hub.commits("me/old")) == 1
+
+
+def test_a_repo_it_cannot_delete_again_is_a_warning_naming_it(fake_hub, hub_token, caplog):
+    fake_hub.faults.add(method="DELETE", path="/api/repos/delete$", status=403)
+    with contextlib.suppress(RuntimeError), Publisher(Hub(token=hub_token), "me/new", message="m"):
+        raise RuntimeError("the merge failed")
+    assert fake_hub.repo_exists("me/new")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "me/new: this run created it and published nothing, but could not delete it"
+        " (me/new: HTTP 403: not authorised (check HF_TOKEN or --token-file)); delete it on the Hub"
+    ]

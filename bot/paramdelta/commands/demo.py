@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,12 +29,16 @@ def run(args: argparse.Namespace) -> int:
     keep = args.keep or args.workdir is not None
     try:
         card = run_demo(workdir).card_path
-        if not keep and card is not None:  # the rest goes; the card it points to stays
-            card = Path(shutil.move(card, tempfile.mkdtemp(prefix="paramdelta-demo-card-")))
     finally:
-        if not keep:
+        if not keep:  # nothing stays behind, not even a temporary folder for the card
             shutil.rmtree(workdir, ignore_errors=True)
-    where = f"Everything is in {workdir}" if keep else "Pass --keep to keep all the files"
-    print(f"\nThe model card it published: {card}")
-    print(f"Demo finished in {human_seconds(time.perf_counter() - started)}. {where}.")
+    seconds = human_seconds(time.perf_counter() - started)
+    if keep:
+        print(f"\nThe model card it published: {card}")
+        print(f"Demo finished in {seconds}. Everything is in {workdir}.")
+    else:
+        print(
+            f"\nDemo finished in {seconds}. Its files are removed: pass --keep to keep them,"
+            " the model card it published among them."
+        )
     return 0

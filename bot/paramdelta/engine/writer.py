@@ -7,6 +7,11 @@ the requested name, so an interrupted merge never leaves an output that looks
 complete, and the next merge into the same place removes what a killed one
 left (see `workdirs`). A finished shard gets its real name at once, so that the
 caller can upload it while the next one is written (`paramdelta.engine.stages`).
+
+A mount point (an empty Docker volume as --output) cannot be renamed or replaced
+(EBUSY), and its parent is another file system: the output is staged in a hidden
+directory inside it and moved in entry by entry, the marker first and the lineage
+record last, so that it looks finished (`publish` takes it) only once complete.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import NamedTuple
 
 from paramdelta import __version__
 from paramdelta.engine.checkpoint import Source
+from paramdelta.engine.files import LINEAGE_FILE
 from paramdelta.engine.merge_plan import MergeItem
 from paramdelta.engine.safetensors_format import INDEX, SINGLE_FILE, encode_header, shard_filename
 from paramdelta.engine.workdirs import OwnedDir, sweep
@@ -31,6 +37,10 @@ from paramdelta.errors import UsageError, local_io
 COPY_PIECE = 8 << 20  # bytes per read when copying a donated file
 # In every output directory: what --overwrite may replace. A dotfile: `publish` skips it.
 OUTPUT_MARKER = ".paramdelta-output"
+# paramdelta's work directories inside a folder (a merge's into a mount point, an upload's
+# staging): no content of the folder; a killed run's is removed by the next one.
+WORK_PREFIX = ".paramdelta-"
+IN_PLACE_PREFIX = f"{WORK_PREFIX}partial-"
 
 
 def _marker() -> bytes:
@@ -94,7 +104,7 @@ def check_output_dir(out_dir: Path, overwrite: bool) -> None:
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--output {out_dir}: exists and is not a directory")
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+    if not out_dir.is_dir() or not _contents(out_dir):
         return
     if not overwrite:
         raise UsageError(
@@ -105,6 +115,15 @@ def check_output_dir(out_dir: Path, overwrite: bool) -> None:
             f"--output {out_dir}: not an earlier paramdelta output (it has no {OUTPUT_MARKER}):"
             " --overwrite replaces nothing else"
         )
+
+
+def _contents(out_dir: Path) -> list[Path]:
+    """What ``out_dir`` holds, but for paramdelta's work directories."""
+    return [
+        entry
+        for entry in out_dir.iterdir()
+        if not (entry.name.startswith(WORK_PREFIX) and entry.is_dir())
+    ]
 
 
 def check_not_an_input(out_dir: Path, roots: Iterable[Path]) -> None:
@@ -130,12 +149,19 @@ class OutputWriter:
         self.shards = list(shards)
         self.overwrite = overwrite
         check_output_dir(self.out_dir, overwrite)
+        # A mount point cannot be replaced by a rename: the output is moved into it.
+        self.in_place = self.out_dir.is_dir() and os.path.ismount(self.out_dir)
         self._work: OwnedDir | None = None
         self._fds: dict[int, int] = {}
         self._written = [0] * len(self.shards)
         self._lock = threading.Lock()  # workers write concurrently
 
     def __enter__(self) -> OutputWriter:
+        if self.in_place:
+            with local_io(self.out_dir):
+                sweep(self.out_dir, IN_PLACE_PREFIX)
+                self._work = OwnedDir(self.out_dir, IN_PLACE_PREFIX)
+            return self
         parent, name = self.out_dir.parent, self.out_dir.name
         with local_io(parent):
             parent.mkdir(parents=True, exist_ok=True)
@@ -224,6 +250,10 @@ class OutputWriter:
         """Write the index and move the finished directory into place."""
         self.write_index()
         self.add_file(OUTPUT_MARKER, _marker())
+        if self.in_place:
+            self._move_in()
+            self._release()
+            return self.out_dir
         old = None
         with local_io(self.out_dir):
             if self.out_dir.exists():
@@ -235,6 +265,25 @@ class OutputWriter:
                 shutil.rmtree(old)
         self._release()
         return self.out_dir
+
+    def _move_in(self) -> None:
+        """Move the output into the mount point ``out_dir``, entry by entry (each a rename
+        on its file system): an earlier output's record goes first, this one's last."""
+        with local_io(self.out_dir):
+            check_output_dir(self.out_dir, self.overwrite)
+            old = sorted(_contents(self.out_dir), key=lambda p: p.name != LINEAGE_FILE)
+            for path in old:  # --overwrite of an earlier output (check_output_dir said so)
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            new = sorted(
+                self.tmp_dir.iterdir(),
+                key=lambda p: (p.name != OUTPUT_MARKER, p.name == LINEAGE_FILE, p.name),
+            )
+            for path in new:
+                path.replace(self.out_dir / path.name)
+            self.tmp_dir.rmdir()
 
     def abort(self) -> None:
         for fd in self._fds.values():

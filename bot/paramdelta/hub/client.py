@@ -219,7 +219,7 @@ class Hub:
     def repo_files(self, repo_id: str, revision: str = "main", *, files: bool = True) -> RepoFiles:
         """Resolve ``revision`` to a commit sha and list the files there, in one request.
 
-        ``files=False`` skips file sizes and content ids (what a publish needs of its output repo).
+        ``files=False`` skips file sizes and content ids (a lighter request, for existence).
         """
         info = self._retry(
             f"{repo_id}@{revision}",
@@ -416,8 +416,30 @@ class Hub:
 
     # -- writes ------------------------------------------------------------------------
 
-    def create_repo(self, repo_id: str, *, private: bool) -> None:
-        self._retry(repo_id, lambda: self.api.create_repo(repo_id, private=private, exist_ok=True))
+    def create_repo(self, repo_id: str, *, private: bool) -> bool:
+        """Create the repo unless it exists; whether this call created it (a failed run
+        removes a repo it created, and only such a one: `paramdelta.hub.publisher`)."""
+
+        def create() -> bool:
+            try:
+                self.api.create_repo(repo_id, private=private)
+                return True
+            except HfHubHTTPError as e:
+                status = e.response.status_code if e.response is not None else None
+                if status == 409:  # it exists
+                    return False
+                if status in (401, 402, 403):
+                    # A token that may not create repos (trusted publishing) may still write
+                    # to this one: exist_ok looks it up, and raises this error if it is not there.
+                    self.api.create_repo(repo_id, private=private, exist_ok=True)
+                    return False
+                raise
+
+        return self._retry(repo_id, create)
+
+    def delete_repo(self, repo_id: str) -> None:
+        """Delete a repo (one that is not there is not an error)."""
+        self._retry(repo_id, lambda: self.api.delete_repo(repo_id, missing_ok=True))
 
     def preupload(
         self,

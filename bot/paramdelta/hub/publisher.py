@@ -13,13 +13,19 @@ commit and nothing changes (exit 5); a pull request is opened from that parent
 whatever the branch did since. A crash before the commit leaves the repo
 exactly as it was; a re-run recomputes the same bytes, and Xet storage already
 holds their chunks, so they are not uploaded again.
+
+A repo that the publisher created is deleted again when it leaves without a
+commit (a failed check, an error, Ctrl-C), if it still holds nothing but the
+Hub's initial commit: a run that publishes nothing leaves no empty public repo
+behind (docs/publishing.md). Files that are all the same as the branch's are
+not committed: the result says the repo is already up to date.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,14 +36,18 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
 from paramdelta.engine.files import LINEAGE_FILE
 from paramdelta.engine.safetensors_format import is_weights_file
-from paramdelta.engine.writer import OUTPUT_MARKER, WrittenShard
-from paramdelta.errors import PublishConflictError
+from paramdelta.engine.workdirs import OwnedDir, sweep
+from paramdelta.engine.writer import OUTPUT_MARKER, WORK_PREFIX, WrittenShard
+from paramdelta.errors import HubError, PublishConflictError
 from paramdelta.hub import content_ids
 from paramdelta.hub.client import Hub
 from paramdelta.hub.hf_internals import is_uploaded
 from paramdelta.tokens import redact
 
+log = logging.getLogger(__name__)
+
 NEW_REPO = "new-repo"  # a Publisher's parent when the output repo did not exist at plan time
+UPLOAD_PREFIX = f"{WORK_PREFIX}upload-"  # the staging directory of the shards being uploaded
 
 
 @dataclass
@@ -52,6 +62,7 @@ class PublishResult:
     pr_number: int | None = None
     dry_run: bool = False
     in_review: bool = False  # nothing committed: a pull request with the same merge is open
+    up_to_date: bool = False  # nothing committed: the branch holds these very files
 
     @property
     def url(self) -> str | None:
@@ -64,6 +75,11 @@ class PublishResult:
             text = f"would commit {len(self.files)} files to {self.repo_id}@{self.revision}:{files}"
         elif self.in_review:
             text = f"already proposed in pull request {self.pr_url}: nothing committed"
+        elif self.up_to_date:
+            text = (
+                f"{self.repo_id}@{self.revision} is already up to date, nothing committed"
+                f" (its {len(self.files)} files are the same: {self.commit_url})"
+            )
         elif self.pr_url:
             text = f"opened pull request {self.pr_url} ({len(self.files)} files)"
         else:
@@ -84,6 +100,7 @@ class PublishResult:
             "files": self.files,
             "skipped": self.skipped,
             "dry_run": self.dry_run,
+            "up_to_date": self.up_to_date,
         }
 
 
@@ -95,7 +112,8 @@ class Publisher:
     NEW_REPO: there was no repo then, so the one found must hold no merge yet): of
     two overlapping runs, the second to commit is refused (exit 5). `upload_shard`
     sends shards while the merge goes on; `commit` makes the commit. Leaving waits
-    for nothing and releases every handle, whatever happened.
+    for nothing and releases every handle, whatever happened; leaving without a
+    commit deletes the repo if entering created it and it is still empty.
     """
 
     def __init__(
@@ -121,30 +139,69 @@ class Publisher:
         self._uploaded: dict[str, CommitOperationAdd] = {}
         self._pending: Future[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._staging: Path | None = None
+        self._staging: OwnedDir | None = None
         self._remote_files: set[str] = set()
+        self._remote_ids: dict[str, str] = {}  # each file of the parent: its content id
         self._lock = threading.Lock()
+        self._created = False  # entering created the repo
+        self._committed = False
 
     def __enter__(self) -> Publisher:
-        self.hub.create_repo(self.repo_id, private=self.private)
+        self._created = self.hub.create_repo(self.repo_id, private=self.private)
+        try:
+            self._read_parent()
+        except BaseException:
+            self._remove_if_unpublished()
+            raise
+        return self
+
+    def _read_parent(self) -> None:
         if self.parent is NEW_REPO:
-            head = self.hub.repo_files(self.repo_id, self.revision, files=False)
+            head = self.hub.repo_files(self.repo_id, self.revision)
             if any(is_weights_file(f) or f == LINEAGE_FILE for f in head.sizes):
                 raise PublishConflictError(
                     f"output repo {self.repo_id} was created and published to since this target"
                     " was planned; nothing was committed; re-run to re-plan"
                 )
         else:
-            head = self.hub.repo_files(self.repo_id, self.parent or self.revision, files=False)
+            head = self.hub.repo_files(self.repo_id, self.parent or self.revision)
         self.parent = head.sha
         self._remote_files = set(head.sizes)
-        return self
+        self._remote_ids = head.content
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-        if self._staging is not None:
-            shutil.rmtree(self._staging, ignore_errors=True)
+        try:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+            if self._staging is not None:
+                shutil.rmtree(self._staging.path, ignore_errors=True)
+                self._staging.release()
+        finally:
+            self._remove_if_unpublished()
+
+    def _remove_if_unpublished(self) -> None:
+        """Delete the repo that entering created, unless something was committed to it.
+
+        Only if it holds nothing but the Hub's initial .gitattributes: whatever someone
+        (or a commit whose answer was lost) put there since stays.
+        """
+        if not self._created or self._committed:
+            return
+        self._created = False
+        try:
+            head = self.hub.find_repo_files(self.repo_id, self.revision)
+            if head is not None and set(head.sizes) <= {".gitattributes"}:
+                self.hub.delete_repo(self.repo_id)
+                log.info(
+                    "%s: deleted the repo this run created, as nothing was published", self.repo_id
+                )
+        except HubError as e:
+            log.warning(
+                "%s: this run created it and published nothing, but could not delete it (%s);"
+                " delete it on the Hub",
+                self.repo_id,
+                e,
+            )
 
     def upload_shard(self, shard: WrittenShard, *, delete: bool = False) -> None:
         """Upload a finished shard in the background once the previous one is done.
@@ -173,10 +230,10 @@ class Publisher:
     def _stage(self, path: Path) -> Path | None:
         try:
             if self._staging is None:
-                self._staging = Path(
-                    tempfile.mkdtemp(prefix=".paramdelta-upload-", dir=path.parent.parent)
-                )
-            staged = self._staging / path.name
+                parent = path.parent.parent
+                sweep(parent, UPLOAD_PREFIX)  # what a killed run's uploads left there
+                self._staging = OwnedDir(parent, UPLOAD_PREFIX)
+            staged = self._staging.path / path.name
             os.link(path, staged)
         except OSError:
             return None
@@ -204,14 +261,6 @@ class Publisher:
             operations.setdefault(relpath, CommitOperationAdd(relpath, str(path)))
         for relpath, data in (extra_files or {}).items():  # the bot's own text: card, lineage
             operations[relpath] = CommitOperationAdd(relpath, redact(data.decode()).encode())
-        # Shards not uploaded yet (`publish` of a directory) go one by one: each upload
-        # then sends the token of its moment, as the commit does (trusted publishing renews
-        # tokens hourly; one create_commit would send one token for every upload and the commit).
-        for relpath, operation in operations.items():
-            if relpath.endswith(".safetensors") and not is_uploaded(operation):
-                self.hub.preupload(
-                    self.repo_id, [operation], revision=self.revision, create_pr=self.create_pr
-                )
         # Weights of an earlier merge that this one does not overwrite (another shard
         # layout) would linger beside the new index: remove them in the same commit.
         # A lineage record left beside other weights would describe what is no longer there.
@@ -221,6 +270,16 @@ class Publisher:
             if (is_weights_file(f) or f == LINEAGE_FILE) and f not in operations
         )
         deletions = [CommitOperationDelete(path_in_repo=f) for f in stale]
+        if not deletions and all(self._unchanged(p, op) for p, op in operations.items()):
+            return self._up_to_date(sorted(operations), skipped)
+        # Shards not uploaded yet (`publish` of a directory) go one by one: each upload
+        # then sends the token of its moment, as the commit does (trusted publishing renews
+        # tokens hourly; one create_commit would send one token for every upload and the commit).
+        for relpath, operation in operations.items():
+            if relpath.endswith(".safetensors") and not is_uploaded(operation):
+                self.hub.preupload(
+                    self.repo_id, [operation], revision=self.revision, create_pr=self.create_pr
+                )
         info = self.hub.commit(
             self.repo_id,
             [*operations.values(), *deletions],
@@ -230,6 +289,7 @@ class Publisher:
             revision=self.revision,
             create_pr=self.create_pr,
         )
+        self._committed = True
         return PublishResult(
             self.repo_id,
             self.revision,
@@ -239,6 +299,33 @@ class Publisher:
             commit_sha=info.oid,
             pr_url=info.pr_url,
             pr_number=info.pr_num,
+        )
+
+    def _unchanged(self, relpath: str, operation: CommitOperationAdd) -> bool:
+        """Whether the parent holds ``relpath`` with the operation's bytes (compared as
+        content ids: the sha256 its upload computed, or for a regular git file its blob id)."""
+        remote = self._remote_ids.get(relpath)
+        if remote is None:
+            return False
+        if content_ids.kind(remote) == content_ids.SHA256:
+            return remote == content_ids.SHA256 + operation.upload_info.sha256.hex()
+        data = operation.path_or_fileobj
+        if isinstance(data, bytes):
+            return remote in content_ids.of_bytes(data, relpath)
+        return isinstance(data, str) and remote in content_ids.of_file(Path(data), relpath)
+
+    def _up_to_date(self, files: list[str], skipped: list[str]) -> PublishResult:
+        """Nothing to commit: no empty commit, no empty pull request (huggingface_hub would
+        skip the commit with a warning and answer the old commit as if it were new)."""
+        assert self.parent is not None
+        return PublishResult(
+            self.repo_id,
+            self.revision,
+            files,
+            skipped=skipped,
+            commit_url=f"{self.hub.endpoint}/{self.repo_id}/commit/{self.parent}",
+            commit_sha=self.parent,
+            up_to_date=True,
         )
 
     def uploaded_ids(self) -> dict[str, list[str]]:

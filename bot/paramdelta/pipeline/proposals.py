@@ -4,8 +4,9 @@ Anyone can open a pull request on a public repo, carrying whatever paramdelta.js
 they like beside junk weights: only the open pull requests of the bot's own account
 (whoami) are its work in review. Before opening one, `run` looks again (the Hub
 opens a pull request from a stale parent without complaint, so two overlapping runs
-would open two); once it has opened one, it closes those of its own that the new one
-supersedes, with a comment linking it.
+would open two); once it has opened one, or committed directly (a target switched
+from `publish: pr` to `commit`), it closes those of its own for the same target that
+the new merge supersedes, with a comment linking it.
 """
 
 from __future__ import annotations
@@ -41,11 +42,21 @@ def own_proposals(hub: Hub, repo_id: str, limit: int | None = None) -> list[Prop
     return [Proposal(n, hub.find_repo_files(repo_id, f"refs/pr/{n}")) for n in numbers]
 
 
-def close_superseded(hub: Hub, repo_id: str, target: str, new: PublishResult) -> list[int]:
-    """Close the bot's other open pull requests for ``target``; their numbers.
+def superseded_by(new: PublishResult) -> str:
+    """The comment that closes a pull request ``new`` supersedes: it links ``new``."""
+    if new.pr_number is not None:
+        return f"Superseded by #{new.pr_number} ({new.pr_url}), a merge of newer inputs."
+    sha = (new.commit_sha or "")[:7]
+    return f"Superseded by commit {sha} ({new.commit_url}), committed directly to {new.revision}."
 
-    A failure to close one is a warning: the new pull request is open all the same.
+
+def close_superseded(hub: Hub, repo_id: str, target: str, new: PublishResult) -> list[int]:
+    """Close the bot's other open pull requests for ``target`` once ``new`` (a pull request
+    or a commit) is made; their numbers.
+
+    A failure to close one is a warning: the new merge is published all the same.
     """
+    comment = superseded_by(new)
     closed = []
     for proposal in own_proposals(hub, repo_id):
         if proposal.number == new.pr_number or proposal.files is None:
@@ -54,7 +65,6 @@ def close_superseded(hub: Hub, repo_id: str, target: str, new: PublishResult) ->
         record = lineage.decode(data)
         if record is None or record.get("target") != target:
             continue  # not a merge of this target: not ours to judge
-        comment = f"Superseded by #{new.pr_number} ({new.pr_url}), a merge of newer inputs."
         try:
             hub.close_pr(repo_id, proposal.number, comment)
         except HubError as e:

@@ -96,6 +96,8 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
         return failure(plan.target.name, plan, e, time.perf_counter() - started)
     if published.in_review:
         return result("in-review", url=published.url, check=check.to_dict())
+    if published.up_to_date:
+        return result("up-to-date", url=published.url, check=check.to_dict())
     status: Status = "pr-opened" if published.pr_url else "published"
     return result(status, url=published.url, check=check.to_dict())
 
@@ -170,7 +172,7 @@ def publish_merge(
             staged.add_files(files)
             merged = staged.finish()
         published = already_proposed(hub, plan, publisher) or publisher.commit(merged.out_dir)
-    if published.pr_number is not None:
+    if not (published.in_review or published.up_to_date):  # a commit, or a new pull request
         close_superseded(hub, publisher.repo_id, plan.target.name, published)
     return published, report
 
