@@ -36,6 +36,10 @@ def _pair(tensors, name):
     return tensors[f"{module}.lora_B.weight"], tensors[f"{module}.lora_A.weight"]
 
 
+def _shapes(tensors):
+    return {name: t.shape for name, t in tensors.items()}
+
+
 def max_ulps(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """The largest difference in units in the last place of ``expected``'s dtype."""
     up = torch.nextafter(expected.abs(), torch.full_like(expected, math.inf))
@@ -45,7 +49,7 @@ def max_ulps(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 def test_targeted_weights_are_new_base_plus_s_b_a_and_the_rest_is_the_new_base(tmp_path, trio):
     base = load_tensors(trio["base"])
-    tensors = lora_tensors(base, r=4)
+    tensors = lora_tensors(_shapes(base), r=4)
     write_adapter(tmp_path / "ad", tensors, adapter_config(4, 8))
     _merge(trio, tmp_path / "ad", tmp_path / "out")
     out, new = load_tensors(tmp_path / "out"), load_tensors(trio["new_base"])
@@ -63,7 +67,7 @@ def test_targeted_weights_are_new_base_plus_s_b_a_and_the_rest_is_the_new_base(t
 
 def test_weight_scales_the_adapters_delta_and_rslora_its_scale(tmp_path, trio):
     base = load_tensors(trio["base"])
-    tensors = lora_tensors(base, r=4, targets=("o_proj",))
+    tensors = lora_tensors(_shapes(base), r=4, targets=("o_proj",))
     write_adapter(tmp_path / "ad", tensors, adapter_config(4, 6, use_rslora=True))
     _merge(trio, tmp_path / "ad", tmp_path / "out", alpha=0.5)
     name = "model.layers.1.self_attn.o_proj.weight"
@@ -76,7 +80,7 @@ def test_weight_scales_the_adapters_delta_and_rslora_its_scale(tmp_path, trio):
 def test_modules_to_save_replace_the_base_tensor(tmp_path, trio):
     base, new = load_tensors(trio["base"]), load_tensors(trio["new_base"])
     saved = base["lm_head.weight"].float() + 0.01  # saved in float32, as PEFT often does
-    tensors = {**lora_tensors(base, targets=("q_proj",)), f"{PREFIX}lm_head.weight": saved}
+    tensors = {**lora_tensors(_shapes(base), targets=("q_proj",)), f"{PREFIX}lm_head.weight": saved}
     write_adapter(tmp_path / "ad", tensors, adapter_config(4, 8, modules_to_save=["lm_head"]))
     _merge(trio, tmp_path / "ad", tmp_path / "out")
     delta = saved - base["lm_head.weight"].float()
@@ -86,7 +90,7 @@ def test_modules_to_save_replace_the_base_tensor(tmp_path, trio):
 
 def test_names_with_peft_adapter_name_map_like_saved_ones(tmp_path, trio):
     base = load_tensors(trio["base"])
-    plain = lora_tensors(base, targets=("k_proj",))
+    plain = lora_tensors(_shapes(base), targets=("k_proj",))
     named = {n.replace(".weight", ".default.weight"): t for n, t in plain.items()}
     saved = {f"{PREFIX}model.norm.modules_to_save.default.weight": base["model.norm.weight"] * 2}
     write_adapter(tmp_path / "a", plain, adapter_config(4, 8))
@@ -126,7 +130,7 @@ def open_checkpoint_entries(folder):
 def test_files_come_from_the_adapter_where_it_has_them_else_from_the_base(tmp_path, trio):
     base = load_tensors(trio["base"])
     tokenizer = {"tokenizer_config.json": '{"adapter": true}\n'}
-    write_adapter(tmp_path / "ad", lora_tensors(base), adapter_config(4, 8), tokenizer)
+    write_adapter(tmp_path / "ad", lora_tensors(_shapes(base)), adapter_config(4, 8), tokenizer)
     result = _merge(trio, tmp_path / "ad", tmp_path / "out")
     assert result.files["tokenizer_config.json"] == "post"
     assert result.files["tokenizer.json"] == "base"
@@ -142,7 +146,7 @@ def test_files_come_from_the_adapter_where_it_has_them_else_from_the_base(tmp_pa
 def test_a_different_base_named_by_the_adapter_is_a_warning(tmp_path, trio, caplog):
     base = load_tensors(trio["base"])
     config = adapter_config(4, 8, base_model_name_or_path="org/other-base")
-    write_adapter(tmp_path / "ad", lora_tensors(base), config)
+    write_adapter(tmp_path / "ad", lora_tensors(_shapes(base)), config)
     with caplog.at_level(logging.WARNING):
         _merge(trio, tmp_path / "ad", tmp_path / "out")
     assert caplog.messages == [
@@ -164,7 +168,7 @@ def test_a_different_base_named_by_the_adapter_is_a_warning(tmp_path, trio, capl
 )
 def test_what_is_not_plain_lora_is_refused_naming_it(tmp_path, trio, fields, problem):
     base = load_tensors(trio["base"])
-    write_adapter(tmp_path / "ad", lora_tensors(base), adapter_config(4, 8, **fields))
+    write_adapter(tmp_path / "ad", lora_tensors(_shapes(base)), adapter_config(4, 8, **fields))
     with pytest.raises(CheckpointError) as e:
         _merge(trio, tmp_path / "ad", tmp_path / "out")
     assert str(e.value) == f"post: {tmp_path / 'ad'}/adapter_config.json: {problem}"
@@ -204,7 +208,7 @@ def test_adapter_tensors_the_base_lacks_or_that_do_not_fit_are_refused(tmp_path,
 
 def test_the_delta_report_measures_the_adapters_delta(tmp_path, trio):
     base = load_tensors(trio["base"])
-    tensors = lora_tensors(base, targets=("q_proj",))
+    tensors = lora_tensors(_shapes(base), targets=("q_proj",))
     write_adapter(tmp_path / "ad", tensors, adapter_config(4, 8))
     result = _merge(trio, tmp_path / "ad", tmp_path / "out")
     name = "model.layers.0.self_attn.q_proj.weight"

@@ -18,6 +18,8 @@ from safetensors.torch import save_file
 from paramdelta.engine.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX
 
 TARGETS = ("q_proj", "v_proj", "down_proj")
+# Every linear layer of a Llama block: what adapters trained with target_modules="all-linear" hold.
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def adapter_config(r: int, lora_alpha: float, **fields: Any) -> dict[str, Any]:
@@ -41,21 +43,22 @@ def adapter_config(r: int, lora_alpha: float, **fields: Any) -> dict[str, Any]:
 
 
 def lora_tensors(
-    base: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, Sequence[int]],
     *,
     r: int = 4,
     targets: Sequence[str] = TARGETS,
     seed: int = 0,
     dtype: torch.dtype = torch.bfloat16,
 ) -> dict[str, torch.Tensor]:
-    """Random lora_A/lora_B pairs, PEFT-named, for every base weight whose module is a target."""
+    """Random lora_A/lora_B pairs, PEFT-named, for every base weight (name -> shape) whose
+    module is a target."""
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
-    for name, weight in base.items():
+    for name, shape in shapes.items():
         module = name.removesuffix(".weight")
-        if weight.dim() != 2 or module.rsplit(".", 1)[-1] not in targets:
+        if len(shape) != 2 or module.rsplit(".", 1)[-1] not in targets:
             continue
-        out, inp = weight.shape
+        out, inp = shape
         prefix = PEFT_PREFIX + module
         tensors[f"{prefix}.lora_A.weight"] = (0.1 * torch.randn(r, inp, generator=generator)).to(
             dtype
