@@ -54,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def references(args: argparse.Namespace, directory: Path) -> dict[str, str]:
     """role -> spec of the post model and new base: the arguments', else the lineage's."""
+    from paramdelta.engine.adapter import ADAPTER_CONFIG
     from paramdelta.pipeline import lineage
 
     specs = {"post": args.post, "new_base": args.new_base}
@@ -62,9 +63,12 @@ def references(args: argparse.Namespace, directory: Path) -> dict[str, str]:
         try:
             record = lineage.read_local(record_path) or {}
             pinned = {c["role"]: f"{c['repo']}@{c['sha']}" for c in record["checkpoints"]}
-        except (KeyError, TypeError) as e:
+            post = next(c for c in record["checkpoints"] if c["role"] == "post")
+        except (KeyError, TypeError, StopIteration) as e:
             raise UsageError(f"{record_path}: not a paramdelta lineage record ({e})") from None
         specs = {role: spec or pinned.get(role) for role, spec in specs.items()}
+        if args.post is None and ADAPTER_CONFIG in post.get("files", {}):
+            specs["base"] = pinned.get("base")  # the recorded post is an adapter on it
     return {role: spec for role, spec in specs.items() if spec}
 
 

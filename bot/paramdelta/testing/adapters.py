@@ -117,5 +117,5 @@ def peft_adapter(
                 param.mul_(0.3)  # a delta the size of a fine-tune's, not of the weights
             elif "modules_to_save" in name:
                 param.add_(0.01 * torch.randn_like(param))
-    peft_model.save_pretrained(directory)
+    peft_model.save_pretrained(str(directory))
     return Path(directory)
