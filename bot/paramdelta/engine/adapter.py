@@ -30,7 +30,6 @@ from typing import Any, ClassVar
 import torch
 
 from paramdelta.engine.checkpoint import (
-    CONFIG,
     Checkpoint,
     Source,
     TensorRef,
@@ -38,13 +37,13 @@ from paramdelta.engine.checkpoint import (
     read_json,
 )
 from paramdelta.engine.dtypes import FLOAT_DTYPES, ITEMSIZE, TORCH_NAMES
+from paramdelta.engine.files import ADAPTER_CONFIG, is_adapter
 from paramdelta.engine.limits import MAX_CONFIG_BYTES
-from paramdelta.engine.safetensors_format import INDEX, SINGLE_FILE, TensorEntry, read_header
+from paramdelta.engine.safetensors_format import TensorEntry, read_header
 from paramdelta.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 ADAPTER_NAME = "default"  # PEFT's adapter name, left in some saved names
@@ -65,12 +64,6 @@ REFUSED_FIELDS = {
     "alora_invocation_tokens": "activated LoRA",
     "megatron_config": "Megatron-parallel LoRA layers",
 }
-
-
-def is_adapter(files: list[str]) -> bool:
-    """An adapter folder: adapter_config.json and no full checkpoint beside it."""
-    top = {f for f in files if "/" not in f}
-    return ADAPTER_CONFIG in top and not {SINGLE_FILE, INDEX, CONFIG} & top
 
 
 @dataclass(frozen=True)

@@ -296,7 +296,7 @@ def plan_merge(
     if vocabulary is not None and vocabulary.rows["output"] != vocab_size(new_base.config):
         changes["vocab_size"] = vocabulary.rows["output"]
         _set_config(config, "vocab_size", changes["vocab_size"])
-    # An adapter without generation defaults gives the base's (see _adapter_donors).
+    # An adapter without generation defaults gives the base's (see file_donors).
     donor = base if post.adapter is not None and GENERATION_CONFIG not in post.files else post
     for key, value in _token_ids(donor).items():
         if _get_config(config, key) != value:
@@ -311,7 +311,7 @@ def plan_merge(
                 changes[key] = torch_name
 
     listings = {c.role: c.files for c in trio}
-    files = file_donors(listings) if post.adapter is None else _adapter_donors(listings)
+    files = file_donors(listings)
     for path, role in files.items():
         donor = next(c for c in trio if c.role == role)
         check_size(
@@ -370,14 +370,6 @@ def _adapt_item(item: MergeItem, adapter: Adapter) -> MergeItem:
             segment = replace(segment, op="merge" if deltas else "copy", deltas=deltas)
         segments.append(segment)
     return replace(item, segments=tuple(segments))
-
-
-def _adapter_donors(listings: dict[str, list[str]]) -> dict[str, str]:
-    """The post model's files (tokenizer, chat template, generation defaults) from the
-    adapter folder where it has them, else from its base: an adapter has the base's."""
-    own = set(listings["post"])
-    donors = file_donors({**listings, "post": [*own, *listings["base"]]})
-    return {p: "base" if r == "post" and p not in own else r for p, r in donors.items()}
 
 
 def _vocabulary(
