@@ -50,8 +50,26 @@ def test_run_publishes_the_adapter_merged_onto_the_new_base(
     )  # the adapter has none: its base's
     assert main(["plan", "--watchlist", str(watchlist)]) == 0  # the adapter's donors are stable
     assert capsys.readouterr().out.startswith("adapted: up-to-date")
+    assert record["recipe"]["adapter"] == {
+        "peft_type": "LORA",
+        "r": 4,
+        "lora_alpha": 8,
+        "use_rslora": False,
+        "scale": 2.0,
+        "delta": "scale * lora_B @ lora_A",
+        "lora_tensors": 2,
+        "saved_tensors": [],
+    }
     card = ModelCard(fake_hub.read_file("me/adapted", "README.md").decode())
     assert "org/adapter" in card.data.base_model
+    assert (
+        "- The post model is a LoRA adapter on the base: `post - base = scale * lora_B @ lora_A`"
+        " on 2 tensors, scale = lora_alpha / r = 8 / 4 = 2.0; every other tensor is the new"
+        " base's\n"
+    ) in card.text
+    assert f"| post | [org/adapter]({fake_hub.url}/org/adapter) | `main` | [`{sha[:12]}`]" in (
+        card.text
+    )
 
     folder = tmp_path / "out"
     folder.mkdir()

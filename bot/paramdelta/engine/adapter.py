@@ -93,6 +93,19 @@ class Adapter:
     def read(self) -> list[str]:
         return [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
 
+    def summary(self) -> dict[str, Any]:
+        """What the lineage record and the card say of it."""
+        return {
+            "peft_type": "LORA",
+            "r": self.config["r"],
+            "lora_alpha": self.config["lora_alpha"],
+            "use_rslora": bool(self.config.get("use_rslora")),
+            "scale": self.scale,
+            "delta": "scale * lora_B @ lora_A",
+            "lora_tensors": len(self.lora),
+            "saved_tensors": sorted(self.saved),
+        }
+
 
 def adapter_scale(config: Mapping[str, Any], where: str) -> float:
     """``lora_alpha / r`` (``/ √r`` with use_rslora), after refusing what is not plain LoRA."""

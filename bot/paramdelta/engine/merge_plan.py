@@ -198,6 +198,7 @@ class MergePlan:
     skipped: dict[str, str] = field(default_factory=dict)  # input path -> why not in the output
     vocabulary: Vocabulary | None = None
     read: dict[str, list[str]] = field(default_factory=dict)  # role -> every file the merge reads
+    adapter: dict[str, Any] | None = None  # the post model is a LoRA adapter: `Adapter.summary`
 
     @property
     def nbytes(self) -> int:
@@ -327,6 +328,7 @@ def plan_merge(
         skipped=skipped_files(listings, files, {p for paths in read.values() for p in paths}),
         vocabulary=vocabulary,
         read=read,
+        adapter=post.adapter.summary() if post.adapter is not None else None,
     )
 
 
