@@ -148,8 +148,8 @@ def chunk_elements(
     in_size = _max_in_itemsize(plan)
     wanted = CUDA_CHUNK_ELEMENTS if on_cuda else max(s.read_size for s in sources) // in_size
     per_element = workers * (plan.operands * in_size + _out_itemsize(plan))
-    lora = {op.ref for i in plan.items for s in i.segments for op in s.inputs}
-    fixed = workers * scratch_bytes([r for r in lora if isinstance(r, LoraRef)])
+    refs = {op.ref for i in plan.items for s in i.segments for op in s.inputs}
+    fixed = workers * scratch_bytes(r for r in refs if isinstance(r, LoraRef))
     elements = max(MIN_CHUNK_ELEMENTS, min(wanted, (max_memory - fixed) // per_element))
     return elements - elements % MIN_CHUNK_ELEMENTS
 
