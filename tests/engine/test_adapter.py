@@ -158,11 +158,11 @@ def test_a_different_base_named_by_the_adapter_is_a_warning(tmp_path, trio, capl
 @pytest.mark.parametrize(
     ("fields", "problem"),
     [
-        ({"use_dora": True}, "use_dora (DoRA (a learned magnitude per weight)) is not supported"),
+        ({"use_dora": True}, "use_dora (DoRA, a learned magnitude per weight) is not supported"),
         ({"bias": "lora_only"}, "bias 'lora_only' (trained biases) is not supported, only 'none'"),
         ({"bias": "all"}, "bias 'all' (trained biases) is not supported, only 'none'"),
         ({"peft_type": "IA3"}, "peft_type 'IA3' is not supported (only LORA)"),
-        ({"fan_in_fan_out": True}, "fan_in_fan_out (transposed (Conv1D) weights) is not supported"),
+        ({"fan_in_fan_out": True}, "fan_in_fan_out (transposed Conv1D weights) is not supported"),
         ({"rank_pattern": {"q_proj": 8}}, "rank_pattern (per-module ranks) is not supported"),
     ],
 )

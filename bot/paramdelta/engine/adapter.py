@@ -52,9 +52,9 @@ ADAPTER_NAME = "default"  # PEFT's adapter name, left in some saved names
 # adapter_config.json fields that change what the adapter computes beyond s·B@A:
 # refused when set (truthy), with what they are.
 REFUSED_FIELDS = {
-    "use_dora": "DoRA (a learned magnitude per weight)",
+    "use_dora": "DoRA, a learned magnitude per weight",
     "lora_bias": "a trained LoRA bias",
-    "fan_in_fan_out": "transposed (Conv1D) weights",
+    "fan_in_fan_out": "transposed Conv1D weights",
     "rank_pattern": "per-module ranks",
     "alpha_pattern": "per-module alphas",
     "target_parameters": "LoRA on bare parameters",
