@@ -11,12 +11,16 @@ process under ``/usr/bin/time -v``:
 - paramdelta: ``paramdelta merge``
 - baseline:   ``paramdelta merge`` of another source tree (``--baseline DIR``, e.g. an
               earlier commit's ``git archive``): a change's cost, measured side by side
+- adapter:    ``paramdelta merge`` with a PEFT LoRA adapter of rank ``--adapter-rank``
+              on every linear layer of the base as the post model (``--adapter-rank``
+              only): the cost of an adapter delta against the full-checkpoint one
 
 Methods take turns, each repeat running every method once, so that a noisy
 machine slows all of them alike; the best of the repeats counts.
 
     python benchmarks/merge_bench.py --size 1GB [--mergekit-bin /venv/bin/mergekit-yaml]
     python benchmarks/merge_bench.py --methods paramdelta,baseline --baseline /tmp/old --repeat 5
+    python benchmarks/merge_bench.py --methods paramdelta,adapter --adapter-rank 16 --repeat 3
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ import textwrap
 from pathlib import Path
 
 from common import ROLES, Measurement, generate, settle, timed
+from paramdelta.engine.checkpoint import LocalSource, open_checkpoint
 from paramdelta.engine.recipe import parse_size
+from paramdelta.testing.adapters import ALL_LINEAR, adapter_config, lora_tensors, write_adapter
 
 NAIVE = textwrap.dedent(
     """
@@ -76,13 +82,26 @@ def weight_files(trio: dict[str, Path]) -> list[Path]:
     return sorted(p for role in ROLES for p in trio[role].glob("*.safetensors"))
 
 
+def make_adapter(workdir: Path, base: Path, rank: int) -> Path:
+    """A rank-``rank`` LoRA adapter on every linear layer of ``base`` (kept for reuse)."""
+    folder = workdir / f"adapter-r{rank}"
+    if not folder.exists():
+        opened = open_checkpoint(LocalSource(base), "base")
+        shapes = {name: ref.shape for name, ref in opened.tensors.items()}
+        tensors = lora_tensors(shapes, r=rank, targets=ALL_LINEAR)
+        write_adapter(folder, tensors, adapter_config(rank, 2 * rank, target_modules="all-linear"))
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", default="1GB", help="size of each checkpoint (default 1GB)")
     parser.add_argument("--workdir", type=Path, default=Path("bench-out"))
-    parser.add_argument("--methods", default="startup,floor,naive,mergekit,paramdelta,baseline")
+    parser.add_argument(
+        "--methods", default="startup,floor,naive,mergekit,paramdelta,baseline,adapter"
+    )
     parser.add_argument("--mergekit-bin", help="mergekit-yaml from a separate venv")
     parser.add_argument(
         "--baseline",
@@ -90,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         help="a source tree (with bot/) to compare paramdelta against (repeatable)",
+    )
+    parser.add_argument(
+        "--adapter-rank", type=int, help="also merge a LoRA adapter of this rank (method adapter)"
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs per method; the best counts")
     parser.add_argument(
@@ -122,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
             [*paramdelta, str(out), *_role_args(dirs), *args.paramdelta_args]
         ),
     }
+    if args.adapter_rank:
+        adapter = make_adapter(args.workdir, trio["base"], args.adapter_rank)
+        adapter_dirs = [dirs[0], str(adapter), dirs[2]]
+        commands[f"adapter merge (r={args.adapter_rank})"] = shlex.join(
+            [*paramdelta, str(out), *_role_args(adapter_dirs), *args.paramdelta_args]
+        )
     envs: dict[str, dict[str, str]] = {}
     for tree in args.baseline:
         name = f"baseline merge ({tree.name})"
@@ -148,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name, m in best.items():
         results.append(m)
-        if name.startswith(("paramdelta", "baseline")):
+        if name.startswith(("paramdelta", "baseline", "adapter")):
             # The merge phase alone, without interpreter start and `import torch`.
             phase = json.loads(m.stdout)
             results.append(

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from paramdelta.engine.kernel import (
+    Difference,
     check_copy,
     merge_into,
     scratch_buffers,
@@ -46,6 +47,27 @@ def test_several_weighted_deltas_accumulate_in_order_and_round_once(block):
     for post, base, weight in deltas:
         stepwise = _reference(stepwise, [(post, base, weight)], torch.bfloat16)
     assert not torch.equal(out, stepwise)
+
+
+@pytest.mark.parametrize("block", [1 << 20, 999])
+def test_a_computed_difference_is_added_as_it_is_and_its_base_only_measured(block):
+    # An adapter's delta (float32, s·B@A) next to a checkpoint's, in either order.
+    post, base, new, base2 = _operands(4, torch.bfloat16, seed=3)
+    (computed,) = _operands(1, torch.float32, seed=4)
+    scratch = scratch_buffers(block, torch.device("cpu"))
+    adapter = Difference(computed, base2, 0.5)
+    for deltas in ([adapter, (post, base, 1.0)], [(post, base, 1.0), adapter]):
+        out = torch.empty_like(new)
+        merge_into(out, new, deltas, scratch)
+        acc = new.float()
+        for term in deltas:
+            d = term.values if isinstance(term, Difference) else term[0].float() - term[1].float()
+            acc = acc + term[2] * d
+        assert torch.equal(out, acc.to(torch.bfloat16))
+    moments = merge_into(torch.empty_like(new), new, [adapter], scratch)
+    update = (new.float() - base2.float()).double()
+    assert math.isclose(moments.post_sq, float(computed.double() @ computed.double()), rel_tol=1e-5)
+    assert math.isclose(moments.update_sq, float(update @ update), rel_tol=1e-5)
 
 
 def test_the_moments_describe_the_first_delta_unscaled():

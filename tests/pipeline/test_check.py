@@ -164,3 +164,50 @@ def test_a_reference_that_does_not_load_leaves_the_other(trio, tmp_path):
     assert report.status == "passed"
     assert report.perplexity["post"] is None
     assert report.perplexity["better"] == report.perplexity["new_base"]
+
+
+def _adapter_references(trio, adapter):
+    return {
+        "post": LocalSource(adapter),
+        "new_base": LocalSource(trio["new_base"]),
+        "base": LocalSource(trio["base"]),
+    }
+
+
+def test_an_adapter_post_is_measured_as_the_adapter_on_its_base(trio, tmp_path):
+    from paramdelta.testing.adapters import peft_adapter
+
+    adapter = peft_adapter(tmp_path / "ad", trio["base"])
+    sources = {"base": LocalSource(trio["base"]), "post": LocalSource(adapter)}
+    out = merge({**sources, "new_base": LocalSource(trio["new_base"])}, tmp_path / "out").out_dir
+    # The adapter merged onto its own base is the post model, up to bfloat16 rounding.
+    on_base = merge({**sources, "new_base": LocalSource(trio["base"])}, tmp_path / "on-base")
+    expected = run_check(on_base.out_dir, {}, device="cpu").perplexity["merged"]
+    report = run_check(out, _adapter_references(trio, adapter), device="cpu")
+    assert report.status == "passed"
+    assert report.perplexity["post"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_without_peft_an_adapter_post_is_not_measured_and_the_log_says_so(
+    trio, tmp_path, monkeypatch, caplog
+):
+    import importlib.util
+
+    from paramdelta.testing.adapters import adapter_config, lora_tensors, write_adapter
+
+    shapes = {n: t.shape for n, t in load_tensors(trio["base"]).items()}
+    adapter = write_adapter(tmp_path / "ad", lora_tensors(shapes), adapter_config(4, 8))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "peft" else find_spec(name, *a),
+    )
+    report = run_check(
+        _merged(trio, tmp_path / "out"), _adapter_references(trio, adapter), device="cpu"
+    )
+    assert report.perplexity["post"] is None
+    assert report.perplexity["better"] == report.perplexity["new_base"]
+    assert "peft is not installed: the post model (an adapter on its base) is not measured" in (
+        caplog.messages
+    )

@@ -29,7 +29,10 @@ from paramdelta.units import human_seconds
 if TYPE_CHECKING:
     from paramdelta.pipeline.check_rules import CheckReport
 
-MODEL_WORDS = {"post": "post model", "new_base": "new base"}
+MODEL_WORDS = {"post": "post model", "new_base": "new base", "base": "adapter's base"}
+# What to pass instead of a recorded folder that is gone: the adapter's base is not an argument,
+# so a full post model stands in for adapter + base.
+FLAGS = {"post": "--post DIR", "new_base": "--new-base DIR", "base": "--post DIR"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def references(args: argparse.Namespace, directory: Path) -> dict[str, str]:
     """role -> spec of the post model and new base: the arguments', else the lineage's."""
+    from paramdelta.engine.adapter import ADAPTER_CONFIG
     from paramdelta.pipeline import lineage
 
     specs = {"post": args.post, "new_base": args.new_base}
@@ -76,9 +80,12 @@ def references(args: argparse.Namespace, directory: Path) -> dict[str, str]:
         try:
             record = lineage.read_local(record_path) or {}
             recorded = {c["role"]: _recorded_spec(c) for c in record["checkpoints"]}
-        except (KeyError, TypeError) as e:
+            post = next(c for c in record["checkpoints"] if c["role"] == "post")
+        except (KeyError, TypeError, StopIteration) as e:
             raise UsageError(f"{shown}: not a paramdelta lineage record ({e})") from None
         specs = {role: spec or recorded.get(role) for role, spec in specs.items()}
+        if args.post is None and ADAPTER_CONFIG in post.get("files", {}):
+            specs["base"] = recorded.get("base")  # the recorded post is an adapter on it
         if gone := [role for role, spec in specs.items() if spec == "" and role in recorded]:
             raise UsageError(f"{shown}: {_gone(record, gone)}")
     return {role: spec for role, spec in specs.items() if spec}
@@ -99,7 +106,7 @@ def _gone(record: dict[str, Any], roles: list[str]) -> str:
     paths = {c["role"]: c.get("path") for c in record["checkpoints"]}
     models = " and ".join(MODEL_WORDS[r] for r in roles)
     folders = " and ".join(str(paths[r]) for r in roles)
-    flags = " and ".join(f"--{r.replace('_', '-')} DIR" for r in roles)
+    flags = " and ".join(dict.fromkeys(FLAGS[r] for r in roles))
     verb, which = ("was", "which is") if len(roles) == 1 else ("were", "which are")
     return f"the {models} {verb} read from {folders}, {which} not here; pass {flags}"
 

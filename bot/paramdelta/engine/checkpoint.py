@@ -15,7 +15,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol
 
 from paramdelta.engine.limits import (
     MAX_CONFIG_BYTES,
@@ -35,6 +35,9 @@ from paramdelta.engine.safetensors_format import (
     reject_duplicate_keys,
 )
 from paramdelta.errors import CheckpointError, local_io
+
+if TYPE_CHECKING:
+    from paramdelta.engine.adapter import Adapter
 
 CONFIG = "config.json"
 # Formats that can only be loaded by unpickling, which runs arbitrary code.
@@ -197,6 +200,7 @@ class Checkpoint:
     config: dict[str, Any]
     tensors: dict[str, TensorRef]
     files: list[str]
+    adapter: Adapter | None = None  # a PEFT adapter's post model (`paramdelta.engine.adapter`)
 
     @property
     def where(self) -> str:

@@ -20,10 +20,12 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from paramdelta.engine.checkpoint import CONFIG, PICKLE_SUFFIXES
+from paramdelta.engine.safetensors_format import INDEX, SINGLE_FILE
 
 LINEAGE_FILE = "paramdelta.json"
 CARD_FILE = "README.md"
 GENERATION_CONFIG = "generation_config.json"
+ADAPTER_CONFIG = "adapter_config.json"  # a PEFT adapter (`paramdelta.engine.adapter`)
 RESULT_FILES = "result"  # the origin of the files made from a merge's result: card, record
 
 
@@ -98,13 +100,25 @@ def no_tokenizer(post: str) -> str:
     return f"the output has no tokenizer (post model {post} ships none)"
 
 
+def is_adapter(files: Iterable[str]) -> bool:
+    """An adapter folder: adapter_config.json and no full checkpoint beside it."""
+    top = {f for f in files if "/" not in f}
+    return ADAPTER_CONFIG in top and not {SINGLE_FILE, INDEX, CONFIG} & top
+
+
 def file_donors(listings: Mapping[str, Iterable[str]]) -> dict[str, str]:
     """path -> the role that gives it, from each role's file list (no file is read).
 
     Depends on the listings only, so `plan` can tell from the Hub's file lists
-    alone whether a merge would now take its files from elsewhere.
+    alone whether a merge would now take its files from elsewhere. A post model
+    that is an adapter gives what its folder has, its base the rest of the post
+    model's files (an adapter has its base's tokenizer unless it ships its own).
     """
     have = {role: set(files) for role, files in listings.items()}
+    if is_adapter(have.get("post", ())) and "base" in have:
+        own = have["post"]
+        donors = file_donors({**have, "post": own | have["base"]})
+        return {p: "base" if r == "post" and p not in own else r for p, r in donors.items()}
     donors = {}
     for path in sorted(set().union(*have.values())):
         donor = next((r for r in rule_for(path).donors if path in have.get(r, ())), None)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -103,7 +104,16 @@ def scratch_buffers(block: int, device: torch.device) -> tuple[torch.Tensor, tor
     )
 
 
-Delta = tuple[torch.Tensor, torch.Tensor, float]  # post, base, weight
+class Difference(NamedTuple):
+    """A delta already computed (an adapter's ``s·B@A``, float32) in place of ``post - base``;
+    its base is still read, for the moments."""
+
+    values: torch.Tensor
+    base: torch.Tensor
+    weight: float
+
+
+Delta = tuple[torch.Tensor, torch.Tensor, float] | Difference  # post, base, weight
 
 
 def merge_into(
@@ -128,10 +138,12 @@ def merge_into(
         acc = acc_buf[: end - start]
         acc.copy_(new_base[start:end])  # widening (or float64 narrowing) is exact like .float()
         bound = 0.0  # how far the deltas may move the output from new_base
-        for i, (post, base, weight) in enumerate(deltas):
+        for i, term in enumerate(deltas):
+            post, base, weight = term
             delta.copy_(post[start:end])
             update.copy_(base[start:end])
-            delta.sub_(update)
+            if not isinstance(term, Difference):
+                delta.sub_(update)
             if i == 0:
                 torch.sub(acc, update, out=update)  # acc is still new_base here
                 # The 2x2 Gram matrix of the deltas, in one pass: both squared norms and the dot.

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple, NoReturn
 
+from paramdelta.engine.adapter import ADAPTER_CONFIG, Adapter, LoraRef
 from paramdelta.engine.checkpoint import CONFIG, Checkpoint, Source, TensorRef, read_json
 from paramdelta.engine.dtypes import COPIED_DTYPES, FLOAT_DTYPES, ITEMSIZE, TORCH_NAMES
 from paramdelta.engine.files import GENERATION_CONFIG, file_donors, skipped_files
@@ -67,10 +68,13 @@ class VocabularyError(CheckpointError):
 
 
 class Operand(NamedTuple):
-    """A run of one input tensor: the checkpoint's role, the tensor, its first element."""
+    """A run of one input tensor: the checkpoint's role, the tensor, its first element.
+
+    An adapter's targeted weight is a `LoraRef`: its delta, computed rather than read.
+    """
 
     role: str
-    ref: TensorRef
+    ref: TensorRef | LoraRef
     first: int
 
 
@@ -194,6 +198,7 @@ class MergePlan:
     skipped: dict[str, str] = field(default_factory=dict)  # input path -> why not in the output
     vocabulary: Vocabulary | None = None
     read: dict[str, list[str]] = field(default_factory=dict)  # role -> every file the merge reads
+    adapter: dict[str, Any] | None = None  # the post model is a LoRA adapter: `Adapter.summary`
 
     @property
     def nbytes(self) -> int:
@@ -285,13 +290,16 @@ def plan_merge(
     for ref_new in order:
         name = ref_new.entry.name
         refs = (base.tensors[name], post.tensors[name], ref_new)
-        items.append(_plan_tensor(name, refs, trio, forced, recipe, vocabularies))
+        item = _plan_tensor(name, refs, trio, forced, recipe, vocabularies)
+        items.append(item if post.adapter is None else _adapt_item(item, post.adapter))
 
     vocabulary = _vocabulary(vocabularies, trio, vocab_policy)
     if vocabulary is not None and vocabulary.rows["output"] != vocab_size(new_base.config):
         changes["vocab_size"] = vocabulary.rows["output"]
         _set_config(config, "vocab_size", changes["vocab_size"])
-    for key, value in _token_ids(post).items():
+    # An adapter without generation defaults gives the base's (see file_donors).
+    donor = base if post.adapter is not None and GENERATION_CONFIG not in post.files else post
+    for key, value in _token_ids(donor).items():
         if _get_config(config, key) != value:
             changes[key] = value
             _set_config(config, key, value)
@@ -320,6 +328,7 @@ def plan_merge(
         skipped=skipped_files(listings, files, {p for paths in read.values() for p in paths}),
         vocabulary=vocabulary,
         read=read,
+        adapter=post.adapter.summary() if post.adapter is not None else None,
     )
 
 
@@ -327,7 +336,9 @@ def _files_read(
     trio: Sequence[Checkpoint], items: Sequence[MergeItem], donors: dict[str, str]
 ) -> dict[str, list[str]]:
     """Per role, every file the merge reads: config, index, shards and donated files."""
-    read = {c.role: {CONFIG, *({INDEX} & set(c.files))} for c in trio}
+    read = {
+        c.role: {ADAPTER_CONFIG} if c.adapter else {CONFIG, *({INDEX} & set(c.files))} for c in trio
+    }
     for item in items:
         for segment in item.segments:
             for role, ref, _ in segment.inputs:
@@ -335,6 +346,32 @@ def _files_read(
     for path, role in donors.items():
         read[role].add(path)
     return {role: sorted(paths) for role, paths in read.items()}
+
+
+def _adapt_item(item: MergeItem, adapter: Adapter) -> MergeItem:
+    """Planned as if post were the base: an adapter's delta is s·B@A where it targets the
+    tensor, ``saved - base`` for a saved module, and none at all elsewhere."""
+    if item.name in adapter.saved:
+        return item
+    lora = adapter.lora.get(item.name)
+    segments = []
+    for segment in item.segments:
+        if segment.op == "copy" and segment.start.role == "post":  # post's extra vocab rows
+            if lora is not None:
+                raise CheckpointError(
+                    f"tensor {item.name!r}: the adapter changes it and its rows differ between"
+                    " base and new base; an adapter on resized rows is not supported"
+                )
+            segment = replace(segment, start=segment.start._replace(role="base"))
+        elif segment.op == "merge":
+            deltas = tuple(
+                d._replace(post=d.post._replace(ref=lora)) if lora is not None else d
+                for d in segment.deltas
+                if d.post.role != "post" or lora is not None
+            )
+            segment = replace(segment, op="merge" if deltas else "copy", deltas=deltas)
+        segments.append(segment)
+    return replace(item, segments=tuple(segments))
 
 
 def _vocabulary(

@@ -20,9 +20,10 @@ from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from paramdelta.engine.adapter import open_post
 from paramdelta.engine.checkpoint import Checkpoint, Source, open_checkpoint
 from paramdelta.engine.files import RESULT_FILES
-from paramdelta.engine.merge_plan import CONFIG, ROLES, MergePlan, plan_merge
+from paramdelta.engine.merge_plan import CONFIG, MergePlan, plan_merge
 from paramdelta.engine.recipe import Recipe, Runtime
 from paramdelta.engine.safetensors_format import INDEX
 from paramdelta.engine.workers import Execution, MergeStats
@@ -47,8 +48,16 @@ class MergeResult:
 
 
 def open_checkpoints(sources: Mapping[str, Source]) -> dict[str, Checkpoint]:
-    """Open and validate the base, post and new base checkpoints (headers only)."""
-    return {role: open_checkpoint(sources[role], role) for role in ROLES}
+    """Open and validate the base, post and new base checkpoints (headers only).
+
+    A post that is a PEFT adapter is opened against the base (`paramdelta.engine.adapter`).
+    """
+    base = open_checkpoint(sources["base"], "base")
+    return {
+        "base": base,
+        "post": open_post(sources["post"], base),
+        "new_base": open_checkpoint(sources["new_base"], "new_base"),
+    }
 
 
 def preflight(sources: Mapping[str, Source], recipe: Recipe) -> MergePlan:

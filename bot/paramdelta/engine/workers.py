@@ -36,13 +36,16 @@ from typing import Literal
 
 import torch
 
-from paramdelta.engine.checkpoint import Source
+from paramdelta.engine.adapter import LoraBands, LoraRef, scratch_bytes
+from paramdelta.engine.checkpoint import Source, TensorRef
 from paramdelta.engine.delta import DeltaReport
 from paramdelta.engine.dtypes import ITEMSIZE, TORCH_NAMES
 from paramdelta.engine.kernel import (
     CPU_BLOCK,
     OPERANDS,
     TORCH_DTYPES,
+    Delta,
+    Difference,
     Moments,
     NonFinite,
     check_copy,
@@ -72,6 +75,23 @@ class Read:
 
 
 @dataclass(frozen=True)
+class LoraRead:
+    """A chunk of an adapter's delta ``s·B@A``: computed in float32 from A and B, not read."""
+
+    role: str
+    source: Source
+    lora: LoraRef
+    first: int
+    count: int
+
+    dtype = LoraRef.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * ITEMSIZE[self.dtype]
+
+
+@dataclass(frozen=True)
 class Unit:
     """One chunk: ``count`` output elements, written at ``out_offset`` of shard ``shard``.
 
@@ -86,7 +106,7 @@ class Unit:
     count: int
     out_dtype: str
     op: Literal["merge", "convert", "raw"]
-    reads: tuple[Read, ...]
+    reads: tuple[Read | LoraRead, ...]
     weights: tuple[float, ...] = ()
 
     @property
@@ -128,7 +148,9 @@ def chunk_elements(
     in_size = _max_in_itemsize(plan)
     wanted = CUDA_CHUNK_ELEMENTS if on_cuda else max(s.read_size for s in sources) // in_size
     per_element = workers * (plan.operands * in_size + _out_itemsize(plan))
-    elements = max(MIN_CHUNK_ELEMENTS, min(wanted, max_memory // per_element))
+    refs = {op.ref for i in plan.items for s in i.segments for op in s.inputs}
+    fixed = workers * scratch_bytes(r for r in refs if isinstance(r, LoraRef))
+    elements = max(MIN_CHUNK_ELEMENTS, min(wanted, (max_memory - fixed) // per_element))
     return elements - elements % MIN_CHUNK_ELEMENTS
 
 
@@ -168,14 +190,7 @@ def plan_units(
             for start in range(0, segment.count, elements):
                 count = min(elements, segment.count - start)
                 reads = tuple(
-                    Read(
-                        role,
-                        sources[role],
-                        ref.file,
-                        ref.entry.offset + (first + start) * ITEMSIZE[ref.dtype],
-                        count * ITEMSIZE[ref.dtype],
-                        ref.dtype,
-                    )
+                    _read(role, sources[role], ref, first + start, count)
                     for role, ref, first in segment.inputs
                 )
                 out_offset = tensor_offset + (segment.out_start + start) * out_size
@@ -186,6 +201,16 @@ def plan_units(
                 )
     units.sort(key=lambda u: u.shard)  # stable: file order within a shard is kept
     return units
+
+
+def _read(
+    role: str, source: Source, ref: TensorRef | LoraRef, first: int, count: int
+) -> Read | LoraRead:
+    """How ``count`` elements of an operand from element ``first`` reach a worker's buffer."""
+    if isinstance(ref, LoraRef):
+        return LoraRead(role, source, ref, first, count)
+    size = ITEMSIZE[ref.dtype]
+    return Read(role, source, ref.file, ref.entry.offset + first * size, count * size, ref.dtype)
 
 
 def _host_buffer(nbytes: int, pinned: bool) -> tuple[torch.Tensor, memoryview]:
@@ -210,12 +235,16 @@ class _Worker:
         self.delta = DeltaReport()
         self.inputs = [_host_buffer(in_bytes, self.pinned) for _ in range(operands)]
         self.out = _host_buffer(out_bytes, self.pinned)
+        self.bands = LoraBands()
 
     def read(self, unit: Unit) -> None:
         # A raw copy needs no conversion: straight into the output buffer.
         targets = [self.out] if unit.op == "raw" else self.inputs
         for read, (_, view) in zip(unit.reads, targets, strict=False):
-            read.source.read_into(read.file, read.offset, view[: read.nbytes])
+            if isinstance(read, LoraRead):
+                self.bands.fill(read.source, read.lora, read.first, view[: read.nbytes])
+            else:
+                read.source.read_into(read.file, read.offset, view[: read.nbytes])
 
     def compute(self, unit: Unit) -> None:
         if unit.op == "raw":
@@ -235,7 +264,11 @@ class _Worker:
         typed = out.view(TORCH_DTYPES[unit.out_dtype])
         if unit.op == "convert":
             return Moments(nonfinite=copy_into(typed, ins[0]))
-        deltas = [(ins[1 + 2 * i], ins[2 + 2 * i], weight) for i, weight in enumerate(unit.weights)]
+        deltas: list[Delta] = []
+        for i, weight in enumerate(unit.weights):
+            post, base = ins[1 + 2 * i], ins[2 + 2 * i]
+            computed = isinstance(unit.reads[1 + 2 * i], LoraRead)
+            deltas.append(Difference(post, base, weight) if computed else (post, base, weight))
         return merge_into(typed, ins[0], deltas, self.scratch)
 
     def _input_bytes(self, unit: Unit) -> list[torch.Tensor]:

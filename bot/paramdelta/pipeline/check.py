@@ -26,6 +26,7 @@ import contextlib
 import gc
 import importlib.util
 import json
+import logging
 import math
 import os
 import time
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from paramdelta.engine.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter
 from paramdelta.engine.checkpoint import Source, open_checkpoint
 from paramdelta.engine.files import has_tokenizer, no_tokenizer
 from paramdelta.engine.kernel import TORCH_DTYPES
@@ -54,6 +56,8 @@ from paramdelta.pipeline.check_rules import (
     memory_reason,
     perplexity_verdict,
 )
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -172,7 +176,7 @@ def _check(
     del model
     _release(size)
     measured = {
-        role: _reference_perplexity(references[role], texts, dev)
+        role: _reference_perplexity(references[role], texts, dev, references.get("base"))
         for role in REFERENCES
         if role in references
     }
@@ -280,10 +284,13 @@ def _perplexity(
 
 
 def _reference_perplexity(
-    source: Source, texts: Sequence[Sequence[int]], dev: torch.device
+    source: Source, texts: Sequence[Sequence[int]], dev: torch.device, base: Source | None
 ) -> float | None:
     try:
-        model = load_reference(source, dev)
+        model = load_reference(source, dev, base)
+    except ReferenceSkipped as e:
+        log.warning("%s", e)
+        return None
     except Exception:  # a reference that does not load gives no number; the other still counts
         return None
     value, _ = _perplexity(model, texts, dev)
@@ -293,10 +300,17 @@ def _reference_perplexity(
     return None if math.isnan(value) else value
 
 
-def load_reference(source: Source, dev: torch.device) -> Any:
-    """A post model or new base straight from its `Source` (local, HF cache or Hub ranges)."""
+class ReferenceSkipped(Exception):
+    """A reference that is not measured here, and why (one line for the log)."""
+
+
+def load_reference(source: Source, dev: torch.device, base: Source | None = None) -> Any:
+    """A post model or new base straight from its `Source` (local, HF cache or Hub ranges);
+    a post model that is a PEFT adapter: the adapter applied to its ``base``."""
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
 
+    if is_adapter(source.list_files()):
+        return _adapter_on_base(source, dev, base)
     checkpoint = open_checkpoint(source, "reference")
     settings = dict(checkpoint.config)
     config = AutoConfig.for_model(settings.pop("model_type"), **settings)
@@ -312,6 +326,22 @@ def load_reference(source: Source, dev: torch.device) -> Any:
     model_class: Any = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     dtype = next(iter(state.values())).dtype if state else torch.float32
     model = model_class.from_pretrained(None, config=config, state_dict=state, dtype=dtype)
+    return model.to(dev).eval()
+
+
+def _adapter_on_base(adapter: Source, dev: torch.device, base: Source | None) -> Any:
+    """PEFT's own forward (peft is optional: imported only here)."""
+    if importlib.util.find_spec("peft") is None:
+        raise ReferenceSkipped(
+            "peft is not installed: the post model (an adapter on its base) is not measured"
+        )
+    if base is None:
+        raise ReferenceSkipped("the adapter's base is not known: the post model is not measured")
+    from peft import PeftModel
+
+    folder = adapter.local([ADAPTER_CONFIG, ADAPTER_WEIGHTS]).directory
+    assert folder is not None  # a local source is a folder
+    model = PeftModel.from_pretrained(load_reference(base, dev), str(folder))
     return model.to(dev).eval()
 
 

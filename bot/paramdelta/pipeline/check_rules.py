@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from paramdelta.engine.adapter import LoraRef
 from paramdelta.engine.merge_plan import MergePlan
 from paramdelta.errors import CheckError
 from paramdelta.rendering.check_report import STEP_TITLES
@@ -55,6 +56,8 @@ def model_bytes(plan: MergePlan) -> int:
     for item in plan.items:
         for segment in item.segments:
             for role, ref, _ in segment.inputs:
+                if isinstance(ref, LoraRef):  # an adapter: its base is counted, as it is loaded
+                    continue
                 if (role, ref.entry.name) not in seen:
                     seen.add((role, ref.entry.name))
                     sizes[role] = sizes.get(role, 0) + ref.entry.nbytes

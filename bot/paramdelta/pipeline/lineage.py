@@ -116,10 +116,12 @@ def build_record(
     skipped: Mapping[str, str] | None = None,
     config_changes: Mapping[str, Any] | None = None,
     vocabulary: Mapping[str, Any] | None = None,
+    adapter: Mapping[str, Any] | None = None,
     ci_run_url: str | None = None,
     created_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The record for one merge. ``checkpoints`` maps role -> its entry (`checkpoint_entry`)."""
+    """The record for one merge. ``checkpoints`` maps role -> its entry (`checkpoint_entry`);
+    ``adapter``: the post model is a LoRA adapter (`paramdelta.engine.adapter`)."""
     when = (created_at or datetime.now(timezone.utc)).astimezone(timezone.utc)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -138,6 +140,7 @@ def build_record(
             "file_donors": dict(sorted(files.items())),
             "skipped_files": dict(sorted((skipped or {}).items())),
             "config_changes": dict(sorted((config_changes or {}).items())),
+            **({"adapter": dict(adapter)} if adapter is not None else {}),
         },
         "vocabulary": dict(vocabulary) if vocabulary is not None else None,
         "checkpoints": [{**checkpoints[role], "role": role} for role in ROLES],

@@ -126,6 +126,7 @@ def merge_record(
         skipped=plan.skipped,
         config_changes=plan.config_changes,
         vocabulary=plan.vocabulary.to_dict() if plan.vocabulary else None,
+        adapter=plan.adapter,
         output=output,
         ci_run_url=github_actions.run_url(),
     )

@@ -200,7 +200,7 @@ def check_staged(
         return CheckReport.not_checked(skipped)
     report = pre_publish.run_check(
         staged.directory,
-        {role: staged.sources[role] for role in REFERENCES},
+        {role: staged.sources[role] for role in (*REFERENCES, "base")},  # base: an adapter's
         device=options.runtime.device,
         perplexity_factor=plan.target.perplexity_factor,
     )
