@@ -55,7 +55,24 @@ def log_warnings(warnings: Iterable[Problem]) -> None:
 
 
 def matrix(plans: list[TargetPlan]) -> list[dict[str, object]]:
-    return [p.to_dict() for p in plans if p.pending or p.status == "error"]
+    """One entry per merge job: a pending target with `legs: N` gets N, with "leg": K."""
+    entries: list[dict[str, object]] = []
+    for p in plans:
+        if p.pending and p.target.legs > 1:
+            legs = p.target.legs
+            entries += [{**p.to_dict(), "leg": k, "legs": legs} for k in range(1, legs + 1)]
+        elif p.pending or p.status == "error":
+            entries.append(p.to_dict())
+    return entries
+
+
+def fan_outs(plans: list[TargetPlan]) -> list[dict[str, object]]:
+    """One entry per finish job: the pending targets merged in legs."""
+    return [
+        {"target": p.target.name, "legs": p.target.legs, "staging_branch": p.staging_branch}
+        for p in plans
+        if p.pending and p.target.legs > 1
+    ]
 
 
 def human_plan(plans: list[TargetPlan]) -> str:
@@ -113,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
     if args.github:
         github_actions.set_output("pending", json.dumps(pending))
         github_actions.set_output("pending-count", str(len(pending)))
+        finishing = fan_outs(plans)
+        github_actions.set_output("fan-out", json.dumps(finishing))
+        github_actions.set_output("fan-out-count", str(len(finishing)))
         github_actions.append_summary(summary_table(plans))
     emit(args.format, pending, human_plan(plans))
     return 0
