@@ -10,12 +10,18 @@ a shard costs a runner, the bytes it reads plus the bytes it writes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import fields
+from typing import Any, NamedTuple
 
+from paramdelta.engine.delta import DeltaReport
 from paramdelta.engine.dtypes import ITEMSIZE
+from paramdelta.engine.kernel import Moments
 from paramdelta.engine.merge_plan import CONFIG, MergePlan
 from paramdelta.engine.safetensors_format import INDEX
+from paramdelta.engine.workers import MergeStats
 from paramdelta.engine.writer import ShardPlan
+
+_STAT_FIELDS = tuple(f.name for f in fields(MergeStats) if f.name != "delta")
 
 
 class Leg(NamedTuple):
@@ -77,3 +83,35 @@ def files_read(
         role: [f for f in files if f in weights.get(role, set()) or f in (CONFIG, INDEX)]
         for role, files in plan.read.items()
     }
+
+
+def stats_to_dict(stats: MergeStats) -> dict[str, Any]:
+    """A leg's stats as JSON, its delta report exact (`DeltaReport.raw`)."""
+    return {**{k: getattr(stats, k) for k in _STAT_FIELDS}, "delta": stats.delta.raw()}
+
+
+def stats_from_dict(data: dict[str, Any]) -> MergeStats:
+    """What `stats_to_dict` gave; ValueError if ``data`` is not of that shape."""
+    try:
+        fields = {k: data[k] for k in _STAT_FIELDS}
+        return MergeStats(**fields, delta=DeltaReport.from_raw(data["delta"]))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"not a leg's merge stats: {e!r}") from None
+
+
+def combined_stats(plan: MergePlan, parts: Sequence[MergeStats]) -> MergeStats:
+    """The whole merge's stats from its legs': sums, the slowest leg's time, the tensors'
+    moments in the plan's order."""
+    delta = DeltaReport({item.name: Moments() for item in plan.items})
+    delta.merge(part.delta for part in parts)
+    return MergeStats(
+        tensors=sum(p.tensors for p in parts),
+        bytes=sum(p.bytes for p in parts),
+        seconds=max((p.seconds for p in parts), default=0.0),
+        cpu_seconds=sum(p.cpu_seconds for p in parts),
+        device=", ".join(sorted({p.device for p in parts})) or "none",
+        workers=max((p.workers for p in parts), default=0),
+        chunk_elements=max((p.chunk_elements for p in parts), default=0),
+        peak_rss_bytes=max((p.peak_rss_bytes for p in parts), default=0),
+        delta=delta,
+    )
