@@ -66,7 +66,11 @@ class TargetPlan:
         """Names the merge this plan makes: the inputs' shas, the recipe and the legs. Every
         job that plans the same merge finds the same id (not the output head: the first leg
         may create the output repo that the next one finds)."""
-        doc = {"pins": self.pins(), "recipe": self.target.recipe._asdict(), "legs": self.target.legs}
+        doc = {
+            "pins": self.pins(),
+            "recipe": self.target.recipe._asdict(),
+            "legs": self.target.legs,
+        }
         text = json.dumps(doc, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
