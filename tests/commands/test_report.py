@@ -216,3 +216,20 @@ def test_a_target_in_a_plan_file_and_a_result_file_counts_once(tmp_path, capsys)
         PUBLISHED,
         other,
     ]
+
+
+def test_a_fan_out_with_missing_legs_gets_an_issue_naming_them(tmp_path, fake_github, capfd):
+    error = (
+        "target other: leg(s) 2, 3 of 4 missing from staging branch"
+        " paramdelta-staging/other-0123456789ab of me/other (never ran, failed or were killed);"
+        " nothing was published; re-run those legs, then --finish"
+    )
+    finish = TargetResult(
+        target="other", status="failed", error=error, exit_code=10, duration_s=3.0
+    )
+    write_results(tmp_path / "r" / "paramdelta-result-other" / "result.json", [finish])
+    assert main(["report", str(tmp_path / "r"), "--github", "--issues"]) == 0
+    capfd.readouterr()
+    [issue] = fake_github.issues(REPO)
+    assert "other" in issue.title
+    assert error in issue.body
