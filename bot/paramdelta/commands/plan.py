@@ -69,7 +69,12 @@ def matrix(plans: list[TargetPlan]) -> list[dict[str, object]]:
 def fan_outs(plans: list[TargetPlan]) -> list[dict[str, object]]:
     """One entry per finish job: the pending targets merged in legs."""
     return [
-        {"target": p.target.name, "legs": p.target.legs, "staging_branch": p.staging_branch}
+        {
+            "target": p.target.name,
+            "output_repo": p.output_repo,
+            "legs": p.target.legs,
+            "staging_branch": p.staging_branch,
+        }
         for p in plans
         if p.pending and p.target.legs > 1
     ]
@@ -130,9 +135,15 @@ def run(args: argparse.Namespace) -> int:
     if args.github:
         github_actions.set_output("pending", json.dumps(pending))
         github_actions.set_output("pending-count", str(len(pending)))
-        finishing = fan_outs(plans)
-        github_actions.set_output("fan-out", json.dumps(finishing))
-        github_actions.set_output("fan-out-count", str(len(finishing)))
+        # The fan-out workflow's jobs: whole merges, legs, and one finish per fan-out.
+        lists = {
+            "whole": [m for m in pending if "leg" not in m],
+            "legs": [m for m in pending if "leg" in m],
+            "fan-out": fan_outs(plans),
+        }
+        for name, entries in lists.items():
+            github_actions.set_output(name, json.dumps(entries))
+            github_actions.set_output(f"{name}-count", str(len(entries)))
         github_actions.append_summary(summary_table(plans))
     emit(args.format, pending, human_plan(plans))
     return 0
