@@ -122,6 +122,9 @@ def test_a_missing_leg_leaves_main_untouched_until_it_is_run_again(
 ):
     for k in (1, 2, 4):
         assert run(watchlist, "--leg", f"{k}/4") == 0
+    # Leg 3 fails at its commit (after its uploads): it leaves nothing on the branch.
+    fake_hub.faults.add(server="hub", method="POST", path=r"/commit/paramdelta-staging", status=500)
+    assert run(watchlist, "--leg", "3/4") == 4
     capsys.readouterr()
     results = tmp_path / "results.json"
     assert run(watchlist, "--finish", result_file=results) == 10

@@ -187,12 +187,12 @@ def finish(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
         skipped = pre_publish.decide(
             options.check or plan.target.check, model_bytes(layout.merge), options.runtime.device
         )
+        if options.dry_run:  # the legs' dry runs staged nothing
+            return result("dry-run")
         assert plan.output_repo is not None
         repo, branch = plan.output_repo, plan.staging_branch
         on_branch = hub.find_repo_files(repo, branch)
         parts = staged_parts(hub, plan, layout, on_branch)
-        if options.dry_run:
-            return result("dry-run")
         assert on_branch is not None  # every leg is staged
         if skipped is None and not options.stream:
             sources = download_inputs(layout.merge, sources)
