@@ -13,6 +13,7 @@ from paramdelta.errors import (
     HubError,
     Interrupted,
     LocalFileError,
+    MissingLegsError,
     MissingResultError,
     MissingRevisionError,
     NotFoundError,
@@ -38,6 +39,7 @@ BY_CODE = [
     (LocalFileError, 7),
     (MissingResultError, 8),
     (CheckError, 9),
+    (MissingLegsError, 10),
 ]
 
 

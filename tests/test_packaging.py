@@ -47,6 +47,7 @@ def test_the_wheel_ships_its_data(wheel_files):
         "paramdelta/checkdata/prompts.json",
         "paramdelta/checkdata/texts.json",
         "paramdelta/templates/workflow.yml",
+        "paramdelta/templates/workflow-fan-out.yml",
         "paramdelta/py.typed",
     } <= set(wheel_files)
 

@@ -109,6 +109,16 @@ class CheckError(ParamDeltaError):
         self.details = details
 
 
+class MissingLegsError(ParamDeltaError):
+    """A fan-out's finish job found legs that never staged their shards; nothing was published."""
+
+    exit_code = 10
+
+    def __init__(self, message: str, legs: list[int]) -> None:
+        super().__init__(message)
+        self.legs = legs
+
+
 def exit_codes() -> dict[int, str]:
     """Each exit code of an error class and what it means (its docstring's first line)."""
     codes: dict[int, str] = {}

@@ -8,12 +8,40 @@ from paramdelta.pipeline.watchlist import Family, RepoRef, load
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / ".github" / "workflows" / "paramdelta.yml"
+FAN_OUT = ROOT / ".github" / "workflows" / "paramdelta-fan-out.yml"
 LLAMA = ["meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-8B-Instruct"]
 
 
 def test_the_shipped_workflow_is_the_example_this_repository_runs():
     shipped = ROOT / "bot" / "paramdelta" / "templates" / "workflow.yml"
     assert shipped.read_text() == EXAMPLE.read_text()
+    shipped = ROOT / "bot" / "paramdelta" / "templates" / "workflow-fan-out.yml"
+    assert shipped.read_text() == FAN_OUT.read_text()
+
+
+def test_init_legs_writes_a_fan_out_target_and_the_fan_out_workflow(tmp_path, capsys):
+    argv = ["init", *LLAMA, "meta-llama/Llama-3.1-8B", "--output", "me/Llama-3.1-8B-PD"]
+    argv += ["--offline", "--dir", str(tmp_path), "--runner", "self-hosted,h100", "--legs", "8"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    (target,) = load(tmp_path / "watchlist.yaml").targets
+    assert target.legs == 8
+    workflow = yaml.safe_load((tmp_path / ".github/workflows/paramdelta.yml").read_text())
+    jobs = workflow["jobs"]
+    assert list(jobs) == list(yaml.safe_load(FAN_OUT.read_text())["jobs"])
+    assert list(jobs) == ["plan", "merge", "legs", "finish", "report"]
+    assert jobs["legs"]["runs-on"] == "ubuntu-latest"
+    assert jobs["merge"]["runs-on"] == jobs["finish"]["runs-on"] == ["self-hosted", "h100"]
+    leg = next(s for s in jobs["legs"]["steps"] if s.get("with", {}).get("command") == "run")
+    assert (leg["with"]["leg"], leg["with"]["stream"]) == (
+        "${{ matrix.leg }}/${{ matrix.legs }}",
+        True,
+    )
+    finish = next(s for s in jobs["finish"]["steps"] if s.get("with", {}).get("command") == "run")
+    assert finish["with"]["finish"] is True and finish["with"]["device"] == "cuda"
+    assert "for the merge and finish jobs" in out
+    assert main([*argv, "--force", "--legs", "0"]) == 2
+    assert capsys.readouterr().err == "paramdelta: error: --legs 0: must be at least 1\n"
 
 
 def test_init_writes_a_watchlist_and_the_workflow_and_says_what_is_left(tmp_path, capsys):

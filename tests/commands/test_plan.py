@@ -120,3 +120,45 @@ def test_licence_warnings_are_shown(hub_trio, tmp_path, capsys):
         f"{path}:2: warning: targets[0].output: Llama licence: the name of a model built with Llama"
         " must begin with 'Llama'; 'Instruct' does not\n"
     )
+
+
+FAN_OUT = WATCHLIST.replace("    output: me/good\n", "    output: me/good\n    legs: 3\n")
+
+
+def test_a_target_with_legs_is_one_matrix_entry_per_leg(hub_trio, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "watchlist.yaml"
+    path.write_text(FAN_OUT)
+    assert main(["plan", "--watchlist", str(path), "--format", "json"]) == 0
+    matrix = json.loads(capsys.readouterr().out)
+    plain = json.loads(json.dumps(matrix[0]))
+    del plain["leg"], plain["legs"]
+    assert [(m["target"], m.get("leg"), m.get("legs")) for m in matrix] == [
+        ("good", 1, 3),
+        ("good", 2, 3),
+        ("good", 3, 3),
+        ("broken", None, None),  # other targets as they were
+    ]
+    assert all(
+        {k: v for k, v in m.items() if k not in ("leg", "legs")} == plain for m in matrix[:3]
+    )
+
+    output = tmp_path / "out"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(output))
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "summary.md"))
+    assert main(["plan", "--watchlist", str(path), "--github", "--format", "json"]) == 0
+    capsys.readouterr()
+    lines = output.read_text().splitlines()
+    fan_out = json.loads(
+        lines[lines.index(next(x for x in lines if x.startswith("fan-out<<"))) + 1]
+    )
+    assert len(fan_out) == 1 and fan_out[0]["target"] == "good" and fan_out[0]["legs"] == 3
+    assert fan_out[0]["staging_branch"].startswith("paramdelta-staging/good-")
+
+
+def test_legs_must_be_a_whole_number_of_at_least_one(tmp_path, capsys):
+    path = tmp_path / "watchlist.yaml"
+    path.write_text(FAN_OUT.replace("legs: 3", "legs: 0"))
+    assert main(["plan", "--watchlist", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"paramdelta: error: {path}:7: targets[0].legs: 0 is not a whole number of at least 1\n"
+    )

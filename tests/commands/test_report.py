@@ -230,3 +230,20 @@ def test_outside_the_watchlist_s_folder_it_says_to_pass_watchlist(
         " (or run in the watchlist's folder)\n"
     )
     assert main(["report", str(results_dir), "--watchlist", str(tmp_path / "watchlist.yaml")]) == 0
+
+
+def test_a_fan_out_with_missing_legs_gets_an_issue_naming_them(tmp_path, fake_github, capfd):
+    error = (
+        "target other: leg(s) 2, 3 of 4 missing from staging branch"
+        " paramdelta-staging/other-0123456789ab of me/other (never ran, failed or were killed);"
+        " nothing was published; re-run those legs, then --finish"
+    )
+    finish = TargetResult(
+        target="other", status="failed", error=error, exit_code=10, duration_s=3.0
+    )
+    write_results(tmp_path / "r" / "paramdelta-result-other" / "result.json", [finish])
+    assert main(["report", str(tmp_path / "r"), "--github", "--issues"]) == 0
+    capfd.readouterr()
+    [issue] = fake_github.issues(REPO)
+    assert "other" in issue.title
+    assert error in issue.body

@@ -168,7 +168,7 @@ def test_a_post_model_without_a_tokenizer_blocks_the_publish_in_plain_words(
         "pre-publish check failed: tokenizer loads: the output has no tokenizer"
         " (post model org/post ships none)"
     )
-    _only_the_initial_commit(fake_hub)
+    _no_repo_left(fake_hub)
 
 
 def test_a_merge_whose_output_holds_nan_publishes_nothing(trio_dirs, fake_hub, tmp_path):

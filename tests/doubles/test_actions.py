@@ -476,6 +476,9 @@ def test_action_outputs_come_from_the_paramdelta_step(fakes: Fakes) -> None:
     assert run.outputs == {
         "pending": '[{"target": "llama"}]',
         "pending-count": "1",
+        **dict.fromkeys(
+            ["whole", "whole-count", "legs", "legs-count", "fan-out", "fan-out-count"], ""
+        ),
         "published": "",
         "summary": "",
         "result-file": "results/plan.json",
@@ -515,6 +518,15 @@ def test_tokens_are_masked_and_exported_only_when_given(fakes: Fakes) -> None:
     assert "--issues" not in fakes.argv()
 
 
+def test_the_fan_out_inputs_become_run_options(fakes: Fakes) -> None:
+    run = fakes.run({"command": "run", "target": "big", "leg": "2/4", "stream": "true"})
+    assert run.ok, run.stderr
+    assert fakes.argv()[-5:] == ["--target", "big", "--leg", "2/4", "--stream"]
+    run = fakes.run({"command": "run", "target": "big", "finish": "true"})
+    assert run.ok, run.stderr
+    assert fakes.argv()[-3:] == ["--target", "big", "--finish"]
+
+
 def test_trusted_publishing_sets_the_oidc_resource(fakes: Fakes) -> None:
     run = fakes.run({"command": "run", "hf-oidc-resource": "org/model-ParamDelta"})
     assert run.ok, run.stderr
@@ -527,6 +539,9 @@ def test_trusted_publishing_sets_the_oidc_resource(fakes: Fakes) -> None:
     [
         ({"command": "deploy"}, "command must be plan, run, merge, publish, validate or report"),
         ({"command": "run", "dry-run": "yes"}, "dry-run must be 'true' or 'false'"),
+        ({"command": "run", "finish": "yes"}, "finish must be 'true' or 'false', not 'yes'"),
+        ({"command": "plan", "leg": "1/4"}, "leg, finish and stream apply to run only"),
+        ({"command": "report", "stream": "true"}, "leg, finish and stream apply to run only"),
         ({"command": "validate", "target": "x"}, "target applies to plan and run only"),
         ({"command": "report", "dry-run": "true"}, "dry-run applies to run and publish only"),
         ({"command": "run", "results": "a b"}, "run: results must name one directory"),

@@ -59,7 +59,7 @@ def test_load_results_reads_every_json_below_a_directory(tmp_path):
         (
             {"status": "ok"},
             "field 'status' must be one of published, pr-opened, in-review, up-to-date, dry-run,"
-            " failed, check-failed, planned, not 'ok'",
+            " failed, check-failed, planned, staged, not 'ok'",
         ),
         ({"error": None}, "field 'error' must be set when status is 'failed' or 'check-failed'"),
     ],

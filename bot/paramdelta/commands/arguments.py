@@ -20,6 +20,7 @@ from paramdelta.engine.recipe import (
 )
 
 if TYPE_CHECKING:
+    from paramdelta.engine.legs import Leg
     from paramdelta.hub.publisher import Publisher
 
 DEFAULT_WATCHLIST = "watchlist.yaml"
@@ -123,6 +124,16 @@ def add_publish_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE, help="commit title")
     add_token_file_argument(parser)
+
+
+def leg(text: str) -> Leg:
+    """``--leg K/N``: leg K of N, 1 <= K <= N (an argparse type: errors name the option)."""
+    from paramdelta.engine.legs import Leg
+
+    number, sep, of = text.partition("/")
+    if sep and number.isdigit() and of.isdigit() and 1 <= int(number) <= int(of):
+        return Leg(int(number), int(of))
+    raise argparse.ArgumentTypeError(f"{text!r} is not K/N with 1 <= K <= N (leg K of N, e.g. 2/4)")
 
 
 def runtime(args: argparse.Namespace) -> Runtime:

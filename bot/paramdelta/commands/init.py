@@ -60,6 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--action", default=ACTION, help=f"the action the workflow uses (default {ACTION})"
     )
+    parser.add_argument(
+        "--legs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="fan-out: merge the target in N legs on hosted runners and publish them from a"
+        " finish job on the GPU runner (writes the fan-out workflow; default 1: one merge job)",
+    )
     parser.add_argument("--force", action="store_true", help="replace files that exist")
     parser.add_argument("--offline", action="store_true", help="do not check the repos on the Hub")
     arguments.add_token_file_argument(parser)
@@ -79,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         publish=args.publish,
         action=args.action,
         runner=runner,
+        legs=args.legs,
     )
     output_exists = None if args.offline else check_on_hub(plan, args.token_file)
     written = write(args.dir, plan.files, force=args.force)
@@ -131,7 +140,8 @@ def next_steps(
             else "\n       (trusted publishing needs an existing repo: the output here is"
             " named per release, so use the token)"
         ),
-        f"A self-hosted GPU runner with the labels {', '.join(runner)} for the merge job"
+        f"A self-hosted GPU runner with the labels {', '.join(runner)} for the"
+        f" {'merge and finish jobs' if target.legs > 1 else 'merge job'}"
         " (Settings > Actions > Runners), with disk for three checkpoints and the output.",
         *(
             [

@@ -62,7 +62,29 @@ def log_warnings(warnings: Iterable[Problem]) -> None:
 
 
 def matrix(plans: list[TargetPlan]) -> list[dict[str, object]]:
-    return [p.to_dict() for p in plans if p.pending or p.status == "error"]
+    """One entry per merge job: a pending target with `legs: N` gets N, with "leg": K."""
+    entries: list[dict[str, object]] = []
+    for p in plans:
+        if p.pending and p.target.legs > 1:
+            legs = p.target.legs
+            entries += [{**p.to_dict(), "leg": k, "legs": legs} for k in range(1, legs + 1)]
+        elif p.pending or p.status == "error":
+            entries.append(p.to_dict())
+    return entries
+
+
+def fan_outs(plans: list[TargetPlan]) -> list[dict[str, object]]:
+    """One entry per finish job: the pending targets merged in legs."""
+    return [
+        {
+            "target": p.target.name,
+            "output_repo": p.output_repo,
+            "legs": p.target.legs,
+            "staging_branch": p.staging_branch,
+        }
+        for p in plans
+        if p.pending and p.target.legs > 1
+    ]
 
 
 def human_plan(plans: list[TargetPlan]) -> str:
@@ -120,6 +142,15 @@ def run(args: argparse.Namespace) -> int:
     if args.github:
         github_actions.set_output("pending", json.dumps(pending))
         github_actions.set_output("pending-count", str(len(pending)))
+        # The fan-out workflow's jobs: whole merges, legs, and one finish per fan-out.
+        lists = {
+            "whole": [m for m in pending if "leg" not in m],
+            "legs": [m for m in pending if "leg" in m],
+            "fan-out": fan_outs(plans),
+        }
+        for name, entries in lists.items():
+            github_actions.set_output(name, json.dumps(entries))
+            github_actions.set_output(f"{name}-count", str(len(entries)))
         github_actions.append_summary(summary_table(plans))
     emit(args.format, pending, human_plan(plans))
     return 0

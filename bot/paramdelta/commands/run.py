@@ -45,6 +45,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " on makes a check that cannot run an error, off skips it",
     )
     parser.add_argument("--workdir", type=Path, help="where --dry-run writes the cards")
+    fan_out = parser.add_mutually_exclusive_group()
+    fan_out.add_argument(
+        "--leg",
+        type=arguments.leg,
+        metavar="K/N",
+        help="fan-out (a target with `legs: N`, needs --target): merge leg K's shards into"
+        " the output repo's staging branch",
+    )
+    fan_out.add_argument(
+        "--finish",
+        action="store_true",
+        help="fan-out (needs --target): check that every leg is staged, publish them in one"
+        " commit, delete the staging branch",
+    )
     parser.add_argument("--result-file", type=Path, help="write the results as JSON here")
     arguments.add_github_argument(parser)
     arguments.add_format_argument(parser)
@@ -114,8 +128,9 @@ def _run_targets(
 ) -> None:
     """Plan into ``plans``, run each target into ``results``; on the way out, the ones left
     get its error."""
-    from paramdelta.errors import interruption
+    from paramdelta.errors import UsageError, interruption
     from paramdelta.hub.sources import HubFactory
+    from paramdelta.pipeline import fan_out
     from paramdelta.pipeline.plan import plan_watchlist
     from paramdelta.pipeline.run_target import RunOptions, failure, run_target  # torch: only here
     from paramdelta.reporting import github_actions
@@ -124,6 +139,9 @@ def _run_targets(
     try:
         if args.github:
             github_actions.require_runner_files()
+        if (args.leg or args.finish) and not args.target:
+            option = "--finish" if args.finish else "--leg"
+            raise UsageError(f"{option}: a fan-out runs one target: pass --target NAME")
         runtime = arguments.runtime(args)
         watchlist = load_watchlist(args.watchlist)
         options = RunOptions(
@@ -139,7 +157,12 @@ def _run_targets(
         plans.extend(p for p in planned_all if p.status != "disabled")
         planned = {p.target.name: p for p in plans}
         for plan in plans:
-            results.append(run_target(hub, plan, options))
+            if args.leg:
+                results.append(fan_out.run_leg(hub, plan, args.leg, options))
+            elif args.finish:
+                results.append(fan_out.finish(hub, plan, options))
+            else:
+                results.append(run_target(hub, plan, options))
     except (KeyboardInterrupt, Exception) as e:  # every target left gets it as its result
         done = {r.target for r in results}
         results += [failure(name, plan, e) for name, plan in planned.items() if name not in done]

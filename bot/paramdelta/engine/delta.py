@@ -85,6 +85,34 @@ class DeltaReport:
             for name, moments in other.tensors.items():
                 self.add(name, moments)
 
+    def raw(self) -> dict[str, list[Any]]:
+        """Every tensor's moments exactly (JSON round-trips floats): a fan-out leg's part of
+        the report, handed to the finish job."""
+        return {
+            name: [
+                m.elements,
+                m.post_sq,
+                m.update_sq,
+                m.cross,
+                *((m.nonfinite.nan, m.nonfinite.inf) if m.nonfinite else ()),
+            ]
+            for name, m in self.tensors.items()
+        }
+
+    @classmethod
+    def from_raw(cls, data: dict[str, list[Any]]) -> DeltaReport:
+        """The report `raw` gave; ValueError if ``data`` is not of that shape."""
+        tensors = {}
+        try:
+            for name, (elements, post_sq, update_sq, cross, *counts) in data.items():
+                nonfinite = NonFinite(list(counts[0]), list(counts[1])) if counts else None
+                tensors[name] = Moments(
+                    int(elements), float(post_sq), float(update_sq), float(cross), nonfinite
+                )
+        except (TypeError, ValueError, IndexError) as e:
+            raise ValueError(f"not a delta report: {e}") from None
+        return cls(tensors)
+
     def groups(self) -> Iterator[tuple[int | str, int, Moments]]:
         """(group, number of tensors, summed moments), in model order."""
         sums: dict[int | str, tuple[int, Moments]] = {}

@@ -16,7 +16,7 @@ The engine knows nothing of the Hub beyond the `Source` objects it is given.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,13 +73,19 @@ def stage(
     runtime: Runtime = Runtime(),
     *,
     overwrite: bool = False,
+    only: Sequence[int] | None = None,
 ) -> Staged:
-    """A merge of ``plan`` into ``out_dir``, staged in a hidden directory beside it."""
+    """A merge of ``plan`` into ``out_dir``, staged in a hidden directory beside it.
+
+    ``only``: the indexes of the output shards to write, and nothing else (a fan-out
+    leg's, `paramdelta.engine.legs`); the layout is still the whole merge's.
+    """
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)
     check_not_an_input(out_dir, (d for s in sources.values() if (d := s.directory) is not None))
     shards = plan_shards(plan.items, plan.recipe.shard_size)
-    return Staged(plan, sources, OutputWriter(out_dir, shards, overwrite=overwrite), runtime)
+    writer = OutputWriter(out_dir, shards, overwrite=overwrite)
+    return Staged(plan, sources, writer, runtime, only)
 
 
 class Staged:
@@ -90,9 +96,14 @@ class Staged:
     """
 
     def __init__(
-        self, plan: MergePlan, sources: dict[str, Source], writer: OutputWriter, runtime: Runtime
+        self,
+        plan: MergePlan,
+        sources: dict[str, Source],
+        writer: OutputWriter,
+        runtime: Runtime,
+        only: Sequence[int] | None = None,
     ) -> None:
-        self.plan, self.sources, self.runtime = plan, sources, runtime
+        self.plan, self.sources, self.runtime, self.only = plan, sources, runtime, only
         self.writer = writer
         self.shards = writer.shards
         self.files: dict[str, str] = {}
@@ -118,7 +129,8 @@ class Staged:
     def write(self) -> Iterator[WrittenShard]:
         """Merge, yielding each shard as soon as its file is complete, one at a time: the
         next shard is started only once the caller asks for it (disk holds ~two shards).
-        After the last one, the files from the inputs and the index are written too."""
+        After the last one, the files from the inputs and the index are written too
+        (not for a stage of some shards only: those are the finish job's)."""
         self._writing = self._write(hand_over=True)
         return self._writing
 
@@ -129,15 +141,22 @@ class Staged:
 
     def _write(self, *, hand_over: bool) -> Generator[WrittenShard, None, None]:
         execution = Execution(
-            self.plan, self.sources, self.writer, self.runtime, hand_over=hand_over
+            self.plan, self.sources, self.writer, self.runtime, hand_over=hand_over, only=self.only
         )
         for shard in execution.shards():
             yield WrittenShard(self.writer.shard_path(shard), self.shards[shard])
-        self._finish_files(execution)
-
-    def _finish_files(self, execution: Execution) -> None:
         assert execution.stats is not None
-        self.stats = execution.stats
+        if self.only is None:
+            self.write_files(execution.stats)
+        else:
+            self.stats = execution.stats
+            self.files = {self.shards[s].filename: "merge" for s in sorted(self.only)}
+
+    def write_files(self, stats: MergeStats) -> None:
+        """The files beside the weights: config, the donated files, the index; ``stats``: what
+        the merge did. After `write`, or alone where the weights were merged elsewhere (the
+        finish job of a fan-out, whose legs merged them)."""
+        self.stats = stats
         files = {shard.filename: "merge" for shard in self.shards}
         if len(self.shards) > 1:
             files[INDEX] = "merge"

@@ -380,9 +380,12 @@ class _Schedule:
     shard is being written while the previous one uploads.
     """
 
-    def __init__(self, units: list[Unit], shards: int, one_shard_at_a_time: bool) -> None:
+    def __init__(
+        self, units: list[Unit], shards: Sequence[int], count: int, one_shard_at_a_time: bool
+    ) -> None:
         self._pending = iter(units)
-        self._remaining = [0] * shards
+        self._shards = shards  # the ones to write, of ``count``
+        self._remaining = [0] * count
         for unit in units:
             self._remaining[unit.shard] += 1
         self._handed_over = [count == 0 for count in self._remaining]
@@ -392,7 +395,7 @@ class _Schedule:
 
     def empty_shards(self) -> list[int]:
         """Shards of empty tensors only: nothing to compute, but each is still a file."""
-        return [shard for shard, count in enumerate(self._remaining) if count == 0]
+        return [shard for shard in self._shards if self._remaining[shard] == 0]
 
     def next(self) -> Unit | None:
         with self._cond:
@@ -428,7 +431,8 @@ class Execution:
 
     `shards` runs it and yields each shard as it is finished (written, closed,
     renamed); `stats` is set once every shard is. ``hand_over``: the caller takes
-    the shards one at a time (see `_Schedule`).
+    the shards one at a time (see `_Schedule`). ``only``: the indexes of the shards
+    to write (a fan-out leg's, see `paramdelta.engine.legs`); None: all of them.
     """
 
     def __init__(
@@ -439,16 +443,22 @@ class Execution:
         runtime: Runtime,
         *,
         hand_over: bool,
+        only: Sequence[int] | None = None,
     ) -> None:
         self.plan, self.writer, self.runtime = plan, writer, runtime
+        chosen = range(len(writer.shards)) if only is None else sorted(only)
+        names = {name for s in chosen for name in writer.shards[s].offsets}
+        self.items = [item for item in plan.items if item.name in names]
         self.device = resolve_device(runtime.device)
         used = list(sources.values())
         self.workers = worker_count(used)
         self.elements = chunk_elements(
             plan, used, self.workers, runtime.max_memory, self.device.type == "cuda"
         )
+        units = plan_units(plan, writer.shards, sources, self.elements)
+        wanted = frozenset(chosen)
         self.schedule = _Schedule(
-            plan_units(plan, writer.shards, sources, self.elements), len(writer.shards), hand_over
+            [u for u in units if u.shard in wanted], chosen, len(writer.shards), hand_over
         )
         # Each worker's buffers: every operand of the widest unit, in the widest dtypes.
         self.buffers = (
@@ -468,7 +478,7 @@ class Execution:
         finished: queue.Queue[int] = queue.Queue()  # its get() is interruptible (Ctrl-C)
         failures: list[BaseException] = []
         reports: list[DeltaReport] = []
-        bar = MergeProgress(self.plan.nbytes, enabled=self.runtime.progress)
+        bar = MergeProgress(sum(item.nbytes for item in self.items), enabled=self.runtime.progress)
         threads = [
             threading.Thread(
                 target=self._work,
@@ -498,11 +508,11 @@ class Execution:
                 bar.close()
         if failures:
             raise failures[0]
-        delta = DeltaReport({item.name: Moments() for item in self.plan.items})  # plan's order
+        delta = DeltaReport({item.name: Moments() for item in self.items})  # plan's order
         delta.merge(reports)
         self.stats = MergeStats(
-            tensors=len(self.plan.items),
-            bytes=self.plan.nbytes,
+            tensors=len(self.items),
+            bytes=sum(item.nbytes for item in self.items),
             seconds=time.perf_counter() - started,
             cpu_seconds=time.process_time() - cpu_started,
             device=str(self.device),

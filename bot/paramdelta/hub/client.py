@@ -53,7 +53,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -463,6 +463,27 @@ class Hub:
             handled="http",
             caught=UPLOAD_FAILURES,
         )
+
+    def branches(self, repo_id: str) -> dict[str, str]:
+        """Every branch of a repo and the commit it points at."""
+        refs = self._retry(repo_id, lambda: self.api.list_repo_refs(repo_id))
+        return {branch.name: branch.target_commit for branch in refs.branches}
+
+    def create_branch(self, repo_id: str, branch: str, revision: str) -> None:
+        """Create ``branch`` at ``revision``; one that exists already is kept as it is."""
+        self._retry(
+            f"{repo_id}@{branch}",
+            lambda: self.api.create_branch(
+                repo_id, branch=branch, revision=revision, exist_ok=True
+            ),
+        )
+
+    def delete_branch(self, repo_id: str, branch: str) -> None:
+        """Delete ``branch``; one that is gone already is no failure."""
+        with suppress(NotFoundError, MissingRevisionError):
+            self._retry(
+                f"{repo_id}@{branch}", lambda: self.api.delete_branch(repo_id, branch=branch)
+            )
 
     def commit(
         self,

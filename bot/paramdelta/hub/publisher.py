@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+from huggingface_hub import CommitOperationAdd, CommitOperationCopy, CommitOperationDelete
 
 from paramdelta.engine.files import LINEAGE_FILE
 from paramdelta.engine.safetensors_format import is_weights_file
@@ -251,11 +253,22 @@ class Publisher:
             path.unlink()
 
     def commit(
-        self, directory: Path, extra_files: Mapping[str, bytes] | None = None
+        self,
+        directory: Path,
+        extra_files: Mapping[str, bytes] | None = None,
+        *,
+        copies: Mapping[str, str] | None = None,
     ) -> PublishResult:
-        """Commit every file in ``directory`` (plus ``extra_files``) in one commit."""
+        """Commit every file in ``directory`` (plus ``extra_files``) in one commit.
+
+        ``copies``: repo path -> the revision of this repo to copy it from, by reference
+        (`CommitOperationCopy`: a large file is named by its sha256, not uploaded again);
+        they win over files of the same name in ``directory``.
+        """
         self._wait()
-        operations: dict[str, CommitOperationAdd] = dict(self._uploaded)
+        operations: dict[str, CommitOperationAdd | CommitOperationCopy] = dict(self._uploaded)
+        for relpath, revision in (copies or {}).items():
+            operations[relpath] = CommitOperationCopy(relpath, relpath, src_revision=revision)
         files, skipped = publishable(directory)
         for relpath, path in files.items():
             operations.setdefault(relpath, CommitOperationAdd(relpath, str(path)))
@@ -276,7 +289,11 @@ class Publisher:
         # then sends the token of its moment, as the commit does (trusted publishing renews
         # tokens hourly; one create_commit would send one token for every upload and the commit).
         for relpath, operation in operations.items():
-            if relpath.endswith(".safetensors") and not is_uploaded(operation):
+            if (
+                isinstance(operation, CommitOperationAdd)
+                and relpath.endswith(".safetensors")
+                and not is_uploaded(operation)
+            ):
                 self.hub.preupload(
                     self.repo_id, [operation], revision=self.revision, create_pr=self.create_pr
                 )
@@ -301,11 +318,12 @@ class Publisher:
             pr_number=info.pr_num,
         )
 
-    def _unchanged(self, relpath: str, operation: CommitOperationAdd) -> bool:
+    def _unchanged(self, relpath: str, operation: CommitOperationAdd | CommitOperationCopy) -> bool:
         """Whether the parent holds ``relpath`` with the operation's bytes (compared as
-        content ids: the sha256 its upload computed, or for a regular git file its blob id)."""
+        content ids: the sha256 its upload computed, or for a regular git file its blob id;
+        a copy from another revision counts as a change)."""
         remote = self._remote_ids.get(relpath)
-        if remote is None:
+        if remote is None or isinstance(operation, CommitOperationCopy):
             return False
         if content_ids.kind(remote) == content_ids.SHA256:
             return remote == content_ids.SHA256 + operation.upload_info.sha256.hex()
@@ -327,6 +345,40 @@ class Publisher:
             commit_sha=self.parent,
             up_to_date=True,
         )
+
+    def commit_beside(self, extra_files: Mapping[str, bytes], *, attempts: int = 20) -> str:
+        """Commit the uploaded shards and ``extra_files`` on top of whatever the branch holds
+        now, deleting nothing; returns the commit's sha.
+
+        The legs of a fan-out commit their own files to one staging branch at the same
+        time: when another leg moved the branch since its head was read, the Hub refuses
+        the commit (412) and changes nothing, so the head is read again and the same
+        commit retried on it, after a short random wait.
+        """
+        self._wait()
+        operations: list[CommitOperationAdd] = [
+            *self._uploaded.values(),
+            *(CommitOperationAdd(p, redact(d.decode()).encode()) for p, d in extra_files.items()),
+        ]
+        for attempt in range(attempts):
+            try:
+                info = self.hub.commit(
+                    self.repo_id,
+                    operations,
+                    message=self.message,
+                    description=self.description,
+                    parent=self.parent,
+                    revision=self.revision,
+                    create_pr=False,
+                )
+                self._committed = True
+                return info.oid
+            except PublishConflictError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(random.uniform(0.05, 0.5))  # noqa: S311 - jitter, not secrets
+                self.parent = self.hub.repo_files(self.repo_id, self.revision).sha
+        raise AssertionError("unreachable")
 
     def uploaded_ids(self) -> dict[str, list[str]]:
         """The content id of each file uploaded so far: the sha256 computed for its upload."""

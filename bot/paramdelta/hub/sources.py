@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import difflib
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -238,7 +238,11 @@ def open_sources(
             source.close()
 
 
-def download_inputs(plan: MergePlan, sources: dict[str, Source]) -> dict[str, Source]:
+def download_inputs(
+    plan: MergePlan,
+    sources: dict[str, Source],
+    read: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Source]:
     """Each source with the files the merge reads on local disk (`Source.local`): a Hub
     repo's fetched into the Hugging Face cache, and checked against the Hub's listing
     before they are used (see `paramdelta.hub.cache`): another job may have tampered
@@ -246,12 +250,14 @@ def download_inputs(plan: MergePlan, sources: dict[str, Source]) -> dict[str, So
 
     Each snapshot also gets its config.json and index (`MergePlan.read` names them), so
     that it opens as a checkpoint on its own (the pre-publish check loads the post model
-    and new base).
+    and new base). ``read``: per role, the files to fetch instead of all that the plan
+    reads (a fan-out leg's, `paramdelta.engine.legs.files_read`).
     """
+    read = plan.read if read is None else read
     local: dict[str, Source] = {}
     try:
         for role, source in sources.items():
-            local[role] = source.local(plan.read.get(role, []))
+            local[role] = source.local(read.get(role, []))
     except BaseException:
         for done in local.values():
             if done not in sources.values():

@@ -5,7 +5,11 @@ family, ``author/pattern`` with a glob), then checked by the watchlist's own
 rules before anything is written. The workflow is the example this project
 runs (shipped as templates/workflow.yml, the same file as
 .github/workflows/paramdelta.yml) with the action pinned to this release and
-the merge job's runner labels as asked.
+the merge job's runner labels as asked. With ``legs`` above 1 the target is
+merged in that many legs, and the workflow is the fan-out variant
+(templates/workflow-fan-out.yml, the same file as
+.github/workflows/paramdelta-fan-out.yml): legs on hosted runners, the finish
+job on the GPU runner (docs/fan-out.md).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from paramdelta.pipeline.watchlist import Family, Problem, RepoRef, Target, chec
 from paramdelta.repo_ids import is_repo_id, parse_spec
 
 WORKFLOW_RESOURCE = "templates/workflow.yml"
+FAN_OUT_RESOURCE = "templates/workflow-fan-out.yml"
 WATCHLIST_FILE = "watchlist.yaml"
 WORKFLOW_FILE = ".github/workflows/paramdelta.yml"
 GLOB = re.compile(r"[*?\[]")
@@ -32,7 +37,7 @@ LABEL = re.compile(r"[A-Za-z0-9][\w.-]*")
 ACTION_REF = re.compile(r"[\w.-]+/[\w.-]+(?:/[\w./-]+)?@[\w./-]+(?: # [\w .-]*)?")
 # What the example workflow says that only makes sense in this repository.
 _SELF_USES = re.compile(r"uses: \./ # zizmor: ignore\[self-repository\][^\n]*")
-_HEADER_END = "\nname: paramdelta\n"
+_HEADER_END = "\nname: paramdelta"
 _MERGE_RUNNER = "    runs-on: [self-hosted, linux, gpu]\n"
 
 
@@ -72,7 +77,13 @@ class Plan:
 
 
 def watchlist_text(
-    name: str, base: RepoRef, post: RepoRef, new_base: RepoRef | Family, output: str, publish: str
+    name: str,
+    base: RepoRef,
+    post: RepoRef,
+    new_base: RepoRef | Family,
+    output: str,
+    publish: str,
+    legs: int = 1,
 ) -> str:
     # json.dumps quotes every value: a YAML double-quoted scalar, whatever it holds.
     def q(value: str) -> str:
@@ -98,21 +109,34 @@ def watchlist_text(
         f"    new_base: {new}\n"
         f"    output: {q(output)}\n"
         f"    publish: {q(publish)}  # commit, or pr: a Hub pull request to review\n"
+        + (
+            f"    legs: {legs}  # fan-out: {legs} runners each merge a slice, one commit\n"
+            * (legs > 1)
+        )
     )
 
 
-def workflow_text(action: str, runner: tuple[str, ...]) -> str:
-    """The example workflow, for another repository: the action pinned, the runner labelled."""
-    example = resources.files("paramdelta").joinpath(WORKFLOW_RESOURCE).read_text()
+def workflow_text(action: str, runner: tuple[str, ...], *, fan_out: bool = False) -> str:
+    """The example workflow, for another repository: the action pinned, the GPU runner (of
+    the merge job, and of the fan-out variant's finish job) labelled."""
+    resource = FAN_OUT_RESOURCE if fan_out else WORKFLOW_RESOURCE
+    example = resources.files("paramdelta").joinpath(resource).read_text()
     body = example[example.index(_HEADER_END) :]
     if _MERGE_RUNNER not in body:  # the example changed shape: this must be updated with it
-        raise AssertionError(f"{WORKFLOW_RESOURCE}: no merge job runner line to set")
+        raise AssertionError(f"{resource}: no merge job runner line to set")
     body = body.replace(_MERGE_RUNNER, f"    runs-on: [{', '.join(runner)}]\n")
     header = (
         "# Written by `paramdelta init` from paramdelta-bot's example workflow: plan on a hosted\n"
         "# runner (cheap, no weights), merge each pending target on a self-hosted GPU runner,\n"
         "# then report in the job summary and in one issue per failing target."
     )
+    if fan_out:
+        header = (
+            "# Written by `paramdelta init` from paramdelta-bot's fan-out workflow: plan on a\n"
+            "# hosted runner; the legs of a target with `legs: N` on hosted runners, each merging\n"
+            "# a slice of the shards into a staging branch; one finish job on the GPU runner\n"
+            "# that checks and publishes it all in one commit; then report (docs/fan-out.md)."
+        )
     if not is_pinned(action):
         header += (
             "\n# Pin the action to the full commit sha of its tag: <owner>/<repo>@<sha> # <tag>"
@@ -135,6 +159,7 @@ def plan_files(
     publish: str,
     action: str,
     runner: tuple[str, ...],
+    legs: int = 1,
 ) -> Plan:
     """Build and validate the watchlist (its rules, its warnings) and the workflow."""
     if not runner or not all(LABEL.fullmatch(label) for label in runner):
@@ -142,7 +167,11 @@ def plan_files(
     if not ACTION_REF.fullmatch(action):
         raise UsageError(f"--action {action!r}: expected owner/repo@ref, like owner/repo@<sha>")
     refs = (_ref(base, "BASE"), _ref(post, "POST"), new_base_ref(new_base))
-    text = watchlist_text(target_name(refs[2]) if name is None else name, *refs, output, publish)
+    if legs < 1:
+        raise UsageError(f"--legs {legs}: must be at least 1")
+    text = watchlist_text(
+        target_name(refs[2]) if name is None else name, *refs, output, publish, legs
+    )
     with tempfile.TemporaryDirectory(prefix="paramdelta-init-") as tmp:
         path = Path(tmp) / WATCHLIST_FILE
         path.write_text(text)
@@ -151,7 +180,7 @@ def plan_files(
         error = next(p for p in problems if not p.warning)
         option = _OPTIONS.get(error.field.rpartition(".")[2], error.field)
         raise UsageError(f"{option}: {error.message}")
-    files = {WATCHLIST_FILE: text, WORKFLOW_FILE: workflow_text(action, runner)}
+    files = {WATCHLIST_FILE: text, WORKFLOW_FILE: workflow_text(action, runner, fan_out=legs > 1)}
     return Plan(watchlist.targets[0], files, [p._replace(file=WATCHLIST_FILE) for p in problems])
 
 

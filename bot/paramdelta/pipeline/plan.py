@@ -16,6 +16,8 @@ reported as such and does not stop the others.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,6 +34,8 @@ from paramdelta.reporting.results import Status, TargetResult
 PlanStatus = Literal["pending", "up-to-date", "in-review", "skipped", "disabled", "error"]
 PENDING: PlanStatus = "pending"
 MAX_REVIEWED_PRS = 3  # newest pull requests whose record is checked
+# A fan-out's legs commit their shards here, on the output repo (`paramdelta.pipeline.fan_out`).
+STAGING_PREFIX = "paramdelta-staging/"
 
 
 @dataclass
@@ -56,6 +60,24 @@ class TargetPlan:
             role: {"repo": f.repo_id, "revision": f.revision, "sha": f.sha}
             for role, f in self.checkpoints.items()
         }
+
+    @property
+    def plan_id(self) -> str:
+        """Names the merge this plan makes: the inputs' shas, the recipe and the legs. Every
+        job that plans the same merge finds the same id (not the output head: the first leg
+        may create the output repo that the next one finds)."""
+        doc = {
+            "pins": self.pins(),
+            "recipe": self.target.recipe._asdict(),
+            "legs": self.target.legs,
+        }
+        text = json.dumps(doc, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def staging_branch(self) -> str:
+        """The output repo's branch where a fan-out's legs put their shards."""
+        return f"{STAGING_PREFIX}{self.target.name}-{self.plan_id}"
 
     def result(self, status: Status, *, seconds: float = 0.0, **fields: Any) -> TargetResult:
         """This target's outcome, as `report` reads it back from a result file."""

@@ -176,14 +176,17 @@ def result_files(
     publisher: Publisher | None = None,
     check: CheckReport | None = None,
     directory: Path | None = None,
+    shard_ids: Mapping[str, list[str]] | None = None,
 ) -> dict[str, bytes]:
     """The card, the record and the delta chart of a staged merge (for ``publisher``'s
-    repo, naming the shards it uploaded; without one, for the local folder ``directory``)."""
+    repo, naming the shards it uploaded, or ``shard_ids``: the content ids of shards
+    uploaded elsewhere; without one, for the local folder ``directory``)."""
     if publisher is None:
         output_repo, weights, hub_url = None, None, default_endpoint()
     else:
         output_repo, hub_url = publisher.repo_id, publisher.hub.endpoint
-        weights = output_ids(result, publisher.uploaded_ids())
+        uploaded = publisher.uploaded_ids() if shard_ids is None else shard_ids
+        weights = output_ids(result, uploaded)
     record = merge_record(
         result.sources, result.plan, output_repo, settings, result, weights, check, directory
     )

@@ -71,12 +71,8 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
     def result(status: Status, **fields: object) -> TargetResult:
         return plan.result(status, seconds=time.perf_counter() - started, **fields)
 
-    if plan.error is not None:
-        return result("failed", error=str(plan.error), exit_code=plan.error.exit_code)
-    if plan.status == "in-review":
-        return result("in-review", url=plan.review_url)
-    if not plan.pending:
-        return result("up-to-date")
+    if (settled := nothing_to_merge(plan)) is not None:
+        return settled
     try:
         sources: dict[str, Source] = {
             role: HubSource(hub, files) for role, files in plan.checkpoints.items()
@@ -100,6 +96,18 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
         return result("up-to-date", url=published.url, check=check.to_dict())
     status: Status = "pr-opened" if published.pr_url else "published"
     return result(status, url=published.url, check=check.to_dict())
+
+
+def nothing_to_merge(plan: TargetPlan) -> TargetResult | None:
+    """The result of a plan that leaves nothing to merge (it failed, the merge is in review
+    or published); None when it is pending."""
+    if plan.error is not None:
+        return plan.result("failed", error=str(plan.error), exit_code=plan.error.exit_code)
+    if plan.status == "in-review":
+        return plan.result("in-review", url=plan.review_url)
+    if not plan.pending:
+        return plan.result("up-to-date")
+    return None
 
 
 def failure(

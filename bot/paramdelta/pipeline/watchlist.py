@@ -48,6 +48,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "enabled": True,
     "check": "auto",
     "perplexity_factor": DEFAULT_PERPLEXITY_FACTOR,
+    "legs": 1,
 }
 MAX_REPORTED = 50
 
@@ -115,6 +116,7 @@ class Target:
     enabled: bool = True
     check: str = "auto"  # the pre-publish check: auto | on | off (see paramdelta.pipeline.check)
     perplexity_factor: float = DEFAULT_PERPLEXITY_FACTOR
+    legs: int = 1  # fan-out: runners that each merge a slice of the output (docs/fan-out.md)
 
     def output_repo(self, new_base_repo: str) -> str:
         """The output repo id for a resolved new base."""

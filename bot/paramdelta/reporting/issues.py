@@ -75,7 +75,7 @@ def sync_issues(
     plan). With ``notify_success`` each publish also gets one announcement
     issue. Dry runs change nothing.
     """
-    relevant = [r for r in results if r.status not in ("dry-run", "planned")]
+    relevant = [r for r in results if r.status not in ("dry-run", "planned", "staged")]
     if not relevant:
         return []
     client = Github(

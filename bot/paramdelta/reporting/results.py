@@ -25,7 +25,8 @@ from paramdelta.tokens import redact
 
 SCHEMA_RESOURCE = "schemas/results.schema.json"
 # "in-review": the bot's own pull request with this merge is open. "planned": written by
-# `plan` for a target its merge job will report on (see `report`).
+# `plan` for a target its merge job will report on (see `report`). "staged": a fan-out leg
+# committed its shards to the staging branch; the finish job reports on the target.
 Status = Literal[
     "published",
     "pr-opened",
@@ -35,6 +36,7 @@ Status = Literal[
     "failed",
     "check-failed",
     "planned",
+    "staged",
 ]
 STATUSES: tuple[Status, ...] = get_args(Status)
 SUCCEEDED = frozenset({"published", "pr-opened"})

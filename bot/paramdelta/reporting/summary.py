@@ -17,6 +17,7 @@ _STATUS_WORDS = {
     "failed": "failed",
     "check-failed": "check failed",
     "planned": "planned",
+    "staged": "staged (fan-out leg)",
 }
 _LINK_WORDS = {"published": "commit", "pr-opened": "pull request", "in-review": "pull request"}
 

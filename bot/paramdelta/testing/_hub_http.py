@@ -66,6 +66,7 @@ class RequestRecord:
     query: dict[str, str]  # the last value of each parameter
     range: str | None
     auth: bool  # whether it came with an Authorization header
+    agent: str = ""  # its User-Agent (never secret): tells concurrent clients apart
     status: int = 0  # 0: dropped without an answer
     sent: int = 0  # body bytes sent
     received: int = 0  # body bytes received
@@ -264,6 +265,7 @@ class _Handler(BaseHTTPRequestHandler):
             query={k: v[-1] for k, v in self.params.items()},
             range=self.headers.get("Range"),
             auth="Authorization" in self.headers,
+            agent=self.headers.get("User-Agent", ""),
         )
         self._body = self._iter_body()
         self._started = False
@@ -438,6 +440,14 @@ class HubHandler(_Handler):
                 self._commits(f"{ns}/{name}", revision)
             case "GET", ["api", "models", ns, name, "tree", revision, *path]:
                 self._tree(f"{ns}/{name}", revision, "/".join(path))
+            case "POST", ["api", "models", ns, name, "paths-info", revision]:
+                self._paths_info(f"{ns}/{name}", revision)
+            case "POST", ["api", "models", ns, name, "branch", branch]:
+                self._create_branch(f"{ns}/{name}", branch)
+            case "DELETE", ["api", "models", ns, name, "branch", branch]:
+                self._require_write(f"{ns}/{name}")
+                self.hub.store.delete_branch(f"{ns}/{name}", branch)
+                self._send_json(200, {})
             case "POST", ["api", "models", ns, name, "preupload", revision]:
                 self._preupload(f"{ns}/{name}", revision)
             case "POST", ["api", "models", ns, name, "commit", revision]:
@@ -587,6 +597,15 @@ class HubHandler(_Handler):
             raise HubError(404, "EntryNotFound", f"{path} does not exist on {revision}")
         self._send_page(items)
 
+    def _paths_info(self, repo_id: str, revision: str) -> None:
+        """The tree entries of the paths asked for (a form: `paths` repeated); missing ones are
+        left out, as on the Hub."""
+        commit = self._readable(repo_id).resolve(revision)
+        form = parse_qs(b"".join(self._body).decode(), keep_blank_values=True)
+        wanted = set(form.get("paths", []))
+        items = tree_items(commit.files, "", recursive=True)
+        self._send_json(200, [item for item in items if item["path"] in wanted])
+
     def _send_page(self, items: list[Any], size: int | None = None) -> None:
         """One page of `items`, with a `Link: <next>; rel="next"` while more remain."""
         size = size or self.hub.page_size
@@ -666,6 +685,15 @@ class HubHandler(_Handler):
         self._require_write(repo_id)
         self.hub.store.delete(repo_id)
         self._send(200)
+
+    def _create_branch(self, repo_id: str, branch: str) -> None:
+        self._require_write(repo_id)
+        body = self._read_json() if self.headers.get("Content-Length", "0") != "0" else {}
+        start = body.get("startingPoint") if isinstance(body, dict) else None
+        if start is not None and not isinstance(start, str):
+            raise HubError(400, None, "Expected str field 'startingPoint'")
+        self.hub.store.create_branch(repo_id, branch, start)
+        self._send_json(200, {})
 
     def _preupload(self, repo_id: str, revision: str) -> None:
         self._require_write(repo_id)

@@ -285,6 +285,30 @@ class RepoStore:
             repo.refs[f"refs/tags/{tag}"] = oid
             return oid
 
+    def create_branch(self, repo_id: str, branch: str, revision: str | None) -> str:
+        """A new branch at ``revision`` (None: main's head); returns its sha. 409 if it exists."""
+        if not branch or branch.startswith("refs/") or ".." in branch or branch.endswith("/"):
+            raise HubError(400, None, f"Invalid branch name: {branch!r}")
+        with self.lock:
+            repo = self.get(repo_id)
+            ref = f"refs/heads/{branch}"
+            if ref in repo.refs:
+                raise HubError(409, None, f"Reference already exists: {ref}")
+            oid = repo.resolve(revision or "main").oid
+            repo.refs[ref] = oid
+            return oid
+
+    def delete_branch(self, repo_id: str, branch: str) -> None:
+        """Remove a branch (its commits stay readable by sha); main cannot go."""
+        with self.lock:
+            repo = self.get(repo_id)
+            ref = f"refs/heads/{branch}"
+            if ref not in repo.refs:
+                raise HubError(404, "RevisionNotFound", f"Invalid rev id: {branch}")
+            if branch == "main":
+                raise HubError(403, None, "Cannot delete the main branch")
+            del repo.refs[ref]
+
     def commit(
         self,
         repo_id: str,

@@ -311,6 +311,11 @@ class FakeHub:
         """The commit sha a revision points at."""
         return self.store.get(repo_id).resolve(revision).oid
 
+    def branches(self, repo_id: str) -> dict[str, str]:
+        """Every branch of a repo and the commit it points at."""
+        with self.store.lock:
+            return {name: oid for name, _, oid in self.store.get(repo_id).refs_under("refs/heads/")}
+
     def list_files(self, repo_id: str, revision: str = "main") -> list[str]:
         """Sorted paths of every file at a revision."""
         return sorted(self.store.get(repo_id).resolve(revision).files)
@@ -352,12 +357,16 @@ class FakeHub:
         """Forget the recorded requests."""
         self.log.clear()
 
-    def weight_bytes_served(self) -> int:
-        """Body bytes of .safetensors files sent by either server (0: no weights downloaded)."""
+    def weight_bytes_served(self, agent: str = "") -> int:
+        """Body bytes of .safetensors files sent by either server (0: no weights downloaded);
+        ``agent``: only to clients whose User-Agent holds it."""
         return sum(
             r.sent
             for r in self.requests
-            if r.method == "GET" and r.status in (200, 206) and r.path.endswith(".safetensors")
+            if r.method == "GET"
+            and r.status in (200, 206)
+            and r.path.endswith(".safetensors")
+            and agent in r.agent
         )
 
     @property
@@ -370,7 +379,15 @@ class FakeHub:
     @property
     def lfs_bytes_uploaded(self) -> int:
         """Bytes received by legacy LFS uploads (0: everything went through Xet)."""
-        return sum(r.received for r in self.requests if r.server == "blobs" and r.method == "PUT")
+        return self.lfs_bytes_uploaded_by("")
+
+    def lfs_bytes_uploaded_by(self, agent: str) -> int:
+        """Bytes received by legacy LFS uploads from clients whose User-Agent holds ``agent``."""
+        return sum(
+            r.received
+            for r in self.requests
+            if r.server == "blobs" and r.method == "PUT" and agent in r.agent
+        )
 
     @property
     def xet_uploads(self) -> int:
