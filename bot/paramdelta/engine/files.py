@@ -52,6 +52,7 @@ _POST_FILES = (
     ("preprocessor_config.json", "the post model's processor"),
     ("processor_config.json", "the post model's processor"),
     ("video_preprocessor_config.json", "the post model's processor"),
+    ("audio_tokenizer_config.json", "the post model's processor"),
 )
 _LICENCE_FILES = ("LICENSE", "LICENSE.*", "LICENCE", "LICENCE.*", "USE_POLICY.md", "NOTICE*")
 
@@ -69,6 +70,9 @@ RULES: tuple[FileRule, ...] = (
     *(FileRule(f"*{s}", (), "pickle: never read or copied") for s in PICKLE_SUFFIXES),
     FileRule("*.bin.index.json", (), "index of pickle weights: not used"),
     FileRule("*.gguf", (), "a quantized export: not produced"),
+    # A processor with a second tokenizer saves it in a folder named after it (after the
+    # pickle rules: a pickle in that folder is still never copied).
+    FileRule("*_tokenizer/*", ("post",), "the post model's processor (its second tokenizer)"),
     FileRule("*", (), "no rule for this file: not copied"),
 )
 
