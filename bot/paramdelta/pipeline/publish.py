@@ -50,6 +50,7 @@ from paramdelta.pipeline import lineage
 from paramdelta.pipeline.check_rules import CheckReport
 from paramdelta.rendering import chart
 from paramdelta.rendering.card import render_card
+from paramdelta.rendering.model_kind import architecture
 from paramdelta.reporting import github_actions
 from paramdelta.tokens import redact
 
@@ -91,7 +92,8 @@ def merge_record(
     ``weights``: the content ids of each weight file committed with the record;
     ``check``: what the pre-publish check found (or why it did not run).
     """
-    output: dict[str, Any] = {"repo": output_repo}
+    # What the card's pipeline tag and Use snippet follow (`paramdelta.rendering.model_kind`).
+    output: dict[str, Any] = {"repo": output_repo, "architecture": architecture(plan.config)}
     if result is not None:
         output |= {
             "tensors": result.stats.tensors,
