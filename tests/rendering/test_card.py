@@ -151,7 +151,7 @@ GEMMA3 = {
 }
 LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vision_config": False}
 
-VLM_SNIPPET = '''```python
+VLM_SNIPPET = """```python
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 processor = AutoProcessor.from_pretrained("me/merged")
@@ -169,7 +169,7 @@ inputs = processor.apply_chat_template(
 outputs = model.generate(**inputs, max_new_tokens=64)
 print(processor.decode(outputs[0][inputs["input_ids"].shape[-1] :], skip_special_tokens=True))
 ```
-'''
+"""
 
 
 def test_a_vision_language_model_gets_its_pipeline_tag_and_processor_snippet():

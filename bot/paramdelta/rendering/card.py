@@ -34,8 +34,8 @@ from paramdelta.engine.merge_plan import ROLE_TITLES, ROLES, Vocabulary
 from paramdelta.engine.recipe import Recipe, recorded_fields
 from paramdelta.errors import UsageError
 from paramdelta.rendering import chart, markdown
-from paramdelta.rendering.model_kind import kind_of
 from paramdelta.rendering.check_report import STEP_TITLES
+from paramdelta.rendering.model_kind import kind_of
 
 DEFAULT_TEMPLATE = "templates/model_card.md.j2"
 BASE_TAGS = ("merge", "paramdelta")

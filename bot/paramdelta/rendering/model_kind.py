@@ -36,7 +36,9 @@ def architecture(config: Mapping[str, Any]) -> dict[str, Any]:
     names = config.get("architectures")
     return {
         "model_type": config.get("model_type"),
-        "architectures": [n for n in names if isinstance(n, str)] if isinstance(names, list) else [],
+        "architectures": [n for n in names if isinstance(n, str)]
+        if isinstance(names, list)
+        else [],
         "vision_config": isinstance(config.get("vision_config"), dict),
     }
 
