@@ -1,7 +1,12 @@
 """A merge of tiny vision-language trios (Gemma 3, Qwen2-VL, Llava) made with transformers:
 bit-exact and complete, the processor from the post model, the card and delta rows of a VLM."""
 
+import importlib.util
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 from huggingface_hub import ModelCard
@@ -10,6 +15,7 @@ from paramdelta.engine.checkpoint import LocalSource
 from paramdelta.engine.delta import PROJECTOR, VISION, group_of
 from paramdelta.engine.recipe import Recipe, Runtime
 from paramdelta.engine.stages import preflight
+from paramdelta.pipeline.check import drawn_image
 from paramdelta.pipeline.publish import merge_to_directory
 from paramdelta.testing.checkpoints import load_tensors, mismatched_tensors, reference_merge
 
@@ -107,3 +113,28 @@ def test_the_card_and_record_follow_the_architecture(merged):
     assert card.data.pipeline_tag == "image-text-to-text"
     assert "from transformers import AutoModelForImageTextToText, AutoProcessor\n" in card.text
     assert "AutoModelForCausalLM" not in card.text
+
+
+IMAGE_URL = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/bee.jpg"
+
+
+def test_the_cards_use_snippet_runs_against_the_merged_model(merged, tmp_path):
+    """The card's "Use" block, run with the installed transformers, on the output folder and
+    a local picture instead of the repo id and the image URL (offline)."""
+    family, _trio, result = merged
+    if family == "qwen2_vl" and importlib.util.find_spec("torchvision") is None:
+        pytest.skip("transformers builds Qwen2-VL's video processor with torchvision")
+    from PIL import Image
+
+    card = (result.out_dir / "README.md").read_text()
+    (snippet,) = re.findall(r"## Use\n\n```python\n(.*?)```", card, re.DOTALL)
+    assert snippet.count('"merged-model"') == 2 and snippet.count(IMAGE_URL) == 1
+    Image.fromarray(drawn_image()).save(tmp_path / "picture.png")
+    snippet = snippet.replace('"merged-model"', repr(str(result.out_dir)))
+    snippet = snippet.replace(IMAGE_URL, str(tmp_path / "picture.png"))
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    proc = subprocess.run(
+        [sys.executable, "-c", snippet], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip()  # the decoded reply of the (random, tiny) model

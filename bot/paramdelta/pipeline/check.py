@@ -20,7 +20,7 @@ use it: `AutoProcessor` and `AutoModelForImageTextToText` load it; the
 processor's chat template renders the conversation with an image in its last
 turn, and the processor must take that text with one image (its image tokens
 match); the prompts are answered as text-only chat turns, and one more greedy
-answer comes from a small image the check draws itself (`test_image`); the
+answer comes from a small image the check draws itself (`drawn_image`); the
 perplexity of the texts is read through its language model (token ids only).
 
 transformers is an optional extra (``paramdelta-bot[check]``): `decide` says,
@@ -232,7 +232,7 @@ def _load_inputs(
     return loaded.tokenizer, loaded
 
 
-def test_image() -> Any:
+def drawn_image() -> Any:
     """A small picture made here, four coloured quarters: no file, no network."""
     import numpy as np
 
@@ -278,7 +278,7 @@ def _check_chat_template(
     detail = f"{len(conversation)} messages, {len(text)} characters"
     if processor is not None:
         try:  # the processor checks that the text's image tokens match the images
-            processor(text=[text], images=[test_image()], return_tensors="pt")
+            processor(text=[text], images=[drawn_image()], return_tensors="pt")
         except Exception as e:
             return report.record(
                 "chat_template",
@@ -342,12 +342,12 @@ def _check_generation(
 def _check_image_generation(
     model: Any, processor: ProcessorMixin, dev: torch.device, report: CheckReport
 ) -> None:
-    """A greedy answer about `test_image`, asked through the processor's chat template."""
+    """A greedy answer about `drawn_image`, asked through the processor's chat template."""
     greedy = _Greedy(model, processor.tokenizer)
     messages = [_user_turn(IMAGE_PROMPT, True, image=True)]
     try:
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        inputs = processor(text=[text], images=[test_image()], return_tensors="pt")
+        inputs = processor(text=[text], images=[drawn_image()], return_tensors="pt")
     except Exception as e:
         detail = f"the processor does not take the image: {_describe(e)}"
         report.record("image_generation", False, detail)
