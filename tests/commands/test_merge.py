@@ -108,6 +108,11 @@ def test_the_output_directory_holds_its_card_and_lineage(trio, tmp_path, capsys)
     assert record["recipe"]["config_changes"] == {"torch_dtype": "float16"}
     assert record["output"] == {
         "repo": None,
+        "architecture": {
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "vision_config": False,
+        },
         "tensors": 21,
         "bytes": 213632,
         "shards": ["model.safetensors"],

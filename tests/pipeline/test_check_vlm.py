@@ -2,12 +2,16 @@
 generation from an image the check draws, perplexity through the language model."""
 
 import importlib.util
+import math
 
 import pytest
+from safetensors.torch import save_file
 
 from merging import merge
 from paramdelta.engine.checkpoint import LocalSource
+from paramdelta.engine.delta import PROJECTOR, VISION, group_of
 from paramdelta.pipeline.check import IMAGE_PROMPT, run_check
+from paramdelta.testing.checkpoints import load_tensors
 
 pytest.importorskip("transformers")
 pytest.importorskip("PIL")
@@ -27,6 +31,11 @@ FAMILIES = [
         ),
     ),
 ]
+ARCHITECTURES = {
+    "gemma3": "Gemma3ForConditionalGeneration",
+    "llava": "LlavaForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+}
 PROCESSORS = {
     "gemma3": "Gemma3Processor (Gemma3ImageProcessorPil)",
     "llava": "LlavaProcessor (LlavaImageProcessorPil)",
@@ -60,7 +69,7 @@ def test_an_honest_vlm_merge_passes(family, tmp_path):
     assert steps["processor"] == PROCESSORS[family]
     assert steps["chat_template"].startswith("4 messages, ")
     assert steps["chat_template"].endswith(" characters, one image")
-    assert steps["load"] == f"{type_name(family)}, bfloat16"
+    assert steps["load"] == f"{ARCHITECTURES[family]}, bfloat16"
     assert steps["image_generation"].startswith("16 tokens from pixel values of shape 1x3x28x28")
     image = report.generation[-1]
     assert image["prompt"] == f"[a 32x32 image] {IMAGE_PROMPT}" and image["problem"] is None
@@ -71,21 +80,32 @@ def test_an_honest_vlm_merge_passes(family, tmp_path):
     assert 200 < ppl["merged"] < 300 and ppl["ratio"] < 1.1 and ppl["passed"] is True
 
 
-def type_name(family):
-    return {
-        "gemma3": "Gemma3ForConditionalGeneration",
-        "llava": "LlavaForConditionalGeneration",
-        "qwen2_vl": "Qwen2VLForConditionalGeneration",
-    }[family]
-
-
 def test_a_vlm_without_its_processor_files_fails_on_the_processor(tmp_path):
     _trio, out = _merged("llava", tmp_path)
     (out / "processor_config.json").unlink()
     report = run_check(out, {}, device="cpu")
     assert report.status == "failed"
     assert [s.step for s in report.steps] == ["processor"]
-    assert report.reason.startswith("processor loads: ")
+    assert report.reason.startswith(
+        "processor loads: does not load: OSError: Can't load image processor for "
+    )
+
+
+def test_a_processor_that_is_only_a_tokenizer_fails(tmp_path, monkeypatch):
+    """AutoProcessor falls back to the tokenizer for a model type it has no processor for."""
+    import transformers
+
+    _trio, out = _merged("llava", tmp_path)
+    monkeypatch.setattr(
+        transformers.AutoProcessor, "from_pretrained", transformers.AutoTokenizer.from_pretrained
+    )
+    report = run_check(out, {}, device="cpu")
+    assert [s.step for s in report.steps] == ["processor"]
+    assert report.reason == (
+        "processor loads: AutoProcessor gives a TokenizersBackend, not a processor with an"
+        " image processor and a tokenizer (processor_config.json or preprocessor_config.json"
+        " missing?)"
+    )
 
 
 def test_an_image_turn_the_processor_cannot_take_fails_the_chat_template(tmp_path):
@@ -112,3 +132,43 @@ def test_without_torchvision_a_qwen2_vl_check_says_so_at_the_processor(tmp_path)
         "processor loads: does not load: ImportError: Qwen2VLVideoProcessor requires the"
         " Torchvision library"
     )
+
+
+def _rewrite_weights(directory, change):
+    tensors = load_tensors(directory)
+    change(tensors)
+    save_file(tensors, directory / "model.safetensors", {"format": "pt"})
+
+
+def test_a_merge_that_dropped_the_vision_tower_fails_to_load(tmp_path):
+    """As mergekit has done: transformers would fill the tower with random weights."""
+    _trio, out = _merged("llava", tmp_path)
+
+    def drop_vision(tensors):
+        for name in [n for n in tensors if group_of(n) in (VISION, PROJECTOR)]:
+            del tensors[name]
+
+    _rewrite_weights(out, drop_vision)
+    report = run_check(out, {}, device="cpu")
+    assert report.status == "failed"
+    assert report.reason.startswith(
+        "model loads: 43 weight(s) of LlavaForConditionalGeneration not in the checkpoint: "
+        "model.multi_modal_projector.linear_1.bias, model.multi_modal_projector.linear_1.weight,"
+        " model.multi_modal_projector.linear_2.bias ..."
+    )
+    assert [s.step for s in report.steps][-1] == "load"
+
+
+def test_nan_in_the_projector_fails_only_the_image_answer(tmp_path):
+    _trio, out = _merged("llava", tmp_path)
+
+    def poison(tensors):
+        tensors["multi_modal_projector.linear_2.weight"][0, 0] = math.nan
+
+    _rewrite_weights(out, poison)
+    report = run_check(out, {}, device="cpu")
+    assert report.status == "failed"
+    steps = {s.step: s.passed for s in report.steps}
+    assert steps == steps | {"logits": True, "generation": True, "image_generation": False}
+    # NaN logits: greedy decoding picks id 0, <unk>.
+    assert report.reason == "greedy generation from an image gives text: gives only special tokens"

@@ -5,7 +5,7 @@ check` checks any checkpoint. Each step uses the model as its users will, with
 transformers, on the merge's device:
 
 1. the tokenizer and the model load (`AutoTokenizer`, `AutoModelForCausalLM`;
-   local files only, no remote code);
+   local files only, no remote code), with every weight the architecture has;
 2. the chat template renders a fixed conversation (checkdata/conversation.json);
 3. greedy generation on fixed prompts (checkdata/prompts.json) gives text: not
    nothing, not only special tokens, not one token repeated;
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
 MAX_NEW_TOKENS = 16
 MAX_TEXT_TOKENS = 512
-IMAGE_SIZE = 32  # the test image's pixels a side: the processor resizes it to its own
+IMAGE_SIZE = 32  # the drawn image's pixels a side: the processor resizes it to its own
 IMAGE_PROMPT = "Describe this image in one sentence."
 
 
@@ -164,10 +164,20 @@ def _check(
     model: Any  # transformers' own annotations of .to and .generate do not type-check
     try:
         model_class = getattr(transformers, kind.model_class)
-        model = model_class.from_pretrained(model_dir, dtype="auto", local_files_only=True)
+        model, info = model_class.from_pretrained(
+            model_dir, dtype="auto", local_files_only=True, output_loading_info=True
+        )
         model.to(dev).eval()
     except Exception as e:
         report.record("load", False, f"does not load with transformers: {_describe(e)}")
+        return
+    # transformers fills a weight the checkpoint lacks with random values and loads on:
+    # a merge that dropped weights (a VLM's vision tower) would otherwise pass.
+    if missing := sorted(info.get("missing_keys") or ()):
+        detail = f"{len(missing)} weight(s) of {type(model).__name__} not in the checkpoint"
+        report.record(
+            "load", False, f"{detail}: {', '.join(missing[:3])}{' ...' * (len(missing) > 3)}"
+        )
         return
     report.record("load", True, f"{type(model).__name__}, {model.dtype}".replace("torch.", ""))
     texts = [tokenizer(t).input_ids[:MAX_TEXT_TOKENS] for t in check_data("texts")]
@@ -354,7 +364,11 @@ def _check_image_generation(
         return
     # The pixels in the model's dtype (BatchFeature casts only its floating tensors).
     inputs = inputs.to(dev).to(model.dtype)
-    output = model.generate(**inputs, generation_config=greedy.config)
+    try:  # the vision tower and projector run only here
+        output = model.generate(**inputs, generation_config=greedy.config)
+    except Exception as e:
+        report.record("image_generation", False, f"fails: {_describe(e)}")
+        return
     width = inputs["input_ids"].shape[1]
     answer = greedy.answer(
         f"[a {IMAGE_SIZE}x{IMAGE_SIZE} image] {IMAGE_PROMPT}", output[0, width:].tolist()
