@@ -59,7 +59,7 @@ def test_the_top_level_help_names_the_environment_the_exit_codes_and_the_docs(ca
     codes = out[out.index("exit codes:") : out.index("docs:")]
     listed = re.findall(r"^  (\d+(?:, \d+)*) +\S", codes, re.M)
     assert listed == ["0", *(str(code) for code in exit_codes()), "130, 143"]
-    assert listed[1:-1] == [str(code) for code in range(1, 10)]
+    assert listed[1:-1] == [str(code) for code in range(1, 11)]
     assert "  2        bad arguments, settings or configuration" in codes
     assert f"docs: README.md and docs/ at {PROJECT_URL}\n" in out
 

@@ -114,6 +114,11 @@ def test_the_output_directory_holds_its_card_and_lineage(trio, tmp_path, capsys)
     assert record["output"] == {
         "repo": None,
         "directory": "out",
+        "architecture": {
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "vision_config": False,
+        },
         "tensors": 21,
         "bytes": 213632,
         "shards": ["model.safetensors"],

@@ -7,7 +7,7 @@ import torch
 
 from merging import merge
 from paramdelta.engine.checkpoint import LocalSource
-from paramdelta.engine.delta import EMBEDDINGS, HEAD, OTHER, group_of
+from paramdelta.engine.delta import EMBEDDINGS, HEAD, OTHER, PROJECTOR, VISION, group_of
 from paramdelta.errors import CheckpointError
 from paramdelta.testing.checkpoints import (
     llama_config,
@@ -173,6 +173,20 @@ def test_a_non_finite_row_copied_from_the_post_model_fails_the_merge(tmp_path):
         ("model.norm.weight", OTHER),
         ("lm_head.weight", HEAD),
         ("transformer.wte.weight", EMBEDDINGS),
+        # Vision-language models, as transformers saves Gemma 3, Llava and Qwen2-VL: the
+        # vision tower's layers and embeddings are not the language model's.
+        ("language_model.model.layers.0.mlp.up_proj.weight", 0),
+        ("language_model.model.embed_tokens.weight", EMBEDDINGS),
+        ("vision_tower.encoder.layers.0.mlp.fc1.weight", VISION),
+        ("vision_tower.embeddings.patch_embedding.weight", VISION),
+        ("vision_tower.vision_model.encoder.layers.3.self_attn.q_proj.weight", VISION),
+        ("multi_modal_projector.mm_input_projection_weight", PROJECTOR),
+        ("model.multi_modal_projector.linear_1.weight", PROJECTOR),
+        ("visual.blocks.1.attn.qkv.weight", VISION),
+        ("model.visual.patch_embed.proj.weight", VISION),
+        ("visual.merger.mlp.0.weight", PROJECTOR),
+        ("model.vision_model.encoder.layers.0.mlp.fc1.weight", VISION),
+        ("model.connector.modality_projection.proj.weight", PROJECTOR),
     ],
 )
 def test_tensors_are_grouped_by_layer(name, group):

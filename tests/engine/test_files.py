@@ -49,6 +49,18 @@ def test_the_last_rule_catches_everything():
         ("data.pkl", (), "pickle: never read or copied"),
         ("data.pickle", (), "pickle: never read or copied"),
         ("model.safetensors.index.json", (), "no rule for this file: not copied"),  # merged
+        # What a vision-language model's processor saves (transformers 4 and 5 names).
+        ("processor_config.json", ("post",), "the post model's processor"),
+        ("preprocessor_config.json", ("post",), "the post model's processor"),
+        ("video_preprocessor_config.json", ("post",), "the post model's processor"),
+        ("chat_template.json", ("post",), "the post model's chat template"),
+        ("audio_tokenizer_config.json", ("post",), "the post model's processor"),
+        (
+            "qformer_tokenizer/tokenizer.json",
+            ("post",),
+            "the post model's processor (its second tokenizer)",
+        ),
+        ("qformer_tokenizer/training_args.bin", (), "pickle: never read or copied"),
     ],
 )
 def test_rule_for(path, donors, why):

@@ -136,3 +136,59 @@ def test_a_record_without_check_or_delta_still_renders():
     text = render_card(record)
     assert "## Pre-publish check\n\nNo pre-publish check was recorded for this merge.\n" in text
     assert "## Delta report" not in text and "paramdelta-delta.png" not in text
+
+
+def _record_of(architecture):
+    record = _record()
+    record["output"]["architecture"] = architecture
+    return record
+
+
+GEMMA3 = {
+    "model_type": "gemma3",
+    "architectures": ["Gemma3ForConditionalGeneration"],
+    "vision_config": True,
+}
+LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vision_config": False}
+
+VLM_SNIPPET = """```python
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+processor = AutoProcessor.from_pretrained("me/merged")
+model = AutoModelForImageTextToText.from_pretrained("me/merged", dtype="auto")
+image = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/bee.jpg"
+messages = [
+    {
+        "role": "user",
+        "content": [{"type": "image", "url": image}, {"type": "text", "text": "Describe this image."}],
+    }
+]
+inputs = processor.apply_chat_template(
+    messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+).to(model.device)
+outputs = model.generate(**inputs, max_new_tokens=64)
+print(processor.decode(outputs[0][inputs["input_ids"].shape[-1] :], skip_special_tokens=True))
+```
+"""
+
+
+def test_a_vision_language_model_gets_its_pipeline_tag_and_processor_snippet():
+    pytest.importorskip("transformers")
+    card = ModelCard(render_card(_record_of(GEMMA3)))
+    assert card.data.pipeline_tag == "image-text-to-text"
+    assert VLM_SNIPPET in card.text
+    assert "AutoModelForCausalLM" not in card.text and "AutoTokenizer" not in card.text
+
+
+@pytest.mark.parametrize("architecture", [LLAMA, None])
+def test_a_text_model_and_an_older_record_get_text_generation(architecture):
+    record = _record_of(architecture)
+    if architecture is None:
+        del record["output"]["architecture"]
+    card = ModelCard(render_card(record))
+    assert card.data.pipeline_tag == "text-generation"
+    assert "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n" in card.text
+    assert '    messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"' in (
+        card.text
+    )
+    assert "AutoProcessor" not in card.text

@@ -12,7 +12,10 @@ and the output (`kernel.Moments`). Here they become norms and cosines:
   base undoes part of what post-training did.
 
 Groups sum the raw moments before taking roots, so a layer's norm is the norm
-of all its tensors together and its cosine that of the concatenated deltas.
+of all its tensors together and its cosine that of the concatenated deltas. A
+vision-language model's vision tower and its projector (which maps image
+features into the language model) are one group each, whatever layers they
+hold, so their rows never mix with the language model's layer of the same index.
 """
 
 from __future__ import annotations
@@ -25,15 +28,27 @@ from typing import Any
 
 from paramdelta.engine.kernel import OPERANDS, Moments, NonFinite
 
+# The projector first: Qwen2-VL's sits inside its vision tower (visual.merger).
+_PROJECTOR = re.compile(
+    r"(?:^|\.)(?:multi_modal_projector|mm_projector|connector|merger|deepstack_merger_list)\."
+)
+_VISION = re.compile(r"(?:^|\.)(?:vision_tower|vision_model|visual|vision_encoder|image_encoder)\.")
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 _EMBEDDING = re.compile(r"embed|(?:^|\.)wte\.|(?:^|\.)wpe\.")
 _HEAD = re.compile(r"(?:^|\.)lm_head\.")
-# Groups in model order: embeddings, the layers, the rest (final norm), the LM head.
+# Groups in model order: the vision tower and projector (a vision-language model's), the
+# embeddings, the layers, the rest (final norm), the LM head.
+VISION, PROJECTOR = "vision_tower", "projector"
 EMBEDDINGS, OTHER, HEAD = "embeddings", "other", "lm_head"
+_NAMED_ORDER = {VISION: -2, PROJECTOR: -1, EMBEDDINGS: 0, OTHER: 2, HEAD: 3}
 
 
 def group_of(name: str) -> int | str:
     """The layer index of a tensor, or the name of the group it belongs to."""
+    if _PROJECTOR.search(name):
+        return PROJECTOR
+    if _VISION.search(name):
+        return VISION
     if match := _LAYER.search(name):
         return int(match[1])
     if _HEAD.search(name):
@@ -46,7 +61,7 @@ def group_of(name: str) -> int | str:
 def _order(group: int | str) -> tuple[int, int]:
     if isinstance(group, int):
         return (1, group)
-    return ({EMBEDDINGS: 0, OTHER: 2, HEAD: 3}[group], 0)
+    return (_NAMED_ORDER[group], 0)
 
 
 def _rounded(value: float) -> float:

@@ -54,6 +54,7 @@ _POST_FILES = (
     ("preprocessor_config.json", "the post model's processor"),
     ("processor_config.json", "the post model's processor"),
     ("video_preprocessor_config.json", "the post model's processor"),
+    ("audio_tokenizer_config.json", "the post model's processor"),
 )
 # The files that hold a tokenizer's vocabulary: without one of them AutoTokenizer cannot load
 # the output (a tokenizer_config.json alone names a class, not a vocabulary).
@@ -82,6 +83,9 @@ RULES: tuple[FileRule, ...] = (
     *(FileRule(f"*{s}", (), "pickle: never read or copied") for s in PICKLE_SUFFIXES),
     FileRule("*.bin.index.json", (), "index of pickle weights: not used"),
     FileRule("*.gguf", (), "a quantized export: not produced"),
+    # A processor with a second tokenizer saves it in a folder named after it (after the
+    # pickle rules: a pickle in that folder is still never copied).
+    FileRule("*_tokenizer/*", ("post",), "the post model's processor (its second tokenizer)"),
     FileRule("*", (), "no rule for this file: not copied"),
 )
 

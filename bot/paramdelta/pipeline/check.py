@@ -5,7 +5,7 @@ check` checks any checkpoint. Each step uses the model as its users will, with
 transformers, on the merge's device:
 
 1. the tokenizer and the model load (`AutoTokenizer`, `AutoModelForCausalLM`;
-   local files only, no remote code);
+   local files only, no remote code), with every weight the architecture has;
 2. the chat template renders a fixed conversation (checkdata/conversation.json);
 3. greedy generation on fixed prompts (checkdata/prompts.json) gives text: not
    nothing, not only special tokens, not one token repeated;
@@ -14,6 +14,14 @@ transformers, on the merge's device:
    merged model's is at most ``perplexity_factor`` times the better of the post
    model's and the new base's. Each is measured with the merged model's tokenizer
    (the post model's), and the models are loaded one at a time.
+
+A vision-language model (`paramdelta.rendering.model_kind`) is used as its users
+use it: `AutoProcessor` and `AutoModelForImageTextToText` load it; the
+processor's chat template renders the conversation with an image in its last
+turn, and the processor must take that text with one image (its image tokens
+match); the prompts are answered as text-only chat turns, and one more greedy
+answer comes from a small image the check draws itself (`drawn_image`); the
+perplexity of the texts is read through its language model (token ids only).
 
 transformers is an optional extra (``paramdelta-bot[check]``): `decide` says,
 before the merge, whether the check can run here, and why not. The thresholds
@@ -56,14 +64,17 @@ from paramdelta.pipeline.check_rules import (
     memory_reason,
     perplexity_verdict,
 )
+from paramdelta.rendering.model_kind import ModelKind, kind_of
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 MAX_NEW_TOKENS = 16
 MAX_TEXT_TOKENS = 512
+IMAGE_SIZE = 32  # the drawn image's pixels a side: the processor resizes it to its own
+IMAGE_PROMPT = "Describe this image in one sentence."
 
 
 @cache
@@ -147,21 +158,31 @@ def _check(
     factor: float,
     report: CheckReport,
 ) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import transformers
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    except Exception as e:  # untrusted files: any failure to load is the finding
-        report.record("tokenizer", False, _tokenizer_problem(model_dir, references, e))
+    kind = kind_of(_config(model_dir))
+    loaded = _load_inputs(model_dir, kind, references, report)
+    if loaded is None:
         return
-    report.record("tokenizer", True, type(tokenizer).__name__)
-    templated = _check_chat_template(tokenizer, report)
+    tokenizer, processor = loaded
+    templated = _check_chat_template(tokenizer, processor, report)
     model: Any  # transformers' own annotations of .to and .generate do not type-check
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", local_files_only=True)
+        model_class = getattr(transformers, kind.model_class)
+        model, info = model_class.from_pretrained(
+            model_dir, dtype="auto", local_files_only=True, output_loading_info=True
+        )
         model.to(dev).eval()
     except Exception as e:
         report.record("load", False, f"does not load with transformers: {_describe(e)}")
+        return
+    # transformers fills a weight the checkpoint lacks with random values and loads on:
+    # a merge that dropped weights (a VLM's vision tower) would otherwise pass.
+    if missing := sorted(info.get("missing_keys") or ()):
+        detail = f"{len(missing)} weight(s) of {type(model).__name__} not in the checkpoint"
+        report.record(
+            "load", False, f"{detail}: {', '.join(missing[:3])}{' ...' * (len(missing) > 3)}"
+        )
         return
     report.record("load", True, f"{type(model).__name__}, {model.dtype}".replace("torch.", ""))
     texts = [tokenizer(t).input_ids[:MAX_TEXT_TOKENS] for t in check_data("texts")]
@@ -171,7 +192,9 @@ def _check(
         finite,
         f"on {len(texts)} texts" if finite else "NaN or Inf in the logits of the fixed texts",
     )
-    _check_generation(model, tokenizer, templated, dev, report)
+    _check_generation(model, tokenizer, processor, templated, dev, report)
+    if processor is not None:
+        _check_image_generation(model, processor, dev, report)
     size = _size(model)
     del model
     _release(size)
@@ -197,14 +220,81 @@ def _tokenizer_problem(model_dir: Path, references: Mapping[str, Source], e: Exc
     return no_tokenizer(post.provenance.name)
 
 
-def _check_chat_template(tokenizer: PreTrainedTokenizerBase, report: CheckReport) -> bool:
-    conversation = check_data("conversation")
-    if not getattr(tokenizer, "chat_template", None):
-        return report.record("chat_template", False, "the tokenizer has no chat template")
+def _config(model_dir: Path) -> dict[str, Any]:
+    """config.json as a dict; {} if it does not read (loading the model then says why)."""
     try:
-        text = tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=True
+        config = json.loads((model_dir / "config.json").read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _load_inputs(
+    model_dir: Path, kind: ModelKind, references: Mapping[str, Source], report: CheckReport
+) -> tuple[PreTrainedTokenizerBase, ProcessorMixin | None] | None:
+    """The tokenizer, and a vision-language model's processor; None (recorded) if not loaded."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    step = "processor" if kind.vision else "tokenizer"
+    try:  # untrusted files: any failure to load is the finding
+        loader: Any = AutoProcessor if kind.vision else AutoTokenizer
+        loaded: Any = loader.from_pretrained(model_dir, local_files_only=True)
+    except Exception as e:
+        report.record(step, False, _tokenizer_problem(model_dir, references, e))
+        return None
+    if not kind.vision:
+        report.record(step, True, type(loaded).__name__)
+        return loaded, None
+    if getattr(loaded, "image_processor", None) is None or loaded.tokenizer is None:
+        report.record(
+            step,
+            False,
+            f"{kind.processor_class} gives a {type(loaded).__name__}, not a processor with"
+            " an image processor and a tokenizer (processor_config.json or"
+            " preprocessor_config.json missing?)",
         )
+        return None
+    report.record(step, True, f"{type(loaded).__name__} ({type(loaded.image_processor).__name__})")
+    return loaded.tokenizer, loaded
+
+
+def drawn_image() -> Any:
+    """A small picture made here, four coloured quarters: no file, no network."""
+    import numpy as np
+
+    image = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    half = IMAGE_SIZE // 2
+    image[:half, :half] = (200, 30, 30)
+    image[:half, half:] = (30, 160, 60)
+    image[half:, :half] = (40, 60, 200)
+    image[half:, half:] = (240, 220, 40)
+    return image
+
+
+def _user_turn(text: str, parts: bool, image: bool = False) -> dict[str, Any]:
+    """A chat message: plain content for a tokenizer's template, typed parts for a processor's."""
+    if not parts:
+        return {"role": "user", "content": text}
+    content = [{"type": "image"}] * image + [{"type": "text", "text": text}]
+    return {"role": "user", "content": content}
+
+
+def _check_chat_template(
+    tokenizer: PreTrainedTokenizerBase, processor: ProcessorMixin | None, report: CheckReport
+) -> bool:
+    conversation = check_data("conversation")
+    owner: Any = processor if processor is not None else tokenizer
+    if not getattr(owner, "chat_template", None):
+        what = "processor" if processor is not None else "tokenizer"
+        return report.record("chat_template", False, f"the {what} has no chat template")
+    messages = conversation
+    if processor is not None:  # the same turns as typed parts, an image in the last one
+        messages = [
+            {**_user_turn(m["content"], True, image=i == len(conversation) - 1), "role": m["role"]}
+            for i, m in enumerate(conversation)
+        ]
+    try:
+        text = owner.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as e:
         return report.record("chat_template", False, f"does not render: {_describe(e)}")
     if not isinstance(text, str) or conversation[-1]["content"] not in text:
@@ -212,40 +302,62 @@ def _check_chat_template(tokenizer: PreTrainedTokenizerBase, report: CheckReport
             "chat_template", False, "the rendered text does not hold the last message"
         )
     detail = f"{len(conversation)} messages, {len(text)} characters"
+    if processor is not None:
+        try:  # the processor checks that the text's image tokens match the images
+            processor(text=[text], images=[drawn_image()], return_tensors="pt")
+        except Exception as e:
+            return report.record(
+                "chat_template",
+                False,
+                f"the image turn does not suit the processor: {_describe(e)}",
+            )
+        detail += ", one image"
     return report.record("chat_template", True, detail)
+
+
+class _Greedy:
+    """Greedy decoding settings for a model and tokenizer, and how its answers are read."""
+
+    def __init__(self, model: Any, tokenizer: PreTrainedTokenizerBase) -> None:
+        from transformers import GenerationConfig
+
+        eos = model.generation_config.eos_token_id
+        self.stops = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        pad = tokenizer.pad_token_id
+        self.pad = pad if pad is not None else min(self.stops, default=0)
+        self.config = GenerationConfig(
+            max_new_tokens=MAX_NEW_TOKENS, do_sample=False, eos_token_id=eos, pad_token_id=self.pad
+        )
+        self.tokenizer = tokenizer
+        self.special = set(tokenizer.all_special_ids)
+
+    def answer(self, prompt: str, row: list[int]) -> dict[str, Any]:
+        end = next((i + 1 for i, token in enumerate(row) if token in self.stops), len(row))
+        new = row[:end]  # what follows the end of the answer is padding
+        text = str(self.tokenizer.decode(new, skip_special_tokens=True))
+        problem = degeneracy(new, self.special, text)
+        return {"prompt": prompt, "text": text, "tokens": len(new), "problem": problem}
 
 
 def _check_generation(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
+    processor: ProcessorMixin | None,
     templated: bool,
     dev: torch.device,
     report: CheckReport,
 ) -> None:
     """Greedy answers to every fixed prompt, in one left-padded batch."""
-    from transformers import GenerationConfig
-
-    eos = model.generation_config.eos_token_id
-    stops = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops, default=0)
+    greedy = _Greedy(model, tokenizer)
     prompts = check_data("prompts")
-    encoded = [_prompt_ids(tokenizer, prompt, templated) for prompt in prompts]
+    encoded = [_prompt_ids(tokenizer, processor, prompt, templated) for prompt in prompts]
     width = max(map(len, encoded))
+    pad = greedy.pad
     inputs = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=dev)
     mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=dev)
-    config = GenerationConfig(
-        max_new_tokens=MAX_NEW_TOKENS, do_sample=False, eos_token_id=eos, pad_token_id=pad
-    )
-    output = model.generate(inputs, attention_mask=mask, generation_config=config)
-    special = set(tokenizer.all_special_ids)
+    output = model.generate(inputs, attention_mask=mask, generation_config=greedy.config)
     for prompt, row in zip(prompts, output[:, width:].tolist(), strict=True):
-        end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
-        new = row[:end]  # what follows the end of the answer is padding
-        answer = str(tokenizer.decode(new, skip_special_tokens=True))
-        problem = degeneracy(new, special, answer)
-        report.generation.append(
-            {"prompt": prompt, "text": answer, "tokens": len(new), "problem": problem}
-        )
+        report.generation.append(greedy.answer(prompt, row))
     bad = [g for g in report.generation if g["problem"]]
     detail = f"{len(report.generation) - len(bad)} of {len(report.generation)} prompts"
     if bad:
@@ -253,12 +365,52 @@ def _check_generation(
     report.record("generation", not bad, detail)
 
 
-def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, templated: bool) -> list[int]:
-    """A prompt as the model sees it in a chat: through the chat template, if it renders."""
+def _check_image_generation(
+    model: Any, processor: ProcessorMixin, dev: torch.device, report: CheckReport
+) -> None:
+    """A greedy answer about `drawn_image`, asked through the processor's chat template."""
+    greedy = _Greedy(model, processor.tokenizer)
+    messages = [_user_turn(IMAGE_PROMPT, True, image=True)]
+    try:
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs = processor(text=[text], images=[drawn_image()], return_tensors="pt")
+    except Exception as e:
+        detail = f"the processor does not take the image: {_describe(e)}"
+        report.record("image_generation", False, detail)
+        return
+    # The pixels in the model's dtype (BatchFeature casts only its floating tensors).
+    inputs = inputs.to(dev).to(model.dtype)
+    try:  # the vision tower and projector run only here
+        output = model.generate(**inputs, generation_config=greedy.config)
+    except Exception as e:
+        report.record("image_generation", False, f"fails: {_describe(e)}")
+        return
+    width = inputs["input_ids"].shape[1]
+    answer = greedy.answer(
+        f"[a {IMAGE_SIZE}x{IMAGE_SIZE} image] {IMAGE_PROMPT}", output[0, width:].tolist()
+    )
+    report.generation.append(answer)
+    shape = "x".join(map(str, inputs["pixel_values"].shape))
+    if answer["problem"]:
+        detail = f"gives {answer['problem']}"
+    else:
+        detail = f"{answer['tokens']} tokens from pixel values of shape {shape}"
+    report.record("image_generation", not answer["problem"], detail)
+
+
+def _prompt_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    processor: ProcessorMixin | None,
+    prompt: str,
+    templated: bool,
+) -> list[int]:
+    """A prompt as the model sees it in a chat: through the chat template, if it renders
+    (a vision-language model's processor's, with the prompt as a text part)."""
     if not templated:
         return list(tokenizer(prompt).input_ids)
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    owner: Any = processor if processor is not None else tokenizer
+    text = owner.apply_chat_template(
+        [_user_turn(prompt, processor is not None)], tokenize=False, add_generation_prompt=True
     )
     return list(tokenizer(text, add_special_tokens=False).input_ids)
 
@@ -307,11 +459,16 @@ class ReferenceSkipped(Exception):
 def load_reference(source: Source, dev: torch.device, base: Source | None = None) -> Any:
     """A post model or new base straight from its `Source` (local, HF cache or Hub ranges);
     a post model that is a PEFT adapter: the adapter applied to its ``base``."""
-    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
+    from transformers import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
+        AutoConfig,
+    )
 
     if is_adapter(source.list_files()):
         return _adapter_on_base(source, dev, base)
     checkpoint = open_checkpoint(source, "reference")
+    vision = kind_of(checkpoint.config).vision
     settings = dict(checkpoint.config)
     config = AutoConfig.for_model(settings.pop("model_type"), **settings)
     state = {}
@@ -323,7 +480,8 @@ def load_reference(source: Source, dev: torch.device, base: Source | None = None
         else:
             tensor = torch.empty(ref.shape, dtype=TORCH_DTYPES[ref.dtype])
         state[name] = tensor.to(dev)
-    model_class: Any = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    mapping = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING if vision else MODEL_FOR_CAUSAL_LM_MAPPING
+    model_class: Any = mapping[type(config)]
     dtype = next(iter(state.values())).dtype if state else torch.float32
     model = model_class.from_pretrained(None, config=config, state_dict=state, dtype=dtype)
     return model.to(dev).eval()

@@ -58,6 +58,7 @@ from paramdelta.pipeline import lineage
 from paramdelta.pipeline.check_rules import CheckReport
 from paramdelta.rendering import chart
 from paramdelta.rendering.card import checkpoint_name, render_card
+from paramdelta.rendering.model_kind import architecture
 from paramdelta.reporting import github_actions
 from paramdelta.tokens import redact
 
@@ -103,7 +104,8 @@ def merge_record(
     ``check``: what the pre-publish check found (or why it did not run);
     ``directory``: the local output folder (the card names it while no repo is set).
     """
-    output: dict[str, Any] = {"repo": output_repo}
+    # What the card's pipeline tag and Use snippet follow (`paramdelta.rendering.model_kind`).
+    output: dict[str, Any] = {"repo": output_repo, "architecture": architecture(plan.config)}
     if directory is not None:
         output["directory"] = directory.absolute().name
     if result is not None:

@@ -36,6 +36,7 @@ from paramdelta.engine.recipe import Recipe, recorded_fields
 from paramdelta.errors import UsageError
 from paramdelta.rendering import chart, markdown
 from paramdelta.rendering.check_report import STEP_TITLES
+from paramdelta.rendering.model_kind import kind_of
 from paramdelta.units import human_bytes, plural
 
 DEFAULT_TEMPLATE = "templates/model_card.md.j2"
@@ -181,6 +182,7 @@ def card_context(record: Mapping[str, Any], hub_url: str) -> dict[str, Any]:
         )
     by_role = {c["role"]: c for c in checkpoints}
     repos = " ".join(c["repo"] for c in checkpoints) + " " + output
+    kind = kind_of(record["output"].get("architecture"))
     return {
         "model_name": output,
         "checkpoints": checkpoints,
@@ -212,6 +214,8 @@ def card_context(record: Mapping[str, Any], hub_url: str) -> dict[str, Any]:
         "delta": delta_rows(record.get("delta")),
         "chart": chart.FILENAME if record.get("delta") else None,
         "check": check_rows(record.get("check")),
+        # The Use snippet's classes: a vision-language model's processor and auto class.
+        "use": {**kind._asdict(), "vision": kind.vision},
     }
 
 
@@ -280,7 +284,7 @@ def front_matter(record: Mapping[str, Any], tags: Sequence[str]) -> ModelCardDat
         base_model=hub_models or None,
         base_model_relation="merge",
         library_name="transformers",
-        pipeline_tag="text-generation",
+        pipeline_tag=kind_of(record["output"].get("architecture")).pipeline_tag,
         license=lic,
         tags=[*BASE_TAGS, *(t for t in tags if t not in BASE_TAGS)],
         **extra,

@@ -9,10 +9,12 @@ from paramdelta.rendering import markdown
 
 STEP_TITLES = {
     "tokenizer": "tokenizer loads",
+    "processor": "processor loads",
     "chat_template": "chat template renders",
     "load": "model loads",
     "logits": "logits are finite",
     "generation": "greedy generation gives text",
+    "image_generation": "greedy generation from an image gives text",
     "perplexity": "perplexity",
 }
 

@@ -8,7 +8,7 @@ related checkpoints like the real use case: a base, a post-trained model
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,13 +179,15 @@ TOKEN_CHARS = (
 )
 
 
-def tokenizer_json() -> str:
+def tokenizer_json(extra_special: Sequence[str] = ()) -> str:
     """A character-level tokenizer.json (WordLevel over characters) for the tiny models.
 
     Unknown characters become <unk>, and a <s> starts every encoded text, as
-    Llama's tokenizer does.
+    Llama's tokenizer does. ``extra_special``: more special tokens (a vision-language
+    model's image tokens), given the ids from 256 on.
     """
-    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *TOKEN_CHARS))}
+    specials = (*SPECIAL_TOKENS, *extra_special)
+    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *TOKEN_CHARS, *extra_special))}
     special = [
         {
             "id": vocab[token],
@@ -196,7 +198,7 @@ def tokenizer_json() -> str:
             "normalized": False,
             "special": True,
         }
-        for token in SPECIAL_TOKENS
+        for token in specials
     ]
     bos = {"id": "<s>", "type_id": 0}
     document = {
