@@ -30,7 +30,8 @@ from huggingface_hub import ModelCard, ModelCardData
 from jinja2.sandbox import SandboxedEnvironment
 
 from paramdelta import PROJECT_URL
-from paramdelta.engine.merge_plan import ROLE_TITLES, ROLES, Vocabulary
+from paramdelta.engine.merge_plan import Vocabulary
+from paramdelta.engine.roles import ROLE_TITLES, ROLES
 from paramdelta.engine.recipe import Recipe, recorded_fields
 from paramdelta.errors import UsageError
 from paramdelta.rendering import chart, markdown
