@@ -56,7 +56,9 @@ def test_several_weighted_deltas_accumulate_in_order_and_round_once(dtype, block
 def test_scratch_for_fewer_deltas_is_refused():
     post, base, new = _operands(3, torch.float32, count=10)
     with pytest.raises(ValueError, match="scratch for 1 deltas, not 2"):
-        merge_into(new.clone(), new, [(post, base, 1.0)] * 2, scratch_buffers(8, torch.device("cpu")))
+        merge_into(
+            new.clone(), new, [(post, base, 1.0)] * 2, scratch_buffers(8, torch.device("cpu"))
+        )
 
 
 def test_the_moments_describe_every_delta_unscaled_and_every_pair():

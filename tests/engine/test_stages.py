@@ -114,7 +114,9 @@ def test_the_engine_sums_any_number_of_weighted_deltas(tmp_path, trio, dtype):
 
 
 def test_sources_must_be_the_recipes_checkpoints(tmp_path, trio):
-    with pytest.raises(ValueError, match=r"a merge of 2 deltas reads \('base', 'post', 'base\[1\]'"):
+    with pytest.raises(
+        ValueError, match=r"a merge of 2 deltas reads \('base', 'post', 'base\[1\]'"
+    ):
         preflight(_sources(trio), Recipe(weights=(0.5, 0.5)))
 
 

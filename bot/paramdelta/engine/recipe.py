@@ -97,9 +97,7 @@ def recorded_fields(recipe: Mapping[str, Any]) -> dict[str, Any]:
     """The merged fields as a lineage record's ``recipe`` section keeps them (None where it
     has none; a record older than ``requested_dtype`` kept the option as "dtype"; a
     one-delta record has no "weights", a several-delta one no "alpha")."""
-    fields = {
-        key: recipe.get(RECORD_KEYS.get(key, key), recipe.get(key)) for key in MERGED_FIELDS
-    }
+    fields = {key: recipe.get(RECORD_KEYS.get(key, key), recipe.get(key)) for key in MERGED_FIELDS}
     weights = fields["weights"]
     fields["weights"] = tuple(weights) if isinstance(weights, list) else ()
     if fields["weights"] and "alpha" not in recipe:
