@@ -156,7 +156,8 @@ def inputs(args: argparse.Namespace) -> tuple[dict[str, str], tuple[float, ...]]
             f"--delta cannot be combined with {'/'.join(given)}: give every delta as"
             " --delta POST BASE WEIGHT, or one delta as --base/--post/--alpha"
         )
-    specs, weights = {}, []
+    specs: dict[str, str] = {}
+    weights: list[float] = []
     for i, (post, base, text) in enumerate(args.delta):
         try:
             weight = float(text)

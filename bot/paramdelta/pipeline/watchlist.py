@@ -136,7 +136,7 @@ class Target:
     def delta_refs(self) -> dict[str, RepoRef]:
         """Every checkpoint but the new base, by role: each delta's base and post, in order."""
         pairs = [(d.base, d.post) for d in self.deltas] or [(self.base, self.post)]
-        refs = {}
+        refs: dict[str, RepoRef] = {}
         for i, (base, post) in enumerate(pairs):
             post_role, base_role = delta_roles(i)
             refs |= {base_role: base, post_role: post}
