@@ -425,3 +425,11 @@ def test_an_empty_delta_list_is_refused(tmp_path):
         + "    deltas: []\n    new_base: org/new\n    output: me/o\n"
     )
     assert _problems(tmp_path, text) == ["4: targets[0].deltas: must not be empty"]
+
+
+def test_the_two_delta_target_in_the_docs_is_valid(tmp_path):
+    text = (ROOT / "docs" / "recipes.md").read_text()
+    block = text.split("<!-- docs: two-delta-target -->\n```yaml\n")[1].split("```")[0]
+    (target,) = load(_write(tmp_path, block)).targets
+    assert target.recipe.weights == (1.0, 0.5)
+    assert target.delta_refs()["post[1]"] == RepoRef("example-org/Llama-3-8B-Math", "v2")

@@ -182,7 +182,11 @@ class Vocabulary:
         else:
             shown = ", ".join(f"{title(r)} {n}" for r, n in inputs.items())
             head = f"{shown} rows; output {self.rows['output']} rows"
-        dropped = f", {self.dropped_from_base} dropped from the base" * bool(self.dropped_from_base)
+        dropped = "".join(
+            f", {rows - self.merged} dropped from the {title(role)}"
+            for role, rows in inputs.items()
+            if role not in ("post", "new_base") and rows > self.merged
+        )
         return (
             f"{head}: {self.merged} merged, {self.kept_from_post} kept from the post model,"
             f" {self.dropped_from_new_base} dropped from the new base{dropped}"
