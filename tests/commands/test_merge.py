@@ -821,3 +821,12 @@ def test_config_and_generation_config_agree_on_token_ids_in_the_output(trio, tmp
     assert record["recipe"]["config_changes"] == {"eos_token_id": [2, 9]}
     card = (tmp_path / "out" / "README.md").read_text()
     assert "`config.json` is the new base's, with `eos_token_id` = `[2, 9]`:" in card
+
+
+def test_a_missing_delta_checkpoint_names_its_delta(tmp_path, capsys):
+    five = two_deltas(tmp_path / "in")
+    five["base[1]"] = tmp_path / "nope"
+    assert main(_delta_argv(five, tmp_path / "out")) == 2
+    assert capsys.readouterr().err == (
+        f"paramdelta: error: --delta 2 BASE {tmp_path / 'nope'}: no such directory\n"
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from paramdelta.commands import arguments
 from paramdelta.commands.output import emit, human_bytes
@@ -138,8 +138,14 @@ def delta_lines(overall: dict[str, Any]) -> list[str]:
     return lines
 
 
-def inputs(args: argparse.Namespace) -> tuple[dict[str, str], tuple[float, ...]]:
-    """The checkpoints to read by role, and the deltas' weights (() for the one-delta form)."""
+class Inputs(NamedTuple):
+    specs: dict[str, str]  # role -> the checkpoint to read
+    weights: tuple[float, ...]  # the deltas' weights; () for the one-delta form
+    options: dict[str, str]  # role -> how an error names it, for a --delta's checkpoints
+
+
+def inputs(args: argparse.Namespace) -> Inputs:
+    """The checkpoints the command line names, by role, and the deltas' weights."""
     one_delta = {"--base": args.base, "--post": args.post}
     if args.delta is None:
         missing = [option for option, value in one_delta.items() if value is None]
@@ -147,7 +153,7 @@ def inputs(args: argparse.Namespace) -> tuple[dict[str, str], tuple[float, ...]]
             raise UsageError(
                 f"{' and '.join(missing)} required (or one --delta POST BASE WEIGHT per delta)"
             )
-        return {"base": args.base, "post": args.post, "new_base": args.new_base}, ()
+        return Inputs({"base": args.base, "post": args.post, "new_base": args.new_base}, (), {})
     given = [option for option, value in one_delta.items() if value is not None]
     if args.alpha != 1.0:
         given.append("--alpha")
@@ -158,6 +164,7 @@ def inputs(args: argparse.Namespace) -> tuple[dict[str, str], tuple[float, ...]]
         )
     specs: dict[str, str] = {}
     weights: list[float] = []
+    options: dict[str, str] = {}
     for i, (post, base, text) in enumerate(args.delta):
         try:
             weight = float(text)
@@ -169,8 +176,9 @@ def inputs(args: argparse.Namespace) -> tuple[dict[str, str], tuple[float, ...]]
             )
         post_role, base_role = delta_roles(i)
         specs |= {base_role: base, post_role: post}
+        options |= {base_role: f"--delta {i + 1} BASE", post_role: f"--delta {i + 1} POST"}
         weights.append(weight)
-    return specs | {"new_base": args.new_base}, tuple(weights)
+    return Inputs(specs | {"new_base": args.new_base}, tuple(weights), options)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -179,8 +187,8 @@ def run(args: argparse.Namespace) -> int:
     from paramdelta.hub.sources import HubFactory, download_inputs, open_sources
     from paramdelta.pipeline.publish import merge_to_directory, push_merge
 
-    specs, weights = inputs(args)
-    recipe, runtime = arguments.recipe(args, weights), arguments.runtime(args)
+    given = inputs(args)
+    recipe, runtime = arguments.recipe(args, given.weights), arguments.runtime(args)
     if args.output is None and args.push_to is None:
         raise UsageError("--output is required (unless --push-to is given)")
     if args.push_to is not None:
@@ -188,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output is not None else None
     if output is not None:
         check_output_dir(output, args.overwrite)
-    with open_sources(HubFactory(args.token_file), **specs) as opened:
+    with open_sources(HubFactory(args.token_file), given.options, **given.specs) as opened:
         plan = preflight(opened, recipe)  # fails here, before a weight byte moves
         sources = opened if args.stream else download_inputs(plan, opened)
         if args.push_to is None:
