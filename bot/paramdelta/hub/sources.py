@@ -155,9 +155,7 @@ class HubSource:
 PATH_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
 
 
-def open_source(
-    spec: str, role: str, hub_factory: HubFactory, option: str | None = None
-) -> Source:
+def open_source(spec: str, role: str, hub_factory: HubFactory, option: str | None = None) -> Source:
     """The checkpoint ``spec`` names, a folder or a Hub repo; errors name ``option`` (by
     default the role's option, ``--post``)."""
     option = option or f"--{role.replace('_', '-')}"
