@@ -473,6 +473,11 @@ def test_one_delta_flag_is_the_one_delta_merge(trio, tmp_path, capsys):
             " WEIGHT, or one delta as --base/--post/--alpha",
         ),
         (
+            lambda argv: argv.extend(["--alpha", "1"]),  # even at its default value
+            "--delta cannot be combined with --alpha: give every delta as --delta POST BASE"
+            " WEIGHT, or one delta as --base/--post/--alpha",
+        ),
+        (
             lambda argv: argv.extend(["--post", "x/y", "--alpha", "2"]),
             "--delta cannot be combined with --post/--alpha: give every delta as --delta POST"
             " BASE WEIGHT, or one delta as --base/--post/--alpha",

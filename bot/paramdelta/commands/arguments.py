@@ -68,9 +68,7 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
         default=Recipe().dtype,
         help="output dtype of float tensors (default auto: the new base's)",
     )
-    group.add_argument(
-        "--alpha", type=float, default=Recipe().alpha, help="scale of the delta (default 1.0)"
-    )
+    group.add_argument("--alpha", type=float, help=f"scale of the delta (default {Recipe().alpha})")
     group.add_argument(
         "--vocab-policy",
         choices=VOCAB_POLICIES,
@@ -135,6 +133,8 @@ def recipe(args: argparse.Namespace, weights: tuple[float, ...] = ()) -> Recipe:
     """The recipe the merge options give; ``weights``: a several-delta merge's (one
     weight is the one-delta form, as ``--alpha``)."""
     alpha = weights[0] if len(weights) == 1 else args.alpha
+    if alpha is None:
+        alpha = Recipe().alpha
     return Recipe(
         alpha=alpha,
         weights=weights if len(weights) > 1 else (),

@@ -155,7 +155,7 @@ def inputs(args: argparse.Namespace) -> Inputs:
             )
         return Inputs({"base": args.base, "post": args.post, "new_base": args.new_base}, (), {})
     given = [option for option, value in one_delta.items() if value is not None]
-    if args.alpha != 1.0:
+    if args.alpha is not None:
         given.append("--alpha")
     if given:
         raise UsageError(
