@@ -15,3 +15,24 @@ def recipe_and_runtime(**options) -> tuple[Recipe, Runtime]:
 
 def merge(sources, out, *, overwrite=False, **options) -> MergeResult:
     return merge_to_dir(sources, out, *recipe_and_runtime(**options), overwrite=overwrite)
+
+
+def two_deltas(root) -> dict:
+    """Five checkpoints of one architecture, by role: a trio, and a second delta
+    (``post[1]`` trained from ``base[1]``) from another seed."""
+    from paramdelta.testing.checkpoints import make_trio
+
+    first, second = make_trio(root / "first"), make_trio(root / "second", seed=7)
+    return first | {"post[1]": second["post"], "base[1]": second["base"]}
+
+
+def several_reference(inputs, terms, dtype=None) -> dict:
+    """The issue's formula, literally: ``acc = new.float()``, then for each (post, base,
+    weight) role triple ``acc = acc + w * (post.float() - base.float())``, rounded once."""
+    out = {}
+    for name, new in inputs["new_base"].items():
+        acc = new.float()
+        for post, base, weight in terms:
+            acc = acc + weight * (inputs[post][name].float() - inputs[base][name].float())
+        out[name] = acc.to(dtype or new.dtype)
+    return out

@@ -8,11 +8,13 @@ import struct
 import subprocess
 import sys
 import termios
+from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import ModelCard
 
+from merging import several_reference, two_deltas
 from paramdelta.cli import main
 from paramdelta.hub.sources import HEAD_BYTES
 from paramdelta.testing.checkpoints import (
@@ -412,7 +414,174 @@ def test_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["merge", "--base", "x"])
     assert e.value.code == 2
-    assert "the following arguments are required: --post, --new-base" in capsys.readouterr().err
+    assert "the following arguments are required: --new-base" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["merge", "--new-base", "x", "--delta", "a/post", "a/base", "--output", "o"])
+    assert e.value.code == 2
+    assert "argument --delta: expected 3 arguments" in capsys.readouterr().err
+
+
+# -- several deltas ------------------------------------------------------------------
+
+
+def _delta_argv(five, out, *extra, weights=(0.7, -0.3)):
+    return [
+        "merge",
+        "--delta", str(five["post"]), str(five["base"]), str(weights[0]),
+        "--delta", str(five["post[1]"]), str(five["base[1]"]), str(weights[1]),
+        "--new-base", str(five["new_base"]),
+        "--output", str(out),
+        *extra,
+    ]  # fmt: skip
+
+
+def test_two_deltas_are_summed_bit_for_bit_and_recorded(tmp_path, capsys):
+    five = two_deltas(tmp_path / "in")
+    assert main(_delta_argv(five, tmp_path / "out", "--format", "json")) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["formula"], summary["weights"]) == (
+        "new_base + Σ wᵢ·(postᵢ - baseᵢ)",
+        [0.7, -0.3],
+    )
+    assert "alpha" not in summary
+    inputs = {role: load_tensors(path) for role, path in five.items()}
+    expected = several_reference(inputs, [("post", "base", 0.7), ("post[1]", "base[1]", -0.3)])
+    merged = load_tensors(tmp_path / "out")
+    assert mismatched_tensors(merged, expected) == []  # 21 of 21 tensors bit-identical
+    # Files other than weights from the first delta's post model; config from the new base.
+    assert summary["files"]["tokenizer_config.json"] == "post"
+    assert summary["files"]["config.json"] == "new_base"
+
+    overall = summary["delta"]["overall"]
+    assert [d["post_delta_norm"] for d in overall["deltas"]] == [
+        overall["post_delta_norm"],
+        pytest.approx(_norm(inputs, "post[1]", "base[1]"), rel=1e-5),
+    ]
+    assert (
+        overall["delta_cosines"][0][0] == 1.0
+        and overall["delta_cosines"][0][1] == (overall["delta_cosines"][1][0])
+    )
+    assert overall["nonfinite"] == dict.fromkeys(
+        ("post", "base", "new_base", "output", "post[1]", "base[1]"), 0
+    )
+
+    record = json.loads((tmp_path / "out" / "paramdelta.json").read_text())
+    assert [c["role"] for c in record["checkpoints"]] == [
+        "base", "post", "base[1]", "post[1]", "new_base",
+    ]  # fmt: skip
+    assert {c["role"]: c["path"] for c in record["checkpoints"]} == {
+        role: str(path) for role, path in five.items()
+    }
+    assert record["recipe"]["weights"] == [0.7, -0.3] and "alpha" not in record["recipe"]
+    assert record["recipe"]["deltas"] == [
+        {"post": "post", "base": "base", "weight": 0.7},
+        {"post": "post[1]", "base": "base[1]", "weight": -0.3},
+    ]
+    card = (tmp_path / "out" / "README.md").read_text()
+    # A local checkpoint is named by its folder's name (its path is one machine's).
+    for role, folder in (("post[1]", "post"), ("base[1]", "base")):
+        assert five[role].name == folder
+        assert f"| {role} | `{folder}` (a local directory) | local | - |" in card
+    assert "Θ_out = new base + 0.7·(post − base) − 0.3·(post[1] − base[1])" in card
+    assert "  2. weight -0.3: post[1] `post` − base[1] `base`" in card
+    assert "--delta post base -0.3 \\\n  --new-base" in card
+    assert "| post − base and post[1] − base[1] |" in card
+
+
+def _norm(inputs, post, base):
+    flat = [(inputs[post][n].double() - inputs[base][n].double()).flatten() for n in inputs[post]]
+    return float(torch.cat(flat).norm())
+
+
+def test_the_card_reproduces_the_merge_it_describes(tmp_path, capsys):
+    """The card's command, run again, gives the same bytes."""
+    five = two_deltas(tmp_path / "in")
+    assert main(_delta_argv(five, tmp_path / "a", "--dtype", "float16")) == 0
+    card = (tmp_path / "a" / "README.md").read_text()
+    command = card.split("```bash\n")[1].split("\n```")[0].replace("\\\n  ", " ")
+    argv = command.split()[1:]
+    argv[argv.index("--output") + 1] = str(tmp_path / "b")
+    # A local checkpoint is named by its folder's name (the card is one machine's no more):
+    # each is put back by its path, in the order the card gives them.
+    paths = iter(str(five[role]) for role in ("post", "base", "post[1]", "base[1]", "new_base"))
+    for i, option in enumerate(list(argv)):
+        for k in {"--delta": (1, 2), "--new-base": (1,)}.get(option, ()):
+            path = next(paths)
+            assert argv[i + k] == Path(path).name
+            argv[i + k] = path
+    assert main(argv) == 0
+    assert mismatched_tensors(load_tensors(tmp_path / "a"), load_tensors(tmp_path / "b")) == []
+
+
+def test_one_delta_flag_is_the_one_delta_merge(trio, tmp_path, capsys):
+    argv = [
+        "merge", "--delta", str(trio["post"]), str(trio["base"]), "0.5",
+        "--new-base", str(trio["new_base"]), "--output", str(tmp_path / "d"), "--format", "json",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["formula"], summary["alpha"]) == ("new_base + alpha * (post - base)", 0.5)
+    assert main(_argv(trio, tmp_path / "a", "--alpha", "0.5")) == 0
+    assert mismatched_tensors(load_tensors(tmp_path / "d"), load_tensors(tmp_path / "a")) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda argv: argv.__setitem__(4, "heavy"),
+            "--delta {post} {base} heavy: WEIGHT must be a finite number, not 'heavy'",
+        ),
+        (
+            lambda argv: argv.__setitem__(4, "inf"),
+            "--delta {post} {base} inf: WEIGHT must be a finite number, not 'inf'",
+        ),
+        (
+            lambda argv: argv.extend(["--base", "x/y"]),
+            "--delta cannot be combined with --base: give every delta as --delta POST BASE"
+            " WEIGHT, or one delta as --base/--post/--alpha",
+        ),
+        (
+            lambda argv: argv.extend(["--alpha", "1"]),  # even at its default value
+            "--delta cannot be combined with --alpha: give every delta as --delta POST BASE"
+            " WEIGHT, or one delta as --base/--post/--alpha",
+        ),
+        (
+            lambda argv: argv.extend(["--post", "x/y", "--alpha", "2"]),
+            "--delta cannot be combined with --post/--alpha: give every delta as --delta POST"
+            " BASE WEIGHT, or one delta as --base/--post/--alpha",
+        ),
+    ],
+)
+def test_bad_deltas_are_usage_errors_exit_2(tmp_path, capsys, change, message):
+    five = two_deltas(tmp_path / "in")
+    argv = _delta_argv(five, tmp_path / "out")
+    change(argv)
+    assert main(argv) == 2
+    expected = message.format(post=five["post"], base=five["base"])
+    assert capsys.readouterr().err == f"paramdelta: error: {expected}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_delta_form_needs_base_and_post(trio, tmp_path, capsys):
+    argv = ["merge", "--post", str(trio["post"]), "--new-base", str(trio["new_base"])]
+    assert main([*argv, "--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (
+        "paramdelta: error: --base required (or one --delta POST BASE WEIGHT per delta)\n"
+    )
+
+
+def test_a_delta_of_another_architecture_is_named(tmp_path, capsys):
+    five = two_deltas(tmp_path / "in")
+    config = llama_config()
+    config["num_hidden_layers"] = 3
+    save_checkpoint(tmp_path / "deep", random_state_dict(config, seed=3), config)
+    five["base[1]"] = tmp_path / "deep"
+    assert main(_delta_argv(five, tmp_path / "out")) == 3
+    assert capsys.readouterr().err == (
+        "paramdelta: error: config.json mismatch: num_hidden_layers is"
+        " base[1] 3, post[1] 2, new base 2\n"
+    )
 
 
 # -- from and to the Hub (the session's loopback fake Hub) -----------------------------
@@ -885,4 +1054,13 @@ def test_push_with_a_local_copy_on_a_mount_point(hub_trio, fake_hub, mount_point
     assert not [n for n in names if n.startswith(".paramdelta-upload-")]  # staging removed
     assert fake_hub.read_file("me/merged", "model.safetensors") == (
         (mount_point / "model.safetensors").read_bytes()
+    )
+
+
+def test_a_missing_delta_checkpoint_names_its_delta(tmp_path, capsys):
+    five = two_deltas(tmp_path / "in")
+    five["base[1]"] = tmp_path / "nope"
+    assert main(_delta_argv(five, tmp_path / "out")) == 2
+    assert capsys.readouterr().err == (
+        f"paramdelta: error: --delta 2 BASE {tmp_path / 'nope'}: no such directory\n"
     )

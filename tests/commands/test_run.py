@@ -304,3 +304,77 @@ def test_the_rows_dropped_are_stated_in_log_lineage_and_card(grown_vocabulary, f
     assert "- `README.md`: replaced by the model card" in card
     config = json.loads(fake_hub.read_file("me/grown", "config.json"))
     assert config["vocab_size"] == 256
+
+
+TWO_DELTAS = """\
+targets:
+  - name: mix
+    deltas:
+      - {post: org/post, base: org/base, weight: 0.7}
+      - {post: org/post-math, base: org/base-math, weight: 0.3}
+    new_base: org/new-base
+    output: me/mix
+"""
+
+
+@pytest.fixture
+def two_delta_watchlist(hub_trio, fake_hub, tmp_path):
+    """The trio on the Hub, a second delta (another seed) beside it, and a target summing both."""
+    from paramdelta.testing.checkpoints import make_trio
+
+    second = make_trio(tmp_path / "second", seed=7, max_shard_size=60_000)
+    shas = {
+        "post[1]": publish_folder(fake_hub, "org/post-math", second["post"]),
+        "base[1]": publish_folder(fake_hub, "org/base-math", second["base"]),
+    }
+    path = tmp_path / "watchlist.yaml"
+    path.write_text(TWO_DELTAS)
+    local = hub_trio.local | {"post[1]": second["post"], "base[1]": second["base"]}
+    return path, local, hub_trio.shas | shas
+
+
+def test_a_two_delta_target_is_merged_checked_recorded_and_planned(
+    two_delta_watchlist, fake_hub, capsys
+):
+    watchlist, local, shas = two_delta_watchlist
+    assert main(["run", "--watchlist", str(watchlist)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("mix: published") and "pre-publish check: passed" in out[1]
+
+    published = _download(fake_hub, "me/mix", local["post"].parent.parent / "published")
+    inputs = {role: load_tensors(path) for role, path in local.items()}
+    merged = load_tensors(published)
+    exact = 0
+    for name, tensor in merged.items():  # the issue's formula, literally
+        acc = inputs["new_base"][name].float()
+        for post, base, w in (("post", "base", 0.7), ("post[1]", "base[1]", 0.3)):
+            acc = acc + w * (inputs[post][name].float() - inputs[base][name].float())
+        exact += torch.equal(tensor, acc.to(tensor.dtype))
+    assert (exact, len(merged)) == (21, 21)
+
+    record = json.loads((published / "paramdelta.json").read_text())
+    assert {c["role"]: c["sha"] for c in record["checkpoints"]} == shas  # 2N+1 = 5 commits
+    assert all(c["files"] for c in record["checkpoints"])  # with the content ids read
+    assert record["recipe"]["weights"] == [0.7, 0.3]
+    # The check compares with the first delta's post model and the new base.
+    assert set(record["check"]["perplexity"]) >= {"merged", "post", "new_base"}
+    card = ModelCard((published / "README.md").read_text())
+    assert card.data.base_model == [
+        "org/new-base", "org/post", "org/base", "org/post-math", "org/base-math",
+    ]  # fmt: skip
+    assert "| post[1] | [org/post-math]" in card.text
+
+    # Up to date; a README edit to a later delta changes nothing; its weights do.
+    assert main(["plan", "--watchlist", str(watchlist)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "0 of 1 targets pending"
+    fake_hub.commit("org/post-math", {"README.md": b"# reworded\n"})
+    assert main(["plan", "--watchlist", str(watchlist)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "0 of 1 targets pending"
+    moved = fake_hub.commit("org/base-math", {"model.safetensors.index.json": b"{}\n"})
+    assert main(["plan", "--watchlist", str(watchlist)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "1 of 1 targets pending"
+    assert (
+        f"base[1] org/base-math moved {shas['base[1]'][:7]} -> {moved[:7]}:"
+        " model.safetensors.index.json changed"
+    ) in lines[0]

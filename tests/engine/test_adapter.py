@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from merging import merge
+from merging import merge, two_deltas
 from paramdelta.engine.adapter import LoraBands, LoraRef
 from paramdelta.engine.checkpoint import LocalSource
+from paramdelta.engine.roles import delta_roles
 from paramdelta.engine.safetensors_format import read_header
 from paramdelta.errors import CheckpointError
 from paramdelta.testing.adapters import adapter_config, lora_tensors, peft_adapter, write_adapter
@@ -239,3 +240,53 @@ def test_an_adapter_made_by_peft_merges_like_peft_and_like_the_formula(tmp_path,
         expected = (new[name].float() + 2.0 * (b.float() @ a.float())).to(merged.dtype)
         assert max_ulps(merged, expected) <= 1, name
         assert max_ulps(merged, peft_merged[name]) <= 1, name
+
+
+@pytest.mark.parametrize("position", [0, 1])
+def test_an_adapter_as_one_of_two_deltas_is_exact_and_its_gram_rows_are_s_b_a(tmp_path, position):
+    """``new_base + 0.7·(post₀ - base₀) - 0.3·(post₁ - base₁)`` with one post an adapter on
+    its own delta's base: bit for bit the float32 formula with that delta s·B@A (zero where
+    the adapter has no pair), and the delta report's rows are those values."""
+    five = two_deltas(tmp_path / "in")
+    post_role, base_role = delta_roles(position)
+    inputs = {role: load_tensors(path) for role, path in five.items()}
+    tensors = lora_tensors(_shapes(inputs[base_role]), r=4, seed=3)
+    write_adapter(tmp_path / "ad", tensors, adapter_config(4, 8))
+    sources = {role: LocalSource(path) for role, path in five.items()}
+    sources[post_role] = LocalSource(tmp_path / "ad")
+    result = merge(sources, tmp_path / "out", weights=(0.7, -0.3))
+    # The record's and card's adapter summary is the first delta's post's.
+    summary = result.plan.adapter
+    assert (summary["r"], summary["scale"]) == (4, 2.0) if position == 0 else summary is None
+
+    def delta(i, name):
+        post, base = delta_roles(i)
+        if i != position:
+            return inputs[post][name].float() - inputs[base][name].float()
+        if f"{PREFIX}{name.removesuffix('.weight')}.lora_A.weight" not in tensors:
+            return torch.zeros_like(inputs[base][name], dtype=torch.float32)
+        b, a = _pair(tensors, name)
+        return 2.0 * (b.float() @ a.float())
+
+    out = load_tensors(tmp_path / "out")
+    for name, merged in out.items():
+        acc = inputs["new_base"][name].float()
+        for i, weight in enumerate((0.7, -0.3)):
+            acc = acc + weight * delta(i, name)
+        assert torch.equal(merged, acc.to(merged.dtype)), name
+    targeted = 0
+    for name, moments in result.stats.delta.tensors.items():
+        new = inputs["new_base"][name].double()
+        rows = [
+            row.double().flatten()
+            for i, base in enumerate(("base", "base[1]"))
+            for row in (delta(i, name), new - inputs[base][name].double())
+        ]
+        for i in range(4):
+            for j in range(4):
+                expected = float(rows[i] @ rows[j])
+                assert moments.dot(i, j) == pytest.approx(expected, rel=1e-5, abs=1e-6), name
+        # Merged, all of it: a tensor the adapter leaves has a zero row beside the other delta.
+        assert moments.elements == out[name].numel(), name
+        targeted += moments.dot(2 * position, 2 * position) > 0
+    assert targeted == 6

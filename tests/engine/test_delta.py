@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from merging import merge
+from merging import merge, two_deltas
 from paramdelta.engine.checkpoint import LocalSource
 from paramdelta.engine.delta import EMBEDDINGS, HEAD, OTHER, PROJECTOR, VISION, group_of
 from paramdelta.errors import CheckpointError
@@ -191,3 +191,60 @@ def test_a_non_finite_row_copied_from_the_post_model_fails_the_merge(tmp_path):
 )
 def test_tensors_are_grouped_by_layer(name, group):
     assert group_of(name) == group
+
+
+def _flat(tensors, a, b):
+    """``a - b`` over every tensor, in float64 (the definition)."""
+    return torch.cat(
+        [(tensors[a][n].double() - tensors[b][n].double()).flatten() for n in tensors[a]]
+    )
+
+
+def _cos(x, y):
+    return float(x @ y / (x.norm() * y.norm()))
+
+
+def test_several_deltas_report_each_norm_its_base_update_and_every_pair(tmp_path):
+    five = two_deltas(tmp_path / "in")
+    # The third delta is the first again, scaled: the pair cosines are 1.
+    five["post[2]"], five["base[2]"] = five["post"], five["base"]
+    sources = {role: LocalSource(path) for role, path in five.items()}
+    result = merge(sources, tmp_path / "out", weights=(0.5, 2.0, -1.0), max_memory=16_000 * 8)
+    summary = result.stats.delta.summary()
+    overall = summary["overall"]
+    inputs = {role: load_tensors(path) for role, path in five.items()}
+    deltas = [_flat(inputs, f"post{s}", f"base{s}") for s in ("", "[1]", "[2]")]
+    updates = [_flat(inputs, "new_base", f"base{s}") for s in ("", "[1]", "[2]")]
+    for got, delta, update in zip(overall["deltas"], deltas, updates, strict=True):
+        assert got["post_delta_norm"] == pytest.approx(float(delta.norm()), rel=1e-5)
+        assert got["base_update_norm"] == pytest.approx(float(update.norm()), rel=1e-5)
+        assert got["cosine"] == pytest.approx(_cos(delta, update), abs=1e-6)
+    cosines = overall["delta_cosines"]
+    assert cosines[0][1] == cosines[1][0] == pytest.approx(_cos(deltas[0], deltas[1]), abs=1e-6)
+    assert cosines[0][2] == cosines[2][0] == 1.0  # unscaled: the weights do not enter
+    assert [cosines[i][i] for i in range(3)] == [1.0, 1.0, 1.0]
+    # The top level is the first delta's, as for one delta; layers have every delta too.
+    first = overall["deltas"][0]
+    assert (overall["post_delta_norm"], overall["cosine"]) == (
+        first["post_delta_norm"],
+        first["cosine"],
+    )
+    assert all(len(layer["deltas"]) == 3 for layer in summary["layers"])
+    assert set(overall["nonfinite"]) == {
+        "post", "base", "new_base", "output", "post[1]", "base[1]", "post[2]", "base[2]",
+    }  # fmt: skip
+
+
+def test_a_nan_in_a_later_delta_names_that_delta(tmp_path):
+    five = two_deltas(tmp_path / "in")
+    config = llama_config()
+    state = load_tensors(five["post[1]"])
+    state["model.layers.1.mlp.up_proj.weight"].view(-1)[5] = math.nan
+    five["post[1]"] = save_checkpoint(tmp_path / "nan", state, config)
+    sources = {role: LocalSource(path) for role, path in five.items()}
+    with pytest.raises(CheckpointError) as failure:
+        merge(sources, tmp_path / "out", weights=(1.0, 1.0))
+    assert str(failure.value) == (
+        "merged tensor 'model.layers.1.mlp.up_proj.weight' is not finite: 1 NaN and 0 Inf"
+        " values in a chunk of 8192 elements (the inputs hold them there: post[1] 1 NaN/0 Inf)"
+    )

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from paramdelta.engine.checkpoint import LocalSource, open_checkpoint
-from paramdelta.engine.merge_plan import VocabularyError, plan_merge
+from paramdelta.engine.merge_plan import Delta, VocabularyError, plan_deltas, plan_merge
 from paramdelta.engine.recipe import Recipe
 from paramdelta.errors import CheckpointError, UsageError
 from paramdelta.testing.checkpoints import (
@@ -269,3 +269,48 @@ def test_bad_choices_are_usage_errors(tmp_path):
         plan_merge(*trio, Recipe(dtype="int8"))
     with pytest.raises(UsageError, match="--vocab-policy must be one of error, shared"):
         plan_merge(*trio, Recipe(vocab_policy="pad"))
+
+
+def _later_delta(tmp_path, vocab_size):
+    """A second delta whose post model has ``vocab_size`` rows (its base has 256)."""
+    config = llama_config(vocab_size=vocab_size)
+    post = save_checkpoint(tmp_path / "post1", random_state_dict(config, seed=5), config)
+    config = llama_config()
+    base = save_checkpoint(tmp_path / "base1", random_state_dict(config, seed=6), config)
+    post_1 = open_checkpoint(LocalSource(post), "post[1]")
+    return post_1, open_checkpoint(LocalSource(base), "base[1]")
+
+
+def test_the_vocabulary_rules_apply_to_every_delta(tmp_path):
+    base, post, new_base = _trio(tmp_path / "trio")
+    post_1, base_1 = _later_delta(tmp_path, 260)
+    recipe = Recipe(weights=(1.0, 0.5))
+    deltas = [Delta(post, base, 1.0), Delta(post_1, base_1, 0.5)]
+    with pytest.raises(VocabularyError) as e:
+        plan_deltas(new_base, deltas, recipe)
+    assert str(e.value) == (
+        "vocabulary size differs in tensor 'lm_head.weight' (base 256, post 256, base[1] 256,"
+        " post[1] 260, new base 256 rows); pass --vocab-policy shared to merge the 256 rows"
+        " all checkpoints share and drop the post[1]'s 4 extra rows"
+    )
+    plan = plan_deltas(new_base, deltas, recipe._replace(vocab_policy="shared"))
+    head = next(i for i in plan.items if i.name == "lm_head.weight")
+    # The output has the first post model's rows (its tokenizer): every row is merged.
+    assert head.shape == (256, 64)
+    ((segment),) = head.segments
+    assert (segment.op, segment.count, segment.weights) == ("merge", 256 * 64, (1.0, 0.5))
+    assert [(o.role, o.first) for o in segment.inputs] == [
+        ("new_base", 0), ("post", 0), ("base", 0), ("post[1]", 0), ("base[1]", 0),
+    ]  # fmt: skip
+    assert plan.vocabulary is not None and plan.vocabulary.describe() == (
+        "base 256, post 256, base[1] 256, post[1] 260, new base 256 rows; output 256 rows:"
+        " 256 merged, 0 kept from the post model, 0 dropped from the new base,"
+        " 4 dropped from the post[1] (vocab policy `shared`: the rows all checkpoints share"
+        " are merged)"
+    )
+
+
+def test_weights_other_than_the_recipes_are_refused(tmp_path):
+    base, post, new_base = _trio(tmp_path)
+    with pytest.raises(ValueError, match=r"delta weights \[0.5\] are not the recipe's"):
+        plan_deltas(new_base, [Delta(post, base, 0.5)], Recipe())

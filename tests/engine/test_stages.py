@@ -1,7 +1,6 @@
 """The staged merge, one stage at a time (preflight, stage, write, add files, finish),
 and all of them in a row (`merge_to_dir`)."""
 
-import dataclasses
 import json
 import threading
 
@@ -9,8 +8,7 @@ import pytest
 import torch
 
 from merging import merge
-from paramdelta.engine.checkpoint import LocalSource, open_checkpoint
-from paramdelta.engine.merge_plan import Operand, WeightedDelta
+from paramdelta.engine.checkpoint import LocalSource
 from paramdelta.engine.recipe import Recipe, Runtime
 from paramdelta.engine.stages import preflight, stage
 from paramdelta.errors import CheckpointError
@@ -84,46 +82,42 @@ def test_a_merge_is_in_place_only_after_finish(tmp_path, trio):
     assert _hidden(tmp_path) == []
 
 
-def test_the_engine_sums_any_number_of_weighted_deltas(tmp_path, trio):
-    """new_base + 0.5 (post - base) - 0.25 (post2 - base2), through the workers."""
+@pytest.mark.parametrize("dtype", ["auto", "float16", "float32"])
+def test_the_engine_sums_any_number_of_weighted_deltas(tmp_path, trio, dtype):
+    """new_base + 0.5 (post - base) - 0.25 (post[1] - base[1]), bit for bit, per tensor."""
     other = make_trio(tmp_path / "other", seed=7)
     sources = _sources(trio) | {
-        "post2": LocalSource(other["post"]),
-        "base2": LocalSource(other["base"]),
+        "post[1]": LocalSource(other["post"]),
+        "base[1]": LocalSource(other["base"]),
     }
-    refs = {role: open_checkpoint(sources[role], role).tensors for role in ("post2", "base2")}
-    plan = preflight(sources, Recipe(alpha=0.5))
-
-    def two_deltas(segment):
-        if segment.op != "merge":
-            return segment
-        name = segment.start.ref.entry.name
-        second = WeightedDelta(
-            Operand("post2", refs["post2"][name], segment.start.first),
-            Operand("base2", refs["base2"][name], segment.start.first),
-            -0.25,
-        )
-        return dataclasses.replace(segment, deltas=(*segment.deltas, second))
-
-    items = [
-        dataclasses.replace(item, segments=tuple(map(two_deltas, item.segments)))
-        for item in plan.items
-    ]
-    plan = dataclasses.replace(plan, items=items)
-    assert plan.operands == 5
+    plan = preflight(sources, Recipe(weights=(0.5, -0.25), dtype=dtype))
+    assert plan.operands == 5 and plan.deltas == 2
+    assert plan.roles == ("base", "post", "base[1]", "post[1]", "new_base")
     with stage(plan, sources, tmp_path / "out", QUIET) as staged:
         staged.write_all()
-        out = staged.finish().out_dir
+        result = staged.finish()
     inputs = {role: load_tensors(trio[role]) for role in trio} | {
-        "post2": load_tensors(other["post"]),
-        "base2": load_tensors(other["base"]),
+        "post[1]": load_tensors(other["post"]),
+        "base[1]": load_tensors(other["base"]),
     }
-    merged = load_tensors(out)
+    merged = load_tensors(result.out_dir)
+    exact = 0
     for name, tensor in merged.items():
         acc = inputs["new_base"][name].float()
-        acc = acc + 0.5 * (inputs["post"][name].float() - inputs["base"][name].float())
-        acc = acc + -0.25 * (inputs["post2"][name].float() - inputs["base2"][name].float())
-        assert torch.equal(tensor, acc.to(tensor.dtype)), name
+        for post, base, weight in (("post", "base", 0.5), ("post[1]", "base[1]", -0.25)):
+            acc = acc + weight * (inputs[post][name].float() - inputs[base][name].float())
+        exact += torch.equal(tensor, acc.to(tensor.dtype))
+    assert (exact, len(merged)) == (len(inputs["new_base"]), len(inputs["new_base"]))
+    assert result.stats.delta.summary()["overall"]["nonfinite"] == dict.fromkeys(
+        ("post", "base", "new_base", "output", "post[1]", "base[1]"), 0
+    )
+
+
+def test_sources_must_be_the_recipes_checkpoints(tmp_path, trio):
+    with pytest.raises(
+        ValueError, match=r"a merge of 2 deltas reads \('base', 'post', 'base\[1\]'"
+    ):
+        preflight(_sources(trio), Recipe(weights=(0.5, 0.5)))
 
 
 # -- every stage in a row ------------------------------------------------------------

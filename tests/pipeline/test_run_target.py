@@ -51,7 +51,7 @@ def test_a_failed_check_is_check_failed_with_its_numbers():
 
 
 def test_a_vocabulary_mismatch_names_the_watchlist_fix():
-    shared = Vocabulary.shared_rows("shared", (256, 260, 256))
+    shared = Vocabulary.shared_rows("shared", {"base": 256, "post": 260, "new_base": 256})
     result = failure("t", _plan(), VocabularyError("lm_head.weight", shared))
     assert result.status == "failed" and result.exit_code == 3
     assert result.error.startswith("vocabulary size differs in tensor 'lm_head.weight'")

@@ -62,7 +62,12 @@ def test_defaults_apply_and_targets_override(tmp_path):
     assert target.post == RepoRef("org/post", "v1")
     assert target.new_base == RepoRef("org/new", "dev")
     assert target.output_repo("org/new") == "me/new-x"
-    assert target.recipe.merged_fields() == {"alpha": 2.0, "dtype": "auto", "vocab_policy": "error"}
+    assert target.recipe.merged_fields() == {
+        "alpha": 2.0,
+        "weights": (),
+        "dtype": "auto",
+        "vocab_policy": "error",
+    }
 
 
 BAD = {
@@ -330,4 +335,101 @@ def test_the_schema_offers_the_recipe_choices_the_engine_has():
     options = schema["$defs"]["options"]["properties"]
     assert options["dtype"]["enum"] == list(DTYPE_CHOICES)
     assert options["vocab_policy"]["enum"] == list(VOCAB_POLICIES)
-    assert set(Recipe._fields) <= set(options)  # every recipe field can be set per target
+    # every recipe field can be set per target (the weights in `deltas`, each with its delta)
+    assert set(Recipe._fields) - {"weights"} <= set(options)
+
+
+SEVERAL = """\
+defaults: {alpha: 0.5}
+targets:
+  - name: mix
+    deltas:
+      - {post: org/instruct@v2, base: org/base, weight: 0.7}
+      - post: {repo: org/math, revision: r1}
+        base: org/base-math
+        weight: -0.3
+      - {post: org/code, base: org/base}
+    new_base: org/new
+    output: me/{new_base_name}-{post_name}
+"""
+
+
+def test_a_target_may_sum_several_deltas(tmp_path):
+    (target,) = load(_write(tmp_path, SEVERAL)).targets
+    # The default alpha is one delta's: each delta here has its own weight (1 when not given).
+    assert target.recipe == Recipe(weights=(0.7, -0.3, 1.0))
+    assert (target.base, target.post) == (RepoRef("org/base"), RepoRef("org/instruct", "v2"))
+    assert target.delta_refs() == {
+        "base": RepoRef("org/base"),
+        "post": RepoRef("org/instruct", "v2"),
+        "base[1]": RepoRef("org/base-math"),
+        "post[1]": RepoRef("org/math", "r1"),
+        "base[2]": RepoRef("org/base"),
+        "post[2]": RepoRef("org/code"),
+    }
+    assert target.output_repo("org/new") == "me/new-instruct"  # the first delta's names
+
+
+def test_a_list_of_one_delta_is_the_one_delta_target(tmp_path):
+    one = GOOD.replace("    base: org/base\n    post: org/post@v1\n", "").replace(
+        "    new_base:",
+        "    deltas: [{post: org/post@v1, base: org/base, weight: 0.25}]\n    new_base:",
+    )
+    (target,) = load(_write(tmp_path, one)).targets
+    assert target.recipe == Recipe(alpha=0.25) and target.deltas == ()
+    assert (target.base, target.post) == (RepoRef("org/base"), RepoRef("org/post", "v1"))
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (
+            ("    new_base: org/new\n", "    new_base: org/new\n    base: org/base\n"),
+            "3: targets[0]: give 'base' and 'post' (and optional 'alpha'), or 'deltas' instead"
+            " of all three",
+        ),
+        (
+            ("    new_base: org/new\n", "    new_base: org/new\n    alpha: 2\n"),
+            "3: targets[0]: give 'base' and 'post' (and optional 'alpha'), or 'deltas' instead"
+            " of all three",
+        ),
+        (
+            ("weight: 0.7", "weight: .nan"),
+            "5: targets[0].deltas[0].weight: must be a finite number",
+        ),
+        (
+            ("weight: -0.3", "weight: heavy"),
+            "8: targets[0].deltas[1].weight: must be a number, not str",
+        ),
+        (
+            ("base: org/base-math", "base: not a repo"),
+            "7: targets[0].deltas[1].base: 'not a repo' is not a Hub repo id like org/name[@revision]",
+        ),
+        (
+            ("        weight: -0.3\n", "        wieght: -0.3\n"),
+            "8: targets[0].deltas[1]: unknown key 'wieght' (did you mean 'weight'?)",
+        ),
+        (
+            ("      - {post: org/code, base: org/base}\n", "      - {post: org/code}\n"),
+            "9: targets[0].deltas[2]: 'base' required",
+        ),
+    ],
+)
+def test_several_delta_problems_name_line_and_field(tmp_path, change, problem):
+    assert _problems(tmp_path, SEVERAL.replace(*change)) == [problem]
+
+
+def test_an_empty_delta_list_is_refused(tmp_path):
+    text = (
+        SEVERAL.split("    deltas:")[0]
+        + "    deltas: []\n    new_base: org/new\n    output: me/o\n"
+    )
+    assert _problems(tmp_path, text) == ["4: targets[0].deltas: must not be empty"]
+
+
+def test_the_two_delta_target_in_the_docs_is_valid(tmp_path):
+    text = (ROOT / "docs" / "recipes.md").read_text()
+    block = text.split("<!-- docs: two-delta-target -->\n```yaml\n")[1].split("```")[0]
+    (target,) = load(_write(tmp_path, block)).targets
+    assert target.recipe.weights == (1.0, 0.5)
+    assert target.delta_refs()["post[1]"] == RepoRef("example-org/Llama-3-8B-Math", "v2")

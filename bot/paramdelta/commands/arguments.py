@@ -69,15 +69,13 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
         default=Recipe().dtype,
         help="output dtype of float tensors (default auto: the new base's)",
     )
-    group.add_argument(
-        "--alpha", type=float, default=Recipe().alpha, help="scale of the delta (default 1.0)"
-    )
+    group.add_argument("--alpha", type=float, help=f"scale of the delta (default {Recipe().alpha})")
     group.add_argument(
         "--vocab-policy",
         choices=VOCAB_POLICIES,
         default=Recipe().vocab_policy,
-        help="vocabulary size mismatch: error (default), or shared: merge the rows all three"
-        " share and keep the post model's extra rows",
+        help="vocabulary size mismatch: error (default), or shared: merge the rows all inputs"
+        " share and keep the (first) post model's extra rows",
     )
     group.add_argument(
         "--shard-size",
@@ -149,9 +147,15 @@ def runtime(args: argparse.Namespace) -> Runtime:
     )
 
 
-def recipe(args: argparse.Namespace) -> Recipe:
+def recipe(args: argparse.Namespace, weights: tuple[float, ...] = ()) -> Recipe:
+    """The recipe the merge options give; ``weights``: a several-delta merge's (one
+    weight is the one-delta form, as ``--alpha``)."""
+    alpha = weights[0] if len(weights) == 1 else args.alpha
+    if alpha is None:
+        alpha = Recipe().alpha
     return Recipe(
-        alpha=args.alpha,
+        alpha=alpha,
+        weights=weights if len(weights) > 1 else (),
         dtype=args.dtype,
         vocab_policy=args.vocab_policy,
         shard_size=parse_size(args.shard_size, "--shard-size"),

@@ -135,16 +135,17 @@ def _base_name(peft_name: str) -> tuple[str, str]:
     return ".".join(parts), "saved"
 
 
-def open_post(source: Source, base: Checkpoint) -> Checkpoint:
-    """A delta's post model: a checkpoint, or an adapter on the delta's ``base``."""
+def open_post(source: Source, base: Checkpoint, role: str = "post") -> Checkpoint:
+    """A delta's post model (``role``: "post", "post[1]", ...): a checkpoint, or an adapter
+    on the delta's own ``base``."""
     if is_adapter(source.list_files()):
-        return open_adapter(source, base)
-    return open_checkpoint(source, "post")
+        return open_adapter(source, base, role)
+    return open_checkpoint(source, role)
 
 
-def open_adapter(source: Source, base: Checkpoint) -> Checkpoint:
+def open_adapter(source: Source, base: Checkpoint, role: str = "post") -> Checkpoint:
     """The post checkpoint an adapter makes of ``base``; every check, no tensor data read."""
-    where = f"post: {source.label}"
+    where = f"{role}: {source.label}"
     files = source.list_files()
     config = read_json(source, ADAPTER_CONFIG, MAX_CONFIG_BYTES, f"{where}/{ADAPTER_CONFIG}")
     if not isinstance(config, dict):
@@ -180,7 +181,7 @@ def open_adapter(source: Source, base: Checkpoint) -> Checkpoint:
     lora = {name: _lora_ref(name, pair, base, scale, weights) for name, pair in pairs.items()}
     adapter = Adapter(config, scale, lora, saved)
     return Checkpoint(
-        "post",
+        role,
         source,
         json.loads(json.dumps(base.config)),  # an adapter has the base's architecture
         {**base.tensors, **saved},

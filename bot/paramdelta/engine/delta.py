@@ -3,13 +3,16 @@
 For each merged tensor the kernel sums, in float32 blocks added up in float64,
 the squared norms of the post-training delta (post - base) and of the base
 update (new_base - base), their dot product, and NaN/Inf counts of every input
-and the output (`kernel.Moments`). Here they become norms and cosines:
+and the output (`kernel.Moments`); with several deltas, each delta's and the
+dots between deltas. Here they become norms and cosines:
 
 - ``post_delta_norm``: how much post-training changed the base (what is transferred);
 - ``base_update_norm``: how far the new base moved from the old one;
 - ``cosine``: whether the two point the same way. ParamΔ relies on them being
   nearly orthogonal (cosine near 0); a strongly negative cosine means the new
-  base undoes part of what post-training did.
+  base undoes part of what post-training did;
+- ``delta_cosines`` (several deltas): how much two deltas overlap; near 1, the
+  recipe adds nearly the same change twice.
 
 Groups sum the raw moments before taking roots, so a layer's norm is the norm
 of all its tensors together and its cosine that of the concatenated deltas. A
@@ -26,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from paramdelta.engine.kernel import OPERANDS, Moments, NonFinite
+from paramdelta.engine.kernel import Moments, NonFinite, operand_roles
 
 # The projector first: Qwen2-VL's sits inside its vision tower (visual.merger).
 _PROJECTOR = re.compile(
@@ -72,18 +75,46 @@ def _norm(squares: float) -> float:
     return _rounded(math.sqrt(squares)) if squares >= 0 else math.nan
 
 
-def summarise(moments: Moments) -> dict[str, Any]:
-    """Norms, cosine and NaN/Inf counts of summed moments (JSON-ready)."""
-    denominator = math.sqrt(moments.post_sq * moments.update_sq)
-    cosine = moments.cross / denominator if denominator > 0 else None
-    counts = moments.nonfinite or NonFinite()
+def _cosine(moments: Moments, a: int, b: int) -> float | None:
+    denominator = math.sqrt(moments.dot(a, a) * moments.dot(b, b))
+    if not denominator > 0:  # a zero delta, or a non-finite one (counted in "nonfinite")
+        return None
+    return _rounded(max(-1.0, min(1.0, moments.dot(a, b) / denominator)))
+
+
+def _delta_summary(moments: Moments, delta: int) -> dict[str, Any]:
+    """One delta's norm, its base update's, and their cosine."""
+    d, u = 2 * delta, 2 * delta + 1
     return {
-        "elements": moments.elements,
-        "post_delta_norm": _norm(moments.post_sq),
-        "base_update_norm": _norm(moments.update_sq),
-        "cosine": None if cosine is None else _rounded(max(-1.0, min(1.0, cosine))),
-        "nonfinite": {role: counts.nan[i] + counts.inf[i] for i, role in enumerate(OPERANDS)},
+        "post_delta_norm": _norm(moments.dot(d, d)),
+        "base_update_norm": _norm(moments.dot(u, u)),
+        "cosine": _cosine(moments, d, u),
     }
+
+
+def summarise(moments: Moments, deltas: int = 1) -> dict[str, Any]:
+    """Norms, cosines and NaN/Inf counts of summed moments (JSON-ready).
+
+    The top-level norms and cosine are the first delta's (as for one delta); with
+    several, ``deltas`` has each delta's and ``delta_cosines`` the cosine of every
+    pair (a matrix in the recipe's order; None for a delta that is all zero).
+    """
+    counts = moments.nonfinite or NonFinite()
+    roles = operand_roles(deltas)
+    summary = {"elements": moments.elements, **_delta_summary(moments, 0)}
+    if deltas > 1:
+        summary["deltas"] = [_delta_summary(moments, i) for i in range(deltas)]
+        summary["delta_cosines"] = [
+            [_cosine(moments, 2 * i, 2 * j) for j in range(deltas)] for i in range(deltas)
+        ]
+    summary["nonfinite"] = {
+        role: _at(counts.nan, i) + _at(counts.inf, i) for i, role in enumerate(roles)
+    }
+    return summary
+
+
+def _at(counts: list[int], index: int) -> int:
+    return counts[index] if index < len(counts) else 0
 
 
 @dataclass
@@ -91,6 +122,7 @@ class DeltaReport:
     """The moments of every output tensor, by name, in the plan's order."""
 
     tensors: dict[str, Moments] = field(default_factory=dict)
+    deltas: int = 1  # how many deltas the merge summed
 
     def add(self, name: str, moments: Moments) -> None:
         self.tensors.setdefault(name, Moments()).add(moments)
@@ -106,9 +138,7 @@ class DeltaReport:
         return {
             name: [
                 m.elements,
-                m.post_sq,
-                m.update_sq,
-                m.cross,
+                list(m.gram),
                 *((m.nonfinite.nan, m.nonfinite.inf) if m.nonfinite else ()),
             ]
             for name, m in self.tensors.items()
@@ -119,14 +149,13 @@ class DeltaReport:
         """The report `raw` gave; ValueError if ``data`` is not of that shape."""
         tensors = {}
         try:
-            for name, (elements, post_sq, update_sq, cross, *counts) in data.items():
+            for name, (elements, gram, *counts) in data.items():
                 nonfinite = NonFinite(list(counts[0]), list(counts[1])) if counts else None
-                tensors[name] = Moments(
-                    int(elements), float(post_sq), float(update_sq), float(cross), nonfinite
-                )
+                tensors[name] = Moments(int(elements), [float(g) for g in gram], nonfinite)
         except (TypeError, ValueError, IndexError) as e:
             raise ValueError(f"not a delta report: {e}") from None
-        return cls(tensors)
+        deltas = max((m.deltas for m in tensors.values()), default=1)
+        return cls(tensors, max(deltas, 1))
 
     def groups(self) -> Iterator[tuple[int | str, int, Moments]]:
         """(group, number of tensors, summed moments), in model order."""
@@ -149,9 +178,9 @@ class DeltaReport:
     def summary(self) -> dict[str, Any]:
         """The report as paramdelta.json keeps it: overall, per layer, and non-finite tensors."""
         return {
-            "overall": {"tensors": len(self.tensors), **summarise(self.overall())},
+            "overall": {"tensors": len(self.tensors), **summarise(self.overall(), self.deltas)},
             "layers": [
-                {"layer": group, "tensors": count, **summarise(total)}
+                {"layer": group, "tensors": count, **summarise(total, self.deltas)}
                 for group, count, total in self.groups()
             ],
             "nonfinite_tensors": sorted(

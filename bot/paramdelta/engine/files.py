@@ -117,6 +117,8 @@ def file_donors(listings: Mapping[str, Iterable[str]]) -> dict[str, str]:
     alone whether a merge would now take its files from elsewhere. A post model
     that is an adapter gives what its folder has, its base the rest of the post
     model's files (an adapter has its base's tokenizer unless it ships its own).
+    Only the first delta's post ("post") and base ("base") donate: a later delta's
+    checkpoints ("post[1]", ...) give no file, adapter or not.
     """
     have = {role: set(files) for role, files in listings.items()}
     if is_adapter(have.get("post", ())) and "base" in have:

@@ -8,10 +8,10 @@ for each delta, then ``acc.to(dtype)``. With one delta of weight 1 that is
 commutes, and ``1.0 * d == d``).
 
 While a block is in cache the kernel also measures the delta report's moments
-(`Moments`) of the first delta: the squared norms of the post-training delta
-``post - base`` and of the base update ``new_base - base``, and their dot
-product, all three from
-one 2x2 matrix product of the two deltas. The base update is computed
+(`Moments`) of every delta: the squared norms of each post-training delta
+``postᵢ - baseᵢ`` and of its base update ``new_base - baseᵢ``, their dot
+products and the dots between deltas, all from one Gram matrix product of
+the 2N rows. The base update is computed
 explicitly: deriving its norm from the norms of new_base and base would lose
 every digit when they are close. The same sums are the NaN/Inf sentinel: a NaN
 or Inf in any input makes one of them non-finite, and they bound how far the
@@ -49,21 +49,39 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 # on the GIL, which costs more in a multi-worker merge than it saves (measured).
 CPU_BLOCK = 1 << 20
 
-# The counted operands of a merge, in the order of `NonFinite`.
+# The counted operands of a one-delta merge, in the order of `NonFinite`; a later
+# delta's post and base follow (`operand_roles`).
 OPERANDS = ("post", "base", "new_base", "output")
+NEW_BASE, OUTPUT = 2, 3
+
+
+def operand_roles(deltas: int) -> tuple[str, ...]:
+    """The role of each `NonFinite` count for a merge of ``deltas`` deltas."""
+    return (*OPERANDS, *(f"{r}[{i}]" for i in range(1, deltas) for r in ("post", "base")))
+
+
+def _post_index(delta: int) -> int:
+    """Where delta ``delta``'s post is counted (its base is the next index)."""
+    return 0 if delta == 0 else len(OPERANDS) + 2 * (delta - 1)
 
 
 @dataclass
 class NonFinite:
-    """NaN and Inf counts of each operand of a chunk, in `OPERANDS` order."""
+    """NaN and Inf counts of each operand of a chunk, in `operand_roles` order."""
 
     nan: list[int] = field(default_factory=lambda: [0] * len(OPERANDS))
     inf: list[int] = field(default_factory=lambda: [0] * len(OPERANDS))
 
+    @classmethod
+    def of(cls, deltas: int) -> NonFinite:
+        size = len(operand_roles(deltas))
+        return cls([0] * size, [0] * size)
+
     def add(self, other: NonFinite) -> None:
-        for i in range(len(OPERANDS)):
-            self.nan[i] += other.nan[i]
-            self.inf[i] += other.inf[i]
+        for mine, theirs in ((self.nan, other.nan), (self.inf, other.inf)):
+            mine.extend([0] * (len(theirs) - len(mine)))
+            for i, count in enumerate(theirs):
+                mine[i] += count
 
     def count(self, index: int, values: torch.Tensor) -> None:
         if values.is_floating_point():
@@ -72,41 +90,69 @@ class NonFinite:
 
     @property
     def output(self) -> int:
-        return self.nan[-1] + self.inf[-1]
+        return self.nan[OUTPUT] + self.inf[OUTPUT]
 
 
 @dataclass
 class Moments:
-    """Sums over the merged elements of a chunk (or a tensor): the delta report's raw data."""
+    """Sums over the merged elements of a chunk (or a tensor): the delta report's raw data.
+
+    ``gram`` is the Gram matrix, row-major, of the vectors ``d0, u0, d1, u1, ...``
+    where ``dᵢ = postᵢ - baseᵢ`` (unscaled) and ``uᵢ = new_base - baseᵢ``: every
+    delta's squared norm, its dot with its base update, and every pair of deltas.
+    Empty where nothing was merged.
+    """
 
     elements: int = 0
-    post_sq: float = 0.0  # sum of (post - base)^2
-    update_sq: float = 0.0  # sum of (new_base - base)^2
-    cross: float = 0.0  # sum of (post - base) * (new_base - base)
+    gram: list[float] = field(default_factory=list)
     nonfinite: NonFinite | None = None  # only when some value was not finite
+
+    @property
+    def deltas(self) -> int:
+        return math.isqrt(len(self.gram)) // 2
+
+    def dot(self, row: int, column: int) -> float:
+        """One entry of the Gram matrix (0.0 where nothing was merged)."""
+        side = 2 * self.deltas
+        return self.gram[row * side + column] if self.gram else 0.0
+
+    @property
+    def post_sq(self) -> float:  # sum of (post - base)^2, of the first delta
+        return self.dot(0, 0)
+
+    @property
+    def update_sq(self) -> float:  # sum of (new_base - base)^2, of the first delta
+        return self.dot(1, 1)
+
+    @property
+    def cross(self) -> float:  # sum of (post - base) * (new_base - base), of the first delta
+        return self.dot(0, 1)
 
     def add(self, other: Moments) -> None:
         self.elements += other.elements
-        self.post_sq += other.post_sq
-        self.update_sq += other.update_sq
-        self.cross += other.cross
+        if not self.gram:
+            self.gram = [0.0] * len(other.gram)
+        for i, value in enumerate(other.gram):
+            self.gram[i] += value
         if other.nonfinite is not None:
             if self.nonfinite is None:
                 self.nonfinite = NonFinite()
             self.nonfinite.add(other.nonfinite)
 
 
-def scratch_buffers(block: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kernel's float32 scratch: a pair of rows (the two deltas) and one more block."""
+def scratch_buffers(
+    block: int, device: torch.device, deltas: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's float32 scratch: two rows per delta (it and its base update), one more."""
     return (
-        torch.empty((2, block), dtype=torch.float32, device=device),
+        torch.empty((2 * deltas, block), dtype=torch.float32, device=device),
         torch.empty(block, dtype=torch.float32, device=device),
     )
 
 
 class Difference(NamedTuple):
-    """A delta already computed (an adapter's ``s·B@A``, float32) in place of ``post - base``;
-    its base is still read, for the moments."""
+    """A delta already computed (an adapter's ``s·B@A``, float32) in place of ``post - base``:
+    its Gram row holds these values; its base is still read, for its base update's row."""
 
     values: torch.Tensor
     base: torch.Tensor
@@ -124,43 +170,47 @@ def merge_into(
 ) -> Moments:
     """``out = new_base + Σ w·(post - base)`` over 1-D tensors of equal length; its moments.
 
-    The moments describe the first delta (unscaled) against its base update.
+    Every delta is widened first (into its own scratch row, unscaled, for the
+    moments), then scaled and added to the accumulator in the order given.
     """
     rows, acc_buf = scratch
+    side = 2 * len(deltas)
+    if rows.shape[0] < side:
+        raise ValueError(f"scratch for {rows.shape[0] // 2} deltas, not {len(deltas)}")
     block = acc_buf.numel()
     headroom = _headroom(out.dtype, new_base.dtype)
     limit = torch.finfo(out.dtype).max
-    moments = Moments(elements=out.numel())
+    moments = Moments(elements=out.numel(), gram=[0.0] * side * side)
     for start in range(0, out.numel(), block):
         end = min(start + block, out.numel())
-        pair = rows[:, : end - start]
-        delta, update = pair  # post - base, new_base - base
+        pairs = rows[:side, : end - start]  # d0, u0, d1, u1, ...
         acc = acc_buf[: end - start]
         acc.copy_(new_base[start:end])  # widening (or float64 narrowing) is exact like .float()
-        bound = 0.0  # how far the deltas may move the output from new_base
         for i, term in enumerate(deltas):
-            post, base, weight = term
+            post, base, _ = term
+            delta, update = pairs[2 * i], pairs[2 * i + 1]
             delta.copy_(post[start:end])
             update.copy_(base[start:end])
-            if not isinstance(term, Difference):
+            if not isinstance(term, Difference):  # an adapter's delta is given, not read
                 delta.sub_(update)
-            if i == 0:
-                torch.sub(acc, update, out=update)  # acc is still new_base here
-                # The 2x2 Gram matrix of the deltas, in one pass: both squared norms and the dot.
-                post_sq, cross, _, update_sq = torch.mm(pair, pair.t()).view(-1).tolist()
-                moments.post_sq += post_sq
-                moments.update_sq += update_sq
-                moments.cross += cross
-                bound = abs(weight) * math.sqrt(post_sq)
-            else:
-                bound = headroom  # not measured: the output itself is
+            torch.sub(acc, update, out=update)  # acc is still new_base here
+        # The Gram matrix of the deltas and updates, in one pass: norms, dots, pairs.
+        gram = torch.mm(pairs, pairs.t()).view(-1).tolist()
+        for k, value in enumerate(gram):
+            moments.gram[k] += value
+        bound = 0.0  # how far the deltas may move the output from new_base
+        update_sq = 0.0
+        for i, (_, _, weight) in enumerate(deltas):
+            bound += abs(weight) * math.sqrt(gram[2 * i * (side + 1)])
+            update_sq += gram[(2 * i + 1) * (side + 1)]
+            delta = pairs[2 * i]
             if weight != 1.0:  # after the moments: they describe the unscaled delta
                 delta.mul_(weight)
             acc.add_(delta)
         finite = _finite(acc, bound, update_sq, headroom, limit)
         out[start:end].copy_(acc)
         if not finite:
-            counted = NonFinite()
+            counted = NonFinite.of(len(deltas))
             for index, values in _operands(new_base, deltas, out):
                 counted.count(index, values[start:end])
             moments.add(Moments(nonfinite=counted))
@@ -170,12 +220,12 @@ def merge_into(
 def _operands(
     new_base: torch.Tensor, deltas: Sequence[Delta], out: torch.Tensor
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Each operand with its `OPERANDS` index: every delta's post and base count as such."""
-    for post, base, _ in deltas:
-        yield 0, post
-        yield 1, base
-    yield 2, new_base
-    yield 3, out
+    """Each operand with its `operand_roles` index."""
+    for i, (post, base, _) in enumerate(deltas):
+        yield _post_index(i), post
+        yield _post_index(i) + 1, base
+    yield NEW_BASE, new_base
+    yield OUTPUT, out
 
 
 def _headroom(out_dtype: torch.dtype, new_base_dtype: torch.dtype) -> float:
@@ -222,5 +272,5 @@ def check_copy(out: torch.Tensor) -> NonFinite | None:
     if total - total == 0.0:  # finite (a NaN or an Inf anywhere makes this NaN)
         return None
     counted = NonFinite()
-    counted.count(len(OPERANDS) - 1, out)
+    counted.count(OUTPUT, out)
     return counted if counted.output else None

@@ -102,7 +102,7 @@ def stats_from_dict(data: dict[str, Any]) -> MergeStats:
 def combined_stats(plan: MergePlan, parts: Sequence[MergeStats]) -> MergeStats:
     """The whole merge's stats from its legs': sums, the slowest leg's time, the tensors'
     moments in the plan's order."""
-    delta = DeltaReport({item.name: Moments() for item in plan.items})
+    delta = DeltaReport({item.name: Moments() for item in plan.items}, plan.deltas)
     delta.merge(part.delta for part in parts)
     return MergeStats(
         tensors=sum(p.tensors for p in parts),

@@ -1,9 +1,11 @@
 """What to compute: pair the three checkpoints' tensors and check they fit.
 
-`plan_merge` turns three opened checkpoints into a `MergePlan`: for every
-output tensor, its dtype, shape and the segments of elements that are merged
-(``new_base + Σ wᵢ·(postᵢ - baseᵢ)``, today with one delta of weight alpha) or
-copied from one checkpoint. It also
+`plan_deltas` turns a new base and a list of weighted deltas (`Delta`: two
+opened checkpoints and a weight; `plan_merge` is the one-delta form) into a
+`MergePlan`: for every output tensor, its dtype, shape and the segments of
+elements that are merged (``new_base + Σ wᵢ·(postᵢ - baseᵢ)``) or copied from
+one checkpoint. Each delta is checked against the new base as a one-delta
+merge is. It also
 decides which non-weight files come from which checkpoint (`paramdelta.engine.files`),
 what happens to each vocabulary row, and which token ids the output's config.json
 carries. It reads no tensor data: every incompatibility is reported here, before
@@ -17,20 +19,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple, NoReturn
 
-from paramdelta.engine.adapter import ADAPTER_CONFIG, Adapter, LoraRef
+from paramdelta.engine.adapter import ADAPTER_CONFIG, LoraRef
 from paramdelta.engine.checkpoint import CONFIG, Checkpoint, Source, TensorRef, read_json
 from paramdelta.engine.dtypes import COPIED_DTYPES, FLOAT_DTYPES, ITEMSIZE, TORCH_NAMES
 from paramdelta.engine.files import GENERATION_CONFIG, file_donors, skipped_files
 from paramdelta.engine.limits import MAX_CONFIG_BYTES, MAX_DONATED_BYTES, check_size
 from paramdelta.engine.recipe import DTYPE_CHOICES, VOCAB_POLICIES, Recipe
+from paramdelta.engine.roles import ROLES, title
 from paramdelta.engine.safetensors_format import INDEX
 from paramdelta.errors import CheckpointError
 
 FORMULA = "new_base + alpha * (post - base)"
+SEVERAL_FORMULA = "new_base + Σ wᵢ·(postᵢ - baseᵢ)"
 COMPUTE_DTYPE = "float32"
-
-ROLE_TITLES = {"base": "base", "post": "post", "new_base": "new base"}
-ROLES = tuple(ROLE_TITLES)  # the three checkpoints of a merge, in the formula's order
 
 # Architecture fields that must agree for a weight delta to mean anything.
 CONFIG_KEYS = (
@@ -57,7 +58,7 @@ class VocabularyError(CheckpointError):
 
     def __init__(self, tensor: str, shared: Vocabulary, fix: str = FLAG) -> None:
         self.tensor, self.shared, self.fix = tensor, shared, fix
-        rows = ", ".join(f"{ROLE_TITLES[r]} {shared.rows[r]}" for r in ROLES)
+        rows = ", ".join(f"{title(r)} {n}" for r, n in shared.inputs().items())
         super().__init__(
             f"vocabulary size differs in tensor {tensor!r} ({rows} rows); {fix}"
             f" to {shared.consequences()}"
@@ -65,6 +66,14 @@ class VocabularyError(CheckpointError):
 
     def with_fix(self, fix: str) -> VocabularyError:
         return VocabularyError(self.tensor, self.shared, fix)
+
+
+class Delta(NamedTuple):
+    """``weight * (post - base)`` over two opened checkpoints: one term of a recipe."""
+
+    post: Checkpoint
+    base: Checkpoint
+    weight: float
 
 
 class Operand(NamedTuple):
@@ -138,43 +147,56 @@ class Vocabulary:
     dropped_from_base: int = 0
 
     @classmethod
-    def shared_rows(cls, policy: str, rows: tuple[int, int, int]) -> Vocabulary:
-        """The rows all three share are merged; the output has the post model's rows."""
-        base, post, new = rows
-        shared = min(rows)
+    def shared_rows(cls, policy: str, rows: dict[str, int]) -> Vocabulary:
+        """The rows every checkpoint shares are merged; the output has the (first) post
+        model's rows, the tokenizer it ships. ``rows``: role -> rows."""
+        shared = min(rows.values())
         return cls(
             policy,
-            {"base": base, "post": post, "new_base": new, "output": post},
+            {**rows, "output": rows["post"]},
             merged=shared,
-            kept_from_post=post - shared,
-            dropped_from_new_base=new - shared,
-            dropped_from_base=base - shared,
+            kept_from_post=rows["post"] - shared,
+            dropped_from_new_base=rows["new_base"] - shared,
+            dropped_from_base=rows["base"] - shared,
         )
+
+    def inputs(self) -> dict[str, int]:
+        """The rows of each checkpoint, by role (without the output's)."""
+        return {role: n for role, n in self.rows.items() if role != "output"}
+
+    def _all(self) -> str:
+        return "all three" if len(self.inputs()) == len(ROLES) else "all checkpoints"
 
     def consequences(self) -> str:
         """What the rows become, as a sentence fragment ("merge the 256 rows ...")."""
-        parts = [f"merge the {self.merged} rows all three share"]
+        parts = [f"merge the {self.merged} rows {self._all()} share"]
         if self.kept_from_post:
             parts.append(f"keep the post model's {self.kept_from_post} extra rows")
-        if self.dropped_from_new_base:
-            parts.append(f"drop the new base's {self.dropped_from_new_base} extra rows")
-        if self.dropped_from_base:
-            parts.append(f"drop the base's {self.dropped_from_base} extra rows")
+        for role, rows in self.inputs().items():
+            if role != "post" and rows > self.merged:
+                owner = "the new base's" if role == "new_base" else f"the {title(role)}'s"
+                parts.append(f"drop {owner} {rows - self.merged} extra rows")
         return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
 
     def describe(self) -> str:
         """One line for the log and the card."""
-        sizes = {self.rows[r] for r in ROLES}
-        if len(sizes) == 1:
-            head = f"{self.rows['output']} rows in all three"
+        inputs = self.inputs()
+        if len(set(inputs.values())) == 1:
+            head = f"{self.rows['output']} rows in {self._all()}"
         else:
-            shown = ", ".join(f"{ROLE_TITLES[r]} {self.rows[r]}" for r in ROLES)
+            shown = ", ".join(f"{title(r)} {n}" for r, n in inputs.items())
             head = f"{shown} rows; output {self.rows['output']} rows"
-        dropped = f", {self.dropped_from_base} dropped from the base" * bool(self.dropped_from_base)
+        dropped = "".join(
+            f", {rows - self.merged} dropped from the {title(role)}"
+            for role, rows in inputs.items()
+            if role not in ("post", "new_base") and rows > self.merged
+        )
+        # The policy's text is a one-delta merge's ("all three"), said of every input here.
+        policy = VOCAB_POLICIES[self.policy].replace("all three", self._all())
         return (
             f"{head}: {self.merged} merged, {self.kept_from_post} kept from the post model,"
             f" {self.dropped_from_new_base} dropped from the new base{dropped}"
-            f" (vocab policy `{self.policy}`: {VOCAB_POLICIES[self.policy]})"
+            f" (vocab policy `{self.policy}`: {policy})"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,6 +227,16 @@ class MergePlan:
         return sum(item.nbytes for item in self.items)
 
     @property
+    def deltas(self) -> int:
+        """How many deltas the merge sums."""
+        return max((len(s.deltas) for i in self.items for s in i.segments), default=1)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """Every checkpoint the merge reads, in `merge_roles` order."""
+        return tuple(self.read)
+
+    @property
     def operands(self) -> int:
         """The most inputs one output element is computed from (3 for one delta)."""
         return max((len(s.inputs) for i in self.items for s in i.segments), default=1)
@@ -220,10 +252,6 @@ class MergePlan:
         if not self.config_changes:
             return new_base.read(CONFIG, 0, new_base.size(CONFIG))
         return (json.dumps(self.config, indent=2) + "\n").encode()
-
-
-def _title(role: str) -> str:
-    return ROLE_TITLES[role]
 
 
 def _config_view(config: dict[str, Any]) -> dict[str, Any]:
@@ -248,7 +276,7 @@ def check_configs(checkpoints: Sequence[Checkpoint]) -> None:
         values = [view[key] for _, view in views]
         if any(v != values[0] for v in values):
             shown = ", ".join(
-                f"{_title(role)} {'missing' if view[key] is None else json.dumps(view[key])}"
+                f"{title(role)} {'missing' if view[key] is None else json.dumps(view[key])}"
                 for role, view in views
             )
             raise CheckpointError(f"config.json mismatch: {key} is {shown}")
@@ -260,9 +288,9 @@ def _check_names(checkpoints: Sequence[Checkpoint]) -> None:
     for name in sorted(union):
         have = [c.role for c, n in zip(checkpoints, names, strict=True) if name in n]
         if len(have) != len(checkpoints):
-            missing = [_title(c.role) for c in checkpoints if c.role not in have]
+            missing = [title(c.role) for c in checkpoints if c.role not in have]
             raise CheckpointError(
-                f"tensor {name!r} is in {' and '.join(map(_title, have))}"
+                f"tensor {name!r} is in {' and '.join(map(title, have))}"
                 f" but not in {' and '.join(missing)}"
             )
 
@@ -273,12 +301,24 @@ def plan_merge(
     new_base: Checkpoint,
     recipe: Recipe = Recipe(),
 ) -> MergePlan:
-    """Pair tensors, check compatibility, and lay out the computation."""
+    """The one-delta merge ``new_base + alpha * (post - base)``: see `plan_deltas`."""
+    return plan_deltas(new_base, [Delta(post, base, recipe.alpha)], recipe)
+
+
+def plan_deltas(new_base: Checkpoint, deltas: Sequence[Delta], recipe: Recipe) -> MergePlan:
+    """Pair tensors, check compatibility, and lay out the computation.
+
+    The deltas' weights are the recipe's (`Recipe.delta_weights`), in its order.
+    """
     recipe.check()
-    vocab_policy = recipe.vocab_policy
-    trio = (base, post, new_base)
-    check_configs(trio)
-    _check_names(trio)
+    if tuple(d.weight for d in deltas) != recipe.delta_weights:
+        raise ValueError(f"delta weights {[d.weight for d in deltas]} are not the recipe's")
+    for delta in deltas:  # each delta must fit the new base, as a one-delta merge
+        check_configs((delta.base, delta.post, new_base))
+        _check_names((delta.base, delta.post, new_base))
+    # Every checkpoint in `merge_roles` order: each delta's base and post, the new base.
+    everyone = (*(c for d in deltas for c in (d.base, d.post)), new_base)
+    post = deltas[0].post
 
     forced = DTYPE_CHOICES[recipe.dtype]
     config = json.loads(json.dumps(new_base.config))
@@ -289,16 +329,20 @@ def plan_merge(
     order = sorted(new_base.tensors.values(), key=lambda r: (r.file, r.entry.offset))
     for ref_new in order:
         name = ref_new.entry.name
-        refs = (base.tensors[name], post.tensors[name], ref_new)
-        item = _plan_tensor(name, refs, trio, forced, recipe, vocabularies)
-        items.append(item if post.adapter is None else _adapt_item(item, post.adapter))
+        refs = tuple(c.tensors[name] for c in everyone)
+        item = _plan_tensor(name, refs, everyone, deltas, forced, recipe, vocabularies)
+        for delta in deltas:
+            if delta.post.adapter is not None:
+                item = _adapt_item(item, delta.post, delta.base.role)
+        items.append(_without_zero_deltas(item))
 
-    vocabulary = _vocabulary(vocabularies, trio, vocab_policy)
+    vocabulary = _vocabulary(vocabularies, everyone, recipe.vocab_policy)
     if vocabulary is not None and vocabulary.rows["output"] != vocab_size(new_base.config):
         changes["vocab_size"] = vocabulary.rows["output"]
         _set_config(config, "vocab_size", changes["vocab_size"])
     # An adapter without generation defaults gives the base's (see file_donors).
-    donor = base if post.adapter is not None and GENERATION_CONFIG not in post.files else post
+    first = deltas[0]
+    donor = first.base if post.adapter is not None and GENERATION_CONFIG not in post.files else post
     for key, value in _token_ids(donor).items():
         if _get_config(config, key) != value:
             changes[key] = value
@@ -311,14 +355,14 @@ def plan_merge(
                 config[key] = torch_name
                 changes[key] = torch_name
 
-    listings = {c.role: c.files for c in trio}
+    listings = {c.role: c.files for c in everyone}
     files = file_donors(listings)
     for path, role in files.items():
-        donor = next(c for c in trio if c.role == role)
+        donor = next(c for c in everyone if c.role == role)
         check_size(
             donor.source.size(path), MAX_DONATED_BYTES, f"{donor.where}/{path}", "a copied file"
         )
-    read = _files_read(trio, items, files)
+    read = _files_read(everyone, items, files)
     return MergePlan(
         items=items,
         recipe=recipe,
@@ -348,44 +392,62 @@ def _files_read(
     return {role: sorted(paths) for role, paths in read.items()}
 
 
-def _adapt_item(item: MergeItem, adapter: Adapter) -> MergeItem:
-    """Planned as if post were the base: an adapter's delta is s·B@A where it targets the
-    tensor, ``saved - base`` for a saved module, and none at all elsewhere."""
+def _adapt_item(item: MergeItem, post: Checkpoint, base_role: str) -> MergeItem:
+    """The item with one delta's post an adapter (``post``, on the checkpoint ``base_role``),
+    planned as if that post were its base: the delta is s·B@A where the adapter targets the
+    tensor, ``saved - base`` for a saved module, and ``base - base`` (zero) elsewhere."""
+    adapter = post.adapter
+    assert adapter is not None
     if item.name in adapter.saved:
         return item
     lora = adapter.lora.get(item.name)
     segments = []
     for segment in item.segments:
-        if segment.op == "copy" and segment.start.role == "post":  # post's extra vocab rows
+        if segment.op == "copy" and segment.start.role == post.role:  # post's extra vocab rows
             if lora is not None:
                 raise CheckpointError(
                     f"tensor {item.name!r}: the adapter changes it and its rows differ between"
                     " base and new base; an adapter on resized rows is not supported"
                 )
-            segment = replace(segment, start=segment.start._replace(role="base"))
+            segment = replace(segment, start=segment.start._replace(role=base_role))
         elif segment.op == "merge":
             deltas = tuple(
-                d._replace(post=d.post._replace(ref=lora)) if lora is not None else d
+                d._replace(post=d.post._replace(ref=lora) if lora else d.base)
+                if d.post.role == post.role
+                else d
                 for d in segment.deltas
-                if d.post.role != "post" or lora is not None
             )
-            segment = replace(segment, op="merge" if deltas else "copy", deltas=deltas)
+            segment = replace(segment, deltas=deltas)
         segments.append(segment)
     return replace(item, segments=tuple(segments))
 
 
+def _without_zero_deltas(item: MergeItem) -> MergeItem:
+    """A merge whose every delta is an adapter's zero (``base - base``) is the new base's
+    tensor, copied: no base read. Beside a delta that is not zero, a zero one stays, so
+    every merged chunk has the same deltas in the same order (`kernel.Moments.gram`)."""
+    segments = tuple(
+        replace(s, op="copy", deltas=())
+        if s.op == "merge" and all(d.post == d.base for d in s.deltas)
+        else s
+        for s in item.segments
+    )
+    return replace(item, segments=segments)
+
+
 def _vocabulary(
-    seen: list[Vocabulary], trio: tuple[Checkpoint, ...], policy: str
+    seen: list[Vocabulary], everyone: Sequence[Checkpoint], policy: str
 ) -> Vocabulary | None:
     """The rows' fate: from the tensors whose rows differ, else every row is merged."""
     if any(v != seen[0] for v in seen):  # cannot happen: each tensor's rows are its config's
         raise CheckpointError(f"vocabulary rows differ between tensors: {seen[0]} != {seen[-1]}")
     if seen:
         return seen[0]
-    rows = vocab_size(trio[2].config)
+    rows = vocab_size(everyone[-1].config)
     if rows is None:
         return None
-    return Vocabulary(policy, {**dict.fromkeys(ROLES, rows), "output": rows}, merged=rows)
+    roles = [c.role for c in everyone]
+    return Vocabulary(policy, {**dict.fromkeys(roles, rows), "output": rows}, merged=rows)
 
 
 def _token_ids(post: Checkpoint) -> dict[str, Any]:
@@ -420,22 +482,24 @@ def _set_config(config: dict[str, Any], key: str, value: Any) -> None:
 
 def _plan_tensor(
     name: str,
-    refs: tuple[TensorRef, TensorRef, TensorRef],
-    trio: tuple[Checkpoint, Checkpoint, Checkpoint],
+    refs: tuple[TensorRef, ...],
+    everyone: tuple[Checkpoint, ...],
+    deltas: Sequence[Delta],
     forced: str | None,
     recipe: Recipe,
     vocabularies: list[Vocabulary],
 ) -> MergeItem:
-    base, post, new = refs
+    """One output tensor from its refs in ``everyone``'s order (each base and post, new base)."""
+    new, post = refs[-1], refs[1]
     vocab_policy = recipe.vocab_policy
     dtypes = [r.dtype for r in refs]
     if all(d in COPIED_DTYPES for d in dtypes):
         # Integer buffers (position ids, masks) are not weights: take the new base's.
         if len({r.shape for r in refs}) != 1:
-            _shape_mismatch(name, refs, trio)
+            _shape_mismatch(name, refs, everyone)
         segment = Segment("copy", 0, new.entry.numel, Operand("new_base", new, 0))
         return MergeItem(name, new.dtype, new.shape, (segment,))
-    for ref, checkpoint in zip(refs, trio, strict=True):
+    for ref, checkpoint in zip(refs, everyone, strict=True):
         if ref.dtype not in FLOAT_DTYPES:
             raise CheckpointError(
                 f"{checkpoint.where}: tensor {name!r} has dtype {ref.dtype}, which cannot be"
@@ -443,23 +507,23 @@ def _plan_tensor(
             )
     out_dtype = forced or new.dtype
 
-    if base.shape == post.shape == new.shape:
-        merged = _merge_segment(refs, recipe.alpha, new.entry.numel)
+    if len({r.shape for r in refs}) == 1:
+        merged = _merge_segment(refs, everyone, deltas, new.entry.numel)
         return MergeItem(name, out_dtype, new.shape, (merged,))
 
-    rows = _vocab_rows(refs, trio)
+    rows = _vocab_rows(refs, everyone)
     if rows is None:
-        _shape_mismatch(name, refs, trio)
+        _shape_mismatch(name, refs, everyone)
     vocabulary = Vocabulary.shared_rows(vocab_policy, rows)
     if vocab_policy == "error":
         raise VocabularyError(name, Vocabulary.shared_rows("shared", rows))
     vocabularies.append(vocabulary)
-    # "shared": the output serves the post model's tokenizer, so it has the
-    # post model's rows; rows all three share are merged, the rest come from post.
-    row = new.entry.numel // rows[2]
+    # "shared": the output serves the (first) post model's tokenizer, so it has that
+    # model's rows; rows every checkpoint shares are merged, the rest come from post.
+    row = new.entry.numel // rows["new_base"]
     shared = vocabulary.merged
     out_rows = vocabulary.rows["output"]
-    segments = [_merge_segment(refs, recipe.alpha, shared * row)]
+    segments = [_merge_segment(refs, everyone, deltas, shared * row)]
     if out_rows > shared:
         extra = (out_rows - shared) * row
         segments.append(Segment("copy", shared * row, extra, Operand("post", post, shared * row)))
@@ -467,29 +531,36 @@ def _plan_tensor(
 
 
 def _merge_segment(
-    refs: tuple[TensorRef, TensorRef, TensorRef], weight: float, count: int
+    refs: tuple[TensorRef, ...],
+    everyone: tuple[Checkpoint, ...],
+    deltas: Sequence[Delta],
+    count: int,
 ) -> Segment:
-    """``new_base + weight * (post - base)`` over the first ``count`` elements of each."""
-    base, post, new = refs
-    delta = WeightedDelta(Operand("post", post, 0), Operand("base", base, 0), weight)
-    return Segment("merge", 0, count, Operand("new_base", new, 0), (delta,))
+    """``new_base + Σ wᵢ·(postᵢ - baseᵢ)`` over the first ``count`` elements of each."""
+    operands = [Operand(c.role, ref, 0) for c, ref in zip(everyone, refs, strict=True)]
+    terms = tuple(
+        WeightedDelta(operands[2 * i + 1], operands[2 * i], d.weight) for i, d in enumerate(deltas)
+    )
+    return Segment("merge", 0, count, operands[-1], terms)
 
 
 def _vocab_rows(
-    refs: tuple[TensorRef, ...], trio: tuple[Checkpoint, ...]
-) -> tuple[int, int, int] | None:
-    """Row counts if the tensors differ only in dim 0 and that is each config's vocab size."""
+    refs: tuple[TensorRef, ...], everyone: tuple[Checkpoint, ...]
+) -> dict[str, int] | None:
+    """Rows by role if the tensors differ only in dim 0 and that is each config's vocab size."""
     shapes = [r.shape for r in refs]
     if any(len(s) == 0 or s[1:] != shapes[0][1:] for s in shapes):
         return None
-    rows = tuple(s[0] for s in shapes)
-    if any(vocab_size(c.config) != n for c, n in zip(trio, rows, strict=True)):
+    rows = {c.role: s[0] for c, s in zip(everyone, shapes, strict=True)}
+    if any(vocab_size(c.config) != rows[c.role] for c in everyone):
         return None
-    return rows  # type: ignore[return-value]
+    return rows
 
 
 def _shape_mismatch(
-    name: str, refs: tuple[TensorRef, ...], trio: tuple[Checkpoint, ...]
+    name: str, refs: tuple[TensorRef, ...], everyone: tuple[Checkpoint, ...]
 ) -> NoReturn:
-    shown = ", ".join(f"{_title(c.role)} {list(r.shape)}" for c, r in zip(trio, refs, strict=True))
+    shown = ", ".join(
+        f"{title(c.role)} {list(r.shape)}" for c, r in zip(everyone, refs, strict=True)
+    )
     raise CheckpointError(f"shape mismatch for tensor {name!r}: {shown}")

@@ -50,21 +50,35 @@ _SIZE_UNITS = {
 
 
 class Recipe(NamedTuple):
-    """The merge ``new_base + alpha * (post - base)``, its output dtype, rows and shards.
+    """The merge ``new_base + Σ wᵢ·(postᵢ - baseᵢ)``, its output dtype, rows and shards.
 
-    ``alpha`` is the weight of the one delta; the engine computes any number of
-    weighted deltas (`paramdelta.engine.merge_plan.Segment`).
+    One delta (the usual ParamΔ merge) has the weight ``alpha``; several deltas
+    have ``weights``, one per delta in the order they are summed (``alpha`` then
+    stays 1.0). Which checkpoints the deltas are is the caller's, not the recipe's.
     """
 
     alpha: float = 1.0
     dtype: str = "auto"  # a DTYPE_CHOICES key
     vocab_policy: str = "error"  # a VOCAB_POLICIES entry
     shard_size: int = DEFAULT_SHARD_SIZE
+    weights: tuple[float, ...] = ()  # several deltas' weights; () for one delta of ``alpha``
+
+    @property
+    def delta_weights(self) -> tuple[float, ...]:
+        """The weight of every delta, in order."""
+        return self.weights or (self.alpha,)
 
     def check(self) -> Recipe:
         """This recipe, if every field is one the engine can do; else the one-line reason."""
         if not math.isfinite(self.alpha):
             raise UsageError(f"--alpha must be a finite number, not {self.alpha}")
+        if self.weights and (len(self.weights) < 2 or self.alpha != 1.0):
+            raise UsageError(
+                "several deltas have one weight each (and no --alpha); one delta has --alpha"
+            )
+        for i, weight in enumerate(self.weights):
+            if not math.isfinite(weight):
+                raise UsageError(f"delta {i + 1}: the weight must be a finite number, not {weight}")
         if self.dtype not in DTYPE_CHOICES:
             choices = ", ".join(DTYPE_CHOICES)
             raise UsageError(f"--dtype must be one of {choices}, not {self.dtype!r}")
@@ -78,7 +92,7 @@ class Recipe(NamedTuple):
 
 
 # Shard size changes the files, not the tensors: a new shard size alone is no new merge.
-MERGED_FIELDS = ("alpha", "dtype", "vocab_policy")
+MERGED_FIELDS = ("alpha", "weights", "dtype", "vocab_policy")
 # Where a lineage record's recipe keeps a field of another name: its "dtype" is the
 # dtype written, the option asked for is beside it.
 RECORD_KEYS = {"dtype": "requested_dtype"}
@@ -86,8 +100,14 @@ RECORD_KEYS = {"dtype": "requested_dtype"}
 
 def recorded_fields(recipe: Mapping[str, Any]) -> dict[str, Any]:
     """The merged fields as a lineage record's ``recipe`` section keeps them (None where it
-    has none; a record older than ``requested_dtype`` kept the option as "dtype")."""
-    return {key: recipe.get(RECORD_KEYS.get(key, key), recipe.get(key)) for key in MERGED_FIELDS}
+    has none; a record older than ``requested_dtype`` kept the option as "dtype"; a
+    one-delta record has no "weights", a several-delta one no "alpha")."""
+    fields = {key: recipe.get(RECORD_KEYS.get(key, key), recipe.get(key)) for key in MERGED_FIELDS}
+    weights = fields["weights"]
+    fields["weights"] = tuple(weights) if isinstance(weights, list) else ()
+    if fields["weights"] and "alpha" not in recipe:
+        fields["alpha"] = 1.0
+    return fields
 
 
 class Runtime(NamedTuple):

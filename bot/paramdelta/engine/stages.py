@@ -23,8 +23,9 @@ from pathlib import Path
 from paramdelta.engine.adapter import open_post
 from paramdelta.engine.checkpoint import Checkpoint, Source, open_checkpoint
 from paramdelta.engine.files import RESULT_FILES
-from paramdelta.engine.merge_plan import CONFIG, MergePlan, plan_merge
+from paramdelta.engine.merge_plan import CONFIG, Delta, MergePlan, plan_deltas
 from paramdelta.engine.recipe import Recipe, Runtime
+from paramdelta.engine.roles import delta_roles, merge_roles
 from paramdelta.engine.safetensors_format import INDEX
 from paramdelta.engine.workers import Execution, MergeStats
 from paramdelta.engine.writer import (
@@ -47,23 +48,35 @@ class MergeResult:
     sources: dict[str, Source]  # what was read
 
 
-def open_checkpoints(sources: Mapping[str, Source]) -> dict[str, Checkpoint]:
-    """Open and validate the base, post and new base checkpoints (headers only).
+def open_checkpoints(sources: Mapping[str, Source], deltas: int = 1) -> dict[str, Checkpoint]:
+    """Open and validate every checkpoint of a merge of ``deltas`` deltas (headers only).
 
-    A post that is a PEFT adapter is opened against the base (`paramdelta.engine.adapter`).
+    A post that is a PEFT adapter is opened against its own delta's base
+    (`paramdelta.engine.adapter`).
     """
-    base = open_checkpoint(sources["base"], "base")
-    return {
-        "base": base,
-        "post": open_post(sources["post"], base),
-        "new_base": open_checkpoint(sources["new_base"], "new_base"),
-    }
+    roles = merge_roles(deltas)
+    if set(sources) != set(roles):
+        raise ValueError(f"a merge of {deltas} deltas reads {roles}, not {tuple(sources)}")
+    opened = {}
+    for post, base in map(delta_roles, range(deltas)):  # in `merge_roles` order
+        opened[base] = open_checkpoint(sources[base], base)
+        opened[post] = open_post(sources[post], opened[base], post)
+    opened["new_base"] = open_checkpoint(sources["new_base"], "new_base")
+    return opened
 
 
 def preflight(sources: Mapping[str, Source], recipe: Recipe) -> MergePlan:
-    """Everything that can fail before a weight byte is read: validation and compatibility."""
-    opened = open_checkpoints(sources)
-    return plan_merge(opened["base"], opened["post"], opened["new_base"], recipe)
+    """Everything that can fail before a weight byte is read: validation and compatibility.
+
+    ``sources``: one per role of `merge_roles` (the new base, each delta's post and base).
+    """
+    weights = recipe.delta_weights
+    opened = open_checkpoints(sources, len(weights))
+    deltas = [
+        Delta(opened[post], opened[base], weight)
+        for (post, base), weight in zip(map(delta_roles, range(len(weights))), weights, strict=True)
+    ]
+    return plan_deltas(opened["new_base"], deltas, recipe)
 
 
 def stage(

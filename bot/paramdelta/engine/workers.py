@@ -42,7 +42,7 @@ from paramdelta.engine.delta import DeltaReport
 from paramdelta.engine.dtypes import ITEMSIZE, TORCH_NAMES
 from paramdelta.engine.kernel import (
     CPU_BLOCK,
-    OPERANDS,
+    OUTPUT,
     TORCH_DTYPES,
     Delta,
     Difference,
@@ -51,11 +51,13 @@ from paramdelta.engine.kernel import (
     check_copy,
     copy_into,
     merge_into,
+    operand_roles,
     scratch_buffers,
 )
-from paramdelta.engine.merge_plan import ROLE_TITLES, MergePlan
+from paramdelta.engine.merge_plan import MergePlan
 from paramdelta.engine.progress import MergeProgress
 from paramdelta.engine.recipe import Runtime
+from paramdelta.engine.roles import title
 from paramdelta.engine.writer import OutputWriter, ShardPlan
 from paramdelta.errors import CheckpointError, UsageError
 
@@ -284,7 +286,9 @@ class _CpuWorker(_Worker):
 
     def __init__(self, operands: int, elements: int, in_bytes: int, out_bytes: int) -> None:
         super().__init__(operands, in_bytes, out_bytes)
-        self.scratch = scratch_buffers(min(elements, CPU_BLOCK), torch.device("cpu"))
+        self.scratch = scratch_buffers(
+            min(elements, CPU_BLOCK), torch.device("cpu"), _deltas(operands)
+        )
 
     def _compute(self, unit: Unit) -> Moments:
         ins = [
@@ -304,7 +308,7 @@ class _CudaWorker(_Worker):
         self, device: torch.device, operands: int, elements: int, in_bytes: int, out_bytes: int
     ) -> None:
         super().__init__(operands, in_bytes, out_bytes)
-        self.scratch = scratch_buffers(elements, device)
+        self.scratch = scratch_buffers(elements, device, _deltas(operands))
         self.stream = torch.cuda.Stream(device)
         self.dev_in = [
             torch.empty(in_bytes, dtype=torch.uint8, device=device) for _ in range(operands)
@@ -336,19 +340,23 @@ def _worker(
     return _CpuWorker(operands, elements, in_bytes, out_bytes)
 
 
+def _deltas(operands: int) -> int:
+    """How many deltas a unit of ``operands`` inputs sums: the new base, a post and a base each."""
+    return max(1, (operands - 1) // 2)
+
+
 def _nonfinite_error(unit: Unit, counts: NonFinite) -> CheckpointError:
     """One line naming the tensor, what is not finite, and in which input it started."""
-    out = len(OPERANDS) - 1
-    what = f"{counts.nan[out]} NaN and {counts.inf[out]} Inf values"
+    what = f"{counts.nan[OUTPUT]} NaN and {counts.inf[OUTPUT]} Inf values"
     if unit.op != "merge":
-        role = ROLE_TITLES[unit.reads[0].role]
+        role = title(unit.reads[0].role)
         return CheckpointError(
             f"tensor {unit.tensor!r}: {what} in the elements copied from the {role} checkpoint"
         )
     inputs = [
-        f"{ROLE_TITLES[role]} {counts.nan[i]} NaN/{counts.inf[i]} Inf"
-        for i, role in enumerate(OPERANDS[:out])
-        if counts.nan[i] or counts.inf[i]
+        f"{title(role)} {counts.nan[i]} NaN/{counts.inf[i]} Inf"
+        for i, role in enumerate(operand_roles(len(unit.weights)))
+        if i != OUTPUT and i < len(counts.nan) and (counts.nan[i] or counts.inf[i])
     ]
     if inputs:
         cause = f"the inputs hold them there: {', '.join(inputs)}"
@@ -508,7 +516,8 @@ class Execution:
                 bar.close()
         if failures:
             raise failures[0]
-        delta = DeltaReport({item.name: Moments() for item in self.items})  # plan's order
+        # In the plan's order (of this execution's items).
+        delta = DeltaReport({item.name: Moments() for item in self.items}, self.plan.deltas)
         delta.merge(reports)
         self.stats = MergeStats(
             tensors=len(self.items),

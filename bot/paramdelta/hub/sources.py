@@ -155,8 +155,10 @@ class HubSource:
 PATH_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
 
 
-def open_source(spec: str, role: str, hub_factory: HubFactory) -> Source:
-    option = f"--{role.replace('_', '-')}"
+def open_source(spec: str, role: str, hub_factory: HubFactory, option: str | None = None) -> Source:
+    """The checkpoint ``spec`` names, a folder or a Hub repo; errors name ``option`` (by
+    default the role's option, ``--post``)."""
+    option = option or f"--{role.replace('_', '-')}"
     path = Path(spec).expanduser()
     if path.is_dir():
         return LocalSource(path, str(path))
@@ -225,13 +227,18 @@ class HubFactory:
 
 @contextmanager
 def open_sources(
-    hub_factory: HubFactory | None = None, **specs: str
+    hub_factory: HubFactory | None = None,
+    options: Mapping[str, str] | None = None,
+    /,
+    **specs: str,
 ) -> Iterator[dict[str, Source]]:
+    """Each spec opened by role; ``options``: role -> how errors name it, where that is not
+    the role's own option (a ``--delta``'s)."""
     factory = hub_factory or HubFactory()
     sources: dict[str, Source] = {}
     try:
         for role, spec in specs.items():
-            sources[role] = open_source(spec, role, factory)
+            sources[role] = open_source(spec, role, factory, (options or {}).get(role))
         yield sources
     finally:
         for source in sources.values():

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from paramdelta.engine.merge_plan import ROLES
+from paramdelta.engine.roles import ROLES
 from paramdelta.errors import ParamDeltaError
 from paramdelta.rendering.card import delta_rows
 from paramdelta.rendering.check_report import STEP_TITLES

@@ -51,7 +51,7 @@ from paramdelta.engine.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapte
 from paramdelta.engine.checkpoint import Source, open_checkpoint
 from paramdelta.engine.files import has_tokenizer, no_tokenizer
 from paramdelta.engine.kernel import TORCH_DTYPES
-from paramdelta.engine.merge_plan import ROLE_TITLES
+from paramdelta.engine.roles import ROLE_TITLES
 from paramdelta.engine.workers import resolve_device
 from paramdelta.errors import CheckError, UsageError
 from paramdelta.pipeline.check_rules import (

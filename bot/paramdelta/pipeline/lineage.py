@@ -1,7 +1,9 @@
 """The lineage record, paramdelta.json: what was merged from what, and the bot's only state.
 
 It is committed with the weights, in the same commit, so the output repo
-itself says which three commits and which recipe produced it. Beside each
+itself says which commits (three for one delta; 2N+1 for N deltas: each
+delta's post and base, roles ``post[i]``/``base[i]`` after the first, and the
+new base) and which recipe produced it. Beside each
 checkpoint's commit it keeps the content id of every file the merge read
 (``sha256:`` for LFS/Xet files, ``blob:`` for the rest, as the Hub lists them;
 see `paramdelta.hub.content_ids`), so `plan` can tell a new release from a
@@ -30,8 +32,9 @@ from huggingface_hub import metadata_load
 from paramdelta import __version__
 from paramdelta.engine.checkpoint import Provenance
 from paramdelta.engine.files import CARD_FILE, LINEAGE_FILE, file_donors
-from paramdelta.engine.merge_plan import COMPUTE_DTYPE, FORMULA, ROLE_TITLES, ROLES
+from paramdelta.engine.merge_plan import COMPUTE_DTYPE, FORMULA, SEVERAL_FORMULA
 from paramdelta.engine.recipe import Recipe, recorded_fields
+from paramdelta.engine.roles import ROLES, delta_roles, merge_roles, title
 from paramdelta.engine.safetensors_format import INDEX, is_weights_file
 from paramdelta.errors import UsageError
 from paramdelta.hub.client import RepoFiles
@@ -120,9 +123,11 @@ def build_record(
     ci_run_url: str | None = None,
     created_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The record for one merge. ``checkpoints`` maps role -> its entry (`checkpoint_entry`);
-    ``adapter``: the post model is a LoRA adapter (`paramdelta.engine.adapter`)."""
+    """The record for one merge. ``checkpoints`` maps role -> its entry (`checkpoint_entry`),
+    one per role of `merge_roles`; ``adapter``: the (first delta's) post model is a LoRA
+    adapter (`paramdelta.engine.adapter`)."""
     when = (created_at or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    weights = recipe.delta_weights
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": TOOL, "version": __version__},
@@ -131,9 +136,8 @@ def build_record(
         "ci_run_url": ci_run_url,
         "recipe": {
             "method": "paramdelta",
-            "formula": FORMULA,
             "compute_dtype": COMPUTE_DTYPE,
-            "alpha": recipe.alpha,
+            **_terms(recipe),
             "dtype": written_dtype or recipe.dtype,
             "requested_dtype": recipe.dtype,
             "vocab_policy": recipe.vocab_policy,
@@ -143,9 +147,23 @@ def build_record(
             **({"adapter": dict(adapter)} if adapter is not None else {}),
         },
         "vocabulary": dict(vocabulary) if vocabulary is not None else None,
-        "checkpoints": [{**checkpoints[role], "role": role} for role in ROLES],
+        "checkpoints": [{**checkpoints[role], "role": role} for role in merge_roles(len(weights))],
         "output": dict(output),
     }
+
+
+def _terms(recipe: Recipe) -> dict[str, Any]:
+    """The formula and its weights: one delta as it always was (``alpha``); several as
+    ``weights`` and each term written out (``deltas``: the roles of its post and base)."""
+    if not recipe.weights:
+        return {"formula": FORMULA, "alpha": recipe.alpha}
+    terms = [
+        {"post": post, "base": base, "weight": weight}
+        for (post, base), weight in zip(
+            map(delta_roles, range(len(recipe.weights))), recipe.weights, strict=True
+        )
+    ]
+    return {"formula": SEVERAL_FORMULA, "weights": list(recipe.weights), "deltas": terms}
 
 
 def encode(record: Mapping[str, Any]) -> bytes:
@@ -190,16 +208,16 @@ def compare(
     reasons, notes = [], []
     published = {c.get("role"): c for c in record.get("checkpoints", []) if isinstance(c, dict)}
     moved = False
-    for role in ROLES:
+    for role in merge_roles(len(recipe.delta_weights)):
         now, then = repos[role], published.get(role, {})
-        title = ROLE_TITLES[role]
+        name = title(role)
         if then.get("repo") != now.repo_id:
-            reasons.append(f"{title} is now {now.repo_id} (was {then.get('repo')})")
+            reasons.append(f"{name} is now {now.repo_id} (was {then.get('repo')})")
             continue
         if then.get("sha") == now.sha:
             continue
         moved = True
-        move = f"{title} {now.repo_id} moved {str(then.get('sha'))[:7]} -> {now.sha[:7]}"
+        move = f"{name} {now.repo_id} moved {str(then.get('sha'))[:7]} -> {now.sha[:7]}"
         changed = _changed_files(then, now)
         if changed is None:
             reasons.append(move)
@@ -208,7 +226,7 @@ def compare(
         else:
             notes.append(f"{UNCHANGED} ({move})")
         if role in ("post", "new_base"):  # the card's licence comes from these two
-            reasons.extend(_licence_change(title, then, now))
+            reasons.extend(_licence_change(name, then, now))
     old = record.get("recipe", {})
     if moved:
         reasons.extend(_donor_changes(old.get("file_donors"), repos))
@@ -230,9 +248,9 @@ def _changed_files(then: Mapping[str, Any], now: RepoFiles) -> list[str] | None:
     return changed
 
 
-def _licence_change(title: str, then: Mapping[str, Any], now: RepoFiles) -> list[str]:
+def _licence_change(name: str, then: Mapping[str, Any], now: RepoFiles) -> list[str]:
     old, new = then.get("license"), now.card_data.get("license")
-    return [f"{title} licence changed: {old} -> {new}"] if old != new else []
+    return [f"{name} licence changed: {old} -> {new}"] if old != new else []
 
 
 def _donor_changes(recorded: Any, repos: Mapping[str, RepoFiles]) -> list[str]:
@@ -243,8 +261,8 @@ def _donor_changes(recorded: Any, repos: Mapping[str, RepoFiles]) -> list[str]:
     changes = []
     for path in sorted(set(recorded) | set(now)):
         if recorded.get(path) != now.get(path):
-            was = ROLE_TITLES.get(str(recorded.get(path)), "nowhere")
-            becomes = ROLE_TITLES.get(str(now.get(path)), "nowhere")
+            was = title(str(recorded[path])) if path in recorded else "nowhere"
+            becomes = title(str(now[path])) if path in now else "nowhere"
             changes.append(f"{path} would now come from {becomes} (was {was})")
     return changes
 

@@ -1,6 +1,7 @@
 """Which watchlist targets need a new merge: a few API calls per target, no weight bytes.
 
-For each enabled target: resolve the base, post and new base to commit shas
+For each enabled target: resolve the base, post and new base (every delta's
+post and base, for a target with several) to commit shas
 with their file listings (for a family, find its newest member first), read
 the output repo's paramdelta.json, and compare (`lineage.compare`). A target is
 pending when the content of a file the merge read, the recipe, or which
@@ -109,7 +110,8 @@ Resolved = dict[tuple[str, str], RepoFiles]  # (repo, revision) -> its commit, o
 
 
 def resolve(hub: Hub, target: Target, *, seen: Resolved | None = None) -> dict[str, RepoFiles]:
-    """The target's three checkpoints pinned to commit shas, with file sizes and content ids.
+    """The target's checkpoints (three; 2N+1 for N deltas) pinned to commit shas, with file
+    sizes and content ids.
 
     ``seen`` shares resolutions between the targets of one plan: a base used by
     ten targets costs one request, and all ten see the same commit.
@@ -123,11 +125,8 @@ def resolve(hub: Hub, target: Target, *, seen: Resolved | None = None) -> dict[s
         new_base_ref = (newest[0], new_base.revision)
     else:
         new_base_ref = (new_base.repo, new_base.revision)
-    refs = {
-        "base": (target.base.repo, target.base.revision),
-        "post": (target.post.repo, target.post.revision),
-        "new_base": new_base_ref,
-    }
+    refs = {role: (ref.repo, ref.revision) for role, ref in target.delta_refs().items()}
+    refs["new_base"] = new_base_ref
     for ref in refs.values():
         if ref not in seen:
             seen[ref] = hub.repo_files(*ref)

@@ -26,6 +26,7 @@ import yaml
 from jsonschema.exceptions import relevance
 
 from paramdelta.engine.recipe import Recipe, parse_size
+from paramdelta.engine.roles import delta_roles
 from paramdelta.errors import UsageError
 from paramdelta.pipeline.check_rules import DEFAULT_PERPLEXITY_FACTOR
 from paramdelta.repo_ids import parse_spec
@@ -101,14 +102,26 @@ class Family(NamedTuple):
         return f"{self.author}/{self.pattern} (newest)"
 
 
+class DeltaRef(NamedTuple):
+    """One term ``weight * (post - base)`` of a several-delta target."""
+
+    post: RepoRef
+    base: RepoRef
+    weight: float = 1.0
+
+
 @dataclass(frozen=True)
 class Target:
+    """A watchlist target. ``base`` and ``post`` are the (first) delta's; a target with
+    several deltas lists them all in ``deltas`` (their weights are the recipe's)."""
+
     name: str
     base: RepoRef
     post: RepoRef
     new_base: RepoRef | Family
     output: str  # may hold {placeholders}, see OUTPUT_FIELDS
     recipe: Recipe = Recipe()
+    deltas: tuple[DeltaRef, ...] = ()
     private: bool = False
     publish: str = "commit"
     card_template: Path | None = None
@@ -121,6 +134,15 @@ class Target:
     def output_repo(self, new_base_repo: str) -> str:
         """The output repo id for a resolved new base."""
         return self.output.format(**_name_fields(self.base.repo, self.post.repo, new_base_repo))
+
+    def delta_refs(self) -> dict[str, RepoRef]:
+        """Every checkpoint but the new base, by role: each delta's base and post, in order."""
+        pairs = [(d.base, d.post) for d in self.deltas] or [(self.base, self.post)]
+        refs: dict[str, RepoRef] = {}
+        for i, (base, post) in enumerate(pairs):
+            post_role, base_role = delta_roles(i)
+            refs |= {base_role: base, post_role: post}
+        return refs
 
 
 @dataclass
@@ -445,6 +467,9 @@ def _options(
 ) -> dict[str, Any]:
     """A target's options, its own over the defaults, as Target's fields."""
     options = {**defaults, **{k: v for k, v in raw.items() if k in DEFAULT_OPTIONS}}
+    if "deltas" in raw:  # each delta has its weight; `alpha` (a default too) is one delta's
+        options["alpha"] = 1.0
+        options["weights"] = _weights(raw["deltas"], index, report)
     for key, convert in (
         ("alpha", _alpha),
         ("shard_size", _shard_size),
@@ -485,6 +510,18 @@ def _card_template(value: str, folder: Path) -> Path:
     return path
 
 
+def _weights(deltas: list[dict[str, Any]], index: int, report: _Report) -> tuple[float, ...]:
+    """The deltas' weights (one delta: its weight becomes ``alpha``, see `_target`)."""
+    weights = []
+    for i, delta in enumerate(deltas):
+        try:
+            weights.append(_alpha(delta.get("weight", 1.0)))
+        except ValueError as e:
+            report.add(["targets", index, "deltas", i, "weight"], str(e))
+            weights.append(1.0)
+    return tuple(weights)
+
+
 def _alpha(value: float) -> float:
     if not math.isfinite(value):  # .nan and .inf are YAML numbers
         raise ValueError("must be a finite number")
@@ -507,13 +544,22 @@ def _shard_size(value: str | int) -> int:
 
 
 def _target(raw: dict[str, Any], options: dict[str, Any]) -> Target:
+    recipe = Recipe(**{key: options.pop(key) for key in Recipe._fields})
+    deltas = tuple(
+        DeltaRef(_ref(d["post"]), _ref(d["base"]), w)
+        for d, w in zip(raw.get("deltas", ()), recipe.weights, strict=True)
+    )
+    first = deltas[0] if deltas else DeltaRef(_ref(raw["post"]), _ref(raw["base"]), recipe.alpha)
+    if len(deltas) == 1:  # a list of one is the one-delta target
+        recipe, deltas = recipe._replace(alpha=first.weight, weights=()), ()
     return Target(
         name=raw["name"],
-        base=_ref(raw["base"]),
-        post=_ref(raw["post"]),
+        base=first.base,
+        post=first.post,
         new_base=_new_base(raw["new_base"]),
         output=raw["output"],
-        recipe=Recipe(**{key: options.pop(key) for key in Recipe._fields}),
+        recipe=recipe,
+        deltas=deltas,
         **options,
     )
 
@@ -549,7 +595,7 @@ def _output_identity(target: Target) -> Hashable:
         return target.output
     # The same template gives the same repo only from the same repos (base and post
     # are fixed per target, so they are part of its result too).
-    return (target.output, target.base, target.post, target.new_base)
+    return (target.output, tuple(target.delta_refs().values()), target.new_base)
 
 
 def _check_output_templates(targets: Mapping[int, Target], report: _Report) -> list[int]:
@@ -592,8 +638,7 @@ def llama_naming_warning(target: Target) -> str | None:
     """Llama licences require derived models' names to begin with "Llama"."""
     new_base = target.new_base
     family = [
-        target.base.repo,
-        target.post.repo,
+        *(ref.repo for ref in target.delta_refs().values()),
         new_base.repo if isinstance(new_base, RepoRef) else f"{new_base.author}/{new_base.pattern}",
     ]
     if not any("llama" in repo.lower() for repo in family):

@@ -15,6 +15,7 @@ following a symlink (the watchlist checks that it lies inside its folder).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -31,8 +32,9 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from paramdelta import PROJECT_URL
 from paramdelta.engine.files import has_tokenizer
-from paramdelta.engine.merge_plan import ROLE_TITLES, ROLES, Vocabulary
+from paramdelta.engine.merge_plan import Vocabulary
 from paramdelta.engine.recipe import Recipe, recorded_fields
+from paramdelta.engine.roles import ROLES, delta_roles, title
 from paramdelta.errors import UsageError
 from paramdelta.rendering import chart, markdown
 from paramdelta.rendering.check_report import STEP_TITLES
@@ -103,7 +105,7 @@ def licence(record: Mapping[str, Any]) -> tuple[str | None, str | None, str | No
     declared = {role: by_role[role].get("license") for role in ("new_base", "post")}
     valid = {role: str(value) for role, value in declared.items() if is_licence_id(value)}
     notes = [
-        f"the card of the {ROLE_TITLES[role]} declares a licence that is not a Hub licence id,"
+        f"the card of the {title(role)} declares a licence that is not a Hub licence id,"
         " so it is not inherited: check its terms before use."
         for role, value in declared.items()
         if value is not None and role not in valid
@@ -142,15 +144,28 @@ def _spec(checkpoint: Mapping[str, Any]) -> str:
     return f"{checkpoint['repo']}@{checkpoint['sha']}"
 
 
+def _weights(record: Mapping[str, Any]) -> tuple[float, ...]:
+    """The weight of each delta the record's recipe sums (one delta: its alpha)."""
+    given = recorded_fields(record["recipe"])
+    return given["weights"] or (given["alpha"],)
+
+
 def reproduce_command(record: Mapping[str, Any], output: str) -> str:
     by_role = _by_role(record)
     recipe = record["recipe"]
     parts = ["paramdelta merge"]
-    for role in ROLES:
-        parts.append(f"--{role.replace('_', '-')} {shlex.quote(_spec(by_role[role]))}")
+    weights = _weights(record)
+    if len(weights) == 1:
+        for role in ROLES:
+            parts.append(f"--{role.replace('_', '-')} {shlex.quote(_spec(by_role[role]))}")
+    else:
+        for i, weight in enumerate(weights):
+            post, base = (shlex.quote(_spec(by_role[role])) for role in delta_roles(i))
+            parts.append(f"--delta {post} {base} {weight}")
+        parts.append(f"--new-base {shlex.quote(_spec(by_role['new_base']))}")
     given = recorded_fields(recipe)
     for key, default in Recipe().merged_fields().items():  # the options not at their default
-        if given[key] != default:
+        if key != "weights" and given[key] != default:
             parts.append(f"--{key.replace('_', '-')} {given[key]}")
     parts.append(f"--output {output.partition('/')[2] or output}")
     return " \\\n  ".join(parts)
@@ -175,7 +190,7 @@ def card_context(record: Mapping[str, Any], hub_url: str) -> dict[str, Any]:
                 "repo": checkpoint_name(c),
                 "revision": c.get("revision") or "local",
                 "sha": c.get("sha") or "",
-                "title": ROLE_TITLES[c["role"]],
+                "title": title(c["role"]),
                 "url": url,
                 "commit_url": None if local else f"{url}/commit/{c['sha']}",
             }
@@ -183,12 +198,20 @@ def card_context(record: Mapping[str, Any], hub_url: str) -> dict[str, Any]:
     by_role = {c["role"]: c for c in checkpoints}
     repos = " ".join(c["repo"] for c in checkpoints) + " " + output
     kind = kind_of(record["output"].get("architecture"))
+    terms = [
+        {"weight": weight, "post": by_role[post], "base": by_role[base]}
+        for weight, (post, base) in zip(
+            _weights(record), map(delta_roles, itertools.count()), strict=False
+        )
+    ]
     return {
         "model_name": output,
         "checkpoints": checkpoints,
         "base": by_role["base"],
         "post": by_role["post"],
         "new_base": by_role["new_base"],
+        "terms": terms,
+        "formula": written_formula(terms),
         "license": lic,
         "license_from": lic_from,
         "license_note": note,
@@ -199,7 +222,7 @@ def card_context(record: Mapping[str, Any], hub_url: str) -> dict[str, Any]:
         # Upstream's file names and values, as inline code whatever backticks they hold
         # (and, in a table cell, whatever pipes).
         "files": [
-            (markdown.code(path).replace("|", "\\|"), ROLE_TITLES.get(role, role))
+            (markdown.code(path).replace("|", "\\|"), title(role))
             for path, role in sorted(record["recipe"]["file_donors"].items())
         ],
         "skipped": [
@@ -217,6 +240,17 @@ def card_context(record: Mapping[str, Any], hub_url: str) -> dict[str, Any]:
         # The Use snippet's classes: a vision-language model's processor and auto class.
         "use": {**kind._asdict(), "vision": kind.vision},
     }
+
+
+def written_formula(terms: Sequence[Mapping[str, Any]]) -> str:
+    """The sum written out with its weights: "new base + 0.7·(post − base) − 0.3·(…)"."""
+    text = "new base"
+    for term in terms:
+        weight = float(term["weight"])
+        sign = "−" if weight < 0 else "+"
+        scale = "" if abs(weight) == 1 else f"{abs(weight):g}·"
+        text += f" {sign} {scale}({term['post']['title']} − {term['base']['title']})"
+    return text
 
 
 def _number(value: Any, digits: int = 4) -> str:
@@ -239,14 +273,38 @@ def _delta_row(title: str, group: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def delta_rows(delta: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The delta report as the card's table shows it: an overall row, then one per layer."""
+    """The delta report as the card's table shows it: an overall row, then one per layer
+    (the first delta's); with several deltas, a row per delta and the cosine of each pair."""
     if not delta:
         return None
     layers = [
         _delta_row(f"layer {g['layer']}" if isinstance(g["layer"], int) else g["layer"], g)
         for g in delta["layers"]
     ]
-    return {"overall": _delta_row("all", delta["overall"]), "layers": layers}
+    overall = delta["overall"]
+    each = overall.get("deltas", [])
+    rows = [
+        {
+            "delta": f"{title(post)} − {title(base)}",
+            "post_delta": _number(d["post_delta_norm"]),
+            "base_update": _number(d["base_update_norm"]),
+            "against": f"new base − {title(base)}",
+            "cosine": _number(d["cosine"], 3),
+        }
+        for d, (post, base) in zip(each, map(delta_roles, itertools.count()), strict=False)
+    ]
+    cosines = overall.get("delta_cosines", [])
+    pairs = [
+        (rows[i]["delta"], rows[j]["delta"], _number(cosines[i][j], 3))
+        for i in range(len(rows))
+        for j in range(i + 1, len(rows))
+    ]
+    return {
+        "overall": _delta_row("all", overall),
+        "layers": layers,
+        "deltas": rows,
+        "pairs": pairs,
+    }
 
 
 def check_rows(check: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -279,7 +337,9 @@ def front_matter(record: Mapping[str, Any], tags: Sequence[str]) -> ModelCardDat
             extra["license_name"] = name
         if isinstance(link, str) and ".." not in link and LICENCE_LINK.fullmatch(link):
             extra["license_link"] = link
-    hub_models = [by_role[r]["repo"] for r in ("new_base", "post", "base") if by_role[r]["repo"]]
+    # The new base, then each delta's post and base: every model the merge is made of, once.
+    roles = ("new_base", *(r for i in range(len(_weights(record))) for r in delta_roles(i)))
+    hub_models = list(dict.fromkeys(by_role[r]["repo"] for r in roles if by_role[r]["repo"]))
     return ModelCardData(
         base_model=hub_models or None,
         base_model_relation="merge",

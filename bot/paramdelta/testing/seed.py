@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from paramdelta.engine.merge_plan import ROLES
+from paramdelta.engine.roles import ROLES
 from paramdelta.testing.checkpoints import make_trio
 from paramdelta.testing.hub import FakeHub
 
