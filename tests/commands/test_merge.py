@@ -1064,3 +1064,25 @@ def test_a_missing_delta_checkpoint_names_its_delta(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"paramdelta: error: --delta 2 BASE {tmp_path / 'nope'}: no such directory\n"
     )
+
+
+def test_an_adapter_as_the_first_delta_is_recorded_and_written_out(tmp_path, capsys):
+    from paramdelta.testing.adapters import adapter_config, lora_tensors, write_adapter
+
+    five = two_deltas(tmp_path / "in")
+    shapes = {name: t.shape for name, t in load_tensors(five["base"]).items()}
+    five["post"] = write_adapter(tmp_path / "lora", lora_tensors(shapes), adapter_config(4, 8))
+    assert main(_delta_argv(five, tmp_path / "out")) == 0
+    record = json.loads((tmp_path / "out" / "paramdelta.json").read_text())
+    assert (record["recipe"]["adapter"]["scale"], record["recipe"]["weights"]) == (2.0, [0.7, -0.3])
+    post = next(c for c in record["checkpoints"] if c["role"] == "post")
+    assert post["path"] == str(tmp_path / "lora")
+    # The adapter ships no tokenizer: the first delta's base gives it.
+    assert record["recipe"]["file_donors"]["tokenizer_config.json"] == "base"
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert (
+        "- The post model is a LoRA adapter on the base: `post - base = scale * lora_B @ lora_A`"
+        " on 6 tensors, scale = lora_alpha / r = 8 / 4 = 2.0; its delta is zero on every other"
+        " tensor\n" in card
+    )
+    assert "  1. weight 0.7: post `lora` − base `base`" in card
