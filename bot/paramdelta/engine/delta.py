@@ -28,6 +28,7 @@ from paramdelta.engine.kernel import OPERANDS, Moments, NonFinite
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 _EMBEDDING = re.compile(r"embed|(?:^|\.)wte\.|(?:^|\.)wpe\.")
 _HEAD = re.compile(r"(?:^|\.)lm_head\.")
+_EXPERT = re.compile(r"\.experts\.(\d+)\.")
 # Groups in model order: embeddings, the layers, the rest (final norm), the LM head.
 EMBEDDINGS, OTHER, HEAD = "embeddings", "other", "lm_head"
 
@@ -62,13 +63,17 @@ def summarise(moments: Moments) -> dict[str, Any]:
     denominator = math.sqrt(moments.post_sq * moments.update_sq)
     cosine = moments.cross / denominator if denominator > 0 else None
     counts = moments.nonfinite or NonFinite()
-    return {
+    summary = {
         "elements": moments.elements,
         "post_delta_norm": _norm(moments.post_sq),
         "base_update_norm": _norm(moments.update_sq),
         "cosine": None if cosine is None else _rounded(max(-1.0, min(1.0, cosine))),
         "nonfinite": {role: counts.nan[i] + counts.inf[i] for i, role in enumerate(OPERANDS)},
     }
+    if moments.requantized:  # an FP8 output: relative RMS of q·s - x over the re-quantized
+        ratio = moments.requant_err_sq / moments.requant_sq if moments.requant_sq > 0 else 0.0
+        summary["requant_error"] = _norm(ratio)
+    return summary
 
 
 @dataclass
@@ -97,6 +102,14 @@ class DeltaReport:
             count, total = sums[group]
             yield group, count, total
 
+    def experts(self) -> dict[int | str, int]:
+        """The number of experts of each group that has any (mixture-of-experts layers)."""
+        seen: dict[int | str, set[int]] = {}
+        for name in self.tensors:
+            if match := _EXPERT.search(name):
+                seen.setdefault(group_of(name), set()).add(int(match[1]))
+        return {group: len(ids) for group, ids in seen.items()}
+
     def overall(self) -> Moments:
         total = Moments()
         for moments in self.tensors.values():
@@ -105,10 +118,16 @@ class DeltaReport:
 
     def summary(self) -> dict[str, Any]:
         """The report as paramdelta.json keeps it: overall, per layer, and non-finite tensors."""
+        experts = self.experts()
         return {
             "overall": {"tensors": len(self.tensors), **summarise(self.overall())},
             "layers": [
-                {"layer": group, "tensors": count, **summarise(total)}
+                {
+                    "layer": group,
+                    "tensors": count,
+                    **({"experts": experts[group]} if group in experts else {}),
+                    **summarise(total),
+                }
                 for group, count, total in self.groups()
             ],
             "nonfinite_tensors": sorted(

@@ -20,6 +20,14 @@ from typing import Any, Literal, NamedTuple, NoReturn
 from paramdelta.engine.checkpoint import CONFIG, Checkpoint, Source, TensorRef, read_json
 from paramdelta.engine.dtypes import COPIED_DTYPES, FLOAT_DTYPES, ITEMSIZE, TORCH_NAMES
 from paramdelta.engine.files import GENERATION_CONFIG, file_donors, skipped_files
+from paramdelta.engine.fp8_layout import (
+    FP8,
+    SCALE_SUFFIX,
+    BlockScaled,
+    output_config,
+    scale_shape,
+    split_scales,
+)
 from paramdelta.engine.limits import MAX_CONFIG_BYTES, MAX_DONATED_BYTES, check_size
 from paramdelta.engine.recipe import DTYPE_CHOICES, Recipe
 from paramdelta.engine.safetensors_format import INDEX
@@ -113,6 +121,8 @@ class MergeItem:
     dtype: str
     shape: tuple[int, ...]
     segments: tuple[Segment, ...]
+    fp8: BlockScaled | None = None  # an FP8 block-scaled merge, computed in row bands
+    scale_of: str | None = None  # an output scale tensor, written with this weight
 
     @property
     def nbytes(self) -> int:
@@ -207,7 +217,8 @@ class MergePlan:
     @property
     def written_dtype(self) -> str:
         """The dtype the float tensors are written in ("bfloat16"; several, comma-separated)."""
-        names = sorted({TORCH_NAMES[i.dtype] for i in self.items if i.dtype in FLOAT_DTYPES})
+        written = FLOAT_DTYPES | {FP8}
+        names = sorted({TORCH_NAMES[i.dtype] for i in self.items if i.dtype in written})
         return ", ".join(names) or "none"
 
     def config_bytes(self, new_base: Source) -> bytes:
@@ -271,7 +282,12 @@ def plan_merge(
     """Pair tensors, check compatibility, and lay out the computation."""
     recipe.check()
     vocab_policy = recipe.vocab_policy
+    # FP8 weights carry their scale tensors: those are part of the weight, not tensors to pair.
+    (base, base_scales), (post, post_scales), (new_base, new_scales) = map(
+        split_scales, (base, post, new_base)
+    )
     trio = (base, post, new_base)
+    scales = (new_scales, post_scales, base_scales)  # in the order of a segment's inputs
     check_configs(trio)
     _check_names(trio)
 
@@ -285,12 +301,16 @@ def plan_merge(
     for ref_new in order:
         name = ref_new.entry.name
         refs = (base.tensors[name], post.tensors[name], ref_new)
+        if any(name in s for s in scales):
+            items.extend(_plan_fp8(name, refs, trio, scales, forced, recipe.alpha))
+            continue
         items.append(_plan_tensor(name, refs, trio, forced, recipe, vocabularies))
 
     vocabulary = _vocabulary(vocabularies, trio, vocab_policy)
     if vocabulary is not None and vocabulary.rows["output"] != vocab_size(new_base.config):
         changes["vocab_size"] = vocabulary.rows["output"]
         _set_config(config, "vocab_size", changes["vocab_size"])
+    changes.update(output_config(config, any(item.dtype == FP8 for item in items)))
     for key, value in _token_ids(post).items():
         if _get_config(config, key) != value:
             changes[key] = value
@@ -332,6 +352,10 @@ def _files_read(
         for segment in item.segments:
             for role, ref, _ in segment.inputs:
                 read[role].add(ref.file)
+        if item.fp8 is not None:
+            for operand, scale in zip(item.segments[0].inputs, item.fp8.scales, strict=True):
+                if scale is not None:
+                    read[operand.role].add(scale.file)
     for path, role in donors.items():
         read[role].add(path)
     return {role: sorted(paths) for role, paths in read.items()}
@@ -402,7 +426,7 @@ def _plan_tensor(
         if ref.dtype not in FLOAT_DTYPES:
             raise CheckpointError(
                 f"{checkpoint.where}: tensor {name!r} has dtype {ref.dtype}, which cannot be"
-                " merged (quantized or mixed with integer tensors); use unquantized checkpoints"
+                " merged (only float tensors, FP8 block-scaled weights and integer buffers can)"
             )
     out_dtype = forced or new.dtype
 
@@ -427,6 +451,34 @@ def _plan_tensor(
         extra = (out_rows - shared) * row
         segments.append(Segment("copy", shared * row, extra, Operand("post", post, shared * row)))
     return MergeItem(name, out_dtype, (out_rows, *new.shape[1:]), tuple(segments))
+
+
+def _plan_fp8(
+    name: str,
+    refs: tuple[TensorRef, TensorRef, TensorRef],
+    trio: tuple[Checkpoint, Checkpoint, Checkpoint],
+    scales: tuple[dict[str, TensorRef], ...],
+    forced: str | None,
+    weight: float,
+) -> list[MergeItem]:
+    """An FP8 weight (in one input at least), and the output's scale tensor if it stays FP8."""
+    new = refs[2]
+    if len({r.shape for r in refs}) != 1:
+        _shape_mismatch(name, refs, trio)
+    for ref, checkpoint in zip(refs, trio, strict=True):
+        if ref.dtype != FP8 and ref.dtype not in FLOAT_DTYPES:
+            raise CheckpointError(
+                f"{checkpoint.where}: tensor {name!r} has dtype {ref.dtype}, which cannot be"
+                " merged with an FP8 weight"
+            )
+    out_dtype = forced or new.dtype
+    out_scale = name + SCALE_SUFFIX if out_dtype == FP8 else None
+    segment = _merge_segment(refs, weight, new.entry.numel)
+    layout = BlockScaled(tuple(s.get(name) for s in scales), out_scale)
+    items = [MergeItem(name, out_dtype, new.shape, (segment,), fp8=layout)]
+    if out_scale is not None:
+        items.append(MergeItem(out_scale, "F32", scale_shape(new.shape), (), scale_of=name))
+    return items
 
 
 def _merge_segment(

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from huggingface_hub.utils import tqdm
@@ -40,6 +40,8 @@ from huggingface_hub.utils import tqdm
 from paramdelta.engine.checkpoint import Source
 from paramdelta.engine.delta import DeltaReport
 from paramdelta.engine.dtypes import ITEMSIZE, TORCH_NAMES
+from paramdelta.engine.fp8 import merge_band
+from paramdelta.engine.fp8_layout import BLOCK, blocks
 from paramdelta.engine.kernel import (
     CPU_BLOCK,
     OPERANDS,
@@ -51,7 +53,7 @@ from paramdelta.engine.kernel import (
     merge_into,
     scratch_buffers,
 )
-from paramdelta.engine.merge_plan import ROLE_TITLES, MergePlan
+from paramdelta.engine.merge_plan import ROLE_TITLES, MergeItem, MergePlan, Segment
 from paramdelta.engine.recipe import Runtime
 from paramdelta.engine.writer import OutputWriter, ShardPlan
 from paramdelta.errors import CheckpointError, UsageError
@@ -71,6 +73,16 @@ class Read:
     dtype: str
 
 
+class Band(NamedTuple):
+    """What an FP8 unit adds (whole 128-row blocks of a 2-D weight, all ``cols`` columns):
+    each input's scale rows (None for a float input), where the output's scales go."""
+
+    cols: int
+    scales: tuple[Read | None, ...]
+    scale_offset: int | None
+    scale_nbytes: int = 0
+
+
 @dataclass(frozen=True)
 class Unit:
     """One chunk: ``count`` output elements, written at ``out_offset`` of shard ``shard``.
@@ -88,6 +100,7 @@ class Unit:
     op: Literal["merge", "convert", "raw"]
     reads: tuple[Read, ...]
     weights: tuple[float, ...] = ()
+    band: Band | None = None  # an FP8 block-scaled merge (`paramdelta.engine.fp8`)
 
     @property
     def out_nbytes(self) -> int:
@@ -165,8 +178,9 @@ def plan_units(
                 op = "raw"
             else:
                 op = "convert"
-            for start in range(0, segment.count, elements):
-                count = min(elements, segment.count - start)
+            step = _band_elements(item, elements) if item.fp8 else elements
+            for start in range(0, segment.count, step):
+                count = min(step, segment.count - start)
                 reads = tuple(
                     Read(
                         role,
@@ -179,13 +193,61 @@ def plan_units(
                     for role, ref, first in segment.inputs
                 )
                 out_offset = tensor_offset + (segment.out_start + start) * out_size
+                band = _band(item, segment, sources, shards[shard], start, count)
                 units.append(
                     Unit(
-                        item.name, shard, out_offset, count, item.dtype, op, reads, segment.weights
+                        item.name,
+                        shard,
+                        out_offset,
+                        count,
+                        item.dtype,
+                        op,
+                        reads,
+                        segment.weights,
+                        band,
                     )
                 )
     units.sort(key=lambda u: u.shard)  # stable: file order within a shard is kept
     return units
+
+
+def _band_elements(item: MergeItem, elements: int) -> int:
+    """Elements per FP8 unit: whole blocks of rows, at least one, within a quarter of
+    ``elements`` (the band is widened to float32 temporaries, one per input)."""
+    cols = item.shape[1]
+    return BLOCK * cols * max(1, elements // (4 * BLOCK * cols))
+
+
+def _band(
+    item: MergeItem,
+    segment: Segment,
+    sources: dict[str, Source],
+    shard: ShardPlan,
+    start: int,
+    count: int,
+) -> Band | None:
+    """The scale rows an FP8 unit reads and writes: block rows ``start // (128·cols)`` on."""
+    if item.fp8 is None:
+        return None
+    cols = item.shape[1]
+    first, rows = start // cols // BLOCK, blocks(count // cols)
+    row_bytes = 4 * blocks(cols)  # one float32 per block of a row of blocks
+    scales = tuple(
+        None
+        if ref is None
+        else Read(
+            role,
+            sources[role],
+            ref.file,
+            ref.entry.offset + first * row_bytes,
+            rows * row_bytes,
+            "F32",
+        )
+        for (role, _, _), ref in zip(segment.inputs, item.fp8.scales, strict=True)
+    )
+    out = item.fp8.out_scale
+    offset = None if out is None else shard.offsets[out] + first * row_bytes
+    return Band(cols, scales, offset, rows * row_bytes if out else 0)
 
 
 def _host_buffer(nbytes: int, pinned: bool) -> tuple[torch.Tensor, memoryview]:
@@ -205,6 +267,8 @@ class _Worker:
 
     pinned = False
     scratch: tuple[torch.Tensor, torch.Tensor]  # the kernel's float32 rows, on the device
+    band_scales: list[torch.Tensor | None]  # an FP8 unit's input scales, on the host
+    out_scale: torch.Tensor  # and its output's
 
     def __init__(self, operands: int, in_bytes: int, out_bytes: int) -> None:
         self.delta = DeltaReport()
@@ -216,6 +280,15 @@ class _Worker:
         targets = [self.out] if unit.op == "raw" else self.inputs
         for read, (_, view) in zip(unit.reads, targets, strict=False):
             read.source.read_into(read.file, read.offset, view[: read.nbytes])
+        if unit.band is not None:  # a few hundred bytes of block scales per input
+            self.band_scales = [
+                None
+                if r is None
+                else torch.frombuffer(
+                    bytearray(r.source.read(r.file, r.offset, r.nbytes)), dtype=torch.float32
+                )
+                for r in unit.band.scales
+            ]
 
     def compute(self, unit: Unit) -> None:
         if unit.op == "raw":
@@ -233,6 +306,14 @@ class _Worker:
 
     def _kernel(self, unit: Unit, ins: list[torch.Tensor], out: torch.Tensor) -> Moments:
         typed = out.view(TORCH_DTYPES[unit.out_dtype])
+        if unit.band is not None:
+            scales = [None if s is None else s.to(out.device) for s in self.band_scales]
+            moments, out_scale = merge_band(
+                typed, ins, scales, unit.weights, unit.band.cols, self.scratch
+            )
+            if out_scale is not None:
+                self.out_scale = out_scale.cpu()
+            return moments
         if unit.op == "convert":
             return Moments(nonfinite=copy_into(typed, ins[0]))
         deltas = [(ins[1 + 2 * i], ins[2 + 2 * i], weight) for i, weight in enumerate(unit.weights)]
@@ -244,6 +325,10 @@ class _Worker:
 
     def output(self, unit: Unit) -> memoryview:
         return self.out[1][: unit.out_nbytes]
+
+    def scale_output(self) -> memoryview:
+        """An FP8 unit's output scales, as bytes."""
+        return memoryview(self.out_scale.numpy().tobytes())
 
 
 class _CpuWorker(_Worker):
@@ -414,15 +499,17 @@ class Execution:
         self.elements = chunk_elements(
             plan, used, self.workers, runtime.max_memory, self.device.type == "cuda"
         )
-        self.schedule = _Schedule(
-            plan_units(plan, writer.shards, sources, self.elements), len(writer.shards), hand_over
-        )
-        # Each worker's buffers: every operand of the widest unit, in the widest dtypes.
+        units = plan_units(plan, writer.shards, sources, self.elements)
+        self.schedule = _Schedule(units, len(writer.shards), hand_over)
+        # Each worker's buffers: every operand of the widest unit, in the widest dtypes
+        # (an FP8 unit is at least one band of 128 rows, however wide).
+        widest = max((u.count for u in units if u.band), default=self.elements)
+        elements = max(self.elements, widest)
         self.buffers = (
             plan.operands,
-            self.elements,
-            self.elements * _max_in_itemsize(plan),
-            self.elements * _out_itemsize(plan),
+            elements,
+            elements * _max_in_itemsize(plan),
+            elements * _out_itemsize(plan),
         )
         self.stats: MergeStats | None = None
 
@@ -472,7 +559,8 @@ class Execution:
                 bar.close()
         if failures:
             raise failures[0]
-        delta = DeltaReport({item.name: Moments() for item in self.plan.items})  # plan's order
+        # In the plan's order; an output scale tensor is part of its weight.
+        delta = DeltaReport({i.name: Moments() for i in self.plan.items if i.scale_of is None})
         delta.merge(reports)
         self.stats = MergeStats(
             tensors=len(self.plan.items),
@@ -501,8 +589,10 @@ class Execution:
                 worker.read(unit)
                 worker.compute(unit)
                 writer.write(unit.shard, unit.out_offset, worker.output(unit))
+                if unit.band is not None and unit.band.scale_offset is not None:
+                    writer.write(unit.shard, unit.band.scale_offset, worker.scale_output())
                 with bar.get_lock():  # tqdm's counter is not atomic
-                    bar.update(unit.out_nbytes)
+                    bar.update(unit.out_nbytes + (unit.band.scale_nbytes if unit.band else 0))
                 if schedule.done(unit):
                     writer.shard_done(unit.shard)
                     finished.put(unit.shard)
