@@ -166,8 +166,7 @@ class LocalSource:
             self._fds.clear()
 
 
-@dataclass(frozen=True)
-class TensorRef:
+class TensorRef(NamedTuple):
     """One tensor of one checkpoint: which file, and where in it."""
 
     file: str

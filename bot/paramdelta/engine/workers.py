@@ -37,6 +37,7 @@ from typing import Literal, NamedTuple
 import torch
 from huggingface_hub.utils import tqdm
 
+from paramdelta.engine.batches import batch_units
 from paramdelta.engine.checkpoint import Source
 from paramdelta.engine.delta import DeltaReport
 from paramdelta.engine.dtypes import ITEMSIZE, TORCH_NAMES
@@ -63,8 +64,7 @@ MIN_CHUNK_ELEMENTS = 4096  # also the alignment of bigger chunks
 CUDA_CHUNK_ELEMENTS = 1 << 23
 
 
-@dataclass(frozen=True)
-class Read:
+class Read(NamedTuple):  # tuples, not dataclasses: cheap to make, ~100k of them for MoE
     role: str
     source: Source
     file: str
@@ -101,6 +101,7 @@ class Unit:
     reads: tuple[Read, ...]
     weights: tuple[float, ...] = ()
     band: Band | None = None  # an FP8 block-scaled merge (`paramdelta.engine.fp8`)
+    parts: tuple[Unit, ...] = ()  # a batch of small units computed as one (`engine.batches`)
 
     @property
     def out_nbytes(self) -> int:
@@ -275,30 +276,64 @@ class _Worker:
         self.inputs = [_host_buffer(in_bytes, self.pinned) for _ in range(operands)]
         self.out = _host_buffer(out_bytes, self.pinned)
 
+    def run(self, unit: Unit, writer: OutputWriter) -> None:
+        """Read, compute and write ``unit``; a batch that is not all finite part by part."""
+        self.read(unit)
+        moments = self.compute(unit)
+        if unit.parts and moments.nonfinite is not None:  # find the tensor to name
+            for part in unit.parts:
+                self.run(part, writer)
+            return
+        self.delta.add(unit.tensor, moments)
+        if moments.nonfinite is not None and moments.nonfinite.output:
+            raise _nonfinite_error(unit, moments.nonfinite)
+        self.write(unit, writer)
+
     def read(self, unit: Unit) -> None:
         # A raw copy needs no conversion: straight into the output buffer.
         targets = [self.out] if unit.op == "raw" else self.inputs
-        for read, (_, view) in zip(unit.reads, targets, strict=False):
-            read.source.read_into(read.file, read.offset, view[: read.nbytes])
+        filled = [0] * len(unit.reads)
+        for part in unit.parts or (unit,):  # a batch's parts back to back in each buffer
+            for i, (read, (_, view)) in enumerate(zip(part.reads, targets, strict=False)):
+                end = filled[i] + read.nbytes
+                read.source.read_into(read.file, read.offset, view[filled[i] : end])
+                filled[i] = end
         if unit.band is not None:  # a few hundred bytes of block scales per input
             self.band_scales = [
                 None
                 if r is None
                 else torch.frombuffer(
-                    bytearray(r.source.read(r.file, r.offset, r.nbytes)), dtype=torch.float32
+                    bytearray(
+                        b"".join(
+                            s.source.read(s.file, s.offset, s.nbytes)
+                            for p in unit.parts or (unit,)
+                            if p.band and (s := p.band.scales[i])
+                        )
+                    ),
+                    dtype=torch.float32,
                 )
-                for r in unit.band.scales
+                for i, r in enumerate(unit.band.scales)
             ]
 
-    def compute(self, unit: Unit) -> None:
+    def compute(self, unit: Unit) -> Moments:
         if unit.op == "raw":
             view = self.out[0][: unit.out_nbytes].view(TORCH_DTYPES[unit.out_dtype])
-            moments = Moments(nonfinite=check_copy(view))
-        else:
-            moments = self._compute(unit)
-        self.delta.add(unit.tensor, moments)
-        if moments.nonfinite is not None and moments.nonfinite.output:
-            raise _nonfinite_error(unit, moments.nonfinite)
+            return Moments(nonfinite=check_copy(view))
+        return self._compute(unit)
+
+    def write(self, unit: Unit, writer: OutputWriter) -> None:
+        """The output buffer at each part's offset, and an FP8 output's scales at theirs."""
+        data, scales = self.out[1], 0
+        cursor = 0
+        for part in unit.parts or (unit,):
+            writer.write(part.shard, part.out_offset, data[cursor : cursor + part.out_nbytes])
+            cursor += part.out_nbytes
+            if part.band is not None and part.band.scale_offset is not None:
+                if not scales:
+                    scale_bytes = memoryview(self.out_scale.numpy().tobytes())
+                end = scales + part.band.scale_nbytes
+                writer.write(part.shard, part.band.scale_offset, scale_bytes[scales:end])
+                scales = end
 
     def _compute(self, unit: Unit) -> Moments:
         """Merge or convert the unit's inputs into the host output buffer."""
@@ -308,8 +343,10 @@ class _Worker:
         typed = out.view(TORCH_DTYPES[unit.out_dtype])
         if unit.band is not None:
             scales = [None if s is None else s.to(out.device) for s in self.band_scales]
+            cols = unit.band.cols
+            rows = (unit.parts[0].count if unit.parts else unit.count) // cols
             moments, out_scale = merge_band(
-                typed, ins, scales, unit.weights, unit.band.cols, self.scratch
+                typed, ins, scales, unit.weights, (rows, cols), self.scratch
             )
             if out_scale is not None:
                 self.out_scale = out_scale.cpu()
@@ -322,13 +359,6 @@ class _Worker:
     def _input_bytes(self, unit: Unit) -> list[torch.Tensor]:
         """The bytes each read of ``unit`` filled, in its host buffer."""
         return [self.inputs[i][0][: read.nbytes] for i, read in enumerate(unit.reads)]
-
-    def output(self, unit: Unit) -> memoryview:
-        return self.out[1][: unit.out_nbytes]
-
-    def scale_output(self) -> memoryview:
-        """An FP8 unit's output scales, as bytes."""
-        return memoryview(self.out_scale.numpy().tobytes())
 
 
 class _CpuWorker(_Worker):
@@ -499,7 +529,9 @@ class Execution:
         self.elements = chunk_elements(
             plan, used, self.workers, runtime.max_memory, self.device.type == "cuda"
         )
-        units = plan_units(plan, writer.shards, sources, self.elements)
+        units = batch_units(
+            plan_units(plan, writer.shards, sources, self.elements), self.elements // 4
+        )
         self.schedule = _Schedule(units, len(writer.shards), hand_over)
         # Each worker's buffers: every operand of the widest unit, in the widest dtypes
         # (an FP8 unit is at least one band of 128 rows, however wide).
@@ -586,11 +618,7 @@ class Execution:
             worker = _worker(self.device, *self.buffers)
             reports.append(worker.delta)
             while (unit := schedule.next()) is not None:
-                worker.read(unit)
-                worker.compute(unit)
-                writer.write(unit.shard, unit.out_offset, worker.output(unit))
-                if unit.band is not None and unit.band.scale_offset is not None:
-                    writer.write(unit.shard, unit.band.scale_offset, worker.scale_output())
+                worker.run(unit, writer)
                 with bar.get_lock():  # tqdm's counter is not atomic
                     bar.update(unit.out_nbytes + (unit.band.scale_nbytes if unit.band else 0))
                 if schedule.done(unit):

@@ -88,12 +88,14 @@ def deepseek_config(
 
 
 def deepseek_tensors(
-    config: Mapping[str, Any], *, fp8: bool = True
+    config: Mapping[str, Any], *, fp8: bool = True, fused_experts: bool = False
 ) -> list[tuple[str, str, tuple[int, ...]]]:
     """(name, dtype, shape) of every tensor of a DeepSeek-V3 checkpoint, as the Hub names them.
 
     ``fp8=False``: the same names and shapes in bf16 (a scale tensor then is a tiny bf16
     tensor like any other): a trio the old engine merges too, for comparisons.
+    ``fused_experts``: each layer's experts as one tensor per projection (the same bytes
+    in a few tensors, the benchmarks' yardstick).
     """
     h, v = config["hidden_size"], config["vocab_size"]
     mi, di = config["moe_intermediate_size"], config["intermediate_size"]
@@ -118,7 +120,9 @@ def deepseek_tensors(
         if layer < config["first_k_dense_replace"]:
             mlp(p + "mlp.", di)
         else:
-            for e in range(config["n_routed_experts"]):
+            if fused_experts:
+                mlp(p + "mlp.experts.", mi * config["n_routed_experts"])
+            for e in range(0 if fused_experts else config["n_routed_experts"]):
                 mlp(f"{p}mlp.experts.{e}.", mi)
             out.append(
                 (p + "mlp.gate.e_score_correction_bias", "F32", (config["n_routed_experts"],))
