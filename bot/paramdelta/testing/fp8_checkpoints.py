@@ -175,8 +175,8 @@ def write_generated(
         if dtype in pools:
             data[cursor : cursor + size] = pools[dtype][cursor : cursor + size]
         cursor += size
-    per_shard = -(-len(tensors) // shards)
-    groups = [tensors[i : i + per_shard] for i in range(0, len(tensors), per_shard)]
+    cuts = [len(tensors) * i // shards for i in range(shards + 1)]
+    groups = [tensors[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
     weight_map, cursor = {}, 0
     for number, group in enumerate(groups, start=1):
         name = shard_filename(number, len(groups))
