@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from merging import merge
+from paramdelta.engine.batches import batch_units
 from paramdelta.engine.checkpoint import LocalSource
 from paramdelta.engine.recipe import Recipe
 from paramdelta.engine.stages import preflight
+from paramdelta.engine.workers import plan_units
+from paramdelta.engine.writer import plan_shards
 from paramdelta.errors import CheckpointError
 from paramdelta.testing.checkpoints import load_tensors, save_checkpoint
 from paramdelta.testing.fp8_checkpoints import QUANTIZATION_CONFIG, fp8_state
@@ -36,15 +39,19 @@ CONFIG = {
 }
 
 
-def _state(seed):
+def _state(seed, shapes=SHAPES):
     g = torch.Generator().manual_seed(seed)
-    return {n: (0.05 * torch.randn(s, generator=g)).to(torch.bfloat16) for n, s in SHAPES.items()}
+    return {n: (0.05 * torch.randn(s, generator=g)).to(torch.bfloat16) for n, s in shapes.items()}
 
 
-def _trio(tmp_path, post_fp8=True, new_fp8=True):
-    """Three checkpoints: FP8 unless asked otherwise (a bf16 post, a bf16 new base)."""
-    base = _state(0)
-    states = {"base": base, "post": _state(1), "new_base": _state(2)}
+def _trio(tmp_path, post_fp8=True, new_fp8=True, shapes=SHAPES, poison=None):
+    """Three checkpoints: FP8 unless asked otherwise (a bf16 post, a bf16 new base).
+
+    ``poison``: a tensor of the post model that gets one NaN.
+    """
+    states = {"base": _state(0, shapes), "post": _state(1, shapes), "new_base": _state(2, shapes)}
+    if poison:
+        states["post"][poison][3, 5] = math.nan
     fp8 = {"base": True, "post": post_fp8, "new_base": new_fp8}
     sources = {}
     for role, state in states.items():
@@ -242,3 +249,44 @@ def test_scales_of_the_wrong_shape_are_refused(tmp_path):
         f"post: {tmp_path / 'post'}: tensor '{EXPERT}_scale_inv' is F32 [2, 2], not F32 [3, 2]"
         f" (one float32 scale per 128x128 block of {EXPERT!r})"
     )
+
+
+# Two MoE layers of 8 experts: the engine merges each layer's experts of one shape together.
+EXPERTS = {
+    f"model.layers.{layer}.mlp.experts.{e}.{proj}.weight": (32, 16)
+    if proj == "down_proj"
+    else (16, 32)
+    for layer in (0, 1)
+    for e in range(8)
+    for proj in ("down_proj", "gate_proj", "up_proj")
+}
+
+
+@pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
+def test_experts_merged_in_batches_match_the_formula(tmp_path, dtype):
+    sources = _trio(tmp_path, shapes=EXPERTS)
+    plan = preflight(sources, Recipe(dtype=dtype))
+    shards = plan_shards(plan.items, plan.recipe.shard_size)
+    units = plan_units(plan, shards, sources, 1 << 19)
+    batched = batch_units(units, 1 << 17)
+    assert (len(units), len(batched)) == (48, 4)  # per layer: one batch of each shape
+    assert sorted(len(u.parts) for u in batched) == [8, 8, 16, 16]  # down; gate and up
+    result = merge(sources, tmp_path / "out", dtype=dtype)
+    out = load_tensors(tmp_path / "out")
+    for name in EXPERTS:
+        x = ref_merged(sources, name)
+        if dtype == "auto":
+            q, scale = ref_quantize(x)
+            assert torch.equal(_bits(out[name]), _bits(q)), name
+            assert torch.equal(out[name + "_scale_inv"], scale), name
+        else:
+            assert torch.equal(out[name], x.to(torch.bfloat16)), name
+    layers = {g["layer"]: g for g in result.stats.delta.summary()["layers"]}
+    assert (layers[0]["tensors"], layers[0]["experts"], layers[1]["experts"]) == (24, 8, 8)
+
+
+def test_a_nan_in_a_batch_names_its_tensor(tmp_path):
+    poisoned = "model.layers.1.mlp.experts.5.gate_proj.weight"
+    sources = _trio(tmp_path, shapes=EXPERTS, poison=poisoned)
+    with pytest.raises(CheckpointError, match=f"^merged tensor '{poisoned}' is not finite"):
+        merge(sources, tmp_path / "out")
