@@ -12,6 +12,7 @@ the first byte moves.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -105,7 +106,7 @@ class Segment:
     start: Operand
     deltas: tuple[WeightedDelta, ...] = ()
 
-    @property
+    @functools.cached_property  # a MoE plan asks ~100k segments for them, several times
     def inputs(self) -> tuple[Operand, ...]:
         """Every operand in the order the kernel reads them: start, then each post and base."""
         return (self.start, *(o for d in self.deltas for o in (d.post, d.base)))
@@ -209,10 +210,18 @@ class MergePlan:
     def nbytes(self) -> int:
         return sum(item.nbytes for item in self.items)
 
-    @property
+    @functools.cached_property
     def operands(self) -> int:
         """The most inputs one output element is computed from (3 for one delta)."""
         return max((len(s.inputs) for i in self.items for s in i.segments), default=1)
+
+    @functools.cached_property
+    def input_itemsize(self) -> int:
+        """The widest dtype any input is read in, in bytes."""
+        return max(
+            (ITEMSIZE[op.ref.dtype] for i in self.items for s in i.segments for op in s.inputs),
+            default=1,
+        )
 
     @property
     def written_dtype(self) -> str:

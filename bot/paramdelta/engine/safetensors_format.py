@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -138,7 +139,7 @@ def parse_header(raw: bytes, *, file_size: int, where: str) -> Header:
         raise CheckpointError(f"{where}: __metadata__ must map strings to strings")
 
     entries = [_entry(name, info, where, data_start) for name, info in doc.items()]
-    entries.sort(key=lambda t: (t.offset, t.offset + t.nbytes))
+    entries.sort(key=operator.attrgetter("offset", "nbytes"))  # i.e. by (begin, end)
     _check_tiling(entries, data_start, data_size, where)
     return Header(tensors=tuple(entries), metadata=metadata, data_start=data_start)
 

@@ -147,10 +147,7 @@ def chunk_elements(
 
 
 def _max_in_itemsize(plan: MergePlan) -> int:
-    return max(
-        (ITEMSIZE[op.ref.dtype] for i in plan.items for s in i.segments for op in s.inputs),
-        default=1,
-    )
+    return plan.input_itemsize
 
 
 def _out_itemsize(plan: MergePlan) -> int:
@@ -251,6 +248,20 @@ def _band(
     return Band(cols, scales, offset, rows * row_bytes if out else 0)
 
 
+def _writes_scales(unit: Unit) -> bool:
+    return unit.band is not None and unit.band.scale_offset is not None
+
+
+def _read_scales(unit: Unit, operand: int) -> torch.Tensor:
+    """One input's block scales for every part of ``unit``, back to back (a few hundred bytes)."""
+    data = b"".join(
+        scale.source.read(scale.file, scale.offset, scale.nbytes)
+        for part in unit.parts or (unit,)
+        if part.band is not None and (scale := part.band.scales[operand]) is not None
+    )
+    return torch.frombuffer(bytearray(data), dtype=torch.float32)
+
+
 def _host_buffer(nbytes: int, pinned: bool) -> tuple[torch.Tensor, memoryview]:
     """A uint8 tensor and a writable memoryview of the same memory (for preadv/pwrite)."""
     tensor = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=pinned)
@@ -298,21 +309,9 @@ class _Worker:
                 end = filled[i] + read.nbytes
                 read.source.read_into(read.file, read.offset, view[filled[i] : end])
                 filled[i] = end
-        if unit.band is not None:  # a few hundred bytes of block scales per input
+        if unit.band is not None:
             self.band_scales = [
-                None
-                if r is None
-                else torch.frombuffer(
-                    bytearray(
-                        b"".join(
-                            s.source.read(s.file, s.offset, s.nbytes)
-                            for p in unit.parts or (unit,)
-                            if p.band and (s := p.band.scales[i])
-                        )
-                    ),
-                    dtype=torch.float32,
-                )
-                for i, r in enumerate(unit.band.scales)
+                None if r is None else _read_scales(unit, i) for i, r in enumerate(unit.band.scales)
             ]
 
     def compute(self, unit: Unit) -> Moments:
@@ -323,17 +322,16 @@ class _Worker:
 
     def write(self, unit: Unit, writer: OutputWriter) -> None:
         """The output buffer at each part's offset, and an FP8 output's scales at theirs."""
-        data, scales = self.out[1], 0
-        cursor = 0
+        data, cursor = self.out[1], 0
+        scales = memoryview(self.out_scale.numpy().tobytes()) if _writes_scales(unit) else None
+        scale_cursor = 0
         for part in unit.parts or (unit,):
             writer.write(part.shard, part.out_offset, data[cursor : cursor + part.out_nbytes])
             cursor += part.out_nbytes
-            if part.band is not None and part.band.scale_offset is not None:
-                if not scales:
-                    scale_bytes = memoryview(self.out_scale.numpy().tobytes())
-                end = scales + part.band.scale_nbytes
-                writer.write(part.shard, part.band.scale_offset, scale_bytes[scales:end])
-                scales = end
+            if scales is not None and part.band is not None and part.band.scale_offset is not None:
+                end = scale_cursor + part.band.scale_nbytes
+                writer.write(part.shard, part.band.scale_offset, scales[scale_cursor:end])
+                scale_cursor = end
 
     def _compute(self, unit: Unit) -> Moments:
         """Merge or convert the unit's inputs into the host output buffer."""

@@ -10,6 +10,7 @@ every shard's data a slice of one generated buffer.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -176,7 +177,7 @@ def write_generated(
             data[cursor : cursor + size] = pools[dtype][cursor : cursor + size]
         cursor += size
     cuts = [len(tensors) * i // shards for i in range(shards + 1)]
-    groups = [tensors[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+    groups = [tensors[a:b] for a, b in itertools.pairwise(cuts) if b > a]
     weight_map, cursor = {}, 0
     for number, group in enumerate(groups, start=1):
         name = shard_filename(number, len(groups))
