@@ -17,6 +17,7 @@ of all its tensors together and its cosine that of the concatenated deltas.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -81,8 +82,11 @@ class DeltaReport:
     """The moments of every output tensor, by name, in the plan's order."""
 
     tensors: dict[str, Moments] = field(default_factory=dict)
+    # The last summary: the CLI, the record and the card each ask (95k tensors for DeepSeek).
+    _summary: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def add(self, name: str, moments: Moments) -> None:
+        self._summary = None
         self.tensors.setdefault(name, Moments()).add(moments)
 
     def merge(self, others: Iterable[DeltaReport]) -> None:
@@ -118,6 +122,11 @@ class DeltaReport:
 
     def summary(self) -> dict[str, Any]:
         """The report as paramdelta.json keeps it: overall, per layer, and non-finite tensors."""
+        if self._summary is None:
+            self._summary = self._summarise()
+        return copy.deepcopy(self._summary)  # a caller may edit its copy
+
+    def _summarise(self) -> dict[str, Any]:
         experts = self.experts()
         return {
             "overall": {"tensors": len(self.tensors), **summarise(self.overall())},

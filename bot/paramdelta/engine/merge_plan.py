@@ -424,19 +424,21 @@ def _plan_tensor(
 ) -> MergeItem:
     base, post, new = refs
     vocab_policy = recipe.vocab_policy
-    dtypes = [r.dtype for r in refs]
-    if all(d in COPIED_DTYPES for d in dtypes):
+    dtypes = (base.entry.dtype, post.entry.dtype, new.entry.dtype)
+    if COPIED_DTYPES.issuperset(dtypes):
         # Integer buffers (position ids, masks) are not weights: take the new base's.
         if len({r.shape for r in refs}) != 1:
             _shape_mismatch(name, refs, trio)
         segment = Segment("copy", 0, new.entry.numel, Operand("new_base", new, 0))
         return MergeItem(name, new.dtype, new.shape, (segment,))
-    for ref, checkpoint in zip(refs, trio, strict=True):
-        if ref.dtype not in FLOAT_DTYPES:
-            raise CheckpointError(
-                f"{checkpoint.where}: tensor {name!r} has dtype {ref.dtype}, which cannot be"
-                " merged (only float tensors, FP8 block-scaled weights and integer buffers can)"
-            )
+    if not FLOAT_DTYPES.issuperset(dtypes):
+        ref, checkpoint = next(
+            p for p in zip(refs, trio, strict=True) if p[0].dtype not in FLOAT_DTYPES
+        )
+        raise CheckpointError(
+            f"{checkpoint.where}: tensor {name!r} has dtype {ref.dtype}, which cannot be"
+            " merged (only float tensors, FP8 block-scaled weights and integer buffers can)"
+        )
     out_dtype = forced or new.dtype
 
     if base.shape == post.shape == new.shape:
