@@ -81,13 +81,17 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append((fmt, tree, layout, count, data, best, json.loads(best.stdout)))
     shutil.rmtree(out, ignore_errors=True)
 
-    print(f"\n{'trio':<26} {'tensors':>8} {'MB each':>8} {'wall s':>7} {'merge s':>8}"
-          f" {'peak RSS':>10} {'requant err':>11}")
+    print(
+        f"\n{'trio':<26} {'tensors':>8} {'MB each':>8} {'wall s':>7} {'merge s':>8}"
+        f" {'peak RSS':>10} {'requant err':>11}"
+    )
     for fmt, tree, layout, count, data, m, result in runs:
         err = result["delta"]["overall"].get("requant_error", "-")
-        print(f"{fmt + ' ' + layout + ' (' + tree + ')':<26} {count:>8} {data / 1e6:>8.1f}"
-              f" {m.seconds:>7.2f} {result['seconds']:>8.2f} {gib(m.peak_rss_bytes):>10}"
-              f" {err:>11}")
+        print(
+            f"{fmt + ' ' + layout + ' (' + tree + ')':<26} {count:>8} {data / 1e6:>8.1f}"
+            f" {m.seconds:>7.2f} {result['seconds']:>8.2f} {gib(m.peak_rss_bytes):>10}"
+            f" {err:>11}"
+        )
     print()
     for fmt in args.formats.split(","):
         for tree in trees:
@@ -98,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             extra = many[3] - few[3]
             per_10k = (many[5].seconds - few[5].seconds) / extra * 1e4
             merge_10k = (many[6]["seconds"] - few[6]["seconds"]) / extra * 1e4
-            print(f"{fmt} ({tree}): many/few wall {many[5].seconds / few[5].seconds:.2f}x;"
-                  f" per-tensor overhead {per_10k:.2f} s per 10k tensors (plan + merge),"
-                  f" {merge_10k:.2f} s in the merge phase")
+            print(
+                f"{fmt} ({tree}): many/few wall {many[5].seconds / few[5].seconds:.2f}x;"
+                f" per-tensor overhead {per_10k:.2f} s per 10k tensors (plan + merge),"
+                f" {merge_10k:.2f} s in the merge phase"
+            )
     return 0
 
 
