@@ -8,11 +8,17 @@ import torch
 
 from merging import merge
 from paramdelta.engine.adapter import LoraBands, LoraRef
+from paramdelta.engine.batches import batch_units
 from paramdelta.engine.checkpoint import LocalSource
+from paramdelta.engine.recipe import Recipe
 from paramdelta.engine.safetensors_format import read_header
+from paramdelta.engine.stages import preflight
+from paramdelta.engine.workers import plan_units
+from paramdelta.engine.writer import plan_shards
 from paramdelta.errors import CheckpointError
 from paramdelta.testing.adapters import adapter_config, lora_tensors, peft_adapter, write_adapter
-from paramdelta.testing.checkpoints import load_tensors, make_trio
+from paramdelta.testing.checkpoints import load_tensors, make_trio, save_checkpoint
+from paramdelta.testing.fp8_checkpoints import QUANTIZATION_CONFIG, fp8_state
 
 PREFIX = "base_model.model."
 
@@ -239,3 +245,79 @@ def test_an_adapter_made_by_peft_merges_like_peft_and_like_the_formula(tmp_path,
         expected = (new[name].float() + 2.0 * (b.float() @ a.float())).to(merged.dtype)
         assert max_ulps(merged, expected) <= 1, name
         assert max_ulps(merged, peft_merged[name]) <= 1, name
+
+
+# Two MoE layers of 8 experts, bf16: small tensors the engine merges in batches (`engine.batches`).
+EXPERTS = {
+    f"model.layers.{layer}.mlp.experts.{e}.{proj}.weight": (32, 16)
+    if proj == "down_proj"
+    else (16, 32)
+    for layer in (0, 1)
+    for e in range(8)
+    for proj in ("down_proj", "gate_proj", "up_proj")
+}
+MOE_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 16}
+
+
+def _moe_trio(tmp_path, quantized=()):
+    """bf16 checkpoints of EXPERTS; the roles in ``quantized`` FP8 block-scaled."""
+    paths = {}
+    for seed, role in enumerate(("base", "post", "new_base")):
+        g = torch.Generator().manual_seed(seed)
+        state = {
+            n: (0.05 * torch.randn(s, generator=g)).to(torch.bfloat16) for n, s in EXPERTS.items()
+        }
+        config = dict(MOE_CONFIG)
+        if role in quantized:
+            state, config["quantization_config"] = fp8_state(state), QUANTIZATION_CONFIG
+        paths[role] = save_checkpoint(tmp_path / role, state, config)
+    return paths
+
+
+def test_units_of_an_adapters_delta_are_not_batched_and_merge_to_the_formula(tmp_path):
+    trio = _moe_trio(tmp_path / "in")
+    tensors = lora_tensors(EXPERTS, targets=("gate_proj", "up_proj"))
+    write_adapter(tmp_path / "ad", tensors, adapter_config(4, 8))
+    sources = {
+        "base": LocalSource(trio["base"]),
+        "post": LocalSource(tmp_path / "ad"),
+        "new_base": LocalSource(trio["new_base"]),
+    }
+    plan = preflight(sources, Recipe())
+    units = plan_units(plan, plan_shards(plan.items, plan.recipe.shard_size), sources, 1 << 19)
+    batched = batch_units(units, 1 << 17)
+    computed = [u for u in batched if u.computed]
+    # s·B@A is computed per tensor, not read back to back: each of the 32 stays a unit alone,
+    # while the 16 untargeted down_proj (copies of the new base) are joined, one batch a layer.
+    assert (len(computed), {len(u.parts) for u in computed}) == (32, {0})
+    assert sorted(len(u.parts) for u in batched if not u.computed) == [8, 8]
+    result = _merge(trio, tmp_path / "ad", tmp_path / "out")
+    out, new = load_tensors(tmp_path / "out"), load_tensors(trio["new_base"])
+    for name, merged in out.items():
+        if "down_proj" in name:
+            assert torch.equal(merged, new[name]), name  # Δ = 0: the new base, bit for bit
+            continue
+        b, a = _pair(tensors, name)
+        expected = (new[name].float() + (8 / 4) * (b.float() @ a.float())).to(merged.dtype)
+        assert max_ulps(merged, expected) <= 1, name
+    assert result.stats.delta.summary()["layers"][0]["experts"] == 8
+
+
+@pytest.mark.parametrize(
+    ("quantized", "role", "tensor"),
+    [
+        (("base", "new_base"), "base", "model.layers.0.mlp.experts.0.down_proj.weight"),
+        (("new_base",), "new_base", "model.layers.0.mlp.experts.0.down_proj.weight"),
+    ],
+)
+def test_an_adapter_with_fp8_weights_is_refused_in_one_line(tmp_path, quantized, role, tensor):
+    trio = _moe_trio(tmp_path / "in", quantized)
+    write_adapter(tmp_path / "ad", lora_tensors(EXPERTS), adapter_config(4, 8))
+    with pytest.raises(CheckpointError) as error:
+        _merge(trio, tmp_path / "ad", tmp_path / "out")
+    assert str(error.value) == (
+        f"{role}: {trio[role]}: tensor {tensor!r} is an FP8 block-scaled weight and the post"
+        " model is a LoRA adapter: an adapter cannot be merged with FP8 weights;"
+        " use unquantized (e.g. bf16) base and new base checkpoints"
+    )
+    assert not (tmp_path / "out").exists()

@@ -111,9 +111,11 @@ def human_summary(result: MergeResult) -> str:
 def delta_line(overall: dict[str, Any]) -> str:
     """The delta report in one line: the two norms and their cosine."""
     cosine = "-" if overall["cosine"] is None else f"{overall['cosine']:.4f}"
+    requant = overall.get("requant_error")  # an FP8 output's re-quantization error
     return (
         f"delta: |post - base| {overall['post_delta_norm']:.4g},"
         f" |new base - base| {overall['base_update_norm']:.4g}, cosine {cosine}"
+        + (f", FP8 re-quantization error {requant:.3g}" if requant is not None else "")
     )
 
 

@@ -84,12 +84,19 @@ class Moments:
     update_sq: float = 0.0  # sum of (new_base - base)^2
     cross: float = 0.0  # sum of (post - base) * (new_base - base)
     nonfinite: NonFinite | None = None  # only when some value was not finite
+    # FP8 outputs (`paramdelta.engine.fp8`): elements re-quantized, sum of (q·s - x)^2, of x^2.
+    requantized: int = 0
+    requant_err_sq: float = 0.0
+    requant_sq: float = 0.0
 
     def add(self, other: Moments) -> None:
         self.elements += other.elements
         self.post_sq += other.post_sq
         self.update_sq += other.update_sq
         self.cross += other.cross
+        self.requantized += other.requantized
+        self.requant_err_sq += other.requant_err_sq
+        self.requant_sq += other.requant_sq
         if other.nonfinite is not None:
             if self.nonfinite is None:
                 self.nonfinite = NonFinite()

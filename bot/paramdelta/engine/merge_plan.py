@@ -12,8 +12,9 @@ the first byte moves.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple, NoReturn
 
@@ -21,6 +22,14 @@ from paramdelta.engine.adapter import ADAPTER_CONFIG, Adapter, LoraRef
 from paramdelta.engine.checkpoint import CONFIG, Checkpoint, Source, TensorRef, read_json
 from paramdelta.engine.dtypes import COPIED_DTYPES, FLOAT_DTYPES, ITEMSIZE, TORCH_NAMES
 from paramdelta.engine.files import GENERATION_CONFIG, file_donors, skipped_files
+from paramdelta.engine.fp8_layout import (
+    FP8,
+    SCALE_SUFFIX,
+    BlockScaled,
+    output_config,
+    scale_shape,
+    split_scales,
+)
 from paramdelta.engine.limits import MAX_CONFIG_BYTES, MAX_DONATED_BYTES, check_size
 from paramdelta.engine.recipe import DTYPE_CHOICES, VOCAB_POLICIES, Recipe
 from paramdelta.engine.safetensors_format import INDEX
@@ -101,7 +110,7 @@ class Segment:
     start: Operand
     deltas: tuple[WeightedDelta, ...] = ()
 
-    @property
+    @functools.cached_property  # a MoE plan asks ~100k segments for them, several times
     def inputs(self) -> tuple[Operand, ...]:
         """Every operand in the order the kernel reads them: start, then each post and base."""
         return (self.start, *(o for d in self.deltas for o in (d.post, d.base)))
@@ -117,6 +126,8 @@ class MergeItem:
     dtype: str
     shape: tuple[int, ...]
     segments: tuple[Segment, ...]
+    fp8: BlockScaled | None = None  # an FP8 block-scaled merge, computed in row bands
+    scale_of: str | None = None  # an output scale tensor, written with this weight
 
     @property
     def nbytes(self) -> int:
@@ -124,6 +135,16 @@ class MergeItem:
         for dim in self.shape:
             n *= dim
         return n
+
+    def input_files(self) -> Iterator[tuple[str, str]]:
+        """(role, file) of every input read, an FP8 weight's input scales included."""
+        for segment in self.segments:
+            for role, ref, _ in segment.inputs:
+                yield role, ref.file
+        if self.fp8 is not None:
+            for operand, scale in zip(self.segments[0].inputs, self.fp8.scales, strict=True):
+                if scale is not None:
+                    yield operand.role, scale.file
 
 
 @dataclass(frozen=True)
@@ -204,15 +225,24 @@ class MergePlan:
     def nbytes(self) -> int:
         return sum(item.nbytes for item in self.items)
 
-    @property
+    @functools.cached_property
     def operands(self) -> int:
         """The most inputs one output element is computed from (3 for one delta)."""
         return max((len(s.inputs) for i in self.items for s in i.segments), default=1)
 
+    @functools.cached_property
+    def input_itemsize(self) -> int:
+        """The widest dtype any input is read in, in bytes."""
+        return max(
+            (ITEMSIZE[op.ref.dtype] for i in self.items for s in i.segments for op in s.inputs),
+            default=1,
+        )
+
     @property
     def written_dtype(self) -> str:
         """The dtype the float tensors are written in ("bfloat16"; several, comma-separated)."""
-        names = sorted({TORCH_NAMES[i.dtype] for i in self.items if i.dtype in FLOAT_DTYPES})
+        written = FLOAT_DTYPES | {FP8}
+        names = sorted({TORCH_NAMES[i.dtype] for i in self.items if i.dtype in written})
         return ", ".join(names) or "none"
 
     def config_bytes(self, new_base: Source) -> bytes:
@@ -276,7 +306,14 @@ def plan_merge(
     """Pair tensors, check compatibility, and lay out the computation."""
     recipe.check()
     vocab_policy = recipe.vocab_policy
+    # FP8 weights carry their scale tensors: those are part of the weight, not tensors to pair.
+    (base, base_scales), (post, post_scales), (new_base, new_scales) = map(
+        split_scales, (base, post, new_base)
+    )
     trio = (base, post, new_base)
+    if post.adapter is not None:
+        _refuse_fp8_adapter(trio, (base_scales, post_scales, new_scales))
+    scales = (new_scales, post_scales, base_scales)  # in the order of a segment's inputs
     check_configs(trio)
     _check_names(trio)
 
@@ -290,6 +327,9 @@ def plan_merge(
     for ref_new in order:
         name = ref_new.entry.name
         refs = (base.tensors[name], post.tensors[name], ref_new)
+        if any(name in s for s in scales):
+            items.extend(_plan_fp8(name, refs, trio, scales, forced, recipe.alpha))
+            continue
         item = _plan_tensor(name, refs, trio, forced, recipe, vocabularies)
         items.append(item if post.adapter is None else _adapt_item(item, post.adapter))
 
@@ -297,6 +337,7 @@ def plan_merge(
     if vocabulary is not None and vocabulary.rows["output"] != vocab_size(new_base.config):
         changes["vocab_size"] = vocabulary.rows["output"]
         _set_config(config, "vocab_size", changes["vocab_size"])
+    changes.update(output_config(config, any(item.dtype == FP8 for item in items)))
     # An adapter without generation defaults gives the base's (see file_donors).
     donor = base if post.adapter is not None and GENERATION_CONFIG not in post.files else post
     for key, value in _token_ids(donor).items():
@@ -340,9 +381,8 @@ def _files_read(
         c.role: {ADAPTER_CONFIG} if c.adapter else {CONFIG, *({INDEX} & set(c.files))} for c in trio
     }
     for item in items:
-        for segment in item.segments:
-            for role, ref, _ in segment.inputs:
-                read[role].add(ref.file)
+        for role, file in item.input_files():
+            read[role].add(file)
     for path, role in donors.items():
         read[role].add(path)
     return {role: sorted(paths) for role, paths in read.items()}
@@ -428,19 +468,21 @@ def _plan_tensor(
 ) -> MergeItem:
     base, post, new = refs
     vocab_policy = recipe.vocab_policy
-    dtypes = [r.dtype for r in refs]
-    if all(d in COPIED_DTYPES for d in dtypes):
+    dtypes = (base.entry.dtype, post.entry.dtype, new.entry.dtype)
+    if COPIED_DTYPES.issuperset(dtypes):
         # Integer buffers (position ids, masks) are not weights: take the new base's.
         if len({r.shape for r in refs}) != 1:
             _shape_mismatch(name, refs, trio)
         segment = Segment("copy", 0, new.entry.numel, Operand("new_base", new, 0))
         return MergeItem(name, new.dtype, new.shape, (segment,))
-    for ref, checkpoint in zip(refs, trio, strict=True):
-        if ref.dtype not in FLOAT_DTYPES:
-            raise CheckpointError(
-                f"{checkpoint.where}: tensor {name!r} has dtype {ref.dtype}, which cannot be"
-                " merged (quantized or mixed with integer tensors); use unquantized checkpoints"
-            )
+    if not FLOAT_DTYPES.issuperset(dtypes):
+        ref, checkpoint = next(
+            p for p in zip(refs, trio, strict=True) if p[0].dtype not in FLOAT_DTYPES
+        )
+        raise CheckpointError(
+            f"{checkpoint.where}: tensor {name!r} has dtype {ref.dtype}, which cannot be"
+            " merged (only float tensors, FP8 block-scaled weights and integer buffers can)"
+        )
     out_dtype = forced or new.dtype
 
     if base.shape == post.shape == new.shape:
@@ -464,6 +506,49 @@ def _plan_tensor(
         extra = (out_rows - shared) * row
         segments.append(Segment("copy", shared * row, extra, Operand("post", post, shared * row)))
     return MergeItem(name, out_dtype, (out_rows, *new.shape[1:]), tuple(segments))
+
+
+def _refuse_fp8_adapter(
+    trio: tuple[Checkpoint, Checkpoint, Checkpoint], scales: tuple[dict[str, TensorRef], ...]
+) -> None:
+    """An adapter's delta s·B@A is computed in float32 rows, an FP8 merge in 128-row bands of
+    dequantized blocks: the two are not combined, so an adapter on FP8 weights is refused."""
+    for checkpoint, found in zip(trio, scales, strict=True):
+        if found:
+            name = next(iter(found))
+            raise CheckpointError(
+                f"{checkpoint.where}: tensor {name!r} is an FP8 block-scaled weight and the post"
+                " model is a LoRA adapter: an adapter cannot be merged with FP8 weights;"
+                " use unquantized (e.g. bf16) base and new base checkpoints"
+            )
+
+
+def _plan_fp8(
+    name: str,
+    refs: tuple[TensorRef, TensorRef, TensorRef],
+    trio: tuple[Checkpoint, Checkpoint, Checkpoint],
+    scales: tuple[dict[str, TensorRef], ...],
+    forced: str | None,
+    weight: float,
+) -> list[MergeItem]:
+    """An FP8 weight (in one input at least), and the output's scale tensor if it stays FP8."""
+    new = refs[2]
+    if len({r.shape for r in refs}) != 1:
+        _shape_mismatch(name, refs, trio)
+    for ref, checkpoint in zip(refs, trio, strict=True):
+        if ref.dtype != FP8 and ref.dtype not in FLOAT_DTYPES:
+            raise CheckpointError(
+                f"{checkpoint.where}: tensor {name!r} has dtype {ref.dtype}, which cannot be"
+                " merged with an FP8 weight"
+            )
+    out_dtype = forced or new.dtype
+    out_scale = name + SCALE_SUFFIX if out_dtype == FP8 else None
+    segment = _merge_segment(refs, weight, new.entry.numel)
+    layout = BlockScaled(tuple(s.get(name) for s in scales), out_scale)
+    items = [MergeItem(name, out_dtype, new.shape, (segment,), fp8=layout)]
+    if out_scale is not None:
+        items.append(MergeItem(out_scale, "F32", scale_shape(new.shape), (), scale_of=name))
+    return items
 
 
 def _merge_segment(

@@ -235,6 +235,8 @@ def _delta_row(title: str, group: Mapping[str, Any]) -> dict[str, Any]:
         "base_update": _number(group["base_update_norm"]),
         "cosine": _number(group["cosine"], 3),
         "nonfinite": sum(group["nonfinite"].values()),
+        "experts": group.get("experts", "-"),
+        "requant": _number(group.get("requant_error"), 3),
     }
 
 
@@ -246,7 +248,13 @@ def delta_rows(delta: Mapping[str, Any] | None) -> dict[str, Any] | None:
         _delta_row(f"layer {g['layer']}" if isinstance(g["layer"], int) else g["layer"], g)
         for g in delta["layers"]
     ]
-    return {"overall": _delta_row("all", delta["overall"]), "layers": layers}
+    return {
+        "overall": _delta_row("all", delta["overall"]),
+        "layers": layers,
+        # Columns a dense or unquantized model has no use for are left out.
+        "experts": any("experts" in g for g in delta["layers"]),
+        "requant": "requant_error" in delta["overall"],
+    }
 
 
 def check_rows(check: Mapping[str, Any] | None) -> dict[str, Any] | None:
