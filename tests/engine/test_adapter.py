@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from merging import merge
-from paramdelta.engine.adapter import LoraBands, LoraRef
+from paramdelta.engine.adapter import LoraRef
 from paramdelta.engine.checkpoint import LocalSource
+from paramdelta.engine.lora_bands import LoraBands
 from paramdelta.engine.safetensors_format import read_header
 from paramdelta.errors import CheckpointError
 from paramdelta.testing.adapters import adapter_config, lora_tensors, peft_adapter, write_adapter

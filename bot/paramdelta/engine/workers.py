@@ -36,7 +36,7 @@ from typing import Literal
 
 import torch
 
-from paramdelta.engine.adapter import LoraBands, LoraRef, scratch_bytes
+from paramdelta.engine.adapter import LoraRef, scratch_bytes
 from paramdelta.engine.checkpoint import Source, TensorRef
 from paramdelta.engine.delta import DeltaReport
 from paramdelta.engine.dtypes import ITEMSIZE, TORCH_NAMES
@@ -53,6 +53,7 @@ from paramdelta.engine.kernel import (
     merge_into,
     scratch_buffers,
 )
+from paramdelta.engine.lora_bands import LoraBands
 from paramdelta.engine.merge_plan import ROLE_TITLES, MergePlan
 from paramdelta.engine.progress import MergeProgress
 from paramdelta.engine.recipe import Runtime
