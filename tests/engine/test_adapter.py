@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from merging import merge
-from paramdelta.engine.adapter import LoraBands, LoraRef
+from paramdelta.engine.adapter import LoraRef
 from paramdelta.engine.batches import batch_units
 from paramdelta.engine.checkpoint import LocalSource
+from paramdelta.engine.lora_bands import LoraBands
 from paramdelta.engine.recipe import Recipe
 from paramdelta.engine.safetensors_format import read_header
 from paramdelta.engine.stages import preflight

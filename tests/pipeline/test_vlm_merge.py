@@ -128,9 +128,10 @@ def test_the_cards_use_snippet_runs_against_the_merged_model(merged, tmp_path):
 
     card = (result.out_dir / "README.md").read_text()
     (snippet,) = re.findall(r"## Use\n\n```python\n(.*?)```", card, re.DOTALL)
-    assert snippet.count('"merged-model"') == 2 and snippet.count(IMAGE_URL) == 1
+    name = f'"{result.out_dir.name}"'  # the card names the output folder
+    assert snippet.count(name) == 2 and snippet.count(IMAGE_URL) == 1
     Image.fromarray(drawn_image()).save(tmp_path / "picture.png")
-    snippet = snippet.replace('"merged-model"', repr(str(result.out_dir)))
+    snippet = snippet.replace(name, repr(str(result.out_dir)))
     snippet = snippet.replace(IMAGE_URL, str(tmp_path / "picture.png"))
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
     proc = subprocess.run(

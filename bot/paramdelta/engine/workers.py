@@ -36,7 +36,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from paramdelta.engine.adapter import LoraBands, LoraRef, scratch_bytes
+from paramdelta.engine.adapter import LoraRef, scratch_bytes
 from paramdelta.engine.batches import batch_units
 from paramdelta.engine.checkpoint import Source, TensorRef
 from paramdelta.engine.delta import DeltaReport
@@ -56,6 +56,7 @@ from paramdelta.engine.kernel import (
     merge_into,
     scratch_buffers,
 )
+from paramdelta.engine.lora_bands import LoraBands
 from paramdelta.engine.merge_plan import ROLE_TITLES, MergeItem, MergePlan, Segment
 from paramdelta.engine.progress import MergeProgress
 from paramdelta.engine.recipe import Runtime
