@@ -383,6 +383,11 @@ def check_published(hub: FakeHub, local: dict[str, Path], run: WorkflowRun, targ
     }
     assert record["output"] == {
         "repo": repo,
+        "architecture": {
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "vision_config": False,
+        },
         "tensors": 21,
         "bytes": sum(t.numel() * t.element_size() for t in wanted.values()),
         "shards": ["model.safetensors"],

@@ -152,6 +152,11 @@ def test_a_target_with_legs_is_one_matrix_entry_per_leg(hub_trio, tmp_path, monk
         lines[lines.index(next(x for x in lines if x.startswith("fan-out<<"))) + 1]
     )
     assert len(fan_out) == 1 and fan_out[0]["target"] == "good" and fan_out[0]["legs"] == 3
+    # The plain workflow's list: each target once, the fan-out target as one whole merge.
+    targets = json.loads(
+        lines[lines.index(next(x for x in lines if x.startswith("targets<<"))) + 1]
+    )
+    assert [t["target"] for t in targets] == ["good", "broken"] and targets[0] == plain
     assert fan_out[0]["staging_branch"].startswith("paramdelta-staging/good-")
 
 

@@ -477,7 +477,17 @@ def test_action_outputs_come_from_the_paramdelta_step(fakes: Fakes) -> None:
         "pending": '[{"target": "llama"}]',
         "pending-count": "1",
         **dict.fromkeys(
-            ["whole", "whole-count", "legs", "legs-count", "fan-out", "fan-out-count"], ""
+            [
+                "targets",
+                "targets-count",
+                "whole",
+                "whole-count",
+                "legs",
+                "legs-count",
+                "fan-out",
+                "fan-out-count",
+            ],
+            "",
         ),
         "published": "",
         "summary": "",

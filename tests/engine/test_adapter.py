@@ -7,13 +7,21 @@ import pytest
 import torch
 
 from merging import merge, two_deltas
-from paramdelta.engine.adapter import LoraBands, LoraRef
+from paramdelta.engine.adapter import LoraRef
+from paramdelta.engine.batches import batch_units
 from paramdelta.engine.checkpoint import LocalSource
+from paramdelta.engine.delta import group_of
+from paramdelta.engine.lora_bands import LoraBands
+from paramdelta.engine.recipe import Recipe
 from paramdelta.engine.roles import delta_roles
 from paramdelta.engine.safetensors_format import read_header
+from paramdelta.engine.stages import preflight
+from paramdelta.engine.workers import plan_units
+from paramdelta.engine.writer import plan_shards
 from paramdelta.errors import CheckpointError
 from paramdelta.testing.adapters import adapter_config, lora_tensors, peft_adapter, write_adapter
-from paramdelta.testing.checkpoints import load_tensors, make_trio
+from paramdelta.testing.checkpoints import load_tensors, make_trio, save_checkpoint
+from paramdelta.testing.fp8_checkpoints import QUANTIZATION_CONFIG, fp8_state
 
 PREFIX = "base_model.model."
 
@@ -274,19 +282,107 @@ def test_an_adapter_as_one_of_two_deltas_is_exact_and_its_gram_rows_are_s_b_a(tm
         for i, weight in enumerate((0.7, -0.3)):
             acc = acc + weight * delta(i, name)
         assert torch.equal(merged, acc.to(merged.dtype)), name
-    targeted = 0
+    # Small units are merged in batches whose moments are booked under one tensor of the
+    # layer (`engine.batches`): compare the sums per layer, which stay exact.
+    expected: dict[object, torch.Tensor] = {}
+    measured: dict[object, list[float]] = {}
+    elements: dict[object, list[int]] = {}
     for name, moments in result.stats.delta.tensors.items():
         new = inputs["new_base"][name].double()
-        rows = [
-            row.double().flatten()
-            for i, base in enumerate(("base", "base[1]"))
-            for row in (delta(i, name), new - inputs[base][name].double())
-        ]
-        for i in range(4):
-            for j in range(4):
-                expected = float(rows[i] @ rows[j])
-                assert moments.dot(i, j) == pytest.approx(expected, rel=1e-5, abs=1e-6), name
+        rows = torch.stack(
+            [
+                row.double().flatten()
+                for i, base in enumerate(("base", "base[1]"))
+                for row in (delta(i, name), new - inputs[base][name].double())
+            ]
+        )
+        group = group_of(name)
+        expected[group] = expected.get(group, 0) + rows @ rows.T
+        gram = measured.setdefault(group, [0.0] * 16)
+        for k, value in enumerate(moments.gram or [0.0] * 16):
+            gram[k] += value
+        counts = elements.setdefault(group, [0, 0])
+        counts[0] += moments.elements
+        counts[1] += out[name].numel()
+    for group, gram in measured.items():
+        assert gram == pytest.approx(expected[group].flatten().tolist(), rel=1e-5, abs=1e-6)
         # Merged, all of it: a tensor the adapter leaves has a zero row beside the other delta.
-        assert moments.elements == out[name].numel(), name
-        targeted += moments.dot(2 * position, 2 * position) > 0
-    assert targeted == 6
+        assert elements[group][0] == elements[group][1], group
+    targeted = [n for n in out if f"{PREFIX}{n.removesuffix('.weight')}.lora_A.weight" in tensors]
+    assert len(targeted) == 6
+
+
+# Two MoE layers of 8 experts, bf16: small tensors the engine merges in batches (`engine.batches`).
+EXPERTS = {
+    f"model.layers.{layer}.mlp.experts.{e}.{proj}.weight": (32, 16)
+    if proj == "down_proj"
+    else (16, 32)
+    for layer in (0, 1)
+    for e in range(8)
+    for proj in ("down_proj", "gate_proj", "up_proj")
+}
+MOE_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 16}
+
+
+def _moe_trio(tmp_path, quantized=()):
+    """bf16 checkpoints of EXPERTS; the roles in ``quantized`` FP8 block-scaled."""
+    paths = {}
+    for seed, role in enumerate(("base", "post", "new_base")):
+        g = torch.Generator().manual_seed(seed)
+        state = {
+            n: (0.05 * torch.randn(s, generator=g)).to(torch.bfloat16) for n, s in EXPERTS.items()
+        }
+        config = dict(MOE_CONFIG)
+        if role in quantized:
+            state, config["quantization_config"] = fp8_state(state), QUANTIZATION_CONFIG
+        paths[role] = save_checkpoint(tmp_path / role, state, config)
+    return paths
+
+
+def test_units_of_an_adapters_delta_are_not_batched_and_merge_to_the_formula(tmp_path):
+    trio = _moe_trio(tmp_path / "in")
+    tensors = lora_tensors(EXPERTS, targets=("gate_proj", "up_proj"))
+    write_adapter(tmp_path / "ad", tensors, adapter_config(4, 8))
+    sources = {
+        "base": LocalSource(trio["base"]),
+        "post": LocalSource(tmp_path / "ad"),
+        "new_base": LocalSource(trio["new_base"]),
+    }
+    plan = preflight(sources, Recipe())
+    units = plan_units(plan, plan_shards(plan.items, plan.recipe.shard_size), sources, 1 << 19)
+    batched = batch_units(units, 1 << 17)
+    computed = [u for u in batched if u.computed]
+    # s·B@A is computed per tensor, not read back to back: each of the 32 stays a unit alone,
+    # while the 16 untargeted down_proj (copies of the new base) are joined, one batch a layer.
+    assert (len(computed), {len(u.parts) for u in computed}) == (32, {0})
+    assert sorted(len(u.parts) for u in batched if not u.computed) == [8, 8]
+    result = _merge(trio, tmp_path / "ad", tmp_path / "out")
+    out, new = load_tensors(tmp_path / "out"), load_tensors(trio["new_base"])
+    for name, merged in out.items():
+        if "down_proj" in name:
+            assert torch.equal(merged, new[name]), name  # Δ = 0: the new base, bit for bit
+            continue
+        b, a = _pair(tensors, name)
+        expected = (new[name].float() + (8 / 4) * (b.float() @ a.float())).to(merged.dtype)
+        assert max_ulps(merged, expected) <= 1, name
+    assert result.stats.delta.summary()["layers"][0]["experts"] == 8
+
+
+@pytest.mark.parametrize(
+    ("quantized", "role", "tensor"),
+    [
+        (("base", "new_base"), "base", "model.layers.0.mlp.experts.0.down_proj.weight"),
+        (("new_base",), "new_base", "model.layers.0.mlp.experts.0.down_proj.weight"),
+    ],
+)
+def test_an_adapter_with_fp8_weights_is_refused_in_one_line(tmp_path, quantized, role, tensor):
+    trio = _moe_trio(tmp_path / "in", quantized)
+    write_adapter(tmp_path / "ad", lora_tensors(EXPERTS), adapter_config(4, 8))
+    with pytest.raises(CheckpointError) as error:
+        _merge(trio, tmp_path / "ad", tmp_path / "out")
+    assert str(error.value) == (
+        f"{role}: {trio[role]}: tensor {tensor!r} is an FP8 block-scaled weight and the post"
+        " model is a LoRA adapter: an adapter cannot be merged with FP8 weights;"
+        " use unquantized (e.g. bf16) base and new base checkpoints"
+    )
+    assert not (tmp_path / "out").exists()

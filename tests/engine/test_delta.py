@@ -149,7 +149,9 @@ def test_a_non_finite_row_copied_from_the_post_model_fails_the_merge(tmp_path):
     extra = torch.zeros(4, 64, dtype=torch.bfloat16)
     extra[2, 3] = math.nan
     post["lm_head.weight"] = torch.cat([post["lm_head.weight"], extra])
-    post["model.embed_tokens.weight"] = torch.cat([post["model.embed_tokens.weight"], extra * 0])
+    post["model.embed_tokens.weight"] = torch.cat(
+        [post["model.embed_tokens.weight"], torch.zeros_like(extra)]
+    )  # extra * 0 keeps the NaN
     trio = {
         "base": save_checkpoint(tmp_path / "base", base, config),
         "post": save_checkpoint(tmp_path / "post", post, dict(config, vocab_size=260)),

@@ -239,11 +239,11 @@ def test_vocab_policy_shared_plans_merge_then_copy(tmp_path):
 def test_quantized_tensors_are_refused(tmp_path):
     config = llama_config()
     post = random_state_dict(config, seed=1)
-    post["model.norm.weight"] = post["model.norm.weight"].to(torch.float8_e4m3fn)
+    post["model.norm.weight"] = post["model.norm.weight"].to(torch.float8_e5m2)
     message = _error(tmp_path, states={"post": post})
     assert message == (
-        f"post: {tmp_path / 'post'}: tensor 'model.norm.weight' has dtype F8_E4M3, which cannot"
-        " be merged (quantized or mixed with integer tensors); use unquantized checkpoints"
+        f"post: {tmp_path / 'post'}: tensor 'model.norm.weight' has dtype F8_E5M2, which cannot"
+        " be merged (only float tensors, FP8 block-scaled weights and integer buffers can)"
     )
 
 

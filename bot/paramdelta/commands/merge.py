@@ -147,6 +147,9 @@ def delta_lines(overall: dict[str, Any]) -> list[str]:
     ]
     if pairs:
         lines.append(f"cosine between deltas: {', '.join(pairs)}")
+    requant = overall.get("requant_error")  # an FP8 output's re-quantization error
+    if requant is not None:
+        lines.append(f"FP8 re-quantization error (relative RMS): {requant:.3g}")
     return lines
 
 

@@ -64,13 +64,18 @@ def log_warnings(warnings: Iterable[Problem]) -> None:
 def matrix(plans: list[TargetPlan]) -> list[dict[str, object]]:
     """One entry per merge job: a pending target with `legs: N` gets N, with "leg": K."""
     entries: list[dict[str, object]] = []
-    for p in plans:
+    for p in to_run(plans):
         if p.pending and p.target.legs > 1:
             legs = p.target.legs
             entries += [{**p.to_dict(), "leg": k, "legs": legs} for k in range(1, legs + 1)]
-        elif p.pending or p.status == "error":
+        else:
             entries.append(p.to_dict())
     return entries
+
+
+def to_run(plans: list[TargetPlan]) -> list[TargetPlan]:
+    """The targets a run takes: the pending ones, and those whose plan failed (to report)."""
+    return [p for p in plans if p.pending or p.status == "error"]
 
 
 def fan_outs(plans: list[TargetPlan]) -> list[dict[str, object]]:
@@ -143,7 +148,10 @@ def run(args: argparse.Namespace) -> int:
         github_actions.set_output("pending", json.dumps(pending))
         github_actions.set_output("pending-count", str(len(pending)))
         # The fan-out workflow's jobs: whole merges, legs, and one finish per fan-out.
+        # A workflow without legs jobs (the plain example) merges `targets` instead: each
+        # target once, a fan-out target as one whole merge rather than N copies of it.
         lists = {
+            "targets": [p.to_dict() for p in to_run(plans)],
             "whole": [m for m in pending if "leg" not in m],
             "legs": [m for m in pending if "leg" in m],
             "fan-out": fan_outs(plans),

@@ -177,8 +177,7 @@ class LocalSource:
             self._fds.clear()
 
 
-@dataclass(frozen=True)
-class TensorRef:
+class TensorRef(NamedTuple):
     """One tensor of one checkpoint: which file, and where in it."""
 
     file: str
@@ -294,7 +293,11 @@ def _read_index(source: Source, top_level: set[str], where: str) -> dict[str, st
         raise CheckpointError(f"{index_where}: 'weight_map' must map tensor names to shard files")
     if (shards := len(set(weight_map.values()))) > MAX_SHARDS:
         raise CheckpointError(f"{index_where}: {shards} shards, more than {MAX_SHARDS}")
+    # Each shard once (DeepSeek: ~95k tensors in 163 shards); the error names a tensor in it.
+    first_tensor: dict[str, str] = {}
     for name, shard in weight_map.items():
+        first_tensor.setdefault(shard, name)
+    for shard, name in first_tensor.items():
         if "/" in shard or "\\" in shard or not shard.endswith(".safetensors"):
             raise CheckpointError(
                 f"{index_where}: tensor {name!r} points at {shard!r},"

@@ -23,6 +23,7 @@ hold, so their rows never mix with the language model's layer of the same index.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -39,6 +40,7 @@ _VISION = re.compile(r"(?:^|\.)(?:vision_tower|vision_model|visual|vision_encode
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 _EMBEDDING = re.compile(r"embed|(?:^|\.)wte\.|(?:^|\.)wpe\.")
 _HEAD = re.compile(r"(?:^|\.)lm_head\.")
+_EXPERT = re.compile(r"\.experts\.(\d+)\.")
 # Groups in model order: the vision tower and projector (a vision-language model's), the
 # embeddings, the layers, the rest (final norm), the LM head.
 VISION, PROJECTOR = "vision_tower", "projector"
@@ -92,6 +94,16 @@ def _delta_summary(moments: Moments, delta: int) -> dict[str, Any]:
     }
 
 
+def _raw_row(m: Moments) -> list[Any]:
+    row: list[Any] = [m.elements, list(m.gram)]
+    counts = (m.nonfinite.nan, m.nonfinite.inf) if m.nonfinite else (None, None)
+    if m.requantized:
+        row += [*counts, m.requantized, m.requant_err_sq, m.requant_sq]
+    elif m.nonfinite:
+        row += counts
+    return row
+
+
 def summarise(moments: Moments, deltas: int = 1) -> dict[str, Any]:
     """Norms, cosines and NaN/Inf counts of summed moments (JSON-ready).
 
@@ -110,6 +122,9 @@ def summarise(moments: Moments, deltas: int = 1) -> dict[str, Any]:
     summary["nonfinite"] = {
         role: _at(counts.nan, i) + _at(counts.inf, i) for i, role in enumerate(roles)
     }
+    if moments.requantized:  # an FP8 output: relative RMS of q·s - x over the re-quantized
+        ratio = moments.requant_err_sq / moments.requant_sq if moments.requant_sq > 0 else 0.0
+        summary["requant_error"] = _norm(ratio)
     return summary
 
 
@@ -123,8 +138,11 @@ class DeltaReport:
 
     tensors: dict[str, Moments] = field(default_factory=dict)
     deltas: int = 1  # how many deltas the merge summed
+    # The last summary: the CLI, the record and the card each ask (95k tensors for DeepSeek).
+    _summary: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def add(self, name: str, moments: Moments) -> None:
+        self._summary = None
         self.tensors.setdefault(name, Moments()).add(moments)
 
     def merge(self, others: Iterable[DeltaReport]) -> None:
@@ -134,24 +152,28 @@ class DeltaReport:
 
     def raw(self) -> dict[str, list[Any]]:
         """Every tensor's moments exactly (JSON round-trips floats): a fan-out leg's part of
-        the report, handed to the finish job."""
-        return {
-            name: [
-                m.elements,
-                list(m.gram),
-                *((m.nonfinite.nan, m.nonfinite.inf) if m.nonfinite else ()),
-            ]
-            for name, m in self.tensors.items()
-        }
+        the report, handed to the finish job. ``[elements, gram]``, then the NaN and Inf
+        counts (null when finite) and an FP8 output's ``requantized, requant_err_sq,
+        requant_sq``, each only where needed."""
+        return {name: _raw_row(m) for name, m in self.tensors.items()}
 
     @classmethod
     def from_raw(cls, data: dict[str, list[Any]]) -> DeltaReport:
         """The report `raw` gave; ValueError if ``data`` is not of that shape."""
         tensors = {}
         try:
-            for name, (elements, gram, *counts) in data.items():
-                nonfinite = NonFinite(list(counts[0]), list(counts[1])) if counts else None
-                tensors[name] = Moments(int(elements), [float(g) for g in gram], nonfinite)
+            for name, (elements, gram, *rest) in data.items():
+                extra: list[Any] = rest or [None, None]
+                nan, inf, *requant = extra
+                requantized, err_sq, sq = requant or (0, 0.0, 0.0)
+                tensors[name] = Moments(
+                    int(elements),
+                    [float(g) for g in gram],
+                    None if nan is None else NonFinite(list(nan), list(inf)),
+                    int(requantized),
+                    float(err_sq),
+                    float(sq),
+                )
         except (TypeError, ValueError, IndexError) as e:
             raise ValueError(f"not a delta report: {e}") from None
         deltas = max((m.deltas for m in tensors.values()), default=1)
@@ -169,6 +191,14 @@ class DeltaReport:
             count, total = sums[group]
             yield group, count, total
 
+    def experts(self) -> dict[int | str, int]:
+        """The number of experts of each group that has any (mixture-of-experts layers)."""
+        seen: dict[int | str, set[int]] = {}
+        for name in self.tensors:
+            if match := _EXPERT.search(name):
+                seen.setdefault(group_of(name), set()).add(int(match[1]))
+        return {group: len(ids) for group, ids in seen.items()}
+
     def overall(self) -> Moments:
         total = Moments()
         for moments in self.tensors.values():
@@ -177,10 +207,21 @@ class DeltaReport:
 
     def summary(self) -> dict[str, Any]:
         """The report as paramdelta.json keeps it: overall, per layer, and non-finite tensors."""
+        if self._summary is None:
+            self._summary = self._summarise()
+        return copy.deepcopy(self._summary)  # a caller may edit its copy
+
+    def _summarise(self) -> dict[str, Any]:
+        experts = self.experts()
         return {
             "overall": {"tensors": len(self.tensors), **summarise(self.overall(), self.deltas)},
             "layers": [
-                {"layer": group, "tensors": count, **summarise(total, self.deltas)}
+                {
+                    "layer": group,
+                    "tensors": count,
+                    **({"experts": experts[group]} if group in experts else {}),
+                    **summarise(total, self.deltas),
+                }
                 for group, count, total in self.groups()
             ],
             "nonfinite_tensors": sorted(

@@ -14,7 +14,8 @@ Kind = Literal["float", "integer", "float8", "complex"]
 class DType(NamedTuple):
     itemsize: int
     # "float": merged; "integer" (and bool): buffers, copied from the new base;
-    # "float8" and "complex": readable, but refused by the merge.
+    # "float8": F8_E4M3 merged as a block-scaled weight (`engine.fp8_layout`), others refused;
+    # "complex": readable, but refused by the merge.
     kind: Kind
     torch_name: str  # torch.<torch_name>; a torch too old for it just lacks the attribute
 

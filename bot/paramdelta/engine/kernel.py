@@ -106,6 +106,10 @@ class Moments:
     elements: int = 0
     gram: list[float] = field(default_factory=list)
     nonfinite: NonFinite | None = None  # only when some value was not finite
+    # FP8 outputs (`paramdelta.engine.fp8`): elements re-quantized, sum of (q·s - x)^2, of x^2.
+    requantized: int = 0
+    requant_err_sq: float = 0.0
+    requant_sq: float = 0.0
 
     @property
     def deltas(self) -> int:
@@ -134,6 +138,9 @@ class Moments:
             self.gram = [0.0] * len(other.gram)
         for i, value in enumerate(other.gram):
             self.gram[i] += value
+        self.requantized += other.requantized
+        self.requant_err_sq += other.requant_err_sq
+        self.requant_sq += other.requant_sq
         if other.nonfinite is not None:
             if self.nonfinite is None:
                 self.nonfinite = NonFinite()

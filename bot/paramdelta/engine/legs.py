@@ -76,9 +76,8 @@ def files_read(
     weights: dict[str, set[str]] = {}
     for item in plan.items:
         if item.name in names:
-            for segment in item.segments:
-                for op in segment.inputs:
-                    weights.setdefault(op.role, set()).add(op.ref.file)
+            for role, file in item.input_files():  # an FP8 weight's scales may lie elsewhere
+                weights.setdefault(role, set()).add(file)
     return {
         role: [f for f in files if f in weights.get(role, set()) or f in (CONFIG, INDEX)]
         for role, files in plan.read.items()
@@ -101,8 +100,8 @@ def stats_from_dict(data: dict[str, Any]) -> MergeStats:
 
 def combined_stats(plan: MergePlan, parts: Sequence[MergeStats]) -> MergeStats:
     """The whole merge's stats from its legs': sums, the slowest leg's time, the tensors'
-    moments in the plan's order."""
-    delta = DeltaReport({item.name: Moments() for item in plan.items}, plan.deltas)
+    moments in the plan's order (an FP8 output's scale tensor is part of its weight's)."""
+    delta = DeltaReport({i.name: Moments() for i in plan.items if i.scale_of is None}, plan.deltas)
     delta.merge(part.delta for part in parts)
     return MergeStats(
         tensors=sum(p.tensors for p in parts),

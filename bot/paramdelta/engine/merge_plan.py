@@ -14,8 +14,9 @@ the first byte moves.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple, NoReturn
 
@@ -23,6 +24,14 @@ from paramdelta.engine.adapter import ADAPTER_CONFIG, LoraRef
 from paramdelta.engine.checkpoint import CONFIG, Checkpoint, Source, TensorRef, read_json
 from paramdelta.engine.dtypes import COPIED_DTYPES, FLOAT_DTYPES, ITEMSIZE, TORCH_NAMES
 from paramdelta.engine.files import GENERATION_CONFIG, file_donors, skipped_files
+from paramdelta.engine.fp8_layout import (
+    FP8,
+    SCALE_SUFFIX,
+    BlockScaled,
+    output_config,
+    scale_shape,
+    split_scales,
+)
 from paramdelta.engine.limits import MAX_CONFIG_BYTES, MAX_DONATED_BYTES, check_size
 from paramdelta.engine.recipe import DTYPE_CHOICES, VOCAB_POLICIES, Recipe
 from paramdelta.engine.roles import ROLES, title
@@ -110,7 +119,7 @@ class Segment:
     start: Operand
     deltas: tuple[WeightedDelta, ...] = ()
 
-    @property
+    @functools.cached_property  # a MoE plan asks ~100k segments for them, several times
     def inputs(self) -> tuple[Operand, ...]:
         """Every operand in the order the kernel reads them: start, then each post and base."""
         return (self.start, *(o for d in self.deltas for o in (d.post, d.base)))
@@ -126,6 +135,8 @@ class MergeItem:
     dtype: str
     shape: tuple[int, ...]
     segments: tuple[Segment, ...]
+    fp8: BlockScaled | None = None  # an FP8 block-scaled merge, computed in row bands
+    scale_of: str | None = None  # an output scale tensor, written with this weight
 
     @property
     def nbytes(self) -> int:
@@ -133,6 +144,16 @@ class MergeItem:
         for dim in self.shape:
             n *= dim
         return n
+
+    def input_files(self) -> Iterator[tuple[str, str]]:
+        """(role, file) of every input read, an FP8 weight's input scales included."""
+        for segment in self.segments:
+            for role, ref, _ in segment.inputs:
+                yield role, ref.file
+        if self.fp8 is not None:
+            for operand, scale in zip(self.segments[0].inputs, self.fp8.scales, strict=True):
+                if scale is not None:
+                    yield operand.role, scale.file
 
 
 @dataclass(frozen=True)
@@ -226,7 +247,7 @@ class MergePlan:
     def nbytes(self) -> int:
         return sum(item.nbytes for item in self.items)
 
-    @property
+    @functools.cached_property
     def deltas(self) -> int:
         """How many deltas the merge sums."""
         return max((len(s.deltas) for i in self.items for s in i.segments), default=1)
@@ -236,15 +257,24 @@ class MergePlan:
         """Every checkpoint the merge reads, in `merge_roles` order."""
         return tuple(self.read)
 
-    @property
+    @functools.cached_property
     def operands(self) -> int:
         """The most inputs one output element is computed from (3 for one delta)."""
         return max((len(s.inputs) for i in self.items for s in i.segments), default=1)
 
+    @functools.cached_property
+    def input_itemsize(self) -> int:
+        """The widest dtype any input is read in, in bytes."""
+        return max(
+            (ITEMSIZE[op.ref.dtype] for i in self.items for s in i.segments for op in s.inputs),
+            default=1,
+        )
+
     @property
     def written_dtype(self) -> str:
         """The dtype the float tensors are written in ("bfloat16"; several, comma-separated)."""
-        names = sorted({TORCH_NAMES[i.dtype] for i in self.items if i.dtype in FLOAT_DTYPES})
+        written = FLOAT_DTYPES | {FP8}
+        names = sorted({TORCH_NAMES[i.dtype] for i in self.items if i.dtype in written})
         return ", ".join(names) or "none"
 
     def config_bytes(self, new_base: Source) -> bytes:
@@ -313,12 +343,29 @@ def plan_deltas(new_base: Checkpoint, deltas: Sequence[Delta], recipe: Recipe) -
     recipe.check()
     if tuple(d.weight for d in deltas) != recipe.delta_weights:
         raise ValueError(f"delta weights {[d.weight for d in deltas]} are not the recipe's")
+    # FP8 weights carry their scale tensors: those are part of the weight, not tensors to pair.
+    opened = {c.role: split_scales(c) for d in deltas for c in (d.base, d.post)}
+    opened[new_base.role] = split_scales(new_base)
+    scales_of = {role: found for role, (_, found) in opened.items()}
+    if len(deltas) > 1 and (fp8 := [r for r, found in scales_of.items() if found]):
+        raise CheckpointError(
+            f"{title(fp8[0])}: FP8 block-scaled weights merge with one delta only; give"
+            " several deltas as unquantized (e.g. bf16) checkpoints"
+        )
+    deltas = [Delta(opened[d.post.role][0], opened[d.base.role][0], d.weight) for d in deltas]
+    new_base = opened[new_base.role][0]
     for delta in deltas:  # each delta must fit the new base, as a one-delta merge
-        check_configs((delta.base, delta.post, new_base))
-        _check_names((delta.base, delta.post, new_base))
+        trio = (delta.base, delta.post, new_base)
+        if delta.post.adapter is not None:
+            _refuse_fp8_adapter(trio, tuple(scales_of[c.role] for c in trio))
+        check_configs(trio)
+        _check_names(trio)
     # Every checkpoint in `merge_roles` order: each delta's base and post, the new base.
     everyone = (*(c for d in deltas for c in (d.base, d.post)), new_base)
     post = deltas[0].post
+    trio = (deltas[0].base, post, new_base)
+    # In the order of an FP8 segment's inputs (one delta: new base, post, base).
+    scales = tuple(scales_of[c.role] for c in reversed(trio))
 
     forced = DTYPE_CHOICES[recipe.dtype]
     config = json.loads(json.dumps(new_base.config))
@@ -330,6 +377,12 @@ def plan_deltas(new_base: Checkpoint, deltas: Sequence[Delta], recipe: Recipe) -
     for ref_new in order:
         name = ref_new.entry.name
         refs = tuple(c.tensors[name] for c in everyone)
+        if any(name in found for found in scales):
+            base_ref, post_ref, new_ref = refs  # FP8: one delta
+            items.extend(
+                _plan_fp8(name, (base_ref, post_ref, new_ref), trio, scales, forced, deltas)
+            )
+            continue
         item = _plan_tensor(name, refs, everyone, deltas, forced, recipe, vocabularies)
         for delta in deltas:
             if delta.post.adapter is not None:
@@ -340,6 +393,7 @@ def plan_deltas(new_base: Checkpoint, deltas: Sequence[Delta], recipe: Recipe) -
     if vocabulary is not None and vocabulary.rows["output"] != vocab_size(new_base.config):
         changes["vocab_size"] = vocabulary.rows["output"]
         _set_config(config, "vocab_size", changes["vocab_size"])
+    changes.update(output_config(config, any(item.dtype == FP8 for item in items)))
     # An adapter without generation defaults gives the base's (see file_donors).
     first = deltas[0]
     donor = first.base if post.adapter is not None and GENERATION_CONFIG not in post.files else post
@@ -384,9 +438,8 @@ def _files_read(
         c.role: {ADAPTER_CONFIG} if c.adapter else {CONFIG, *({INDEX} & set(c.files))} for c in trio
     }
     for item in items:
-        for segment in item.segments:
-            for role, ref, _ in segment.inputs:
-                read[role].add(ref.file)
+        for role, file in item.input_files():
+            read[role].add(file)
     for path, role in donors.items():
         read[role].add(path)
     return {role: sorted(paths) for role, paths in read.items()}
@@ -492,19 +545,21 @@ def _plan_tensor(
     """One output tensor from its refs in ``everyone``'s order (each base and post, new base)."""
     new, post = refs[-1], refs[1]
     vocab_policy = recipe.vocab_policy
-    dtypes = [r.dtype for r in refs]
-    if all(d in COPIED_DTYPES for d in dtypes):
+    dtypes = {r.entry.dtype for r in refs}
+    if COPIED_DTYPES.issuperset(dtypes):
         # Integer buffers (position ids, masks) are not weights: take the new base's.
         if len({r.shape for r in refs}) != 1:
             _shape_mismatch(name, refs, everyone)
         segment = Segment("copy", 0, new.entry.numel, Operand("new_base", new, 0))
         return MergeItem(name, new.dtype, new.shape, (segment,))
-    for ref, checkpoint in zip(refs, everyone, strict=True):
-        if ref.dtype not in FLOAT_DTYPES:
-            raise CheckpointError(
-                f"{checkpoint.where}: tensor {name!r} has dtype {ref.dtype}, which cannot be"
-                " merged (quantized or mixed with integer tensors); use unquantized checkpoints"
-            )
+    if not FLOAT_DTYPES.issuperset(dtypes):
+        ref, checkpoint = next(
+            p for p in zip(refs, everyone, strict=True) if p[0].dtype not in FLOAT_DTYPES
+        )
+        raise CheckpointError(
+            f"{checkpoint.where}: tensor {name!r} has dtype {ref.dtype}, which cannot be"
+            " merged (only float tensors, FP8 block-scaled weights and integer buffers can)"
+        )
     out_dtype = forced or new.dtype
 
     if len({r.shape for r in refs}) == 1:
@@ -528,6 +583,49 @@ def _plan_tensor(
         extra = (out_rows - shared) * row
         segments.append(Segment("copy", shared * row, extra, Operand("post", post, shared * row)))
     return MergeItem(name, out_dtype, (out_rows, *new.shape[1:]), tuple(segments))
+
+
+def _refuse_fp8_adapter(
+    trio: tuple[Checkpoint, Checkpoint, Checkpoint], scales: tuple[dict[str, TensorRef], ...]
+) -> None:
+    """An adapter's delta s·B@A is computed in float32 rows, an FP8 merge in 128-row bands of
+    dequantized blocks: the two are not combined, so an adapter on FP8 weights is refused."""
+    for checkpoint, found in zip(trio, scales, strict=True):
+        if found:
+            name = next(iter(found))
+            raise CheckpointError(
+                f"{checkpoint.where}: tensor {name!r} is an FP8 block-scaled weight and the post"
+                " model is a LoRA adapter: an adapter cannot be merged with FP8 weights;"
+                " use unquantized (e.g. bf16) base and new base checkpoints"
+            )
+
+
+def _plan_fp8(
+    name: str,
+    refs: tuple[TensorRef, TensorRef, TensorRef],
+    trio: tuple[Checkpoint, Checkpoint, Checkpoint],
+    scales: tuple[dict[str, TensorRef], ...],
+    forced: str | None,
+    deltas: Sequence[Delta],
+) -> list[MergeItem]:
+    """An FP8 weight (in one input at least), and the output's scale tensor if it stays FP8."""
+    new = refs[2]
+    if len({r.shape for r in refs}) != 1:
+        _shape_mismatch(name, refs, trio)
+    for ref, checkpoint in zip(refs, trio, strict=True):
+        if ref.dtype != FP8 and ref.dtype not in FLOAT_DTYPES:
+            raise CheckpointError(
+                f"{checkpoint.where}: tensor {name!r} has dtype {ref.dtype}, which cannot be"
+                " merged with an FP8 weight"
+            )
+    out_dtype = forced or new.dtype
+    out_scale = name + SCALE_SUFFIX if out_dtype == FP8 else None
+    segment = _merge_segment(refs, trio, deltas, new.entry.numel)
+    layout = BlockScaled(tuple(s.get(name) for s in scales), out_scale)
+    items = [MergeItem(name, out_dtype, new.shape, (segment,), fp8=layout)]
+    if out_scale is not None:
+        items.append(MergeItem(out_scale, "F32", scale_shape(new.shape), (), scale_of=name))
+    return items
 
 
 def _merge_segment(

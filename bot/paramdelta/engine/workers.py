@@ -32,14 +32,17 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
-from paramdelta.engine.adapter import LoraBands, LoraRef, scratch_bytes
+from paramdelta.engine.adapter import LoraRef, scratch_bytes
+from paramdelta.engine.batches import batch_units
 from paramdelta.engine.checkpoint import Source, TensorRef
 from paramdelta.engine.delta import DeltaReport
 from paramdelta.engine.dtypes import ITEMSIZE, TORCH_NAMES
+from paramdelta.engine.fp8 import merge_band
+from paramdelta.engine.fp8_layout import BLOCK, blocks
 from paramdelta.engine.kernel import (
     CPU_BLOCK,
     OUTPUT,
@@ -54,7 +57,8 @@ from paramdelta.engine.kernel import (
     operand_roles,
     scratch_buffers,
 )
-from paramdelta.engine.merge_plan import MergePlan
+from paramdelta.engine.lora_bands import LoraBands
+from paramdelta.engine.merge_plan import MergeItem, MergePlan, Segment
 from paramdelta.engine.progress import MergeProgress
 from paramdelta.engine.recipe import Runtime
 from paramdelta.engine.roles import title
@@ -66,14 +70,23 @@ MIN_CHUNK_ELEMENTS = 4096  # also the alignment of bigger chunks
 CUDA_CHUNK_ELEMENTS = 1 << 23
 
 
-@dataclass(frozen=True)
-class Read:
+class Read(NamedTuple):  # tuples, not dataclasses: cheap to make, ~100k of them for MoE
     role: str
     source: Source
     file: str
     offset: int
     nbytes: int
     dtype: str
+
+
+class Band(NamedTuple):
+    """What an FP8 unit adds (whole 128-row blocks of a 2-D weight, all ``cols`` columns):
+    each input's scale rows (None for a float input), where the output's scales go."""
+
+    cols: int
+    scales: tuple[Read | None, ...]
+    scale_offset: int | None
+    scale_nbytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,13 @@ class Unit:
     op: Literal["merge", "convert", "raw"]
     reads: tuple[Read | LoraRead, ...]
     weights: tuple[float, ...] = ()
+    band: Band | None = None  # an FP8 block-scaled merge (`paramdelta.engine.fp8`)
+    parts: tuple[Unit, ...] = ()  # a batch of small units computed as one (`engine.batches`)
+
+    @property
+    def computed(self) -> bool:
+        """Some input is computed (an adapter's s·B@A, `LoraRead`), not read."""
+        return any(isinstance(read, LoraRead) for read in self.reads)
 
     @property
     def out_nbytes(self) -> int:
@@ -157,10 +177,7 @@ def chunk_elements(
 
 
 def _max_in_itemsize(plan: MergePlan) -> int:
-    return max(
-        (ITEMSIZE[op.ref.dtype] for i in plan.items for s in i.segments for op in s.inputs),
-        default=1,
-    )
+    return plan.input_itemsize
 
 
 def _out_itemsize(plan: MergePlan) -> int:
@@ -189,16 +206,26 @@ def plan_units(
                 op = "raw"
             else:
                 op = "convert"
-            for start in range(0, segment.count, elements):
-                count = min(elements, segment.count - start)
+            step = _band_elements(item, elements) if item.fp8 else elements
+            for start in range(0, segment.count, step):
+                count = min(step, segment.count - start)
                 reads = tuple(
                     _read(role, sources[role], ref, first + start, count)
                     for role, ref, first in segment.inputs
                 )
                 out_offset = tensor_offset + (segment.out_start + start) * out_size
+                band = _band(item, segment, sources, shards[shard], start, count)
                 units.append(
                     Unit(
-                        item.name, shard, out_offset, count, item.dtype, op, reads, segment.weights
+                        item.name,
+                        shard,
+                        out_offset,
+                        count,
+                        item.dtype,
+                        op,
+                        reads,
+                        segment.weights,
+                        band,
                     )
                 )
     units.sort(key=lambda u: u.shard)  # stable: file order within a shard is kept
@@ -213,6 +240,59 @@ def _read(
         return LoraRead(role, source, ref, first, count)
     size = ITEMSIZE[ref.dtype]
     return Read(role, source, ref.file, ref.entry.offset + first * size, count * size, ref.dtype)
+
+
+def _band_elements(item: MergeItem, elements: int) -> int:
+    """Elements per FP8 unit: whole blocks of rows, at least one, within a quarter of
+    ``elements`` (the band is widened to float32 temporaries, one per input)."""
+    cols = item.shape[1]
+    return BLOCK * cols * max(1, elements // (4 * BLOCK * cols))
+
+
+def _band(
+    item: MergeItem,
+    segment: Segment,
+    sources: dict[str, Source],
+    shard: ShardPlan,
+    start: int,
+    count: int,
+) -> Band | None:
+    """The scale rows an FP8 unit reads and writes: block rows ``start // (128·cols)`` on."""
+    if item.fp8 is None:
+        return None
+    cols = item.shape[1]
+    first, rows = start // cols // BLOCK, blocks(count // cols)
+    row_bytes = 4 * blocks(cols)  # one float32 per block of a row of blocks
+    scales = tuple(
+        None
+        if ref is None
+        else Read(
+            role,
+            sources[role],
+            ref.file,
+            ref.entry.offset + first * row_bytes,
+            rows * row_bytes,
+            "F32",
+        )
+        for (role, _, _), ref in zip(segment.inputs, item.fp8.scales, strict=True)
+    )
+    out = item.fp8.out_scale
+    offset = None if out is None else shard.offsets[out] + first * row_bytes
+    return Band(cols, scales, offset, rows * row_bytes if out else 0)
+
+
+def _writes_scales(unit: Unit) -> bool:
+    return unit.band is not None and unit.band.scale_offset is not None
+
+
+def _read_scales(unit: Unit, operand: int) -> torch.Tensor:
+    """One input's block scales for every part of ``unit``, back to back (a few hundred bytes)."""
+    data = b"".join(
+        scale.source.read(scale.file, scale.offset, scale.nbytes)
+        for part in unit.parts or (unit,)
+        if part.band is not None and (scale := part.band.scales[operand]) is not None
+    )
+    return torch.frombuffer(bytearray(data), dtype=torch.float32)
 
 
 def _host_buffer(nbytes: int, pinned: bool) -> tuple[torch.Tensor, memoryview]:
@@ -232,6 +312,8 @@ class _Worker:
 
     pinned = False
     scratch: tuple[torch.Tensor, torch.Tensor]  # the kernel's float32 rows, on the device
+    band_scales: list[torch.Tensor | None]  # an FP8 unit's input scales, on the host
+    out_scale: torch.Tensor  # and its output's
 
     def __init__(self, operands: int, in_bytes: int, out_bytes: int) -> None:
         self.delta = DeltaReport()
@@ -239,24 +321,54 @@ class _Worker:
         self.out = _host_buffer(out_bytes, self.pinned)
         self.bands = LoraBands()
 
-    def read(self, unit: Unit) -> None:
-        # A raw copy needs no conversion: straight into the output buffer.
-        targets = [self.out] if unit.op == "raw" else self.inputs
-        for read, (_, view) in zip(unit.reads, targets, strict=False):
-            if isinstance(read, LoraRead):
-                self.bands.fill(read.source, read.lora, read.first, view[: read.nbytes])
-            else:
-                read.source.read_into(read.file, read.offset, view[: read.nbytes])
-
-    def compute(self, unit: Unit) -> None:
-        if unit.op == "raw":
-            view = self.out[0][: unit.out_nbytes].view(TORCH_DTYPES[unit.out_dtype])
-            moments = Moments(nonfinite=check_copy(view))
-        else:
-            moments = self._compute(unit)
+    def run(self, unit: Unit, writer: OutputWriter) -> None:
+        """Read, compute and write ``unit``; a batch that is not all finite part by part."""
+        self.read(unit)
+        moments = self.compute(unit)
+        if unit.parts and moments.nonfinite is not None:  # find the tensor to name
+            for part in unit.parts:
+                self.run(part, writer)
+            return
         self.delta.add(unit.tensor, moments)
         if moments.nonfinite is not None and moments.nonfinite.output:
             raise _nonfinite_error(unit, moments.nonfinite)
+        self.write(unit, writer)
+
+    def read(self, unit: Unit) -> None:
+        # A raw copy needs no conversion: straight into the output buffer.
+        targets = [self.out] if unit.op == "raw" else self.inputs
+        filled = [0] * len(unit.reads)
+        for part in unit.parts or (unit,):  # a batch's parts back to back in each buffer
+            for i, (read, (_, view)) in enumerate(zip(part.reads, targets, strict=False)):
+                end = filled[i] + read.nbytes
+                if isinstance(read, LoraRead):
+                    self.bands.fill(read.source, read.lora, read.first, view[filled[i] : end])
+                else:
+                    read.source.read_into(read.file, read.offset, view[filled[i] : end])
+                filled[i] = end
+        if unit.band is not None:
+            self.band_scales = [
+                None if r is None else _read_scales(unit, i) for i, r in enumerate(unit.band.scales)
+            ]
+
+    def compute(self, unit: Unit) -> Moments:
+        if unit.op == "raw":
+            view = self.out[0][: unit.out_nbytes].view(TORCH_DTYPES[unit.out_dtype])
+            return Moments(nonfinite=check_copy(view))
+        return self._compute(unit)
+
+    def write(self, unit: Unit, writer: OutputWriter) -> None:
+        """The output buffer at each part's offset, and an FP8 output's scales at theirs."""
+        data, cursor = self.out[1], 0
+        scales = memoryview(self.out_scale.numpy().tobytes()) if _writes_scales(unit) else None
+        scale_cursor = 0
+        for part in unit.parts or (unit,):
+            writer.write(part.shard, part.out_offset, data[cursor : cursor + part.out_nbytes])
+            cursor += part.out_nbytes
+            if scales is not None and part.band is not None and part.band.scale_offset is not None:
+                end = scale_cursor + part.band.scale_nbytes
+                writer.write(part.shard, part.band.scale_offset, scales[scale_cursor:end])
+                scale_cursor = end
 
     def _compute(self, unit: Unit) -> Moments:
         """Merge or convert the unit's inputs into the host output buffer."""
@@ -264,6 +376,16 @@ class _Worker:
 
     def _kernel(self, unit: Unit, ins: list[torch.Tensor], out: torch.Tensor) -> Moments:
         typed = out.view(TORCH_DTYPES[unit.out_dtype])
+        if unit.band is not None:
+            scales = [None if s is None else s.to(out.device) for s in self.band_scales]
+            cols = unit.band.cols
+            rows = (unit.parts[0].count if unit.parts else unit.count) // cols
+            moments, out_scale = merge_band(
+                typed, ins, scales, unit.weights, (rows, cols), self.scratch
+            )
+            if out_scale is not None:
+                self.out_scale = out_scale.cpu()
+            return moments
         if unit.op == "convert":
             return Moments(nonfinite=copy_into(typed, ins[0]))
         deltas: list[Delta] = []
@@ -276,9 +398,6 @@ class _Worker:
     def _input_bytes(self, unit: Unit) -> list[torch.Tensor]:
         """The bytes each read of ``unit`` filled, in its host buffer."""
         return [self.inputs[i][0][: read.nbytes] for i, read in enumerate(unit.reads)]
-
-    def output(self, unit: Unit) -> memoryview:
-        return self.out[1][: unit.out_nbytes]
 
 
 class _CpuWorker(_Worker):
@@ -463,17 +582,20 @@ class Execution:
         self.elements = chunk_elements(
             plan, used, self.workers, runtime.max_memory, self.device.type == "cuda"
         )
-        units = plan_units(plan, writer.shards, sources, self.elements)
         wanted = frozenset(chosen)
-        self.schedule = _Schedule(
-            [u for u in units if u.shard in wanted], chosen, len(writer.shards), hand_over
-        )
-        # Each worker's buffers: every operand of the widest unit, in the widest dtypes.
+        # A leg's shards only; a batch never spans two shards, so batching after is exact.
+        units = plan_units(plan, writer.shards, sources, self.elements)
+        units = batch_units([u for u in units if u.shard in wanted], self.elements // 4)
+        self.schedule = _Schedule(units, chosen, len(writer.shards), hand_over)
+        # Each worker's buffers: every operand of the widest unit, in the widest dtypes
+        # (an FP8 unit is at least one band of 128 rows, however wide).
+        widest = max((u.count for u in units if u.band), default=self.elements)
+        elements = max(self.elements, widest)
         self.buffers = (
             plan.operands,
-            self.elements,
-            self.elements * _max_in_itemsize(plan),
-            self.elements * _out_itemsize(plan),
+            elements,
+            elements * _max_in_itemsize(plan),
+            elements * _out_itemsize(plan),
         )
         self.stats: MergeStats | None = None
 
@@ -516,8 +638,11 @@ class Execution:
                 bar.close()
         if failures:
             raise failures[0]
-        # In the plan's order (of this execution's items).
-        delta = DeltaReport({item.name: Moments() for item in self.items}, self.plan.deltas)
+        # In the plan's order (of this execution's items); an output scale tensor is part
+        # of its weight.
+        delta = DeltaReport(
+            {i.name: Moments() for i in self.items if i.scale_of is None}, self.plan.deltas
+        )
         delta.merge(reports)
         self.stats = MergeStats(
             tensors=len(self.items),
@@ -543,10 +668,8 @@ class Execution:
             worker = _worker(self.device, *self.buffers)
             reports.append(worker.delta)
             while (unit := schedule.next()) is not None:
-                worker.read(unit)
-                worker.compute(unit)
-                writer.write(unit.shard, unit.out_offset, worker.output(unit))
-                bar.update(unit.out_nbytes)
+                worker.run(unit, writer)
+                bar.update(unit.out_nbytes + (unit.band.scale_nbytes if unit.band else 0))
                 if schedule.done(unit):
                     writer.shard_done(unit.shard)
                     finished.put(unit.shard)

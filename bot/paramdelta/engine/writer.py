@@ -71,8 +71,12 @@ def plan_shards(items: Sequence[MergeItem], max_shard_bytes: int) -> list[ShardP
     next tensor would overflow this one; a tensor bigger than the limit gets its own."""
     groups: list[list[MergeItem]] = [[]]
     size = 0
-    for item in items:
-        if groups[-1] and size + item.nbytes > max_shard_bytes:
+    for i, item in enumerate(items):
+        # An FP8 weight's scales are written with it, so they share its shard.
+        with_scale = item.nbytes
+        if i + 1 < len(items) and items[i + 1].scale_of == item.name:
+            with_scale += items[i + 1].nbytes
+        if groups[-1] and item.scale_of is None and size + with_scale > max_shard_bytes:
             groups.append([])
             size = 0
         groups[-1].append(item)

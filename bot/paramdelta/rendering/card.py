@@ -269,6 +269,8 @@ def _delta_row(title: str, group: Mapping[str, Any]) -> dict[str, Any]:
         "base_update": _number(group["base_update_norm"]),
         "cosine": _number(group["cosine"], 3),
         "nonfinite": sum(group["nonfinite"].values()),
+        "experts": group.get("experts", "-"),
+        "requant": _number(group.get("requant_error"), 3),
     }
 
 
@@ -304,6 +306,9 @@ def delta_rows(delta: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "layers": layers,
         "deltas": rows,
         "pairs": pairs,
+        # Columns a dense or unquantized model has no use for are left out.
+        "experts": any("experts" in g for g in delta["layers"]),
+        "requant": "requant_error" in overall,
     }
 
 
