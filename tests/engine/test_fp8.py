@@ -305,3 +305,17 @@ def test_progress_counts_every_byte_written_weights_scales_and_batches(tmp_path,
     result = merge(_trio(tmp_path, shapes={**SHAPES, **EXPERTS}), tmp_path / "out")
     written = sum(shard.data_bytes for shard in result.shards)  # FP8 weights, their scales
     assert closed == [(written, written)]
+
+
+def test_fp8_with_several_deltas_is_refused_in_one_line(tmp_path):
+    """FP8 bands are merged as one delta (new base, post, base): a second delta over FP8
+    checkpoints is refused before anything is written."""
+    sources = _trio(tmp_path)
+    sources["post[1]"], sources["base[1]"] = sources["post"], sources["base"]
+    with pytest.raises(CheckpointError) as refused:
+        merge(sources, tmp_path / "out", weights=(0.5, 0.5))
+    assert str(refused.value) == (
+        "base: FP8 block-scaled weights merge with one delta only; give several deltas as"
+        " unquantized (e.g. bf16) checkpoints"
+    )
+    assert not (tmp_path / "out").exists()
