@@ -8,9 +8,11 @@ from paramdelta.rendering.card import render_card
 
 def _report(layers=61, experts=256):
     report = DeltaReport()
-    moments = Moments(elements=4, post_sq=1.0, update_sq=4.0, cross=0.0, requantized=4)
+    moments = Moments(
+        elements=4, gram=[1.0, 0.0, 0.0, 4.0], requantized=4
+    )  # post_sq, cross; cross, update_sq
     moments.requant_err_sq, moments.requant_sq = 0.0009, 1.0
-    report.add("model.embed_tokens.weight", Moments(elements=4, post_sq=1.0, update_sq=1.0))
+    report.add("model.embed_tokens.weight", Moments(elements=4, gram=[1.0, 0.0, 0.0, 1.0]))
     for layer in range(layers):
         for e in range(experts):
             for proj in ("gate_proj", "up_proj", "down_proj"):

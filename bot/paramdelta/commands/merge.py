@@ -149,7 +149,7 @@ def delta_lines(overall: dict[str, Any]) -> list[str]:
         lines.append(f"cosine between deltas: {', '.join(pairs)}")
     requant = overall.get("requant_error")  # an FP8 output's re-quantization error
     if requant is not None:
-        lines.append(f"FP8 re-quantization error (relative RMS): {requant:.3g}")
+        lines[0] += f", FP8 re-quantization error {requant:.3g}"
     return lines
 
 
