@@ -29,7 +29,7 @@ import queue
 import resource
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -262,6 +262,35 @@ def _read_scales(unit: Unit, operand: int) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.float32)
 
 
+def _runs(reads: Iterable[Read]) -> Iterator[tuple[Source, str, int, int]]:
+    """``reads`` as (source, file, offset, nbytes), each run of back-to-back reads as one."""
+    run: tuple[Source, str, int, int] | None = None
+    for read in reads:
+        if run is not None:
+            source, file, offset, nbytes = run
+            if read.source is source and read.file == file and read.offset == offset + nbytes:
+                run = (source, file, offset, nbytes + read.nbytes)
+                continue
+            yield run
+        run = (read.source, read.file, read.offset, read.nbytes)
+    if run is not None:
+        yield run
+
+
+def _spans(writes: Iterable[tuple[int, int, int]]) -> Iterator[tuple[int, int, int]]:
+    """(shard, offset, nbytes) writes, each run of back-to-back ones in a shard as one."""
+    shard, offset, nbytes = -1, 0, 0
+    for s, o, n in writes:
+        if s == shard and o == offset + nbytes:
+            nbytes += n
+            continue
+        if shard >= 0:
+            yield shard, offset, nbytes
+        shard, offset, nbytes = s, o, n
+    if shard >= 0:
+        yield shard, offset, nbytes
+
+
 def _host_buffer(nbytes: int, pinned: bool) -> tuple[torch.Tensor, memoryview]:
     """A uint8 tensor and a writable memoryview of the same memory (for preadv/pwrite)."""
     tensor = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=pinned)
@@ -303,12 +332,13 @@ class _Worker:
     def read(self, unit: Unit) -> None:
         # A raw copy needs no conversion: straight into the output buffer.
         targets = [self.out] if unit.op == "raw" else self.inputs
-        filled = [0] * len(unit.reads)
-        for part in unit.parts or (unit,):  # a batch's parts back to back in each buffer
-            for i, (read, (_, view)) in enumerate(zip(part.reads, targets, strict=False)):
-                end = filled[i] + read.nbytes
-                read.source.read_into(read.file, read.offset, view[filled[i] : end])
-                filled[i] = end
+        parts = unit.parts or (unit,)  # a batch's parts back to back in each buffer
+        for i, (_, view) in zip(range(len(unit.reads)), targets, strict=False):
+            filled = 0
+            # Parts that lie back to back in one file (experts usually do) are one read.
+            for source, file, offset, nbytes in _runs(part.reads[i] for part in parts):
+                source.read_into(file, offset, view[filled : filled + nbytes])
+                filled += nbytes
         if unit.band is not None:
             self.band_scales = [
                 None if r is None else _read_scales(unit, i) for i, r in enumerate(unit.band.scales)
@@ -325,10 +355,13 @@ class _Worker:
         data, cursor = self.out[1], 0
         scales = memoryview(self.out_scale.numpy().tobytes()) if _writes_scales(unit) else None
         scale_cursor = 0
-        for part in unit.parts or (unit,):
-            writer.write(part.shard, part.out_offset, data[cursor : cursor + part.out_nbytes])
-            cursor += part.out_nbytes
-            if scales is not None and part.band is not None and part.band.scale_offset is not None:
+        parts = unit.parts or (unit,)
+        # A batch's parts are consecutive tensors of one shard: contiguous ones are one write.
+        for shard, offset, nbytes in _spans((p.shard, p.out_offset, p.out_nbytes) for p in parts):
+            writer.write(shard, offset, data[cursor : cursor + nbytes])
+            cursor += nbytes
+        for part in parts if scales is not None else ():
+            if part.band is not None and part.band.scale_offset is not None:
                 end = scale_cursor + part.band.scale_nbytes
                 writer.write(part.shard, part.band.scale_offset, scales[scale_cursor:end])
                 scale_cursor = end
