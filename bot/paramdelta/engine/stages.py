@@ -22,6 +22,7 @@ from pathlib import Path
 
 from paramdelta.engine.checkpoint import Checkpoint, Source, open_checkpoint
 from paramdelta.engine.files import RESULT_FILES
+from paramdelta.engine.gc_pause import gc_paused
 from paramdelta.engine.merge_plan import CONFIG, ROLES, MergePlan, plan_merge
 from paramdelta.engine.recipe import Recipe, Runtime
 from paramdelta.engine.safetensors_format import INDEX
@@ -53,8 +54,9 @@ def open_checkpoints(sources: Mapping[str, Source]) -> dict[str, Checkpoint]:
 
 def preflight(sources: Mapping[str, Source], recipe: Recipe) -> MergePlan:
     """Everything that can fail before a weight byte is read: validation and compatibility."""
-    opened = open_checkpoints(sources)
-    return plan_merge(opened["base"], opened["post"], opened["new_base"], recipe)
+    with gc_paused():
+        opened = open_checkpoints(sources)
+        return plan_merge(opened["base"], opened["post"], opened["new_base"], recipe)
 
 
 def stage(
@@ -69,7 +71,8 @@ def stage(
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)
     check_not_an_input(out_dir, (d for s in sources.values() if (d := s.directory) is not None))
-    shards = plan_shards(plan.items, plan.recipe.shard_size)
+    with gc_paused():
+        shards = plan_shards(plan.items, plan.recipe.shard_size)
     return Staged(plan, sources, OutputWriter(out_dir, shards, overwrite=overwrite), runtime)
 
 

@@ -43,6 +43,7 @@ from paramdelta.engine.delta import DeltaReport
 from paramdelta.engine.dtypes import ITEMSIZE, TORCH_NAMES
 from paramdelta.engine.fp8 import merge_band
 from paramdelta.engine.fp8_layout import BLOCK, blocks
+from paramdelta.engine.gc_pause import gc_paused
 from paramdelta.engine.kernel import (
     CPU_BLOCK,
     OPERANDS,
@@ -179,16 +180,18 @@ def plan_units(
             step = _band_elements(item, elements) if item.fp8 else elements
             for start in range(0, segment.count, step):
                 count = min(step, segment.count - start)
-                reads = tuple(
-                    Read(
-                        role,
-                        sources[role],
-                        ref.file,
-                        ref.entry.offset + (first + start) * ITEMSIZE[ref.dtype],
-                        count * ITEMSIZE[ref.dtype],
-                        ref.dtype,
-                    )
-                    for role, ref, first in segment.inputs
+                reads = tuple(  # a list, not a generator: ~270k reads for a MoE
+                    [
+                        Read(
+                            role,
+                            sources[role],
+                            file,
+                            entry.offset + (first + start) * ITEMSIZE[entry.dtype],
+                            count * ITEMSIZE[entry.dtype],
+                            entry.dtype,
+                        )
+                        for role, (file, entry), first in segment.inputs
+                    ]
                 )
                 out_offset = tensor_offset + (segment.out_start + start) * out_size
                 band = _band(item, segment, sources, shards[shard], start, count)
@@ -560,9 +563,10 @@ class Execution:
         self.elements = chunk_elements(
             plan, used, self.workers, runtime.max_memory, self.device.type == "cuda"
         )
-        units = batch_units(
-            plan_units(plan, writer.shards, sources, self.elements), self.elements // 4
-        )
+        with gc_paused():
+            units = batch_units(
+                plan_units(plan, writer.shards, sources, self.elements), self.elements // 4
+            )
         self.schedule = _Schedule(units, len(writer.shards), hand_over)
         # Each worker's buffers: every operand of the widest unit, in the widest dtypes
         # (an FP8 unit is at least one band of 128 rows, however wide).
