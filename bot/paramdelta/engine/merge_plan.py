@@ -310,7 +310,7 @@ def plan_merge(
     for ref_new in order:
         name = ref_new.entry.name
         refs = (base.tensors[name], post.tensors[name], ref_new)
-        if any(name in s for s in scales):
+        if name in new_scales or name in post_scales or name in base_scales:
             items.extend(_plan_fp8(name, refs, trio, scales, forced, recipe.alpha))
             continue
         items.append(_plan_tensor(name, refs, trio, forced, recipe, vocabularies))
