@@ -118,8 +118,9 @@ class Staged:
 
     def write_all(self) -> None:
         """Merge every shard at once (nothing waits for a caller), then the other files."""
-        for _ in self._write(hand_over=False):
-            pass
+        with gc_paused():  # the plan's objects stay alive throughout: no collection walks them
+            for _ in self._write(hand_over=False):
+                pass
 
     def _write(self, *, hand_over: bool) -> Generator[WrittenShard, None, None]:
         execution = Execution(

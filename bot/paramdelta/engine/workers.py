@@ -627,8 +627,9 @@ class Execution:
         if failures:
             raise failures[0]
         # In the plan's order; an output scale tensor is part of its weight.
-        delta = DeltaReport({i.name: Moments() for i in self.plan.items if i.scale_of is None})
-        delta.merge(reports)
+        with gc_paused():
+            delta = DeltaReport({i.name: Moments() for i in self.plan.items if i.scale_of is None})
+            delta.merge(reports)
         self.stats = MergeStats(
             tensors=len(self.plan.items),
             bytes=self.plan.nbytes,
