@@ -363,8 +363,8 @@ class _Worker:
         for shard, offset, nbytes in _spans((p.shard, p.out_offset, p.out_nbytes) for p in parts):
             writer.write(shard, offset, data[cursor : cursor + nbytes])
             cursor += nbytes
-        for part in parts if scales is not None else ():
-            if part.band is not None and part.band.scale_offset is not None:
+        for part in parts:
+            if scales is not None and part.band is not None and part.band.scale_offset is not None:
                 end = scale_cursor + part.band.scale_nbytes
                 writer.write(part.shard, part.band.scale_offset, scales[scale_cursor:end])
                 scale_cursor = end
@@ -587,7 +587,7 @@ class Execution:
             self.writer.shard_done(shard)
             yield shard
         finished: queue.Queue[int] = queue.Queue()  # its get() is interruptible (Ctrl-C)
-        failures: list[BaseException] = []
+        failures: list[tuple[tuple[int, int], BaseException]] = []  # (where, error)
         reports: list[DeltaReport] = []
         bar = tqdm(
             total=self.plan.nbytes,
@@ -624,8 +624,8 @@ class Execution:
                     if thread.ident is not None:  # it may stop before every worker started
                         thread.join()
                 bar.close()
-        if failures:
-            raise failures[0]
+        if failures:  # two workers may fail at once: the unit first in file order is named
+            raise min(failures, key=lambda f: f[0])[1]
         # In the plan's order; an output scale tensor is part of its weight.
         with gc_paused():
             delta = DeltaReport({i.name: Moments() for i in self.plan.items if i.scale_of is None})
@@ -645,11 +645,12 @@ class Execution:
     def _work(
         self,
         finished: queue.Queue[int],
-        failures: list[BaseException],
+        failures: list[tuple[tuple[int, int], BaseException]],
         reports: list[DeltaReport],
         bar: tqdm,
     ) -> None:
         schedule, writer = self.schedule, self.writer
+        unit: Unit | None = None
         try:
             worker = _worker(self.device, *self.buffers)
             reports.append(worker.delta)
@@ -661,7 +662,7 @@ class Execution:
                     writer.shard_done(unit.shard)
                     finished.put(unit.shard)
         except BaseException as e:  # re-raised by the calling thread
-            failures.append(e)
+            failures.append(((unit.shard, unit.out_offset) if unit else (-1, -1), e))
             schedule.abort()
         finally:
             finished.put(_WORKER_EXITED)
