@@ -88,6 +88,20 @@ def test_index_missing_an_entry(sharded):
     )
 
 
+def test_index_naming_the_wrong_shard(sharded):
+    path, _ = sharded
+    doc = _index(path)
+    shard = doc["weight_map"]["model.norm.weight"]
+    other = next(s for s in doc["weight_map"].values() if s != shard)
+    doc["weight_map"]["model.norm.weight"] = other
+    _write_index(path, doc)
+    with pytest.raises(CheckpointError) as e:
+        _open(path)
+    assert str(e.value) == (
+        f"post: {path}/{shard}: has tensor 'model.norm.weight' but the index says {other}"
+    )
+
+
 def test_index_listing_a_tensor_no_shard_has(sharded):
     path, _ = sharded
     doc = _index(path)

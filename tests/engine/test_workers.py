@@ -8,7 +8,7 @@ from paramdelta.engine.checkpoint import LocalSource
 from paramdelta.engine.recipe import Recipe
 from paramdelta.engine.stages import preflight
 from paramdelta.engine.workers import chunk_elements, plan_units
-from paramdelta.engine.writer import plan_shards
+from paramdelta.engine.writer import OutputWriter, plan_shards
 from paramdelta.testing.checkpoints import (
     llama_config,
     load_tensors,
@@ -164,3 +164,38 @@ def test_chunk_size_follows_the_source_and_the_memory_budget(tmp_path):
     # bf16 in and out: 2 workers x (3 inputs x 2 B + 2 B) = 16 B/element.
     assert chunk_elements(plan, local, 2, 16 * 4096 * 10, on_cuda=False) == 4096 * 10
     assert chunk_elements(plan, local, 2, 2**30, on_cuda=True) == 2**23
+
+
+class _CountingSource(LocalSource):
+    """Counts the bulk reads: a batch of back-to-back experts must be one read per input."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.reads = []
+
+    def read_into(self, path, offset, view):
+        self.reads.append((path, offset, len(view)))
+        super().read_into(path, offset, view)
+
+
+def test_a_batch_of_back_to_back_experts_is_read_and_written_in_one_piece(tmp_path, monkeypatch):
+    names = [f"model.layers.0.mlp.experts.{e}.up_proj.weight" for e in range(8)]
+    config = llama_config()
+    trio = {}
+    for seed, role in enumerate(("base", "post", "new_base")):
+        torch.manual_seed(seed)
+        state = {name: torch.randn(16, 32, dtype=torch.bfloat16) for name in names}
+        trio[role] = save_checkpoint(tmp_path / role, state, config)
+    sources = {role: _CountingSource(path) for role, path in trio.items()}
+    writes = []
+    write = OutputWriter.write
+    monkeypatch.setattr(
+        OutputWriter, "write", lambda w, *a: (writes.append(len(a[2])), write(w, *a))[1]
+    )
+    merge(sources, tmp_path / "out", progress=False)
+    assert writes == [8 * 16 * 32 * 2]
+    prefix = (trio["base"] / "model.safetensors").read_bytes()[:8]
+    start = 8 + int.from_bytes(prefix, "little")  # the data section, past the header
+    data = [r for s in sources.values() for r in s.reads if r[1] >= start]
+    assert data == [("model.safetensors", start, 8 * 16 * 32 * 2)] * 3  # not one per expert
+    assert mismatched_tensors(load_tensors(tmp_path / "out"), _expected(trio)) == []

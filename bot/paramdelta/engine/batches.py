@@ -29,15 +29,15 @@ if TYPE_CHECKING:
 MAX_PARTS = 4096  # bounds the Python loops over one batch's reads and writes
 
 
-def _kind(unit: Unit) -> Hashable:
-    """Units of equal kind can be computed as one."""
+def _kind(unit: Unit, group: int | str) -> Hashable:
+    """Units of equal kind (``group``: the unit's layer) can be computed as one."""
     band = unit.band
     shape: Hashable = None
     if band is not None:
         fp8_inputs = tuple(s is None for s in band.scales)
         shape = (band.cols, unit.count, fp8_inputs, band.scale_offset is None)
-    reads = tuple((r.role, id(r.source), r.dtype) for r in unit.reads)
-    return (unit.shard, unit.op, unit.out_dtype, unit.weights, reads, shape, group_of(unit.tensor))
+    reads = tuple([(r.role, id(r.source), r.dtype) for r in unit.reads])
+    return (unit.shard, unit.op, unit.out_dtype, unit.weights, reads, shape, group)
 
 
 def batch_units(units: Sequence[Unit], budget: int) -> list[Unit]:
@@ -53,7 +53,8 @@ def batch_units(units: Sequence[Unit], budget: int) -> list[Unit]:
         del totals[kind]
 
     for unit in units:
-        here = (unit.shard, group_of(unit.tensor))
+        group = group_of(unit.tensor)
+        here = (unit.shard, group)
         if here != where:
             for kind in list(runs):
                 flush(kind)
@@ -61,7 +62,7 @@ def batch_units(units: Sequence[Unit], budget: int) -> list[Unit]:
         if unit.count > budget // 2 or unit.computed:
             out.append(unit)
             continue
-        kind = _kind(unit)
+        kind = _kind(unit, group)
         if kind in runs and (totals[kind] + unit.count > budget or len(runs[kind]) == MAX_PARTS):
             flush(kind)
         runs.setdefault(kind, []).append(unit)

@@ -262,6 +262,13 @@ def open_checkpoint(source: Source, role: str) -> Checkpoint:
             raise CheckpointError(
                 f"{where}: its safetensors headers hold more than {MAX_TOTAL_HEADER_BYTES} bytes"
             )
+        refs = {entry.name: TensorRef(shard, entry) for entry in header.tensors}
+        # At C speed for a good shard (~600 tensors of ~95k); the loop below names the culprit.
+        if tensors.keys().isdisjoint(refs) and (
+            weight_map is None or [*map(weight_map.get, refs)].count(shard) == len(refs)
+        ):
+            tensors.update(refs)
+            continue
         for entry in header.tensors:
             if entry.name in tensors:
                 raise CheckpointError(
@@ -273,7 +280,8 @@ def open_checkpoint(source: Source, role: str) -> Checkpoint:
                 problem = f"the index says {listed}" if listed else "the index does not list it"
                 raise CheckpointError(f"{shard_where}: has tensor {entry.name!r} but {problem}")
             tensors[entry.name] = TensorRef(shard, entry)
-    if weight_map is not None:
+    # Every tensor is in the index (checked above): equal counts mean nothing is missing.
+    if weight_map is not None and len(weight_map) != len(tensors):
         for name, shard in weight_map.items():
             if name not in tensors:
                 raise CheckpointError(

@@ -42,5 +42,6 @@ def json_depth(value: object) -> int:
         deepest = max(deepest, depth)
         if depth > MAX_JSON_DEPTH:
             break
-        stack.extend((child, depth + 1) for child in children)
+        # Only containers nest: an index's ~95k shard names are not pushed one by one.
+        stack.extend([(c, depth + 1) for c in children if isinstance(c, (dict, list))])
     return deepest

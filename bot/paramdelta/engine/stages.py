@@ -23,6 +23,7 @@ from pathlib import Path
 from paramdelta.engine.adapter import open_post
 from paramdelta.engine.checkpoint import Checkpoint, Source, open_checkpoint
 from paramdelta.engine.files import RESULT_FILES
+from paramdelta.engine.gc_pause import gc_paused
 from paramdelta.engine.merge_plan import CONFIG, Delta, MergePlan, plan_deltas
 from paramdelta.engine.recipe import Recipe, Runtime
 from paramdelta.engine.roles import delta_roles, merge_roles
@@ -71,12 +72,14 @@ def preflight(sources: Mapping[str, Source], recipe: Recipe) -> MergePlan:
     ``sources``: one per role of `merge_roles` (the new base, each delta's post and base).
     """
     weights = recipe.delta_weights
-    opened = open_checkpoints(sources, len(weights))
-    deltas = [
-        Delta(opened[post], opened[base], weight)
-        for (post, base), weight in zip(map(delta_roles, range(len(weights))), weights, strict=True)
-    ]
-    return plan_deltas(opened["new_base"], deltas, recipe)
+    with gc_paused():  # full collections would walk the whole plan as it grows (a MoE's 95k)
+        opened = open_checkpoints(sources, len(weights))
+        roles = map(delta_roles, range(len(weights)))
+        deltas = [
+            Delta(opened[post], opened[base], weight)
+            for (post, base), weight in zip(roles, weights, strict=True)
+        ]
+        return plan_deltas(opened["new_base"], deltas, recipe)
 
 
 def stage(
@@ -96,7 +99,8 @@ def stage(
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)
     check_not_an_input(out_dir, (d for s in sources.values() if (d := s.directory) is not None))
-    shards = plan_shards(plan.items, plan.recipe.shard_size)
+    with gc_paused():
+        shards = plan_shards(plan.items, plan.recipe.shard_size)
     writer = OutputWriter(out_dir, shards, overwrite=overwrite)
     return Staged(plan, sources, writer, runtime, only)
 
@@ -149,8 +153,9 @@ class Staged:
 
     def write_all(self) -> None:
         """Merge every shard at once (nothing waits for a caller), then the other files."""
-        for _ in self._write(hand_over=False):
-            pass
+        with gc_paused():  # the plan's objects stay alive throughout: no collection walks them
+            for _ in self._write(hand_over=False):
+                pass
 
     def _write(self, *, hand_over: bool) -> Generator[WrittenShard, None, None]:
         execution = Execution(

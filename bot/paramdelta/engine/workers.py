@@ -29,10 +29,10 @@ import queue
 import resource
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 
 import torch
 
@@ -43,6 +43,7 @@ from paramdelta.engine.delta import DeltaReport
 from paramdelta.engine.dtypes import ITEMSIZE, TORCH_NAMES
 from paramdelta.engine.fp8 import merge_band
 from paramdelta.engine.fp8_layout import BLOCK, blocks
+from paramdelta.engine.gc_pause import gc_paused
 from paramdelta.engine.kernel import (
     CPU_BLOCK,
     OUTPUT,
@@ -295,6 +296,35 @@ def _read_scales(unit: Unit, operand: int) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.float32)
 
 
+def _runs(reads: Iterable[Read]) -> Iterator[tuple[Source, str, int, int]]:
+    """``reads`` as (source, file, offset, nbytes), each run of back-to-back reads as one."""
+    run: tuple[Source, str, int, int] | None = None
+    for read in reads:
+        if run is not None:
+            source, file, offset, nbytes = run
+            if read.source is source and read.file == file and read.offset == offset + nbytes:
+                run = (source, file, offset, nbytes + read.nbytes)
+                continue
+            yield run
+        run = (read.source, read.file, read.offset, read.nbytes)
+    if run is not None:
+        yield run
+
+
+def _spans(writes: Iterable[tuple[int, int, int]]) -> Iterator[tuple[int, int, int]]:
+    """(shard, offset, nbytes) writes, each run of back-to-back ones in a shard as one."""
+    shard, offset, nbytes = -1, 0, 0
+    for s, o, n in writes:
+        if s == shard and o == offset + nbytes:
+            nbytes += n
+            continue
+        if shard >= 0:
+            yield shard, offset, nbytes
+        shard, offset, nbytes = s, o, n
+    if shard >= 0:
+        yield shard, offset, nbytes
+
+
 def _host_buffer(nbytes: int, pinned: bool) -> tuple[torch.Tensor, memoryview]:
     """A uint8 tensor and a writable memoryview of the same memory (for preadv/pwrite)."""
     tensor = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=pinned)
@@ -337,15 +367,18 @@ class _Worker:
     def read(self, unit: Unit) -> None:
         # A raw copy needs no conversion: straight into the output buffer.
         targets = [self.out] if unit.op == "raw" else self.inputs
-        filled = [0] * len(unit.reads)
-        for part in unit.parts or (unit,):  # a batch's parts back to back in each buffer
-            for i, (read, (_, view)) in enumerate(zip(part.reads, targets, strict=False)):
-                end = filled[i] + read.nbytes
-                if isinstance(read, LoraRead):
-                    self.bands.fill(read.source, read.lora, read.first, view[filled[i] : end])
-                else:
-                    read.source.read_into(read.file, read.offset, view[filled[i] : end])
-                filled[i] = end
+        parts = unit.parts or (unit,)  # a batch's parts back to back in each buffer
+        for i, (_, view) in zip(range(len(unit.reads)), targets, strict=False):
+            first = unit.reads[i]
+            if isinstance(first, LoraRead):  # an adapter's delta, computed (never batched)
+                self.bands.fill(first.source, first.lora, first.first, view[: first.nbytes])
+                continue
+            filled = 0
+            # Parts that lie back to back in one file (experts usually do) are one read.
+            reads = (cast(Read, part.reads[i]) for part in parts)  # a batch reads bytes only
+            for source, file, offset, nbytes in _runs(reads):
+                source.read_into(file, offset, view[filled : filled + nbytes])
+                filled += nbytes
         if unit.band is not None:
             self.band_scales = [
                 None if r is None else _read_scales(unit, i) for i, r in enumerate(unit.band.scales)
@@ -362,9 +395,12 @@ class _Worker:
         data, cursor = self.out[1], 0
         scales = memoryview(self.out_scale.numpy().tobytes()) if _writes_scales(unit) else None
         scale_cursor = 0
-        for part in unit.parts or (unit,):
-            writer.write(part.shard, part.out_offset, data[cursor : cursor + part.out_nbytes])
-            cursor += part.out_nbytes
+        parts = unit.parts or (unit,)
+        # A batch's parts are consecutive tensors of one shard: contiguous ones are one write.
+        for shard, offset, nbytes in _spans((p.shard, p.out_offset, p.out_nbytes) for p in parts):
+            writer.write(shard, offset, data[cursor : cursor + nbytes])
+            cursor += nbytes
+        for part in parts:
             if scales is not None and part.band is not None and part.band.scale_offset is not None:
                 end = scale_cursor + part.band.scale_nbytes
                 writer.write(part.shard, part.band.scale_offset, scales[scale_cursor:end])
@@ -584,8 +620,9 @@ class Execution:
         )
         wanted = frozenset(chosen)
         # A leg's shards only; a batch never spans two shards, so batching after is exact.
-        units = plan_units(plan, writer.shards, sources, self.elements)
-        units = batch_units([u for u in units if u.shard in wanted], self.elements // 4)
+        with gc_paused():
+            units = plan_units(plan, writer.shards, sources, self.elements)
+            units = batch_units([u for u in units if u.shard in wanted], self.elements // 4)
         self.schedule = _Schedule(units, chosen, len(writer.shards), hand_over)
         # Each worker's buffers: every operand of the widest unit, in the widest dtypes
         # (an FP8 unit is at least one band of 128 rows, however wide).
@@ -606,7 +643,7 @@ class Execution:
             self.writer.shard_done(shard)
             yield shard
         finished: queue.Queue[int] = queue.Queue()  # its get() is interruptible (Ctrl-C)
-        failures: list[BaseException] = []
+        failures: list[tuple[tuple[int, int], BaseException]] = []  # (where, error)
         reports: list[DeltaReport] = []
         bar = MergeProgress(sum(item.nbytes for item in self.items), enabled=self.runtime.progress)
         threads = [
@@ -636,14 +673,15 @@ class Execution:
                     if thread.ident is not None:  # it may stop before every worker started
                         thread.join()
                 bar.close()
-        if failures:
-            raise failures[0]
+        if failures:  # two workers may fail at once: the unit first in file order is named
+            raise min(failures, key=lambda f: f[0])[1]
         # In the plan's order (of this execution's items); an output scale tensor is part
         # of its weight.
-        delta = DeltaReport(
-            {i.name: Moments() for i in self.items if i.scale_of is None}, self.plan.deltas
-        )
-        delta.merge(reports)
+        with gc_paused():
+            delta = DeltaReport(
+                {i.name: Moments() for i in self.items if i.scale_of is None}, self.plan.deltas
+            )
+            delta.merge(reports)
         self.stats = MergeStats(
             tensors=len(self.items),
             bytes=sum(item.nbytes for item in self.items),
@@ -659,11 +697,12 @@ class Execution:
     def _work(
         self,
         finished: queue.Queue[int],
-        failures: list[BaseException],
+        failures: list[tuple[tuple[int, int], BaseException]],
         reports: list[DeltaReport],
         bar: MergeProgress,
     ) -> None:
         schedule, writer = self.schedule, self.writer
+        unit: Unit | None = None
         try:
             worker = _worker(self.device, *self.buffers)
             reports.append(worker.delta)
@@ -674,7 +713,7 @@ class Execution:
                     writer.shard_done(unit.shard)
                     finished.put(unit.shard)
         except BaseException as e:  # re-raised by the calling thread
-            failures.append(e)
+            failures.append(((unit.shard, unit.out_offset) if unit else (-1, -1), e))
             schedule.abort()
         finally:
             finished.put(_WORKER_EXITED)
