@@ -35,7 +35,7 @@ from paramdelta.engine.checkpoint import LocalSource
 from paramdelta.engine.recipe import Recipe, Runtime, parse_size
 from paramdelta.engine.stages import merge_to_dir, preflight
 from paramdelta.engine.writer import plan_shards
-from paramdelta.testing.checkpoints import llama_config, make_trio
+from paramdelta.testing.checkpoints import config_for_size, make_trio
 from paramdelta.testing.hub import FakeHub
 
 TOKEN = "hf_bench_token"  # noqa: S105 - the fake Hub's own
@@ -64,17 +64,8 @@ def generate(workdir: Path, size: int) -> dict[str, Path]:
     if marker.exists() and json.loads(marker.read_text()) == {"size": size}:
         return {role: root / role for role in ROLES}
     shutil.rmtree(root, ignore_errors=True)
-    hidden, intermediate, vocab = 1024, 2816, 8192
-    per_layer = (4 * hidden * hidden + 3 * hidden * intermediate) * 2
-    layers = max(8, round((size - 2 * vocab * hidden * 2) / per_layer))
-    config = llama_config(
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-        vocab_size=vocab,
-    )
+    # Small dimensions, many layers: many tensors to spread over 8 shards.
+    config = config_for_size(size, dims=(1024, 2816, 8192), min_layers=8)
     print(f"generating three checkpoints of ~{size / 1e6:.0f} MB in {root} ...")
     trio = make_trio(root, config=config, max_shard_size=size // 4 + 1)
     marker.write_text(json.dumps({"size": size}))

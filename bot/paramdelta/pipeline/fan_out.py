@@ -45,7 +45,7 @@ from paramdelta.engine.writer import ShardPlan, plan_shards
 from paramdelta.errors import MissingLegsError, UsageError
 from paramdelta.hub.client import Hub, RepoFiles
 from paramdelta.hub.publisher import Publisher
-from paramdelta.hub.sources import HubSource, download_inputs
+from paramdelta.hub.sources import download_inputs
 from paramdelta.pipeline import check as pre_publish
 from paramdelta.pipeline.check_rules import model_bytes
 from paramdelta.pipeline.plan import STAGING_PREFIX, TargetPlan
@@ -57,6 +57,7 @@ from paramdelta.pipeline.run_target import (
     card_settings,
     check_staged,
     failure,
+    input_sources,
     nothing_to_merge,
     output_publisher,
 )
@@ -134,9 +135,7 @@ def run_leg(hub: Hub, plan: TargetPlan, leg: Leg, options: RunOptions) -> Target
         return settled
     try:
         check_leg(plan, leg)
-        sources: dict[str, Source] = {
-            role: HubSource(hub, files) for role, files in plan.checkpoints.items()
-        }
+        sources = input_sources(hub, plan)
         layout = Layout(plan, sources)
         if options.dry_run:
             return result("dry-run")
@@ -180,9 +179,7 @@ def finish(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
             delete_stale(hub, plan, keep=None)  # published already: no branch is needed
         return settled
     try:
-        sources: dict[str, Source] = {
-            role: HubSource(hub, files) for role, files in plan.checkpoints.items()
-        }
+        sources = input_sources(hub, plan)
         layout = Layout(plan, sources)
         skipped = pre_publish.decide(
             options.check or plan.target.check, model_bytes(layout.merge), options.runtime.device

@@ -64,6 +64,11 @@ def card_settings(plan: TargetPlan) -> CardSettings:
     return CardSettings(target=target.name, tags=target.tags, template=target.card_template)
 
 
+def input_sources(hub: Hub, plan: TargetPlan) -> dict[str, Source]:
+    """Each checkpoint of a planned target, by role, at the commit the plan pinned."""
+    return {role: HubSource(hub, files) for role, files in plan.checkpoints.items()}
+
+
 def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
     """Merge and publish one planned target; raises nothing but an interruption."""
     started = time.perf_counter()
@@ -74,9 +79,7 @@ def run_target(hub: Hub, plan: TargetPlan, options: RunOptions) -> TargetResult:
     if (settled := nothing_to_merge(plan)) is not None:
         return settled
     try:
-        sources: dict[str, Source] = {
-            role: HubSource(hub, files) for role, files in plan.checkpoints.items()
-        }
+        sources = input_sources(hub, plan)
         merge_plan = preflight(sources, plan.target.recipe)
         for note in plan_notes(merge_plan):
             log.info(f"{plan.target.name}: {note}")

@@ -49,13 +49,20 @@ def llama_config(
     }
 
 
-def config_for_size(target_bytes: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
-    """A Llama config whose weights take about ``target_bytes`` (benchmarks)."""
-    hidden, intermediate, vocab = 2048, 5632, 32000
+def config_for_size(
+    target_bytes: int,
+    dtype: torch.dtype = torch.bfloat16,
+    *,
+    dims: tuple[int, int, int] = (2048, 5632, 32000),
+    min_layers: int = 1,
+) -> dict[str, Any]:
+    """A Llama config whose weights take about ``target_bytes`` (benchmarks); ``dims``:
+    hidden size, intermediate size, vocabulary."""
+    hidden, intermediate, vocab = dims
     itemsize = torch.empty((), dtype=dtype).element_size()
     per_layer = (4 * hidden * hidden + 3 * hidden * intermediate + 2 * hidden) * itemsize
     fixed = (2 * vocab * hidden + hidden) * itemsize
-    layers = max(1, round((target_bytes - fixed) / per_layer))
+    layers = max(min_layers, round((target_bytes - fixed) / per_layer))
     return llama_config(
         hidden_size=hidden,
         intermediate_size=intermediate,
