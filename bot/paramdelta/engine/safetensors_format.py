@@ -173,6 +173,7 @@ def parse_header(raw: bytes, *, file_size: int, where: str) -> Header:
 
 
 _ENTRY_KEYS = {"dtype", "shape", "data_offsets"}
+_INT_ONLY = frozenset({int})  # type(), not isinstance: JSON's true/false are ints too
 
 
 def _entry(name: str, info: object, where: str, data_start: int) -> TensorEntry:
@@ -186,10 +187,16 @@ def _entry(name: str, info: object, where: str, data_start: int) -> TensorEntry:
             and type(shape) is list
             and type(offsets) is list
             and len(offsets) == 2
-            and all(type(n) is int and n >= 0 for n in (*shape, *offsets))
         ):
             begin, end = offsets
-            if begin <= end and math.prod(shape) * ITEMSIZE[dtype] == end - begin:
+            if (
+                type(begin) is int
+                and type(end) is int
+                and 0 <= begin <= end
+                and _INT_ONLY.issuperset(map(type, shape))  # no generator per tensor
+                and (not shape or min(shape) >= 0)
+                and math.prod(shape) * ITEMSIZE[dtype] == end - begin
+            ):
                 return TensorEntry(name, dtype, tuple(shape), data_start + begin, end - begin)
     return _checked_entry(name, info, where, data_start)
 
