@@ -1,11 +1,13 @@
+import errno
 import json
+import os
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from paramdelta.engine.checkpoint import LocalSource, open_checkpoint
-from paramdelta.errors import CheckpointError
+from paramdelta.errors import CheckpointError, LocalFileError
 from paramdelta.testing.checkpoints import (
     llama_config,
     random_state_dict,
@@ -206,3 +208,18 @@ def test_header_errors_name_the_checkpoint_and_file(tmp_path):
     with pytest.raises(CheckpointError) as e:
         _open(tmp_path)
     assert str(e.value).startswith(f"post: {tmp_path}/model.safetensors: header is not valid JSON")
+
+
+def test_a_failed_read_names_the_file(tmp_path, monkeypatch):
+    (tmp_path / "w.bin").write_bytes(bytes(16))
+    source = LocalSource(tmp_path)
+    source.read("w.bin", 0, 4)  # opened: the failure below is the read's, not the open's
+
+    def failing(*args):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "preadv", failing)
+    with pytest.raises(LocalFileError) as e:
+        source.read("w.bin", 4, 4)
+    assert str(e.value) == f"{tmp_path / 'w.bin'}: Input/output error"
+    source.close()

@@ -6,7 +6,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from paramdelta.engine.safetensors_format import encode_header, parse_header, read_header
+from paramdelta.engine.safetensors_format import (
+    DuplicateKeyError,
+    encode_header,
+    loads_unique,
+    parse_header,
+    read_header,
+)
 from paramdelta.errors import CheckpointError
 
 
@@ -140,3 +146,24 @@ def test_encoded_header_is_valid_safetensors(tmp_path):
             assert torch.equal(f.get_tensor(name), t)
     parsed = parse_header(prefix[8:], file_size=len(prefix) + len(data), where="out")
     assert [t.name for t in parsed.tensors] == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('{"w":{"dtype":"F32"},"w":{}}', "w"),  # compact: the plain parse's counts see it
+        ('{"__metadata__":{"k":"v","k":"v"}}', "k"),
+        ('{"a":1,"a" :2}', "a"),  # a space before the colon: not counted, so the hook decides
+        ('{"m":"x\\":","a":1,"a":2}', "a"),  # a quote in a string (escaped) offsets the count
+        ('{"t":{"shape":[{"d":1,"d":2}]}}', "d"),  # an object below a tensor's entry
+    ],
+)
+def test_loads_unique_refuses_every_repeated_key(text, key):
+    with pytest.raises(DuplicateKeyError) as e:
+        loads_unique(text)
+    assert e.value.args == (key,)
+
+
+@pytest.mark.parametrize("text", ['{"a":":x","b":"{"}', '{"a" :1,"m":"\\"q\\""}', "[1]"])
+def test_loads_unique_parses_what_json_parses(text):
+    assert loads_unique(text) == json.loads(text)

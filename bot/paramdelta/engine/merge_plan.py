@@ -481,6 +481,8 @@ def _without_zero_deltas(item: MergeItem) -> MergeItem:
     """A merge whose every delta is an adapter's zero (``base - base``) is the new base's
     tensor, copied: no base read. Beside a delta that is not zero, a zero one stays, so
     every merged chunk has the same deltas in the same order (`kernel.Moments.gram`)."""
+    if not any(s.op == "merge" and all(d.post == d.base for d in s.deltas) for s in item.segments):
+        return item  # the usual case: no new objects per tensor
     segments = tuple(
         replace(s, op="copy", deltas=())
         if s.op == "merge" and all(d.post == d.base for d in s.deltas)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import re
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -108,6 +109,33 @@ def reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return doc
 
 
+# JSON whitespace between a key's closing quote and its colon (see `loads_unique`).
+_SPACED_COLON = re.compile(r'"[ \t\n\r]+:')
+
+
+def loads_unique(text: str) -> object:
+    """``json.loads`` refusing a repeated key (`DuplicateKeyError`), the hook only where needed.
+
+    The hook costs a Python call per object (~95k per DeepSeek checkpoint), so the text is
+    parsed plainly first and kept when counting proves it has no repeated key: with no
+    backslash no string holds a quote, so with no space before a colon every key's closing
+    quote is one ``":`` and ``text.count('":')`` bounds the keys written from above; if it
+    equals the keys parsed (every object being the top one or one of its values, by the count
+    of ``{``), none was lost to a repeat. Anything else takes the hook, so errors are the same.
+    """
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        doc = None
+    if type(doc) is dict and "\\" not in text and not _SPACED_COLON.search(text):
+        objects = [v for v in doc.values() if type(v) is dict]
+        if text.count("{") == 1 + len(objects) and text.count('":') == len(doc) + sum(
+            map(len, objects)
+        ):
+            return doc
+    return json.loads(text, object_pairs_hook=reject_duplicate_keys)
+
+
 def _is_index(value: object) -> bool:
     # type() rather than isinstance: JSON's true/false are bools, which are ints too.
     return type(value) is int and value >= 0
@@ -122,7 +150,7 @@ def parse_header(raw: bytes, *, file_size: int, where: str) -> Header:
     except UnicodeDecodeError as e:
         raise CheckpointError(f"{where}: header is not valid UTF-8 (byte {e.start})") from None
     try:
-        doc = json.loads(text, object_pairs_hook=reject_duplicate_keys)
+        doc = loads_unique(text)
     except DuplicateKeyError as e:
         raise CheckpointError(f"{where}: key {e.args[0]!r} appears twice in the header") from None
     except json.JSONDecodeError as e:
@@ -145,6 +173,7 @@ def parse_header(raw: bytes, *, file_size: int, where: str) -> Header:
 
 
 _ENTRY_KEYS = {"dtype", "shape", "data_offsets"}
+_INT_ONLY = frozenset({int})  # type(), not isinstance: JSON's true/false are ints too
 
 
 def _entry(name: str, info: object, where: str, data_start: int) -> TensorEntry:
@@ -158,10 +187,16 @@ def _entry(name: str, info: object, where: str, data_start: int) -> TensorEntry:
             and type(shape) is list
             and type(offsets) is list
             and len(offsets) == 2
-            and all(type(n) is int and n >= 0 for n in (*shape, *offsets))
         ):
             begin, end = offsets
-            if begin <= end and math.prod(shape) * ITEMSIZE[dtype] == end - begin:
+            if (
+                type(begin) is int
+                and type(end) is int
+                and 0 <= begin <= end
+                and _INT_ONLY.issuperset(map(type, shape))  # no generator per tensor
+                and (not shape or min(shape) >= 0)
+                and math.prod(shape) * ITEMSIZE[dtype] == end - begin
+            ):
                 return TensorEntry(name, dtype, tuple(shape), data_start + begin, end - begin)
     return _checked_entry(name, info, where, data_start)
 

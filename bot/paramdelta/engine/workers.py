@@ -208,26 +208,23 @@ def plan_units(
             else:
                 op = "convert"
             step = _band_elements(item, elements) if item.fp8 else elements
+            inputs, weights = segment.inputs, segment.weights  # once per segment, not per unit
             for start in range(0, segment.count, step):
                 count = min(step, segment.count - start)
                 reads = tuple(
-                    _read(role, sources[role], ref, first + start, count)
-                    for role, ref, first in segment.inputs
+                    [
+                        _read(role, sources[role], ref, first + start, count)
+                        for role, ref, first in inputs
+                    ]
                 )
                 out_offset = tensor_offset + (segment.out_start + start) * out_size
-                band = _band(item, segment, sources, shards[shard], start, count)
+                band = (
+                    None
+                    if item.fp8 is None
+                    else _band(item, segment, sources, shards[shard], start, count)
+                )
                 units.append(
-                    Unit(
-                        item.name,
-                        shard,
-                        out_offset,
-                        count,
-                        item.dtype,
-                        op,
-                        reads,
-                        segment.weights,
-                        band,
-                    )
+                    Unit(item.name, shard, out_offset, count, item.dtype, op, reads, weights, band)
                 )
     units.sort(key=lambda u: u.shard)  # stable: file order within a shard is kept
     return units
