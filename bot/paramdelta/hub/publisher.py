@@ -106,6 +106,11 @@ class PublishResult:
         }
 
 
+def _text(relpath: str, data: bytes) -> CommitOperationAdd:
+    """The bot's own text (card, lineage, a leg's record) as committed: every token redacted."""
+    return CommitOperationAdd(relpath, redact(data.decode()).encode())
+
+
 class Publisher:
     """One commit to ``repo_id``, as a context manager.
 
@@ -273,7 +278,7 @@ class Publisher:
         for relpath, path in files.items():
             operations.setdefault(relpath, CommitOperationAdd(relpath, str(path)))
         for relpath, data in (extra_files or {}).items():  # the bot's own text: card, lineage
-            operations[relpath] = CommitOperationAdd(relpath, redact(data.decode()).encode())
+            operations[relpath] = _text(relpath, data)
         # Weights of an earlier merge that this one does not overwrite (another shard
         # layout) would linger beside the new index: remove them in the same commit.
         # A lineage record left beside other weights would describe what is no longer there.
@@ -358,7 +363,7 @@ class Publisher:
         self._wait()
         operations: list[CommitOperationAdd] = [
             *self._uploaded.values(),
-            *(CommitOperationAdd(p, redact(d.decode()).encode()) for p, d in extra_files.items()),
+            *(_text(relpath, data) for relpath, data in extra_files.items()),
         ]
         for attempt in range(attempts):
             try:
@@ -377,7 +382,8 @@ class Publisher:
                 if attempt == attempts - 1:
                     raise
                 time.sleep(random.uniform(0.05, 0.5))  # noqa: S311 - jitter, not secrets
-                self.parent = self.hub.repo_files(self.repo_id, self.revision).sha
+                # Only the new head's sha: a lighter request than one with every file's ids.
+                self.parent = self.hub.repo_files(self.repo_id, self.revision, files=False).sha
         raise AssertionError("unreachable")
 
     def uploaded_ids(self) -> dict[str, list[str]]:
