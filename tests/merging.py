@@ -3,6 +3,17 @@
 from paramdelta.engine.recipe import Recipe, Runtime
 from paramdelta.engine.stages import MergeResult, merge_to_dir
 
+# Two MoE layers of 8 experts (name -> shape): small tensors, which the engine merges a
+# layer's worth of one shape at a time (`engine.batches`).
+EXPERTS = {
+    f"model.layers.{layer}.mlp.experts.{e}.{proj}.weight": (32, 16)
+    if proj == "down_proj"
+    else (16, 32)
+    for layer in (0, 1)
+    for e in range(8)
+    for proj in ("down_proj", "gate_proj", "up_proj")
+}
+
 
 def recipe_and_runtime(**options) -> tuple[Recipe, Runtime]:
     """Split keyword options into the two values; no progress bar unless asked."""

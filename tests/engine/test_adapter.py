@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from merging import merge, two_deltas
+from merging import EXPERTS, merge, two_deltas
 from paramdelta.engine.adapter import LoraRef
 from paramdelta.engine.batches import batch_units
 from paramdelta.engine.checkpoint import LocalSource
@@ -312,15 +312,6 @@ def test_an_adapter_as_one_of_two_deltas_is_exact_and_its_gram_rows_are_s_b_a(tm
     assert len(targeted) == 6
 
 
-# Two MoE layers of 8 experts, bf16: small tensors the engine merges in batches (`engine.batches`).
-EXPERTS = {
-    f"model.layers.{layer}.mlp.experts.{e}.{proj}.weight": (32, 16)
-    if proj == "down_proj"
-    else (16, 32)
-    for layer in (0, 1)
-    for e in range(8)
-    for proj in ("down_proj", "gate_proj", "up_proj")
-}
 MOE_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 16}
 
 

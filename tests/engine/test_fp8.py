@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from merging import merge
+from merging import EXPERTS, merge
 from paramdelta.engine import workers
 from paramdelta.engine.batches import batch_units
 from paramdelta.engine.checkpoint import LocalSource
@@ -250,17 +250,6 @@ def test_scales_of_the_wrong_shape_are_refused(tmp_path):
         f"post: {tmp_path / 'post'}: tensor '{EXPERT}_scale_inv' is F32 [2, 2], not F32 [3, 2]"
         f" (one float32 scale per 128x128 block of {EXPERT!r})"
     )
-
-
-# Two MoE layers of 8 experts: the engine merges each layer's experts of one shape together.
-EXPERTS = {
-    f"model.layers.{layer}.mlp.experts.{e}.{proj}.weight": (32, 16)
-    if proj == "down_proj"
-    else (16, 32)
-    for layer in (0, 1)
-    for e in range(8)
-    for proj in ("down_proj", "gate_proj", "up_proj")
-}
 
 
 @pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
